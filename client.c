@@ -1,0 +1,824 @@
+/*
+ * dialback client: runs next to the service.  Holds one control connection
+ * to the server; for each NEW_USER it connects to the local service, dials
+ * the server's tunnel port, sends a JOIN and relays.  One poll() loop;
+ * every socket non-blocking, every connect asynchronous.
+ *
+ * As in server.c, teardown marks objects dead and sweep() frees them
+ * between turns.
+ */
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "sha256.h"
+
+static const char usage_text[] =
+"usage: ./client -remote HOST[:PORT] [-local HOST:PORT] [-token SECRET] [-v | -q]\n"
+"  -remote HOST[:PORT]  the server's control address (port default 8009)\n"
+"  -local HOST:PORT     the service to expose (default 127.0.0.1:8080)\n"
+"  -token SECRET        the server's token (or DIALBACK_TOKEN)\n"
+"  -v, -q               more logging / warnings only\n";
+
+#define BACKOFF_MIN_MS  500
+#define BACKOFF_MAX_MS  30000
+#define MAX_LOCAL_ADDRS 8
+
+enum ctl_state { C_IDLE, C_CONNECTING, C_HELLO_SENT, C_AUTH_SENT, C_ATTACHED };
+
+/* A user being served: connect local, then dial the tunnel, then relay.
+ * relay.fd[0] is the tunnel, relay.fd[1] the local service. */
+enum user_state { U_LOCAL, U_TUNNEL, U_RELAY };
+
+struct cuser {
+	struct cuser *next;
+	int dead;
+	enum user_state state;
+	int fd;                        /* the connect in progress */
+	int local_fd;                  /* once the local connect succeeded */
+	int local_idx;                 /* which local address is being tried */
+	uint8_t id[USER_ID_LEN];
+	uint8_t key[PROOF_LEN];        /* the session that announced it */
+	char peer[ADDR_STRLEN];
+	int64_t start, deadline;
+	struct relay relay;
+};
+
+struct local_addr {
+	struct sockaddr_storage sa;
+	socklen_t len;
+};
+
+struct client {
+	struct hostport remote;
+	const char *remote_arg, *local_arg;
+	const char *token;
+	uint8_t run_id[RUN_ID_LEN];
+	struct local_addr local[MAX_LOCAL_ADDRS];
+	int nlocal;
+
+	enum ctl_state state;
+	int fd;
+	struct sockaddr_storage server_sa;   /* for dialing the tunnel port */
+	socklen_t server_len;
+	char server[ADDR_STRLEN];
+	struct fbuf in, out;
+	uint8_t cn[NONCE_LEN], sn[NONCE_LEN], key[PROOF_LEN];
+	int tunnel_port, public_port, heartbeat_s;
+	int64_t deadline;                    /* handshake, or next attempt */
+	int64_t last_rx, next_ping;
+	int backoff_ms;
+	int attempt;                         /* which remote address next */
+	int exit_status;                     /* >= 0: stop with this status */
+
+	int sig_fd;
+	struct cuser *users;
+	struct pollfd *pfd;
+	struct cuser **slot;                 /* NULL: signal or control */
+	int *side;
+	size_t cap;
+};
+
+static void
+usage_exit(const char *why)
+{
+	fprintf(stderr, "client: %s (see ./client -h)\n", why);
+	exit(2);
+}
+
+static void
+close_fd(int *fd)
+{
+	if (*fd >= 0) {
+		close(*fd);
+		*fd = -1;
+	}
+}
+
+/* ==== users ============================================================== */
+
+static void
+user_close(struct cuser *u, const char *fmt, const char *arg)
+{
+	char why[256];
+
+	if (u->dead) {
+		return;
+	}
+	snprintf(why, sizeof(why), fmt, arg);
+	log_info("user %s closed: %s", u->peer, why);
+	if (u->state == U_RELAY) {
+		relay_close(&u->relay);
+	}
+	close_fd(&u->fd);
+	close_fd(&u->local_fd);
+	u->dead = 1;
+}
+
+static void
+sweep(struct client *c)
+{
+	struct cuser **pp = &c->users;
+
+	while (*pp != NULL) {
+		struct cuser *u = *pp;
+		if (u->dead) {
+			*pp = u->next;
+			free(u);
+		} else {
+			pp = &u->next;
+		}
+	}
+}
+
+static void
+report_failure(struct client *c, struct cuser *u, const char *why)
+{
+	struct msg m;
+
+	/* Only the session that announced the user can speak for it. */
+	if (c->state == C_ATTACHED && memcmp(c->key, u->key, PROOF_LEN) == 0) {
+		memset(&m, 0, sizeof(m));
+		m.type = MSG_USER_FAILED;
+		memcpy(m.user_id, u->id, USER_ID_LEN);
+		snprintf(m.text, sizeof(m.text), "%s %s", c->local_arg, why);
+		fbuf_put(&c->out, &m);
+	}
+}
+
+/* Try local addresses in turn until one connect starts. */
+static void
+local_connect(struct client *c, struct cuser *u)
+{
+	while (u->local_idx < c->nlocal) {
+		struct local_addr *la = &c->local[u->local_idx];
+		u->fd = connect_start((struct sockaddr *)&la->sa, la->len);
+		if (u->fd >= 0) {
+			return;
+		}
+		u->local_idx++;
+	}
+	report_failure(c, u, strerror(errno));
+	user_close(u, "local service %s: cannot connect", c->local_arg);
+}
+
+static void
+tunnel_dial(struct client *c, struct cuser *u)
+{
+	struct sockaddr_storage sa = c->server_sa;
+
+	if (sa.ss_family == AF_INET) {
+		((struct sockaddr_in *)&sa)->sin_port = htons((uint16_t)c->tunnel_port);
+	} else {
+		((struct sockaddr_in6 *)&sa)->sin6_port = htons((uint16_t)c->tunnel_port);
+	}
+	u->local_fd = u->fd;
+	u->state = U_TUNNEL;
+	u->fd = connect_start((struct sockaddr *)&sa, c->server_len);
+	if (u->fd < 0) {
+		user_close(u, "tunnel dial: %s", strerror(errno));
+	}
+}
+
+static void
+relay_begin(struct cuser *u)
+{
+	struct msg m;
+	uint8_t frame[FRAME_HDR + FRAME_MAX];
+	size_t n;
+
+	if (relay_init(&u->relay, u->fd, u->local_fd) != 0) {
+		user_close(u, "%s", "out of memory");
+		return;
+	}
+	u->fd = u->local_fd = -1;
+	u->state = U_RELAY;
+	memset(&m, 0, sizeof(m));
+	m.type = MSG_JOIN;
+	memcpy(m.user_id, u->id, USER_ID_LEN);
+	key_join_proof(u->key, u->id, m.proof);
+	n = frame_encode(frame, &m);
+	/* The JOIN leads the local->tunnel direction; service bytes follow in
+	 * the same stream with no round trip in between. */
+	relay_prefill(&u->relay, 1, frame, n);
+	set_nodelay(u->relay.fd[1]);
+	log_debug("user %s: tunnel ready, joined", u->peer);
+}
+
+/* A connect finished (POLLOUT): move the user to its next stage. */
+static void
+user_connected(struct client *c, struct cuser *u)
+{
+	if (connect_done(u->fd) != 0) {
+		const char *why = strerror(errno);
+		close_fd(&u->fd);
+		if (u->state == U_LOCAL) {
+			if (++u->local_idx < c->nlocal) {
+				local_connect(c, u);
+				return;
+			}
+			report_failure(c, u, why);
+			user_close(u, "local service refused: %s", why);
+		} else {
+			user_close(u, "tunnel dial: %s", why);
+		}
+		return;
+	}
+	if (u->state == U_LOCAL) {
+		tunnel_dial(c, u);
+	} else {
+		relay_begin(u);
+	}
+}
+
+static void
+user_new(struct client *c, const struct msg *m)
+{
+	struct cuser *u = calloc(1, sizeof(*u));
+
+	if (u == NULL) {
+		log_warn("new user: out of memory");
+		return;
+	}
+	u->fd = u->local_fd = -1;
+	u->relay.fd[0] = u->relay.fd[1] = -1;
+	u->state = U_LOCAL;
+	memcpy(u->id, m->user_id, USER_ID_LEN);
+	memcpy(u->key, c->key, PROOF_LEN);
+	wire_addr_str(&m->src, u->peer, sizeof(u->peer));
+	u->start = now_ms();
+	u->deadline = u->start + JOIN_WAIT_MS;
+	u->next = c->users;
+	c->users = u;
+	log_info("user %s arrived", u->peer);
+	local_connect(c, u);
+}
+
+static void
+user_relay(struct cuser *u, const short rev[2])
+{
+	enum relay_state st = relay_step(&u->relay, rev);
+	char why[160];
+
+	if (st == RELAY_OPEN) {
+		return;
+	}
+	if (st == RELAY_DONE) {
+		snprintf(why, sizeof(why), "%llu bytes in, %llu out, %.1fs",
+		         (unsigned long long)u->relay.dir[0].bytes,
+		         (unsigned long long)u->relay.dir[1].bytes,
+		         (double)(now_ms() - u->start) / 1000.0);
+	} else {
+		snprintf(why, sizeof(why), "%s %s: %s",
+		         u->relay.err_side == 0 ? "tunnel" : "local",
+		         u->relay.err_op, strerror(u->relay.err_no));
+	}
+	user_close(u, "%s", why);
+}
+
+/* ==== control ============================================================ */
+
+static void
+ctl_reset(struct client *c)
+{
+	close_fd(&c->fd);
+	c->in.len = c->out.len = 0;
+	c->state = C_IDLE;
+}
+
+/* Lost or refused: wait, doubling the wait each time, with jitter so many
+ * clients of one server don't return in step. */
+static void
+ctl_retry(struct client *c, const char *what)
+{
+	uint8_t r;
+	int wait;
+
+	ctl_reset(c);
+	random_bytes(&r, 1);
+	wait = c->backoff_ms / 2 + (int)((long)c->backoff_ms * r / 512);
+	log_info("%s; retrying in %.1fs", what, wait / 1000.0);
+	c->deadline = now_ms() + wait;
+	c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS
+	                                                   : c->backoff_ms * 2;
+}
+
+static void
+ctl_fail(struct client *c, int status, const char *fmt, const char *arg)
+{
+	log_warn(fmt, arg);
+	ctl_reset(c);
+	c->exit_status = status;
+}
+
+static void
+ctl_connect(struct client *c)
+{
+	struct addrinfo hints, *res, *ai;
+	char what[512];
+	int rc, i;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	rc = getaddrinfo(c->remote.host, c->remote.port, &hints, &res);
+	if (rc != 0) {
+		snprintf(what, sizeof(what), "resolve %s: %s", c->remote.host,
+		         gai_strerror(rc));
+		ctl_retry(c, what);
+		return;
+	}
+	/* Each attempt takes the next address, so one dead address of a
+	 * name can't hold the client back forever. */
+	for (ai = res, i = 0; ai->ai_next != NULL && i < c->attempt; i++) {
+		ai = ai->ai_next;
+	}
+	c->attempt = ai->ai_next != NULL ? c->attempt + 1 : 0;
+	memcpy(&c->server_sa, ai->ai_addr, ai->ai_addrlen);
+	c->server_len = ai->ai_addrlen;
+	freeaddrinfo(res);
+	addr_str((struct sockaddr *)&c->server_sa, c->server, sizeof(c->server));
+	c->fd = connect_start((struct sockaddr *)&c->server_sa, c->server_len);
+	if (c->fd < 0) {
+		snprintf(what, sizeof(what), "connect %s: %s", c->server,
+		         strerror(errno));
+		ctl_retry(c, what);
+		return;
+	}
+	c->state = C_CONNECTING;
+	c->deadline = now_ms() + HANDSHAKE_MS;
+	log_debug("connecting to %s", c->server);
+}
+
+static void
+ctl_connected(struct client *c)
+{
+	struct msg m;
+	char what[512];
+
+	if (connect_done(c->fd) != 0) {
+		snprintf(what, sizeof(what), "connect %s: %s", c->server,
+		         strerror(errno));
+		ctl_retry(c, what);
+		return;
+	}
+	set_keepalive(c->fd);
+	random_bytes(c->cn, NONCE_LEN);
+	memset(&m, 0, sizeof(m));
+	m.type = MSG_HELLO;
+	memcpy(m.nonce, c->cn, NONCE_LEN);
+	memcpy(m.run_id, c->run_id, RUN_ID_LEN);
+	fbuf_put(&c->out, &m);
+	c->state = C_HELLO_SENT;
+}
+
+static void
+on_error_msg(struct client *c, const struct msg *m)
+{
+	char what[TEXT_MAX + 128];
+
+	switch (m->code) {
+	case ERR_BUSY:
+		snprintf(what, sizeof(what), "server %s refused: %s", c->server,
+		         m->text);
+		ctl_retry(c, what);
+		break;
+	case ERR_AUTH:
+		ctl_fail(c, 1, "server refused: %s — check -token or "
+		         "DIALBACK_TOKEN against the server's", m->text);
+		break;
+	default:
+		snprintf(what, sizeof(what), "server %s refused: %s", c->server,
+		         m->text);
+		ctl_fail(c, 1, "%s", what);
+		break;
+	}
+}
+
+static void
+on_ctl_msg(struct client *c, const struct msg *m)
+{
+	struct msg r;
+	char host[300];
+
+	memset(&r, 0, sizeof(r));
+	if (m->type == MSG_ERROR) {
+		on_error_msg(c, m);
+		return;
+	}
+	switch (c->state) {
+	case C_HELLO_SENT:
+		if (m->type != MSG_CHALLENGE || m->version != PROTO_VERSION) {
+			ctl_fail(c, 1, m->type == MSG_CHALLENGE
+			         ? "%s speaks another protocol version; run the same "
+			           "dialback release on both sides"
+			         : "%s is not a dialback control port (check -remote)",
+			         c->server);
+			return;
+		}
+		memcpy(c->sn, m->nonce, NONCE_LEN);
+		r.type = MSG_AUTH;
+		key_auth_proof(c->token, c->cn, c->sn, r.proof);
+		fbuf_put(&c->out, &r);
+		c->state = C_AUTH_SENT;
+		break;
+	case C_AUTH_SENT:
+		if (m->type != MSG_WELCOME || m->heartbeat_s == 0) {
+			ctl_fail(c, 1, "%s sent an unexpected reply to AUTH",
+			         c->server);
+			return;
+		}
+		key_session(c->token, c->cn, c->sn, c->key);
+		c->tunnel_port = m->tunnel_port;
+		c->public_port = m->public_port;
+		c->heartbeat_s = m->heartbeat_s;
+		c->state = C_ATTACHED;
+		c->backoff_ms = BACKOFF_MIN_MS;
+		c->next_ping = now_ms() + c->heartbeat_s * 1000;
+		snprintf(host, sizeof(host), strchr(c->remote.host, ':') ? "[%s]"
+		         : "%s", c->remote.host);
+		log_info("forwarding %s:%d -> %s", host, c->public_port,
+		         c->local_arg);
+		break;
+	case C_ATTACHED:
+		if (m->type == MSG_NEW_USER) {
+			user_new(c, m);
+		} else if (m->type == MSG_PING) {
+			r.type = MSG_PONG;
+			fbuf_put(&c->out, &r);
+		} else if (m->type != MSG_PONG) {
+			ctl_retry(c, "unexpected message from server");
+		}
+		break;
+	default:
+		break;
+	}
+}
+
+static void
+ctl_readable(struct client *c)
+{
+	struct msg m;
+	enum frame_result fr = FRAME_MORE;
+	int rc = fbuf_fill(&c->in, c->fd);
+	char what[512];
+
+	while (c->fd >= 0 && (fr = fbuf_take(&c->in, &m)) == FRAME_OK) {
+		c->last_rx = now_ms();
+		on_ctl_msg(c, &m);
+	}
+	if (c->fd < 0) {
+		return;
+	}
+	if (fr == FRAME_BAD) {
+		if (c->state == C_HELLO_SENT) {
+			ctl_fail(c, 1, "%s is not a dialback control port (check "
+			         "-remote)", c->server);
+		} else {
+			ctl_retry(c, "malformed message from server");
+		}
+	} else if (rc <= 0) {
+		snprintf(what, sizeof(what), "lost connection to %s: %s",
+		         c->server, rc == 0 ? "closed by server" : strerror(errno));
+		ctl_retry(c, what);
+	}
+}
+
+/* ==== the loop =========================================================== */
+
+static int64_t
+earliest(int64_t a, int64_t b)
+{
+	return (a < 0 || (b >= 0 && b < a)) ? b : a;
+}
+
+static int64_t
+run_timers(struct client *c, int64_t now)
+{
+	int64_t next = -1, dead_ms;
+	struct cuser *u;
+	char what[512];
+
+	switch (c->state) {
+	case C_IDLE:
+		if (now >= c->deadline) {
+			ctl_connect(c);
+		}
+		break;
+	case C_CONNECTING:
+	case C_HELLO_SENT:
+	case C_AUTH_SENT:
+		if (now >= c->deadline) {
+			snprintf(what, sizeof(what), "no answer from %s within %ds "
+			         "(is -remote the control port?)", c->server,
+			         HANDSHAKE_MS / 1000);
+			ctl_retry(c, what);
+		}
+		break;
+	case C_ATTACHED:
+		dead_ms = (int64_t)c->heartbeat_s * 1000 * DEAD_AFTER_BEATS;
+		if (now - c->last_rx >= dead_ms) {
+			snprintf(what, sizeof(what), "server %s silent for %llds",
+			         c->server, (long long)(now - c->last_rx) / 1000);
+			ctl_retry(c, what);
+			break;
+		}
+		if (now >= c->next_ping) {
+			struct msg m;
+			memset(&m, 0, sizeof(m));
+			m.type = MSG_PING;
+			fbuf_put(&c->out, &m);
+			c->next_ping = now + c->heartbeat_s * 1000;
+		}
+		next = earliest(c->next_ping, c->last_rx + dead_ms);
+		break;
+	}
+	if (c->state != C_ATTACHED && c->exit_status < 0) {
+		next = earliest(next, c->deadline);
+	}
+	for (u = c->users; u != NULL; u = u->next) {
+		if (u->dead || u->state == U_RELAY) {
+			continue;
+		}
+		if (now >= u->deadline) {
+			if (u->state == U_LOCAL) {
+				report_failure(c, u, "timed out");
+			}
+			user_close(u, "%s", u->state == U_LOCAL
+			           ? "local service did not answer in time"
+			           : "tunnel dial timed out");
+		} else {
+			next = earliest(next, u->deadline);
+		}
+	}
+	return next;
+}
+
+static void
+slot_add(struct client *c, size_t *n, int fd, short events,
+         struct cuser *u, int side)
+{
+	if (*n == c->cap) {
+		size_t cap = c->cap ? c->cap * 2 : 64;
+		struct pollfd *pfd = realloc(c->pfd, cap * sizeof(*pfd));
+		struct cuser **slot;
+		int *sidev;
+		if (pfd == NULL) {
+			die(1, "out of memory");
+		}
+		c->pfd = pfd;
+		if ((slot = realloc(c->slot, cap * sizeof(*slot))) == NULL) {
+			die(1, "out of memory");
+		}
+		c->slot = slot;
+		if ((sidev = realloc(c->side, cap * sizeof(*sidev))) == NULL) {
+			die(1, "out of memory");
+		}
+		c->side = sidev;
+		c->cap = cap;
+	}
+	c->pfd[*n].fd = fd;
+	c->pfd[*n].events = events;
+	c->pfd[*n].revents = 0;
+	c->slot[*n] = u;
+	c->side[*n] = side;
+	(*n)++;
+}
+
+static size_t
+build_pollset(struct client *c)
+{
+	size_t n = 0;
+	struct cuser *u;
+	short ev[2];
+	int i;
+
+	slot_add(c, &n, c->sig_fd, POLLIN, NULL, 0);
+	if (c->fd >= 0) {
+		short e = c->state == C_CONNECTING ? POLLOUT
+		          : POLLIN | (c->out.len ? POLLOUT : 0);
+		slot_add(c, &n, c->fd, e, NULL, 1);
+	}
+	for (u = c->users; u != NULL; u = u->next) {
+		if (u->state != U_RELAY) {
+			slot_add(c, &n, u->fd, POLLOUT, u, 0);
+			continue;
+		}
+		relay_events(&u->relay, ev);
+		for (i = 0; i < 2; i++) {
+			if (ev[i]) {
+				slot_add(c, &n, u->relay.fd[i], ev[i], u, i);
+			}
+		}
+	}
+	return n;
+}
+
+static void
+ctl_event(struct client *c, short rev)
+{
+	if (c->state == C_CONNECTING) {
+		ctl_connected(c);
+		return;
+	}
+	if (rev & (POLLIN | POLLHUP | POLLERR)) {
+		ctl_readable(c);
+	}
+}
+
+static int
+dispatch(struct client *c, size_t n)
+{
+	size_t i, j;
+
+	for (i = 0; i < n; i++) {
+		short rev = c->pfd[i].revents, both[2] = { 0, 0 };
+		struct cuser *u = c->slot[i];
+
+		if (rev == 0) {
+			continue;
+		}
+		if (u == NULL) {
+			if (c->side[i] == 0) {
+				return -1;         /* SIGINT or SIGTERM */
+			}
+			ctl_event(c, rev);
+			continue;
+		}
+		if (u->dead) {
+			continue;
+		}
+		if (u->state != U_RELAY) {
+			user_connected(c, u);
+			continue;
+		}
+		both[c->side[i]] = rev;
+		for (j = i + 1; j < n && c->slot[j] == u; j++) {
+			both[c->side[j]] = c->pfd[j].revents;
+			c->pfd[j].revents = 0;
+		}
+		user_relay(u, both);
+	}
+	return 0;
+}
+
+static void
+flush_control(struct client *c)
+{
+	char what[512];
+
+	if (c->fd >= 0 && c->state != C_CONNECTING && c->out.len > 0 &&
+	    fbuf_flush(&c->out, c->fd) != 0) {
+		snprintf(what, sizeof(what), "lost connection to %s: %s",
+		         c->server, strerror(errno));
+		ctl_retry(c, what);
+	}
+}
+
+static void
+run(struct client *c)
+{
+	while (c->exit_status < 0) {
+		int64_t now = now_ms(), next = run_timers(c, now);
+		int timeout = next < 0 ? -1 : (int)(next - now + 1);
+		size_t n;
+
+		flush_control(c);
+		sweep(c);
+		if (c->exit_status >= 0) {
+			break;
+		}
+		n = build_pollset(c);
+		if (poll(c->pfd, (nfds_t)n, timeout) < 0) {
+			if (errno == EINTR) {
+				continue;
+			}
+			die(1, "poll:");
+		}
+		if (dispatch(c, n) != 0) {
+			c->exit_status = 0;
+		}
+		flush_control(c);
+	}
+}
+
+/* ==== start-up =========================================================== */
+
+static void
+resolve_local(struct client *c, const struct hostport *hp)
+{
+	struct addrinfo hints, *res, *ai;
+	int rc;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	rc = getaddrinfo(hp->host, hp->port, &hints, &res);
+	if (rc != 0) {
+		die(1, "-local %s: %s", c->local_arg, gai_strerror(rc));
+	}
+	for (ai = res; ai != NULL && c->nlocal < MAX_LOCAL_ADDRS; ai = ai->ai_next) {
+		memcpy(&c->local[c->nlocal].sa, ai->ai_addr, ai->ai_addrlen);
+		c->local[c->nlocal].len = ai->ai_addrlen;
+		c->nlocal++;
+	}
+	freeaddrinfo(res);
+}
+
+static void
+parse_args(struct client *c, int argc, char **argv)
+{
+	const char *remote = NULL, *local = "127.0.0.1:8080", *token = NULL, *why;
+	int help = 0, verbose = 0, quiet = 0;
+	struct hostport lhp;
+	char err[128];
+	struct flag flags[] = {
+		{ "remote", &remote, NULL },
+		{ "local", &local, NULL },
+		{ "token", &token, NULL },
+		{ "v", NULL, &verbose },
+		{ "q", NULL, &quiet },
+		{ "h", NULL, &help },
+		{ "help", NULL, &help },
+		{ NULL, NULL, NULL },
+	};
+
+	if (flags_parse(argc, argv, flags, err, sizeof(err)) != 0) {
+		usage_exit(err);
+	}
+	if (help) {
+		fputs(usage_text, stdout);
+		exit(0);
+	}
+	if (verbose && quiet) {
+		usage_exit("-v and -q exclude each other");
+	}
+	log_set_level(verbose ? LOG_VERBOSE : quiet ? LOG_QUIET : LOG_NORMAL);
+	if (remote == NULL) {
+		usage_exit("-remote HOST is required");
+	}
+	if (addr_parse(remote, DEFAULT_CONTROL_PORT, 0, &c->remote, &why) != 0 ||
+	    c->remote.host[0] == '\0') {
+		snprintf(err, sizeof(err), "-remote %s: %s", remote,
+		         why ? why : "missing host");
+		usage_exit(err);
+	}
+	if (addr_parse(local, -1, 0, &lhp, &why) != 0 || lhp.host[0] == '\0') {
+		snprintf(err, sizeof(err), "-local %s: %s", local,
+		         why ? why : "missing host");
+		usage_exit(err);
+	}
+	c->remote_arg = remote;
+	c->local_arg = local;
+	if (token == NULL) {
+		token = getenv("DIALBACK_TOKEN");
+	}
+	c->token = token ? token : "";
+	resolve_local(c, &lhp);
+}
+
+static void
+client_free(struct client *c)
+{
+	struct cuser *u;
+
+	for (u = c->users; u != NULL; u = u->next) {
+		if (u->state == U_RELAY) {
+			relay_close(&u->relay);
+		}
+		close_fd(&u->fd);
+		close_fd(&u->local_fd);
+		u->dead = 1;
+	}
+	sweep(c);
+	close_fd(&c->fd);
+	free(c->pfd);
+	free(c->slot);
+	free(c->side);
+}
+
+int
+main(int argc, char **argv)
+{
+	struct client c;
+
+	memset(&c, 0, sizeof(c));
+	c.fd = -1;
+	c.exit_status = -1;
+	c.backoff_ms = BACKOFF_MIN_MS;
+	parse_args(&c, argc, argv);
+	c.sig_fd = signals_setup();
+	raise_fd_limit();
+	random_bytes(c.run_id, RUN_ID_LEN);
+	c.deadline = now_ms();
+	run(&c);
+	client_free(&c);
+	return c.exit_status;
+}

@@ -1,0 +1,1064 @@
+/*
+ * What server.c and client.c share: logging, time, randomness, addresses,
+ * sockets, the frame codec, key derivation and the relay.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "sha256.h"
+
+/* ==== logging ============================================================ */
+
+static enum log_level log_level = LOG_NORMAL;
+
+void
+log_set_level(enum log_level level)
+{
+	log_level = level;
+}
+
+static void
+log_line(const char *fmt, va_list ap)
+{
+	int saved = errno;
+	char stamp[32], msg[1024];
+	time_t t = time(NULL);
+	struct tm tm;
+	size_t n;
+
+	gmtime_r(&t, &tm);
+	strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	n = strlen(fmt);
+	/* One write per line, so lines from two processes sharing a terminal
+	 * or file don't interleave mid-line. */
+	if (n > 0 && fmt[n - 1] == ':') {
+		fprintf(stderr, "%s %s %s\n", stamp, msg, strerror(saved));
+	} else {
+		fprintf(stderr, "%s %s\n", stamp, msg);
+	}
+	fflush(stderr);
+	errno = saved;
+}
+
+void
+log_info(const char *fmt, ...)
+{
+	va_list ap;
+
+	if (log_level < LOG_NORMAL) {
+		return;
+	}
+	va_start(ap, fmt);
+	log_line(fmt, ap);
+	va_end(ap);
+}
+
+void
+log_warn(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	log_line(fmt, ap);
+	va_end(ap);
+}
+
+void
+log_debug(const char *fmt, ...)
+{
+	va_list ap;
+
+	if (log_level < LOG_VERBOSE) {
+		return;
+	}
+	va_start(ap, fmt);
+	log_line(fmt, ap);
+	va_end(ap);
+}
+
+void
+die(int status, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	log_line(fmt, ap);
+	va_end(ap);
+	exit(status);
+}
+
+/* ==== time and randomness ================================================ */
+
+int64_t
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void
+random_bytes(void *buf, size_t len)
+{
+	static int fd = -1;
+	uint8_t *p = buf;
+
+	/* Kept open: after start-up a chroot or an fd shortage must not take
+	 * away the source of user ids. */
+	if (fd < 0) {
+		fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+		if (fd < 0) {
+			die(1, "open /dev/urandom:");
+		}
+	}
+	while (len > 0) {
+		ssize_t n = read(fd, p, len);
+		if (n < 0 && errno == EINTR) {
+			continue;
+		}
+		if (n <= 0) {
+			die(1, "read /dev/urandom:");
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+}
+
+long
+raise_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+		return -1;
+	}
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+		getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	return rl.rlim_cur == RLIM_INFINITY ? -1 : (long)rl.rlim_cur;
+}
+
+/* ==== addresses ========================================================== */
+
+static int
+port_parse(const char *s, int allow_zero, const char **why)
+{
+	long v = 0;
+
+	if (*s == '\0') {
+		*why = "missing port";
+		return -1;
+	}
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9') {
+			*why = "port is not a number";
+			return -1;
+		}
+		v = v * 10 + (*s - '0');
+		if (v > 65535) {
+			*why = "port out of range (1-65535)";
+			return -1;
+		}
+	}
+	if (v == 0 && !allow_zero) {
+		*why = "port out of range (1-65535)";
+		return -1;
+	}
+	return (int)v;
+}
+
+int
+addr_parse(const char *s, int default_port, int allow_zero,
+           struct hostport *hp, const char **why)
+{
+	const char *host = s, *port = NULL, *colon;
+	size_t hostlen;
+	int p;
+
+	*why = NULL;
+	if (*s == '[') {
+		const char *end = strchr(s, ']');
+		if (end == NULL) {
+			*why = "missing ']' after IPv6 address";
+			return -1;
+		}
+		host = s + 1;
+		hostlen = (size_t)(end - host);
+		if (end[1] == ':') {
+			port = end + 2;
+		} else if (end[1] != '\0') {
+			*why = "expected ':PORT' after ']'";
+			return -1;
+		}
+	} else if ((colon = strchr(s, ':')) != NULL && strchr(colon + 1, ':') == NULL) {
+		hostlen = (size_t)(colon - s);
+		port = colon + 1;
+	} else if (colon != NULL) {
+		hostlen = strlen(s);    /* a bare IPv6 address, no port */
+	} else if (default_port < 0 || strspn(s, "0123456789") == strlen(s)) {
+		hostlen = 0;            /* "8009": a port alone */
+		port = s;
+	} else {
+		hostlen = strlen(s);    /* a host alone */
+	}
+	if (hostlen >= sizeof(hp->host)) {
+		*why = "host name too long";
+		return -1;
+	}
+	if (port == NULL && default_port < 0) {
+		*why = "missing port";
+		return -1;
+	}
+	if (hostlen == 0 && port == NULL) {
+		*why = "empty address";
+		return -1;
+	}
+	if (port != NULL) {
+		if ((p = port_parse(port, allow_zero, why)) < 0) {
+			return -1;
+		}
+	} else {
+		p = default_port;
+	}
+	memcpy(hp->host, host, hostlen);
+	hp->host[hostlen] = '\0';
+	snprintf(hp->port, sizeof(hp->port), "%d", p);
+	return 0;
+}
+
+const char *
+addr_str(const struct sockaddr *sa, char *buf, size_t len)
+{
+	char ip[INET6_ADDRSTRLEN];
+
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+		inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
+		snprintf(buf, len, "%s:%u", ip, ntohs(in->sin_port));
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+		inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
+		snprintf(buf, len, "[%s]:%u", ip, ntohs(in6->sin6_port));
+	} else {
+		snprintf(buf, len, "?");
+	}
+	return buf;
+}
+
+void
+addr_to_wire(const struct sockaddr *sa, struct wire_addr *w)
+{
+	memset(w, 0, sizeof(*w));
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+		w->family = 4;
+		memcpy(w->addr, &in->sin_addr, 4);
+		w->port = ntohs(in->sin_port);
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+		w->family = 6;
+		memcpy(w->addr, &in6->sin6_addr, 16);
+		w->port = ntohs(in6->sin6_port);
+	}
+}
+
+const char *
+wire_addr_str(const struct wire_addr *w, char *buf, size_t len)
+{
+	char ip[INET6_ADDRSTRLEN];
+
+	if (w->family == 4) {
+		inet_ntop(AF_INET, w->addr, ip, sizeof(ip));
+		snprintf(buf, len, "%s:%u", ip, w->port);
+	} else if (w->family == 6) {
+		inet_ntop(AF_INET6, w->addr, ip, sizeof(ip));
+		snprintf(buf, len, "[%s]:%u", ip, w->port);
+	} else {
+		snprintf(buf, len, "?");
+	}
+	return buf;
+}
+
+/* ==== sockets ============================================================ */
+
+int
+set_nonblock(int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+
+	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+		return -1;
+	}
+	return 0;
+}
+
+void
+set_nodelay(int fd)
+{
+	int one = 1;
+
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+void
+set_keepalive(int fd)
+{
+	int one = 1;
+
+	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+}
+
+static void
+set_port(struct sockaddr *sa, int port)
+{
+	if (sa->sa_family == AF_INET) {
+		((struct sockaddr_in *)sa)->sin_port = htons((uint16_t)port);
+	} else if (sa->sa_family == AF_INET6) {
+		((struct sockaddr_in6 *)sa)->sin6_port = htons((uint16_t)port);
+	}
+}
+
+/* bind_error: the start-up line for a failed bind, with what to do. */
+static void
+bind_error(const char *what, const char *where, int err)
+{
+	switch (err) {
+	case EADDRINUSE:
+		die(1, "bind %s (%s port): address in use — is another server "
+		    "running? pick a free port with -%s", where, what, what);
+	case EACCES:
+		die(1, "bind %s (%s port): permission denied — ports below 1024 "
+		    "need privileges; pick a higher port with -%s", where, what, what);
+	case EADDRNOTAVAIL:
+		die(1, "bind %s (%s port): address not available — that address "
+		    "is not on this host", where, what);
+	default:
+		die(1, "bind %s (%s port): %s", where, what, strerror(err));
+	}
+}
+
+int
+listen_on(const struct hostport *hp, const char *what, int *fds, int max)
+{
+	struct addrinfo hints, *res, *ai;
+	char where[ADDR_STRLEN];
+	int n = 0, rc, one = 1;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE | AI_ADDRCONFIG;
+	rc = getaddrinfo(hp->host[0] ? hp->host : NULL, hp->port, &hints, &res);
+	if (rc != 0) {
+		die(1, "%s address %s: %s — check the host name in -%s", what,
+		    hp->host, gai_strerror(rc), what);
+	}
+	for (ai = res; ai != NULL && n < max; ai = ai->ai_next) {
+		int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
+		addr_str(ai->ai_addr, where, sizeof(where));
+		if (fd < 0) {
+			if (errno == EAFNOSUPPORT) {
+				continue;   /* no IPv6 here: the IPv4 one will do */
+			}
+			die(1, "socket for %s (%s port):", where, what);
+		}
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		/* Separate sockets for 0.0.0.0 and ::, so both can bind. */
+		if (ai->ai_family == AF_INET6) {
+			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+		}
+		if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+			bind_error(what, where, errno);
+		}
+		if (listen(fd, 1024) != 0 || set_nonblock(fd) != 0) {
+			die(1, "listen %s (%s port):", where, what);
+		}
+		fds[n++] = fd;
+		/* With port 0, the other addresses take the port the first one
+		 * got, so each role has one port number. */
+		if (n == 1 && strcmp(hp->port, "0") == 0) {
+			struct addrinfo *rest;
+			for (rest = ai->ai_next; rest != NULL; rest = rest->ai_next) {
+				set_port(rest->ai_addr, local_port(fd));
+			}
+		}
+	}
+	freeaddrinfo(res);
+	if (n == 0) {
+		die(1, "%s port %s: no address to listen on", what, hp->port);
+	}
+	return n;
+}
+
+int
+local_port(int fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) {
+		return 0;
+	}
+	if (ss.ss_family == AF_INET) {
+		return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+	}
+	if (ss.ss_family == AF_INET6) {
+		return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+	}
+	return 0;
+}
+
+int
+connect_start(const struct sockaddr *sa, socklen_t len)
+{
+	int fd = socket(sa->sa_family, SOCK_STREAM, 0);
+
+	if (fd < 0) {
+		return -1;
+	}
+	if (set_nonblock(fd) != 0) {
+		goto fail;
+	}
+	set_nodelay(fd);
+	while (connect(fd, sa, len) != 0) {
+		if (errno == EINPROGRESS) {
+			return fd;
+		}
+		if (errno != EINTR) {
+			goto fail;
+		}
+	}
+	return fd;
+fail:
+	{
+		int saved = errno;
+		close(fd);
+		errno = saved;
+	}
+	return -1;
+}
+
+int
+connect_done(int fd)
+{
+	int err = 0;
+	socklen_t len = sizeof(err);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) {
+		return -1;
+	}
+	if (err != 0) {
+		errno = err;
+		return -1;
+	}
+	return 0;
+}
+
+/* ==== keys =============================================================== */
+
+static void
+mac3(const void *key, size_t keylen, const char *label, const void *a,
+     size_t alen, const void *b, size_t blen, uint8_t out[PROOF_LEN])
+{
+	struct hmac_sha256 h;
+
+	hmac_sha256_init(&h, key, keylen);
+	hmac_sha256_update(&h, label, strlen(label));
+	hmac_sha256_update(&h, a, alen);
+	hmac_sha256_update(&h, b, blen);
+	hmac_sha256_final(&h, out);
+}
+
+void
+key_auth_proof(const char *token, const uint8_t cn[NONCE_LEN],
+               const uint8_t sn[NONCE_LEN], uint8_t out[PROOF_LEN])
+{
+	mac3(token, strlen(token), "dialback auth", cn, NONCE_LEN, sn,
+	     NONCE_LEN, out);
+}
+
+void
+key_session(const char *token, const uint8_t cn[NONCE_LEN],
+            const uint8_t sn[NONCE_LEN], uint8_t out[PROOF_LEN])
+{
+	mac3(token, strlen(token), "dialback session", cn, NONCE_LEN, sn,
+	     NONCE_LEN, out);
+}
+
+void
+key_join_proof(const uint8_t key[PROOF_LEN], const uint8_t id[USER_ID_LEN],
+               uint8_t out[PROOF_LEN])
+{
+	mac3(key, PROOF_LEN, "dialback join", id, USER_ID_LEN, "", 0, out);
+}
+
+/* ==== frame codec ======================================================== */
+
+static void
+put16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)(v >> 8);
+	p[1] = (uint8_t)v;
+}
+
+static uint16_t
+get16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] << 8 | p[1]);
+}
+
+static const char *const msg_names[MSG_TYPE_END] = {
+	[MSG_HELLO] = "HELLO",
+	[MSG_CHALLENGE] = "CHALLENGE",
+	[MSG_AUTH] = "AUTH",
+	[MSG_WELCOME] = "WELCOME",
+	[MSG_ERROR] = "ERROR",
+	[MSG_PING] = "PING",
+	[MSG_PONG] = "PONG",
+	[MSG_NEW_USER] = "NEW_USER",
+	[MSG_USER_FAILED] = "USER_FAILED",
+	[MSG_JOIN] = "JOIN",
+};
+
+/* Payload sizes: [min, max]; fixed-size types have min == max. */
+static const struct { uint16_t min, max; } msg_len[MSG_TYPE_END] = {
+	[MSG_HELLO] = { 29, 29 },
+	[MSG_CHALLENGE] = { 21, 21 },
+	[MSG_AUTH] = { PROOF_LEN, PROOF_LEN },
+	[MSG_WELCOME] = { 6, 6 },
+	[MSG_ERROR] = { 2, 1 + TEXT_MAX },
+	[MSG_PING] = { 0, 0 },
+	[MSG_PONG] = { 0, 0 },
+	[MSG_NEW_USER] = { USER_ID_LEN + 2 * WIRE_ADDR_LEN,
+	                   USER_ID_LEN + 2 * WIRE_ADDR_LEN },
+	[MSG_USER_FAILED] = { USER_ID_LEN, USER_ID_LEN + TEXT_MAX },
+	[MSG_JOIN] = { USER_ID_LEN + PROOF_LEN, USER_ID_LEN + PROOF_LEN },
+};
+
+const char *
+msg_name(unsigned type)
+{
+	if (type == 0 || type >= MSG_TYPE_END) {
+		return "unknown";
+	}
+	return msg_names[type];
+}
+
+/* Copy peer text, replacing control bytes so it is safe to log. */
+static void
+text_get(char *dst, const uint8_t *src, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		dst[i] = (src[i] < 0x20 || src[i] == 0x7f) ? '?' : (char)src[i];
+	}
+	dst[n] = '\0';
+}
+
+static size_t
+text_put(uint8_t *dst, const char *text)
+{
+	size_t n = strnlen(text, TEXT_MAX);
+
+	memcpy(dst, text, n);
+	return n;
+}
+
+static int
+wire_addr_get(const uint8_t *p, struct wire_addr *w)
+{
+	w->family = p[0];
+	memcpy(w->addr, p + 1, 16);
+	w->port = get16(p + 17);
+	return (w->family == 0 || w->family == 4 || w->family == 6) ? 0 : -1;
+}
+
+static void
+wire_addr_put(uint8_t *p, const struct wire_addr *w)
+{
+	p[0] = w->family;
+	memcpy(p + 1, w->addr, 16);
+	put16(p + 17, w->port);
+}
+
+/* A HELLO or CHALLENGE starts with magic and version whatever the version,
+ * so a mismatch can be named instead of looking like garbage. */
+static int
+versioned(uint8_t type)
+{
+	return type == MSG_HELLO || type == MSG_CHALLENGE;
+}
+
+enum frame_result
+frame_decode(const uint8_t *buf, size_t len, struct msg *m, size_t *used)
+{
+	const uint8_t *p = buf + FRAME_HDR;
+	uint16_t plen;
+	uint8_t type;
+
+	if (len < 1) {
+		return FRAME_MORE;
+	}
+	type = buf[0];
+	if (type == 0 || type >= MSG_TYPE_END) {
+		return FRAME_BAD;
+	}
+	if (len < FRAME_HDR) {
+		return FRAME_MORE;
+	}
+	plen = get16(buf + 1);
+	if (plen > FRAME_MAX) {
+		return FRAME_BAD;
+	}
+	/* Judge the length from the header alone, before waiting for a
+	 * payload that may never come. */
+	if (versioned(type) ? plen < PROTO_MAGIC_LEN + 1
+	    : plen < msg_len[type].min || plen > msg_len[type].max) {
+		return FRAME_BAD;
+	}
+	if (len < (size_t)FRAME_HDR + plen) {
+		return FRAME_MORE;
+	}
+	memset(m, 0, sizeof(*m));
+	m->type = type;
+	*used = FRAME_HDR + plen;
+	if (versioned(type)) {
+		if (memcmp(p, PROTO_MAGIC, PROTO_MAGIC_LEN) != 0) {
+			return FRAME_BAD;
+		}
+		m->version = p[PROTO_MAGIC_LEN];
+		if (m->version != PROTO_VERSION) {
+			return FRAME_OK;
+		}
+		if (plen != msg_len[type].min) {
+			return FRAME_BAD;
+		}
+		p += PROTO_MAGIC_LEN + 1;
+	}
+	switch (type) {
+	case MSG_HELLO:
+		memcpy(m->nonce, p, NONCE_LEN);
+		memcpy(m->run_id, p + NONCE_LEN, RUN_ID_LEN);
+		break;
+	case MSG_CHALLENGE:
+		memcpy(m->nonce, p, NONCE_LEN);
+		break;
+	case MSG_AUTH:
+		memcpy(m->proof, p, PROOF_LEN);
+		break;
+	case MSG_WELCOME:
+		m->tunnel_port = get16(p);
+		m->public_port = get16(p + 2);
+		m->heartbeat_s = get16(p + 4);
+		break;
+	case MSG_ERROR:
+		m->code = p[0];
+		text_get(m->text, p + 1, plen - 1u);
+		break;
+	case MSG_NEW_USER:
+		memcpy(m->user_id, p, USER_ID_LEN);
+		if (wire_addr_get(p + USER_ID_LEN, &m->src) != 0 ||
+		    wire_addr_get(p + USER_ID_LEN + WIRE_ADDR_LEN, &m->dst) != 0) {
+			return FRAME_BAD;
+		}
+		break;
+	case MSG_USER_FAILED:
+		memcpy(m->user_id, p, USER_ID_LEN);
+		text_get(m->text, p + USER_ID_LEN, plen - (size_t)USER_ID_LEN);
+		break;
+	case MSG_JOIN:
+		memcpy(m->user_id, p, USER_ID_LEN);
+		memcpy(m->proof, p + USER_ID_LEN, PROOF_LEN);
+		break;
+	default:
+		break;   /* PING, PONG: no payload */
+	}
+	return FRAME_OK;
+}
+
+size_t
+frame_encode(uint8_t *out, const struct msg *m)
+{
+	uint8_t *p = out + FRAME_HDR;
+	size_t plen;
+
+	if (versioned(m->type)) {
+		memcpy(p, PROTO_MAGIC, PROTO_MAGIC_LEN);
+		p[PROTO_MAGIC_LEN] = PROTO_VERSION;
+		p += PROTO_MAGIC_LEN + 1;
+	}
+	switch (m->type) {
+	case MSG_HELLO:
+		memcpy(p, m->nonce, NONCE_LEN);
+		memcpy(p + NONCE_LEN, m->run_id, RUN_ID_LEN);
+		p += NONCE_LEN + RUN_ID_LEN;
+		break;
+	case MSG_CHALLENGE:
+		memcpy(p, m->nonce, NONCE_LEN);
+		p += NONCE_LEN;
+		break;
+	case MSG_AUTH:
+		memcpy(p, m->proof, PROOF_LEN);
+		p += PROOF_LEN;
+		break;
+	case MSG_WELCOME:
+		put16(p, m->tunnel_port);
+		put16(p + 2, m->public_port);
+		put16(p + 4, m->heartbeat_s);
+		p += 6;
+		break;
+	case MSG_ERROR:
+		p[0] = m->code;
+		p += 1 + text_put(p + 1, m->text[0] ? m->text : "error");
+		break;
+	case MSG_NEW_USER:
+		memcpy(p, m->user_id, USER_ID_LEN);
+		wire_addr_put(p + USER_ID_LEN, &m->src);
+		wire_addr_put(p + USER_ID_LEN + WIRE_ADDR_LEN, &m->dst);
+		p += USER_ID_LEN + 2 * WIRE_ADDR_LEN;
+		break;
+	case MSG_USER_FAILED:
+		memcpy(p, m->user_id, USER_ID_LEN);
+		p += USER_ID_LEN + text_put(p + USER_ID_LEN, m->text);
+		break;
+	case MSG_JOIN:
+		memcpy(p, m->user_id, USER_ID_LEN);
+		memcpy(p + USER_ID_LEN, m->proof, PROOF_LEN);
+		p += USER_ID_LEN + PROOF_LEN;
+		break;
+	default:
+		break;
+	}
+	plen = (size_t)(p - out) - FRAME_HDR;
+	out[0] = m->type;
+	put16(out + 1, (uint16_t)plen);
+	return FRAME_HDR + plen;
+}
+
+/* ==== frame buffers ====================================================== */
+
+int
+fbuf_put(struct fbuf *b, const struct msg *m)
+{
+	uint8_t frame[FRAME_HDR + FRAME_MAX];
+	size_t n = frame_encode(frame, m);
+
+	if (b->len + n > sizeof(b->data)) {
+		return -1;
+	}
+	memcpy(b->data + b->len, frame, n);
+	b->len += n;
+	return 0;
+}
+
+int
+fbuf_flush(struct fbuf *b, int fd)
+{
+	while (b->len > 0) {
+		ssize_t n = send(fd, b->data, b->len, MSG_NOSIGNAL);
+		if (n < 0) {
+			if (errno == EINTR) {
+				continue;
+			}
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				return 0;
+			}
+			return -1;
+		}
+		memmove(b->data, b->data + n, b->len - (size_t)n);
+		b->len -= (size_t)n;
+	}
+	return 0;
+}
+
+int
+fbuf_fill(struct fbuf *b, int fd)
+{
+	for (;;) {
+		ssize_t n = read(fd, b->data + b->len, sizeof(b->data) - b->len);
+		if (n > 0) {
+			b->len += (size_t)n;
+			return 1;
+		}
+		if (n == 0) {
+			/* A full buffer reads 0 too; it always holds a whole frame
+			 * (or a bad one), which the caller takes first. */
+			return b->len == sizeof(b->data) ? 1 : 0;
+		}
+		if (errno == EINTR) {
+			continue;
+		}
+		if (errno == EAGAIN || errno == EWOULDBLOCK) {
+			return 1;
+		}
+		return -1;
+	}
+}
+
+enum frame_result
+fbuf_take(struct fbuf *b, struct msg *m)
+{
+	size_t used = 0;
+	enum frame_result r = frame_decode(b->data, b->len, m, &used);
+
+	if (r == FRAME_OK) {
+		memmove(b->data, b->data + used, b->len - used);
+		b->len -= used;
+	}
+	return r;
+}
+
+/* ==== relay ============================================================== */
+
+int
+relay_init(struct relay *r, int fd0, int fd1)
+{
+	memset(r, 0, sizeof(*r));
+	r->fd[0] = fd0;
+	r->fd[1] = fd1;
+	r->dir[0].buf = malloc(RELAY_BUF);
+	r->dir[1].buf = malloc(RELAY_BUF);
+	if (r->dir[0].buf == NULL || r->dir[1].buf == NULL) {
+		free(r->dir[0].buf);
+		free(r->dir[1].buf);
+		r->dir[0].buf = r->dir[1].buf = NULL;
+		r->fd[0] = r->fd[1] = -1;
+		return -1;
+	}
+	return 0;
+}
+
+void
+relay_prefill(struct relay *r, int d, const void *data, size_t n)
+{
+	struct relay_dir *rd = &r->dir[d];
+
+	memcpy(rd->buf + rd->off + rd->len, data, n);
+	rd->len += n;
+}
+
+void
+relay_events(const struct relay *r, short ev[2])
+{
+	int d;
+
+	ev[0] = ev[1] = 0;
+	for (d = 0; d < 2; d++) {
+		const struct relay_dir *rd = &r->dir[d];
+		if (!rd->eof && rd->off + rd->len < RELAY_BUF) {
+			ev[d] |= POLLIN;
+		}
+		if (rd->len > 0) {
+			ev[1 - d] |= POLLOUT;
+		}
+	}
+}
+
+static enum relay_state
+relay_fail(struct relay *r, int side, const char *op)
+{
+	r->err_side = side;
+	r->err_op = op;
+	r->err_no = errno;
+	return RELAY_FAIL;
+}
+
+/* Read once from the source of direction d.  -1 on error. */
+static int
+relay_fill(struct relay *r, int d)
+{
+	struct relay_dir *rd = &r->dir[d];
+	ssize_t n;
+
+	do {
+		n = read(r->fd[d], rd->buf + rd->off + rd->len,
+		         RELAY_BUF - rd->off - rd->len);
+	} while (n < 0 && errno == EINTR);
+	if (n > 0) {
+		rd->len += (size_t)n;
+		rd->bytes += (uint64_t)n;
+	} else if (n == 0) {
+		rd->eof = 1;
+	} else if (errno != EAGAIN && errno != EWOULDBLOCK) {
+		return -1;
+	}
+	return 0;
+}
+
+/* Write what direction d holds to its sink; -1 on error. */
+static int
+relay_drain(struct relay *r, int d)
+{
+	struct relay_dir *rd = &r->dir[d];
+	ssize_t n;
+
+	while (rd->len > 0) {
+		n = send(r->fd[1 - d], rd->buf + rd->off, rd->len, MSG_NOSIGNAL);
+		if (n < 0) {
+			if (errno == EINTR) {
+				continue;
+			}
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				return 0;
+			}
+			return -1;
+		}
+		rd->off += (size_t)n;
+		rd->len -= (size_t)n;
+	}
+	rd->off = 0;
+	return 0;
+}
+
+enum relay_state
+relay_step(struct relay *r, const short revents[2])
+{
+	int d;
+
+	for (d = 0; d < 2; d++) {
+		struct relay_dir *rd = &r->dir[d];
+		int src = d, dst = 1 - d;
+
+		if ((revents[src] & (POLLIN | POLLHUP | POLLERR)) && !rd->eof &&
+		    rd->off + rd->len < RELAY_BUF) {
+			if (relay_fill(r, d) != 0) {
+				return relay_fail(r, src, "read");
+			}
+		}
+		/* Write at once after a read: the sink is usually ready, and
+		 * this saves a trip through poll per chunk. */
+		if (rd->len > 0 && ((revents[dst] & (POLLOUT | POLLHUP | POLLERR)) ||
+		                    (revents[src] & POLLIN))) {
+			if (relay_drain(r, d) != 0) {
+				return relay_fail(r, dst, "write");
+			}
+		}
+		if (rd->eof && rd->len == 0 && !rd->shut) {
+			/* ENOTCONN: the sink already went away, which its own
+			 * direction will report; nothing is lost here. */
+			if (shutdown(r->fd[dst], SHUT_WR) != 0 && errno != ENOTCONN) {
+				return relay_fail(r, dst, "shutdown");
+			}
+			rd->shut = 1;
+		}
+	}
+	return (r->dir[0].shut && r->dir[1].shut) ? RELAY_DONE : RELAY_OPEN;
+}
+
+void
+relay_close(struct relay *r)
+{
+	int i;
+
+	for (i = 0; i < 2; i++) {
+		if (r->fd[i] >= 0) {
+			close(r->fd[i]);
+			r->fd[i] = -1;
+		}
+		free(r->dir[i].buf);
+		r->dir[i].buf = NULL;
+	}
+}
+
+/* ==== command line and signals =========================================== */
+
+int
+flags_parse(int argc, char **argv, const struct flag *flags, char *err,
+            size_t errlen)
+{
+	int i;
+
+	for (i = 1; i < argc; i++) {
+		const char *arg = argv[i], *name, *eq;
+		const struct flag *f;
+		size_t n;
+
+		if (arg[0] != '-' || arg[1] == '\0') {
+			snprintf(err, errlen, "unexpected argument '%s'", arg);
+			return -1;
+		}
+		name = arg + (arg[1] == '-' ? 2 : 1);
+		eq = strchr(name, '=');
+		n = eq ? (size_t)(eq - name) : strlen(name);
+		for (f = flags; f->name != NULL; f++) {
+			if (strlen(f->name) == n && strncmp(f->name, name, n) == 0) {
+				break;
+			}
+		}
+		if (f->name == NULL) {
+			snprintf(err, errlen, "unknown flag '%s'", arg);
+			return -1;
+		}
+		if (f->is_set != NULL) {
+			if (eq != NULL) {
+				snprintf(err, errlen, "flag -%s takes no value", f->name);
+				return -1;
+			}
+			*f->is_set = 1;
+		} else if (eq != NULL) {
+			*f->value = eq + 1;
+		} else if (i + 1 < argc) {
+			*f->value = argv[++i];
+		} else {
+			snprintf(err, errlen, "flag -%s needs a value", f->name);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int sig_pipe_wr = -1;
+
+static void
+on_stop_signal(int sig)
+{
+	int saved = errno;
+	uint8_t b = (uint8_t)sig;
+
+	/* Nothing else is async-signal-safe enough to do here; the loop sees
+	 * the byte on its next poll. */
+	if (write(sig_pipe_wr, &b, 1) < 0) {
+		/* the pipe is full: a stop is pending already */
+	}
+	errno = saved;
+}
+
+int
+signals_setup(void)
+{
+	struct sigaction sa;
+	int p[2];
+
+	if (pipe(p) != 0 || set_nonblock(p[0]) != 0 || set_nonblock(p[1]) != 0) {
+		die(1, "pipe:");
+	}
+	sig_pipe_wr = p[1];
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = SIG_IGN;
+	sigaction(SIGPIPE, &sa, NULL);
+	sa.sa_handler = on_stop_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	return p[0];
+}

@@ -1,0 +1,185 @@
+/*
+ * What server.c and client.c share: logging, time, randomness, address
+ * parsing, sockets, the handshake's key derivation and the relay.
+ */
+#ifndef DIALBACK_COMMON_H
+#define DIALBACK_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "protocol.h"
+
+/* ---- logging ------------------------------------------------------------ */
+
+enum log_level { LOG_QUIET = 0, LOG_NORMAL = 1, LOG_VERBOSE = 2 };
+
+/* Lines go to stderr as "2026-11-22T04:22:23Z message".  A format that
+ * ends in ':' gets ": strerror(errno)" appended. */
+void log_set_level(enum log_level level);
+void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* die: log_warn, then exit(status).  For start-up only. */
+void die(int status, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3), noreturn));
+
+/* ---- time and randomness ------------------------------------------------ */
+
+/* now_ms: a monotonic clock in milliseconds. */
+int64_t now_ms(void);
+
+/* random_bytes: fill buf from the kernel's generator; dies if it can't. */
+void random_bytes(void *buf, size_t len);
+
+/* raise_fd_limit: lift RLIMIT_NOFILE to its hard limit; returns the limit. */
+long raise_fd_limit(void);
+
+/* ---- addresses ---------------------------------------------------------- */
+
+struct hostport {
+	char host[256];   /* "" = every interface (for listening) */
+	char port[8];
+};
+
+/*
+ * addr_parse: split "PORT", ":PORT", "HOST:PORT", "[IPv6]:PORT" into *hp.
+ * With default_port >= 0 the port may be left out ("HOST", "[IPv6]", or a
+ * bare IPv6 address such as "::1"); with -1 it is required.  Ports run
+ * 1..65535, and 0 too when allow_zero (listen on any free port).  Returns 0,
+ * or -1 with *why set to a phrase for the user.
+ */
+int addr_parse(const char *s, int default_port, int allow_zero,
+               struct hostport *hp, const char **why);
+
+/* addr_str: "1.2.3.4:80" or "[::1]:80" into buf (ADDR_STRLEN bytes). */
+#define ADDR_STRLEN 64
+const char *addr_str(const struct sockaddr *sa, char *buf, size_t len);
+
+/* addr_to_wire / addr_from_wire: between sockaddr and the wire form. */
+void addr_to_wire(const struct sockaddr *sa, struct wire_addr *w);
+const char *wire_addr_str(const struct wire_addr *w, char *buf, size_t len);
+
+/* ---- sockets ------------------------------------------------------------ */
+
+/* set_nonblock, set_nodelay, set_keepalive: 0 or -1 (errno set). */
+int set_nonblock(int fd);
+void set_nodelay(int fd);
+void set_keepalive(int fd);
+
+/*
+ * listen_on: bind and listen on every address hp resolves to (for "" both
+ * 0.0.0.0 and ::, where the host has IPv6).  Stores up to max descriptors
+ * in fds and returns how many, or dies with a line naming what and where
+ * (exit 1), e.g. "bind 0.0.0.0:8009: address in use ...".  what names the
+ * port's role for that message.
+ */
+int listen_on(const struct hostport *hp, const char *what, int *fds, int max);
+
+/* local_port: the port fd is bound to, or 0. */
+int local_port(int fd);
+
+/* connect_start: a non-blocking connect to sa.  Returns the descriptor,
+ * which is connected or connecting (wait for POLLOUT, then connect_done);
+ * or -1 with errno set. */
+int connect_start(const struct sockaddr *sa, socklen_t len);
+
+/* connect_done: after POLLOUT, 0 if the connect succeeded, else -1 with
+ * errno set to why it failed. */
+int connect_done(int fd);
+
+/* ---- command line and signals ------------------------------------------ */
+
+/* A flag takes a value (value set) or is a switch (is_set set).  Names are
+ * given without dashes; "-name", "--name", "-name=v" and "-name v" all work. */
+struct flag {
+	const char *name;
+	const char **value;
+	int *is_set;
+};
+
+/* flags_parse: apply argv to a table ending in {NULL}.  0, or -1 with a
+ * phrase in err naming the bad argument. */
+int flags_parse(int argc, char **argv, const struct flag *flags, char *err,
+                size_t errlen);
+
+/* signals_setup: ignore SIGPIPE; make SIGINT and SIGTERM write a byte to a
+ * pipe whose (non-blocking) read end is returned, for the poll loop. */
+int signals_setup(void);
+
+/* ---- keys --------------------------------------------------------------- */
+
+/* The HMAC derivations of protocol.h; token may be "" (no token). */
+void key_auth_proof(const char *token, const uint8_t cn[NONCE_LEN],
+                    const uint8_t sn[NONCE_LEN], uint8_t out[PROOF_LEN]);
+void key_session(const char *token, const uint8_t cn[NONCE_LEN],
+                 const uint8_t sn[NONCE_LEN], uint8_t out[PROOF_LEN]);
+void key_join_proof(const uint8_t key[PROOF_LEN],
+                    const uint8_t id[USER_ID_LEN], uint8_t out[PROOF_LEN]);
+
+/* ---- frame buffers ------------------------------------------------------ */
+
+/* A small buffer of frames to or from a peer (control and join traffic). */
+#define FBUF_SIZE 4096
+struct fbuf {
+	uint8_t data[FBUF_SIZE];
+	size_t len;
+};
+
+/* fbuf_put: append the frame for *m; -1 if it doesn't fit (peer stalled). */
+int fbuf_put(struct fbuf *b, const struct msg *m);
+/* fbuf_flush: write as much as the socket takes.  0 or -1 (errno set). */
+int fbuf_flush(struct fbuf *b, int fd);
+/* fbuf_fill: read what the socket has.  1 read something, 0 EOF, -1 error;
+ * EAGAIN counts as 1 with nothing added. */
+int fbuf_fill(struct fbuf *b, int fd);
+/* fbuf_take: decode the next frame, consuming it on FRAME_OK. */
+enum frame_result fbuf_take(struct fbuf *b, struct msg *m);
+
+/* ---- relay -------------------------------------------------------------- */
+
+#define RELAY_BUF (64 * 1024)
+
+/* One direction: bytes read from fd[from] wait here to be written to the
+ * other side.  eof: the source ended; shut: the sink was shut down for
+ * writing after the last byte went out. */
+struct relay_dir {
+	uint8_t *buf;
+	size_t off, len;
+	int eof, shut;
+	uint64_t bytes;
+};
+
+/* A relayed pair.  dir[0] carries fd[0] -> fd[1], dir[1] fd[1] -> fd[0]. */
+struct relay {
+	int fd[2];
+	struct relay_dir dir[2];
+	int err_side;        /* on RELAY_FAIL: which fd, */
+	const char *err_op;  /* doing what ("read", "write", "shutdown") */
+	int err_no;          /* and errno */
+};
+
+enum relay_state { RELAY_OPEN, RELAY_DONE, RELAY_FAIL };
+
+/* relay_init: take ownership of both descriptors.  -1 if out of memory
+ * (the descriptors are then still the caller's). */
+int relay_init(struct relay *r, int fd0, int fd1);
+
+/* relay_prefill: queue n bytes (n <= RELAY_BUF) in direction d, as if read
+ * from its source; used for a JOIN and for bytes read past it. */
+void relay_prefill(struct relay *r, int d, const void *data, size_t n);
+
+/* relay_events: the poll interest for fd[0] and fd[1], derived from the
+ * buffers: room to fill means POLLIN, bytes to send mean POLLOUT.  0 means
+ * leave the descriptor out of poll (so a hang-up can't wake us in a loop). */
+void relay_events(const struct relay *r, short ev[2]);
+
+/* relay_step: do the I/O that revents allow.  RELAY_DONE once both
+ * directions ended and were shut down; RELAY_FAIL on an error (r->err_*). */
+enum relay_state relay_step(struct relay *r, const short revents[2]);
+
+/* relay_close: close both descriptors and free the buffers.  Idempotent. */
+void relay_close(struct relay *r);
+
+#endif

@@ -1,0 +1,1048 @@
+/*
+ * dialback server: runs on the public host.  Listens on the control port
+ * (clients attach), the public port (users arrive) and the tunnel port
+ * (clients dial back, one connection per user, and JOIN it).  One poll()
+ * loop; every socket non-blocking; state in struct server.
+ *
+ * Objects are never freed while the loop walks a poll result: teardown
+ * closes descriptors and marks the object dead, and sweep() frees the dead
+ * between turns, so a stale slot can only see a dead flag.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "sha256.h"
+
+static const char usage_text[] =
+"usage: ./server [-control ADDR] [-tunnel ADDR] [-public ADDR] [-token SECRET]\n"
+"                [-heartbeat SECONDS] [-v | -q]\n"
+"  -control ADDR        where clients attach (default 8009)\n"
+"  -tunnel ADDR         where clients dial back for each user (default 8008)\n"
+"  -public ADDR         where users connect (default 8007)\n"
+"  -token SECRET        shared secret clients must prove (or DIALBACK_TOKEN)\n"
+"  -heartbeat SECONDS   ping interval; 3 silent intervals = dead (default 10)\n"
+"  -v, -q               more logging / warnings only\n"
+"ADDR is PORT, :PORT, HOST:PORT or [IPv6]:PORT; no HOST = all interfaces.\n";
+
+#define MAX_LISTEN      4      /* addresses per role (0.0.0.0 and ::) */
+#define ACCEPT_BATCH    64     /* accepts per listener per turn */
+#define MAX_PENDING     1024   /* users waiting for their join, per session */
+
+enum role { ROLE_CONTROL, ROLE_TUNNEL, ROLE_PUBLIC, ROLE_END };
+
+static const char *const role_names[ROLE_END] = {
+	[ROLE_CONTROL] = "control",
+	[ROLE_TUNNEL] = "tunnel",
+	[ROLE_PUBLIC] = "public",
+};
+
+/* A control connection.  Once attached it is a session: it owns the
+ * public port and the users waiting for their joins. */
+enum ctl_state { CTL_HELLO, CTL_AUTH, CTL_ATTACHED };
+
+static const char *const ctl_state_names[] = {
+	[CTL_HELLO] = "hello",
+	[CTL_AUTH] = "auth",
+	[CTL_ATTACHED] = "attached",
+};
+
+struct ctl {
+	struct ctl *next;
+	int fd, dead;
+	enum ctl_state state;
+	char peer[ADDR_STRLEN];
+	struct fbuf in, out;
+	uint8_t cn[NONCE_LEN], sn[NONCE_LEN], run_id[RUN_ID_LEN];
+	uint8_t key[PROOF_LEN];        /* session key, once attached */
+	int64_t deadline;              /* handshake must finish by then */
+	int64_t last_rx, next_ping;
+	int pending;                   /* users waiting for a join */
+};
+
+/* A tunnel connection that has not sent its JOIN yet. */
+struct tun {
+	struct tun *next;
+	int fd, dead;
+	char peer[ADDR_STRLEN];
+	struct fbuf in;
+	int64_t deadline;
+};
+
+/* A user accepted on the public port, waiting for its tunnel.  Its bytes
+ * stay in the kernel until the join: nothing reads fd before then. */
+struct user {
+	struct user *next;
+	int fd, dead;
+	uint64_t seq;                  /* for logs */
+	uint8_t id[USER_ID_LEN];
+	struct ctl *sess;
+	char peer[ADDR_STRLEN];
+	int64_t start, deadline;
+};
+
+/* A joined user: fd[0] is the user, fd[1] the tunnel. */
+struct pair {
+	struct pair *next;
+	int dead;
+	uint64_t seq;
+	char peer[ADDR_STRLEN];
+	int64_t start;
+	struct relay relay;
+};
+
+enum kind { K_SIGNAL, K_LISTEN, K_CTL, K_TUN, K_USER, K_PAIR };
+
+/* What each pollfd entry belongs to. */
+struct slot {
+	enum kind kind;
+	void *obj;
+	int side;                      /* listener role, or relay side */
+};
+
+struct server {
+	struct hostport addr[ROLE_END];
+	const char *token;             /* "" = no token */
+	int heartbeat_s;
+	int lfd[ROLE_END][MAX_LISTEN];
+	int nlfd[ROLE_END];
+	int port[ROLE_END];
+	int sig_fd;
+	int spare_fd;                  /* given up to accept-and-close at EMFILE */
+	int64_t accept_paused_until;
+	uint64_t fd_drops;             /* connections shed for lack of fds */
+	int64_t fd_drop_logged;
+	struct ctl *ctls;
+	struct ctl *owner;             /* the session serving the public port */
+	struct tun *tuns;
+	struct user *users;
+	struct pair *pairs;
+	uint64_t user_seq;
+	struct pollfd *pfd;
+	struct slot *slot;
+	size_t cap;
+};
+
+static void
+usage_exit(const char *why)
+{
+	fprintf(stderr, "server: %s (see ./server -h)\n", why);
+	exit(2);
+}
+
+/* ==== teardown =========================================================== */
+
+static void
+close_fd(int *fd)
+{
+	if (*fd >= 0) {
+		close(*fd);
+		*fd = -1;
+	}
+}
+
+static void
+user_close(struct server *s, struct user *u, const char *why)
+{
+	if (u->dead) {
+		return;
+	}
+	log_info("user #%llu %s closed: %s", (unsigned long long)u->seq,
+	         u->peer, why);
+	close_fd(&u->fd);
+	u->dead = 1;
+	if (u->sess != NULL) {
+		u->sess->pending--;
+	}
+	(void)s;
+}
+
+static void
+ctl_close(struct server *s, struct ctl *c, const char *why)
+{
+	struct user *u;
+
+	if (c->dead) {
+		return;
+	}
+	if (c->state == CTL_ATTACHED) {
+		log_info("client %s detached: %s", c->peer, why);
+	} else {
+		log_info("control %s dropped: %s", c->peer, why);
+	}
+	for (u = s->users; u != NULL; u = u->next) {
+		if (u->sess == c && !u->dead) {
+			user_close(s, u, "its client went away before the join");
+		}
+	}
+	if (s->owner == c) {
+		s->owner = NULL;
+	}
+	close_fd(&c->fd);
+	c->dead = 1;
+}
+
+static void
+tun_close(struct tun *t, const char *why)
+{
+	if (t->dead) {
+		return;
+	}
+	log_info("tunnel %s dropped: %s", t->peer, why);
+	close_fd(&t->fd);
+	t->dead = 1;
+}
+
+static void
+pair_close(struct pair *p, enum relay_state st)
+{
+	double secs = (double)(now_ms() - p->start) / 1000.0;
+	unsigned long long in = p->relay.dir[0].bytes;
+	unsigned long long out = p->relay.dir[1].bytes;
+
+	if (st == RELAY_DONE) {
+		log_info("user #%llu %s closed: %llu bytes in, %llu out, %.1fs",
+		         (unsigned long long)p->seq, p->peer, in, out, secs);
+	} else {
+		log_info("user #%llu %s closed: %s %s: %s; %llu bytes in, %llu out, "
+		         "%.1fs", (unsigned long long)p->seq, p->peer,
+		         p->relay.err_side == 0 ? "user" : "tunnel",
+		         p->relay.err_op, strerror(p->relay.err_no), in, out, secs);
+	}
+	relay_close(&p->relay);
+	p->dead = 1;
+}
+
+/* Free what teardown marked dead.  Lists are singly linked; a pointer to
+ * the link being examined makes unlinking one line. */
+#define SWEEP(head, type, free_one)                                     \
+	do {                                                            \
+		type **pp = &(head);                                    \
+		while (*pp != NULL) {                                   \
+			type *o = *pp;                                  \
+			if (o->dead) {                                  \
+				*pp = o->next;                          \
+				free_one(o);                            \
+			} else {                                        \
+				pp = &o->next;                          \
+			}                                               \
+		}                                                       \
+	} while (0)
+
+static void
+sweep(struct server *s)
+{
+	SWEEP(s->ctls, struct ctl, free);
+	SWEEP(s->tuns, struct tun, free);
+	SWEEP(s->users, struct user, free);
+	SWEEP(s->pairs, struct pair, free);
+}
+
+/* ==== control connections ================================================ */
+
+static void
+ctl_send(struct server *s, struct ctl *c, const struct msg *m)
+{
+	if (fbuf_put(&c->out, m) != 0) {
+		ctl_close(s, c, "not reading its control messages");
+	}
+}
+
+/* ctl_refuse: tell the peer why in an ERROR, then drop it. */
+static void
+ctl_refuse(struct server *s, struct ctl *c, enum err_code code,
+           const char *why)
+{
+	struct msg m;
+
+	memset(&m, 0, sizeof(m));
+	m.type = MSG_ERROR;
+	m.code = (uint8_t)code;
+	snprintf(m.text, sizeof(m.text), "%s", why);
+	if (fbuf_put(&c->out, &m) == 0) {
+		fbuf_flush(&c->out, c->fd);
+	}
+	ctl_close(s, c, why);
+}
+
+static void
+on_hello(struct server *s, struct ctl *c, const struct msg *m)
+{
+	struct msg r;
+	char why[TEXT_MAX];
+
+	if (m->type != MSG_HELLO) {
+		ctl_close(s, c, "not a dialback client (first message is not HELLO)");
+		return;
+	}
+	if (m->version != PROTO_VERSION) {
+		snprintf(why, sizeof(why), "protocol version mismatch: server "
+		         "speaks %d, client %d; run the same dialback release on "
+		         "both sides", PROTO_VERSION, m->version);
+		ctl_refuse(s, c, ERR_VERSION, why);
+		return;
+	}
+	memcpy(c->cn, m->nonce, NONCE_LEN);
+	memcpy(c->run_id, m->run_id, RUN_ID_LEN);
+	random_bytes(c->sn, NONCE_LEN);
+	memset(&r, 0, sizeof(r));
+	r.type = MSG_CHALLENGE;
+	memcpy(r.nonce, c->sn, NONCE_LEN);
+	c->state = CTL_AUTH;
+	ctl_send(s, c, &r);
+}
+
+static void
+on_auth(struct server *s, struct ctl *c, const struct msg *m)
+{
+	struct msg r;
+	uint8_t want[PROOF_LEN];
+	char why[TEXT_MAX];
+
+	if (m->type != MSG_AUTH) {
+		ctl_refuse(s, c, ERR_PROTO, "expected AUTH");
+		return;
+	}
+	if (s->token[0] != '\0') {
+		key_auth_proof(s->token, c->cn, c->sn, want);
+		if (!equal_ct(want, m->proof, PROOF_LEN)) {
+			ctl_refuse(s, c, ERR_AUTH, "wrong token");
+			return;
+		}
+	}
+	if (s->owner != NULL) {
+		/* The same client process coming back after a blip: its old
+		 * session is dead and only waits for the heartbeat to say so. */
+		if (memcmp(s->owner->run_id, c->run_id, RUN_ID_LEN) == 0) {
+			ctl_close(s, s->owner, "replaced by its own reconnect");
+		} else {
+			snprintf(why, sizeof(why), "public port %d is already served "
+			         "by %s", s->port[ROLE_PUBLIC], s->owner->peer);
+			ctl_refuse(s, c, ERR_BUSY, why);
+			return;
+		}
+	}
+	key_session(s->token, c->cn, c->sn, c->key);
+	c->state = CTL_ATTACHED;
+	c->next_ping = now_ms() + s->heartbeat_s * 1000;
+	s->owner = c;
+	set_keepalive(c->fd);
+	memset(&r, 0, sizeof(r));
+	r.type = MSG_WELCOME;
+	r.tunnel_port = (uint16_t)s->port[ROLE_TUNNEL];
+	r.public_port = (uint16_t)s->port[ROLE_PUBLIC];
+	r.heartbeat_s = (uint16_t)s->heartbeat_s;
+	ctl_send(s, c, &r);
+	log_info("client %s attached: serving public port %d",
+	         c->peer, s->port[ROLE_PUBLIC]);
+}
+
+static struct user *
+user_find(struct server *s, const uint8_t id[USER_ID_LEN])
+{
+	struct user *u;
+
+	for (u = s->users; u != NULL; u = u->next) {
+		if (!u->dead && memcmp(u->id, id, USER_ID_LEN) == 0) {
+			return u;
+		}
+	}
+	return NULL;
+}
+
+static void
+on_session_msg(struct server *s, struct ctl *c, const struct msg *m)
+{
+	struct msg r;
+	struct user *u;
+	char why[TEXT_MAX + 64];
+
+	switch (m->type) {
+	case MSG_PING:
+		memset(&r, 0, sizeof(r));
+		r.type = MSG_PONG;
+		ctl_send(s, c, &r);
+		break;
+	case MSG_PONG:
+		break;
+	case MSG_USER_FAILED:
+		u = user_find(s, m->user_id);
+		if (u != NULL && u->sess == c) {
+			snprintf(why, sizeof(why), "client could not reach its local "
+			         "service: %s", m->text);
+			user_close(s, u, why);
+		}
+		break;
+	default:
+		snprintf(why, sizeof(why), "unexpected %s from client",
+		         msg_name(m->type));
+		ctl_refuse(s, c, ERR_PROTO, why);
+		break;
+	}
+}
+
+static void
+ctl_readable(struct server *s, struct ctl *c)
+{
+	struct msg m;
+	enum frame_result fr;
+	int rc = fbuf_fill(&c->in, c->fd);
+
+	while (!c->dead && (fr = fbuf_take(&c->in, &m)) == FRAME_OK) {
+		c->last_rx = now_ms();
+		log_debug("control %s: %s in state %s", c->peer,
+		          msg_name(m.type), ctl_state_names[c->state]);
+		switch (c->state) {
+		case CTL_HELLO:
+			on_hello(s, c, &m);
+			break;
+		case CTL_AUTH:
+			on_auth(s, c, &m);
+			break;
+		case CTL_ATTACHED:
+			on_session_msg(s, c, &m);
+			break;
+		}
+	}
+	if (c->dead) {
+		return;
+	}
+	if (fr == FRAME_BAD) {
+		ctl_close(s, c, c->state == CTL_HELLO
+		          ? "not a dialback client (bad first bytes)"
+		          : "malformed message");
+	} else if (rc == 0) {
+		ctl_close(s, c, "connection closed");
+	} else if (rc < 0) {
+		ctl_close(s, c, strerror(errno));
+	}
+}
+
+static void
+ctl_writable(struct server *s, struct ctl *c)
+{
+	if (fbuf_flush(&c->out, c->fd) != 0) {
+		ctl_close(s, c, strerror(errno));
+	}
+}
+
+/* ==== users and tunnels ================================================== */
+
+static void
+user_arrive(struct server *s, int fd, const struct sockaddr *sa)
+{
+	struct user *u;
+	struct ctl *c = s->owner;
+	struct msg m;
+	struct sockaddr_storage here;
+	socklen_t len = sizeof(here);
+	char peer[ADDR_STRLEN];
+
+	addr_str(sa, peer, sizeof(peer));
+	if (c == NULL) {
+		log_info("user %s closed: no client attached", peer);
+		close(fd);
+		return;
+	}
+	if (c->pending >= MAX_PENDING) {
+		log_info("user %s closed: %d users already wait for a join",
+		         peer, MAX_PENDING);
+		close(fd);
+		return;
+	}
+	u = calloc(1, sizeof(*u));
+	if (u == NULL) {
+		log_warn("user %s closed: out of memory", peer);
+		close(fd);
+		return;
+	}
+	u->fd = fd;
+	u->seq = ++s->user_seq;
+	u->sess = c;
+	u->start = now_ms();
+	u->deadline = u->start + JOIN_WAIT_MS;
+	memcpy(u->peer, peer, sizeof(peer));
+	random_bytes(u->id, USER_ID_LEN);
+	u->next = s->users;
+	s->users = u;
+	c->pending++;
+
+	memset(&m, 0, sizeof(m));
+	m.type = MSG_NEW_USER;
+	memcpy(m.user_id, u->id, USER_ID_LEN);
+	addr_to_wire(sa, &m.src);
+	if (getsockname(fd, (struct sockaddr *)&here, &len) == 0) {
+		addr_to_wire((struct sockaddr *)&here, &m.dst);
+	}
+	log_info("user #%llu %s accepted", (unsigned long long)u->seq, peer);
+	if (fbuf_put(&c->out, &m) != 0) {
+		user_close(s, u, "client is not reading its control messages");
+	}
+}
+
+static void
+tun_join(struct server *s, struct tun *t, const struct msg *m)
+{
+	struct user *u = user_find(s, m->user_id);
+	uint8_t want[PROOF_LEN];
+	struct pair *p;
+
+	if (u == NULL) {
+		tun_close(t, "JOIN names no waiting user");
+		return;
+	}
+	key_join_proof(u->sess->key, u->id, want);
+	if (!equal_ct(want, m->proof, PROOF_LEN)) {
+		/* The user stays: whoever forged this may have seen its id. */
+		tun_close(t, "JOIN with a wrong proof");
+		return;
+	}
+	p = calloc(1, sizeof(*p));
+	if (p == NULL || relay_init(&p->relay, u->fd, t->fd) != 0) {
+		free(p);
+		tun_close(t, "out of memory");
+		user_close(s, u, "out of memory");
+		return;
+	}
+	/* Bytes the client sent right behind its JOIN are the service's. */
+	relay_prefill(&p->relay, 1, t->in.data, t->in.len);
+	p->relay.dir[1].bytes += t->in.len;
+	p->seq = u->seq;
+	p->start = u->start;
+	memcpy(p->peer, u->peer, sizeof(p->peer));
+	p->next = s->pairs;
+	s->pairs = p;
+	set_nodelay(u->fd);
+	set_nodelay(t->fd);
+	log_info("user #%llu %s joined after %lldms", (unsigned long long)u->seq,
+	         u->peer, (long long)(now_ms() - u->start));
+	/* The pair owns both descriptors now. */
+	u->fd = -1;
+	t->fd = -1;
+	t->dead = 1;
+	u->sess->pending--;
+	u->sess = NULL;
+	u->dead = 1;
+}
+
+static void
+tun_readable(struct server *s, struct tun *t)
+{
+	struct msg m;
+	char why[TEXT_MAX];
+	int rc = fbuf_fill(&t->in, t->fd);
+	enum frame_result fr = fbuf_take(&t->in, &m);
+
+	if (fr == FRAME_OK && m.type == MSG_JOIN) {
+		tun_join(s, t, &m);
+	} else if (fr == FRAME_OK && m.type == MSG_HELLO) {
+		/* A client pointed at the wrong port: tell it which is right. */
+		memset(&m, 0, sizeof(m));
+		m.type = MSG_ERROR;
+		m.code = ERR_WRONG_PORT;
+		snprintf(m.text, sizeof(m.text), "this is the tunnel port; point "
+		         "-remote at the control port (%d)", s->port[ROLE_CONTROL]);
+		fbuf_put(&t->in, &m);      /* in is empty: reuse it to send */
+		fbuf_flush(&t->in, t->fd);
+		tun_close(t, "a HELLO on the tunnel port");
+	} else if (fr == FRAME_OK || fr == FRAME_BAD) {
+		snprintf(why, sizeof(why), "expected JOIN, got %s",
+		         fr == FRAME_OK ? msg_name(m.type) : "garbage");
+		tun_close(t, why);
+	} else if (rc == 0) {
+		tun_close(t, "closed before its JOIN");
+	} else if (rc < 0) {
+		tun_close(t, strerror(errno));
+	}
+}
+
+/* ==== accepting ========================================================== */
+
+/* Out of descriptors: shed the connection with the spare fd, so the
+ * listener doesn't stay readable and spin the loop. */
+static void
+shed_one(struct server *s, int lfd)
+{
+	int fd;
+	int64_t now = now_ms();
+
+	s->fd_drops++;
+	if (s->spare_fd >= 0) {
+		close(s->spare_fd);
+		s->spare_fd = -1;
+		fd = accept(lfd, NULL, NULL);
+		if (fd >= 0) {
+			close(fd);
+		}
+		s->spare_fd = open("/dev/null", O_RDONLY);
+	}
+	if (s->spare_fd < 0) {
+		s->accept_paused_until = now + 100;
+	}
+	if (now - s->fd_drop_logged >= 10000) {
+		log_warn("out of file descriptors: %llu connections refused so far; "
+		         "raise 'ulimit -n'", (unsigned long long)s->fd_drops);
+		s->fd_drop_logged = now;
+	}
+}
+
+static void
+tun_arrive(struct server *s, int fd, const struct sockaddr *sa)
+{
+	struct tun *t = calloc(1, sizeof(*t));
+
+	if (t == NULL) {
+		close(fd);
+		return;
+	}
+	t->fd = fd;
+	t->deadline = now_ms() + HANDSHAKE_MS;
+	addr_str(sa, t->peer, sizeof(t->peer));
+	t->next = s->tuns;
+	s->tuns = t;
+}
+
+static void
+ctl_arrive(struct server *s, int fd, const struct sockaddr *sa)
+{
+	struct ctl *c = calloc(1, sizeof(*c));
+
+	if (c == NULL) {
+		close(fd);
+		return;
+	}
+	c->fd = fd;
+	c->state = CTL_HELLO;
+	c->deadline = now_ms() + HANDSHAKE_MS;
+	addr_str(sa, c->peer, sizeof(c->peer));
+	c->next = s->ctls;
+	s->ctls = c;
+	log_debug("control %s connected", c->peer);
+}
+
+static void
+accept_all(struct server *s, enum role role, int lfd)
+{
+	int i;
+
+	for (i = 0; i < ACCEPT_BATCH; i++) {
+		struct sockaddr_storage ss;
+		socklen_t len = sizeof(ss);
+		int fd = accept(lfd, (struct sockaddr *)&ss, &len);
+
+		if (fd < 0) {
+			if (errno == EMFILE || errno == ENFILE) {
+				shed_one(s, lfd);
+				continue;
+			}
+			/* EAGAIN: all taken; ECONNABORTED and friends: that one
+			 * is gone, try the next turn. */
+			if (errno != EINTR && errno != ECONNABORTED) {
+				return;
+			}
+			continue;
+		}
+		if (set_nonblock(fd) != 0) {
+			close(fd);
+			continue;
+		}
+		switch (role) {
+		case ROLE_CONTROL:
+			ctl_arrive(s, fd, (struct sockaddr *)&ss);
+			break;
+		case ROLE_TUNNEL:
+			tun_arrive(s, fd, (struct sockaddr *)&ss);
+			break;
+		case ROLE_PUBLIC:
+			user_arrive(s, fd, (struct sockaddr *)&ss);
+			break;
+		default:
+			close(fd);
+			break;
+		}
+	}
+}
+
+/* ==== timers ============================================================= */
+
+static int64_t
+earliest(int64_t a, int64_t b)
+{
+	return (a < 0 || (b >= 0 && b < a)) ? b : a;
+}
+
+/* Expire what is late, send pings that are due; return the next moment
+ * something will be due, or -1 for none. */
+static int64_t
+run_timers(struct server *s, int64_t now)
+{
+	int64_t next = -1, dead_ms = (int64_t)s->heartbeat_s * 1000 *
+	                             DEAD_AFTER_BEATS;
+	struct ctl *c;
+	struct tun *t;
+	struct user *u;
+	char why[64];
+
+	for (c = s->ctls; c != NULL; c = c->next) {
+		if (c->dead) {
+			continue;
+		}
+		if (c->state != CTL_ATTACHED) {
+			if (now >= c->deadline) {
+				ctl_close(s, c, "handshake timed out");
+			} else {
+				next = earliest(next, c->deadline);
+			}
+			continue;
+		}
+		if (now - c->last_rx >= dead_ms) {
+			snprintf(why, sizeof(why), "silent for %llds",
+			         (long long)(now - c->last_rx) / 1000);
+			ctl_close(s, c, why);
+			continue;
+		}
+		if (now >= c->next_ping) {
+			struct msg m;
+			memset(&m, 0, sizeof(m));
+			m.type = MSG_PING;
+			ctl_send(s, c, &m);
+			c->next_ping = now + s->heartbeat_s * 1000;
+		}
+		next = earliest(next, c->next_ping);
+		next = earliest(next, c->last_rx + dead_ms);
+	}
+	for (t = s->tuns; t != NULL; t = t->next) {
+		if (!t->dead && now >= t->deadline) {
+			tun_close(t, "no JOIN in time");
+		} else if (!t->dead) {
+			next = earliest(next, t->deadline);
+		}
+	}
+	for (u = s->users; u != NULL; u = u->next) {
+		if (!u->dead && now >= u->deadline) {
+			user_close(s, u, "the client did not dial back in time");
+		} else if (!u->dead) {
+			next = earliest(next, u->deadline);
+		}
+	}
+	if (s->accept_paused_until > now) {
+		next = earliest(next, s->accept_paused_until);
+	}
+	return next;
+}
+
+/* ==== the loop =========================================================== */
+
+static void
+slot_add(struct server *s, size_t *n, int fd, short events, enum kind kind,
+         void *obj, int side)
+{
+	if (*n == s->cap) {
+		size_t cap = s->cap ? s->cap * 2 : 64;
+		struct pollfd *pfd = realloc(s->pfd, cap * sizeof(*pfd));
+		struct slot *slot;
+		if (pfd == NULL) {
+			die(1, "out of memory for %zu descriptors", cap);
+		}
+		s->pfd = pfd;
+		slot = realloc(s->slot, cap * sizeof(*slot));
+		if (slot == NULL) {
+			die(1, "out of memory for %zu descriptors", cap);
+		}
+		s->slot = slot;
+		s->cap = cap;
+	}
+	s->pfd[*n].fd = fd;
+	s->pfd[*n].events = events;
+	s->pfd[*n].revents = 0;
+	s->slot[*n].kind = kind;
+	s->slot[*n].obj = obj;
+	s->slot[*n].side = side;
+	(*n)++;
+}
+
+/* Poll interest is rebuilt from state every turn: it is never stale. */
+static size_t
+build_pollset(struct server *s, int64_t now)
+{
+	size_t n = 0;
+	int r, i;
+	struct ctl *c;
+	struct tun *t;
+	struct user *u;
+	struct pair *p;
+
+	slot_add(s, &n, s->sig_fd, POLLIN, K_SIGNAL, NULL, 0);
+	if (s->accept_paused_until <= now) {
+		for (r = 0; r < ROLE_END; r++) {
+			for (i = 0; i < s->nlfd[r]; i++) {
+				slot_add(s, &n, s->lfd[r][i], POLLIN, K_LISTEN, NULL, r);
+			}
+		}
+	}
+	for (c = s->ctls; c != NULL; c = c->next) {
+		slot_add(s, &n, c->fd, POLLIN | (c->out.len ? POLLOUT : 0),
+		         K_CTL, c, 0);
+	}
+	for (t = s->tuns; t != NULL; t = t->next) {
+		slot_add(s, &n, t->fd, POLLIN, K_TUN, t, 0);
+	}
+	/* Waiting users are polled for nothing: a reset still shows as
+	 * POLLHUP/POLLERR, while their data waits in the kernel. */
+	for (u = s->users; u != NULL; u = u->next) {
+		slot_add(s, &n, u->fd, 0, K_USER, u, 0);
+	}
+	for (p = s->pairs; p != NULL; p = p->next) {
+		short ev[2];
+		relay_events(&p->relay, ev);
+		for (i = 0; i < 2; i++) {
+			if (ev[i]) {
+				slot_add(s, &n, p->relay.fd[i], ev[i], K_PAIR, p, i);
+			}
+		}
+	}
+	return n;
+}
+
+/* Both sides of a pair may be in this turn's results; gather them so the
+ * relay steps once with both. */
+static void
+pair_event(struct server *s, size_t i, size_t n)
+{
+	struct pair *p = s->slot[i].obj;
+	short rev[2] = { 0, 0 };
+	size_t j;
+	enum relay_state st;
+
+	rev[s->slot[i].side] = s->pfd[i].revents;
+	for (j = i + 1; j < n && s->slot[j].obj == p; j++) {
+		rev[s->slot[j].side] = s->pfd[j].revents;
+		s->pfd[j].revents = 0;
+	}
+	st = relay_step(&p->relay, rev);
+	if (st != RELAY_OPEN) {
+		pair_close(p, st);
+	}
+}
+
+static int
+dispatch(struct server *s, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		short rev = s->pfd[i].revents;
+		struct slot *sl = &s->slot[i];
+
+		if (rev == 0) {
+			continue;
+		}
+		switch (sl->kind) {
+		case K_SIGNAL:
+			return -1;
+		case K_LISTEN:
+			accept_all(s, (enum role)sl->side, s->pfd[i].fd);
+			break;
+		case K_CTL: {
+			struct ctl *c = sl->obj;
+			if (!c->dead && (rev & POLLOUT)) {
+				ctl_writable(s, c);
+			}
+			if (!c->dead && (rev & (POLLIN | POLLHUP | POLLERR))) {
+				ctl_readable(s, c);
+			}
+			break;
+		}
+		case K_TUN: {
+			struct tun *t = sl->obj;
+			if (!t->dead) {
+				tun_readable(s, t);
+			}
+			break;
+		}
+		case K_USER: {
+			struct user *u = sl->obj;
+			if (!u->dead) {
+				user_close(s, u, "reset before its tunnel was ready");
+			}
+			break;
+		}
+		case K_PAIR: {
+			struct pair *p = sl->obj;
+			if (!p->dead) {
+				pair_event(s, i, n);
+			}
+			break;
+		}
+		}
+	}
+	return 0;
+}
+
+/* Flush control output queued this turn (WELCOME, NEW_USER, PING) now,
+ * instead of waiting a turn for POLLOUT: the socket almost always has
+ * room, and a new user should not wait. */
+static void
+flush_controls(struct server *s)
+{
+	struct ctl *c;
+
+	for (c = s->ctls; c != NULL; c = c->next) {
+		if (!c->dead && c->out.len > 0) {
+			ctl_writable(s, c);
+		}
+	}
+}
+
+static void
+serve(struct server *s)
+{
+	for (;;) {
+		int64_t now = now_ms(), next = run_timers(s, now);
+		int timeout = next < 0 ? -1 : (int)(next - now + 1);
+		size_t n;
+
+		flush_controls(s);
+		sweep(s);
+		n = build_pollset(s, now);
+		if (poll(s->pfd, (nfds_t)n, timeout) < 0) {
+			if (errno == EINTR) {
+				continue;
+			}
+			die(1, "poll:");
+		}
+		if (dispatch(s, n) != 0) {
+			return;
+		}
+		flush_controls(s);
+	}
+}
+
+/* Close and free everything, so a clean stop leaves no leak behind. */
+static void
+server_free(struct server *s)
+{
+	struct ctl *c;
+	struct tun *t;
+	struct user *u;
+	struct pair *p;
+	int r, i;
+
+	for (c = s->ctls; c != NULL; c = c->next) {
+		close_fd(&c->fd);
+		c->dead = 1;
+	}
+	for (t = s->tuns; t != NULL; t = t->next) {
+		close_fd(&t->fd);
+		t->dead = 1;
+	}
+	for (u = s->users; u != NULL; u = u->next) {
+		close_fd(&u->fd);
+		u->dead = 1;
+	}
+	for (p = s->pairs; p != NULL; p = p->next) {
+		relay_close(&p->relay);
+		p->dead = 1;
+	}
+	sweep(s);
+	for (r = 0; r < ROLE_END; r++) {
+		for (i = 0; i < s->nlfd[r]; i++) {
+			close_fd(&s->lfd[r][i]);
+		}
+	}
+	close_fd(&s->spare_fd);
+	free(s->pfd);
+	free(s->slot);
+}
+
+/* ==== start-up =========================================================== */
+
+static void
+parse_args(struct server *s, int argc, char **argv)
+{
+	const char *addr[ROLE_END] = { "8009", "8008", "8007" };
+	const char *token = NULL, *heartbeat = "10", *why;
+	int help = 0, verbose = 0, quiet = 0, r;
+	char err[128];
+	char *end;
+	long hb;
+	struct flag flags[] = {
+		{ "control", &addr[ROLE_CONTROL], NULL },
+		{ "tunnel", &addr[ROLE_TUNNEL], NULL },
+		{ "public", &addr[ROLE_PUBLIC], NULL },
+		{ "token", &token, NULL },
+		{ "heartbeat", &heartbeat, NULL },
+		{ "v", NULL, &verbose },
+		{ "q", NULL, &quiet },
+		{ "h", NULL, &help },
+		{ "help", NULL, &help },
+		{ NULL, NULL, NULL },
+	};
+
+	if (flags_parse(argc, argv, flags, err, sizeof(err)) != 0) {
+		usage_exit(err);
+	}
+	if (help) {
+		fputs(usage_text, stdout);
+		exit(0);
+	}
+	if (verbose && quiet) {
+		usage_exit("-v and -q exclude each other");
+	}
+	log_set_level(verbose ? LOG_VERBOSE : quiet ? LOG_QUIET : LOG_NORMAL);
+	for (r = 0; r < ROLE_END; r++) {
+		if (addr_parse(addr[r], -1, 1, &s->addr[r], &why) != 0) {
+			snprintf(err, sizeof(err), "-%s %s: %s", role_names[r],
+			         addr[r], why);
+			usage_exit(err);
+		}
+	}
+	hb = strtol(heartbeat, &end, 10);
+	if (*heartbeat == '\0' || *end != '\0' || hb < 1 || hb > 3600) {
+		snprintf(err, sizeof(err), "-heartbeat %s: want whole seconds "
+		         "from 1 to 3600", heartbeat);
+		usage_exit(err);
+	}
+	s->heartbeat_s = (int)hb;
+	if (token == NULL) {
+		token = getenv("DIALBACK_TOKEN");
+	}
+	s->token = token ? token : "";
+}
+
+int
+main(int argc, char **argv)
+{
+	struct server s;
+	long nofile;
+	int r;
+
+	memset(&s, 0, sizeof(s));
+	parse_args(&s, argc, argv);
+	s.sig_fd = signals_setup();
+	nofile = raise_fd_limit();
+	s.spare_fd = open("/dev/null", O_RDONLY);
+	for (r = 0; r < ROLE_END; r++) {
+		s.nlfd[r] = listen_on(&s.addr[r], role_names[r], s.lfd[r],
+		                      MAX_LISTEN);
+		s.port[r] = local_port(s.lfd[r][0]);
+	}
+	if (s.token[0] == '\0') {
+		log_warn("warning: no -token set: any client may attach and serve "
+		         "the public port");
+	}
+	log_info("listening: control %d, tunnel %d, public %d (fd limit %ld, "
+	         "heartbeat %ds)", s.port[ROLE_CONTROL], s.port[ROLE_TUNNEL],
+	         s.port[ROLE_PUBLIC], nofile, s.heartbeat_s);
+	serve(&s);
+	log_info("stopping");
+	server_free(&s);
+	return 0;
+}
