@@ -103,6 +103,19 @@ die(int status, const char *fmt, ...)
 	exit(status);
 }
 
+int
+log_limited(struct log_limit *l, int64_t now, unsigned long *held)
+{
+	if (l->last != 0 && now - l->last < LOG_LIMIT_MS) {
+		l->held++;
+		return 0;
+	}
+	*held = l->held;
+	l->held = 0;
+	l->last = now;
+	return 1;
+}
+
 /* ==== time and randomness ================================================ */
 
 int64_t

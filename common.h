@@ -25,6 +25,18 @@ void log_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void die(int status, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3), noreturn));
 
+/* A log line that a flood could repeat is printed at most once per
+ * LOG_LIMIT_MS; the ones held back are counted into the next. */
+#define LOG_LIMIT_MS 10000
+struct log_limit {
+	int64_t last;
+	unsigned long held;
+};
+
+/* log_limited: 1 if a line may be printed now (then *held says how many
+ * were held back since the last one); 0 if it is held back. */
+int log_limited(struct log_limit *l, int64_t now, unsigned long *held);
+
 /* ---- time and randomness ------------------------------------------------ */
 
 /* now_ms: a monotonic clock in milliseconds. */

@@ -35,6 +35,9 @@ static const char usage_text[] =
 #define MAX_LISTEN      4      /* addresses per role (0.0.0.0 and ::) */
 #define ACCEPT_BATCH    64     /* accepts per listener per turn */
 #define MAX_PENDING     1024   /* users waiting for their join, per session */
+#define MAX_HANDSHAKES  64     /* control connections not yet attached */
+#define MAX_PER_SOURCE  8      /* ... of those, from one address */
+#define MAX_TUNNELS     4096   /* tunnel connections without their JOIN */
 
 enum role { ROLE_CONTROL, ROLE_TUNNEL, ROLE_PUBLIC, ROLE_END };
 
@@ -59,6 +62,7 @@ struct ctl {
 	int fd, dead;
 	enum ctl_state state;
 	char peer[ADDR_STRLEN];
+	struct wire_addr from;         /* peer address, to count per source */
 	struct fbuf in, out;
 	uint8_t cn[NONCE_LEN], sn[NONCE_LEN], run_id[RUN_ID_LEN];
 	uint8_t key[PROOF_LEN];        /* session key, once attached */
@@ -117,11 +121,12 @@ struct server {
 	int sig_fd;
 	int spare_fd;                  /* given up to accept-and-close at EMFILE */
 	int64_t accept_paused_until;
-	uint64_t fd_drops;             /* connections shed for lack of fds */
-	int64_t fd_drop_logged;
+	struct log_limit log_fds, log_no_client, log_pending, log_handshakes,
+	                 log_tunnels;
 	struct ctl *ctls;
 	struct ctl *owner;             /* the session serving the public port */
 	struct tun *tuns;
+	int ntuns;                     /* live ones in tuns */
 	struct user *users;
 	struct pair *pairs;
 	uint64_t user_seq;
@@ -190,14 +195,17 @@ ctl_close(struct server *s, struct ctl *c, const char *why)
 }
 
 static void
-tun_close(struct tun *t, const char *why)
+tun_close(struct server *s, struct tun *t, const char *why)
 {
 	if (t->dead) {
 		return;
 	}
-	log_info("tunnel %s dropped: %s", t->peer, why);
+	if (why != NULL) {
+		log_info("tunnel %s dropped: %s", t->peer, why);
+	}
 	close_fd(&t->fd);
 	t->dead = 1;
+	s->ntuns--;
 }
 
 static void
@@ -445,15 +453,19 @@ user_arrive(struct server *s, int fd, const struct sockaddr *sa)
 	socklen_t len = sizeof(here);
 	char peer[ADDR_STRLEN];
 
+	unsigned long held;
+	int64_t now = now_ms();
+
 	addr_str(sa, peer, sizeof(peer));
-	if (c == NULL) {
-		log_info("user %s closed: no client attached", peer);
-		close(fd);
-		return;
-	}
-	if (c->pending >= MAX_PENDING) {
-		log_info("user %s closed: %d users already wait for a join",
-		         peer, MAX_PENDING);
+	if (c == NULL || c->pending >= MAX_PENDING) {
+		if (c == NULL && log_limited(&s->log_no_client, now, &held)) {
+			log_info("user %s closed: no client attached (%lu more since "
+			         "the last such line)", peer, held);
+		} else if (c != NULL && log_limited(&s->log_pending, now, &held)) {
+			log_info("user %s closed: %d users already wait for their "
+			         "tunnel (%lu more since the last such line)", peer,
+			         MAX_PENDING, held);
+		}
 		close(fd);
 		return;
 	}
@@ -495,19 +507,19 @@ tun_join(struct server *s, struct tun *t, const struct msg *m)
 	struct pair *p;
 
 	if (u == NULL) {
-		tun_close(t, "JOIN names no waiting user");
+		tun_close(s, t, "JOIN names no waiting user");
 		return;
 	}
 	key_join_proof(u->sess->key, u->id, want);
 	if (!equal_ct(want, m->proof, PROOF_LEN)) {
 		/* The user stays: whoever forged this may have seen its id. */
-		tun_close(t, "JOIN with a wrong proof");
+		tun_close(s, t, "JOIN with a wrong proof");
 		return;
 	}
 	p = calloc(1, sizeof(*p));
 	if (p == NULL || relay_init(&p->relay, u->fd, t->fd) != 0) {
 		free(p);
-		tun_close(t, "out of memory");
+		tun_close(s, t, "out of memory");
 		user_close(s, u, "out of memory");
 		return;
 	}
@@ -526,7 +538,7 @@ tun_join(struct server *s, struct tun *t, const struct msg *m)
 	/* The pair owns both descriptors now. */
 	u->fd = -1;
 	t->fd = -1;
-	t->dead = 1;
+	tun_close(s, t, NULL);
 	u->sess->pending--;
 	u->sess = NULL;
 	u->dead = 1;
@@ -551,15 +563,15 @@ tun_readable(struct server *s, struct tun *t)
 		         "-remote at the control port (%d)", s->port[ROLE_CONTROL]);
 		fbuf_put(&t->in, &m);      /* in is empty: reuse it to send */
 		fbuf_flush(&t->in, t->fd);
-		tun_close(t, "a HELLO on the tunnel port");
+		tun_close(s, t, "a HELLO on the tunnel port");
 	} else if (fr == FRAME_OK || fr == FRAME_BAD) {
 		snprintf(why, sizeof(why), "expected JOIN, got %s",
 		         fr == FRAME_OK ? msg_name(m.type) : "garbage");
-		tun_close(t, why);
+		tun_close(s, t, why);
 	} else if (rc == 0) {
-		tun_close(t, "closed before its JOIN");
+		tun_close(s, t, "closed before its JOIN");
 	} else if (rc < 0) {
-		tun_close(t, strerror(errno));
+		tun_close(s, t, strerror(errno));
 	}
 }
 
@@ -572,8 +584,8 @@ shed_one(struct server *s, int lfd)
 {
 	int fd;
 	int64_t now = now_ms();
+	unsigned long held;
 
-	s->fd_drops++;
 	if (s->spare_fd >= 0) {
 		close(s->spare_fd);
 		s->spare_fd = -1;
@@ -586,22 +598,50 @@ shed_one(struct server *s, int lfd)
 	if (s->spare_fd < 0) {
 		s->accept_paused_until = now + 100;
 	}
-	if (now - s->fd_drop_logged >= 10000) {
-		log_warn("out of file descriptors: %llu connections refused so far; "
-		         "raise 'ulimit -n'", (unsigned long long)s->fd_drops);
-		s->fd_drop_logged = now;
+	if (log_limited(&s->log_fds, now, &held)) {
+		log_warn("out of file descriptors: closing new connections (%lu "
+		         "more since the last such line); raise 'ulimit -n'", held);
+	}
+}
+
+/* Too many connections without a JOIN: drop the oldest, which is the
+ * likeliest to be silent, rather than refusing the newest, which is the
+ * likeliest to be the client's.  Lists keep the newest first. */
+static void
+tun_evict_oldest(struct server *s)
+{
+	struct tun *t, *oldest = NULL;
+	unsigned long held;
+
+	for (t = s->tuns; t != NULL; t = t->next) {
+		if (!t->dead) {
+			oldest = t;
+		}
+	}
+	if (oldest != NULL) {
+		if (log_limited(&s->log_tunnels, now_ms(), &held)) {
+			log_warn("%d tunnel connections wait for a JOIN: dropping the "
+			         "oldest (%lu more since the last such line)",
+			         MAX_TUNNELS, held);
+		}
+		tun_close(s, oldest, NULL);
 	}
 }
 
 static void
 tun_arrive(struct server *s, int fd, const struct sockaddr *sa)
 {
-	struct tun *t = calloc(1, sizeof(*t));
+	struct tun *t;
 
+	if (s->ntuns >= MAX_TUNNELS) {
+		tun_evict_oldest(s);
+	}
+	t = calloc(1, sizeof(*t));
 	if (t == NULL) {
 		close(fd);
 		return;
 	}
+	s->ntuns++;
 	t->fd = fd;
 	t->deadline = now_ms() + HANDSHAKE_MS;
 	addr_str(sa, t->peer, sizeof(t->peer));
@@ -609,19 +649,66 @@ tun_arrive(struct server *s, int fd, const struct sockaddr *sa)
 	s->tuns = t;
 }
 
+/* Admission for a new control connection: at most MAX_PER_SOURCE
+ * handshakes from one address, and MAX_HANDSHAKES in all, the oldest
+ * giving way, so silent connections can't lock the real client out.
+ * Returns 0 to admit. */
+static int
+ctl_admit(struct server *s, const struct wire_addr *from, const char *peer)
+{
+	struct ctl *c, *oldest = NULL;
+	int all = 0, same = 0;
+	unsigned long held;
+
+	for (c = s->ctls; c != NULL; c = c->next) {
+		if (c->dead || c->state == CTL_ATTACHED) {
+			continue;
+		}
+		all++;
+		oldest = c;
+		if (c->from.family == from->family &&
+		    memcmp(c->from.addr, from->addr, sizeof(from->addr)) == 0) {
+			same++;
+		}
+	}
+	if (same >= MAX_PER_SOURCE) {
+		if (log_limited(&s->log_handshakes, now_ms(), &held)) {
+			log_warn("control %s refused: %d handshakes from that address "
+			         "already (%lu more since the last such line)", peer,
+			         MAX_PER_SOURCE, held);
+		}
+		return -1;
+	}
+	if (all >= MAX_HANDSHAKES && oldest != NULL) {
+		if (log_limited(&s->log_handshakes, now_ms(), &held)) {
+			log_warn("%d control handshakes at once: dropping the oldest "
+			         "(%lu more since the last such line)", MAX_HANDSHAKES,
+			         held);
+		}
+		close_fd(&oldest->fd);
+		oldest->dead = 1;
+	}
+	return 0;
+}
+
 static void
 ctl_arrive(struct server *s, int fd, const struct sockaddr *sa)
 {
-	struct ctl *c = calloc(1, sizeof(*c));
+	struct ctl *c;
+	struct wire_addr from;
+	char peer[ADDR_STRLEN];
 
-	if (c == NULL) {
+	addr_to_wire(sa, &from);
+	addr_str(sa, peer, sizeof(peer));
+	if (ctl_admit(s, &from, peer) != 0 || (c = calloc(1, sizeof(*c))) == NULL) {
 		close(fd);
 		return;
 	}
 	c->fd = fd;
+	c->from = from;
 	c->state = CTL_HELLO;
 	c->deadline = now_ms() + HANDSHAKE_MS;
-	addr_str(sa, c->peer, sizeof(c->peer));
+	memcpy(c->peer, peer, sizeof(peer));
 	c->next = s->ctls;
 	s->ctls = c;
 	log_debug("control %s connected", c->peer);
@@ -720,7 +807,7 @@ run_timers(struct server *s, int64_t now)
 	}
 	for (t = s->tuns; t != NULL; t = t->next) {
 		if (!t->dead && now >= t->deadline) {
-			tun_close(t, "no JOIN in time");
+			tun_close(s, t, "no JOIN in time");
 		} else if (!t->dead) {
 			next = earliest(next, t->deadline);
 		}
