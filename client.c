@@ -194,10 +194,7 @@ relay_begin(struct cuser *u)
 	uint8_t frame[FRAME_HDR + FRAME_MAX];
 	size_t n;
 
-	if (relay_init(&u->relay, u->fd, u->local_fd) != 0) {
-		user_close(u, "%s", "out of memory");
-		return;
-	}
+	relay_init(&u->relay, u->fd, u->local_fd);
 	u->fd = u->local_fd = -1;
 	u->state = U_RELAY;
 	memset(&m, 0, sizeof(m));
@@ -207,7 +204,10 @@ relay_begin(struct cuser *u)
 	n = frame_encode(frame, &m);
 	/* The JOIN leads the local->tunnel direction; service bytes follow in
 	 * the same stream with no round trip in between. */
-	relay_prefill(&u->relay, 1, frame, n);
+	if (relay_prefill(&u->relay, 1, frame, n) != 0) {
+		user_close(u, "%s", "out of memory");
+		return;
+	}
 	set_nodelay(u->relay.fd[1]);
 	log_debug("user %s: tunnel ready, joined", u->peer);
 }

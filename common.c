@@ -843,31 +843,75 @@ fbuf_take(struct fbuf *b, struct msg *m)
 
 /* ==== relay ============================================================== */
 
-int
+/*
+ * Bytes move through one scratch buffer: read, then written straight to the
+ * sink.  A direction takes a buffer of its own only when the sink pushes
+ * back, and gives it back once drained, so an idle pair holds no buffer and
+ * steady traffic mallocs nothing (drained buffers wait in a small pool).
+ */
+#define RELAY_SPARE  64         /* drained buffers kept for reuse */
+#define RELAY_BURST  8          /* reads per direction per turn, at most */
+
+static uint8_t relay_scratch[RELAY_BUF];
+static uint8_t *relay_spare[RELAY_SPARE];
+static int relay_nspare;
+
+static uint8_t *
+buf_take(void)
+{
+	if (relay_nspare > 0) {
+		return relay_spare[--relay_nspare];
+	}
+	return malloc(RELAY_BUF);
+}
+
+static void
+buf_give(uint8_t *b)
+{
+	if (b == NULL) {
+		return;
+	}
+	if (relay_nspare < RELAY_SPARE) {
+		relay_spare[relay_nspare++] = b;
+	} else {
+		free(b);
+	}
+}
+
+void
 relay_init(struct relay *r, int fd0, int fd1)
 {
 	memset(r, 0, sizeof(*r));
 	r->fd[0] = fd0;
 	r->fd[1] = fd1;
-	r->dir[0].buf = malloc(RELAY_BUF);
-	r->dir[1].buf = malloc(RELAY_BUF);
-	if (r->dir[0].buf == NULL || r->dir[1].buf == NULL) {
-		free(r->dir[0].buf);
-		free(r->dir[1].buf);
-		r->dir[0].buf = r->dir[1].buf = NULL;
-		r->fd[0] = r->fd[1] = -1;
+}
+
+/* Keep n bytes that the sink didn't take; -1 if out of memory. */
+static int
+relay_keep(struct relay_dir *rd, const uint8_t *data, size_t n)
+{
+	if (rd->buf == NULL && (rd->buf = buf_take()) == NULL) {
+		errno = ENOMEM;
 		return -1;
 	}
+	memcpy(rd->buf + rd->off + rd->len, data, n);
+	rd->len += n;
 	return 0;
 }
 
-void
+int
 relay_prefill(struct relay *r, int d, const void *data, size_t n)
 {
-	struct relay_dir *rd = &r->dir[d];
+	if (n == 0) {
+		return 0;
+	}
+	return relay_keep(&r->dir[d], data, n);
+}
 
-	memcpy(rd->buf + rd->off + rd->len, data, n);
-	rd->len += n;
+static int
+relay_can_read(const struct relay_dir *rd)
+{
+	return !rd->eof && (rd->buf == NULL || rd->off + rd->len < RELAY_BUF);
 }
 
 void
@@ -877,11 +921,10 @@ relay_events(const struct relay *r, short ev[2])
 
 	ev[0] = ev[1] = 0;
 	for (d = 0; d < 2; d++) {
-		const struct relay_dir *rd = &r->dir[d];
-		if (!rd->eof && rd->off + rd->len < RELAY_BUF) {
+		if (relay_can_read(&r->dir[d])) {
 			ev[d] |= POLLIN;
 		}
-		if (rd->len > 0) {
+		if (r->dir[d].len > 0) {
 			ev[1 - d] |= POLLOUT;
 		}
 	}
@@ -896,38 +939,14 @@ relay_fail(struct relay *r, int side, const char *op)
 	return RELAY_FAIL;
 }
 
-/* Read once from the source of direction d.  -1 on error. */
+/* Send what the socket takes; *sent says how much.  -1 on an error. */
 static int
-relay_fill(struct relay *r, int d)
+send_some(int fd, const uint8_t *p, size_t n, size_t *sent)
 {
-	struct relay_dir *rd = &r->dir[d];
-	ssize_t n;
-
-	do {
-		n = read(r->fd[d], rd->buf + rd->off + rd->len,
-		         RELAY_BUF - rd->off - rd->len);
-	} while (n < 0 && errno == EINTR);
-	if (n > 0) {
-		rd->len += (size_t)n;
-		rd->bytes += (uint64_t)n;
-	} else if (n == 0) {
-		rd->eof = 1;
-	} else if (errno != EAGAIN && errno != EWOULDBLOCK) {
-		return -1;
-	}
-	return 0;
-}
-
-/* Write what direction d holds to its sink; -1 on error. */
-static int
-relay_drain(struct relay *r, int d)
-{
-	struct relay_dir *rd = &r->dir[d];
-	ssize_t n;
-
-	while (rd->len > 0) {
-		n = send(r->fd[1 - d], rd->buf + rd->off, rd->len, MSG_NOSIGNAL);
-		if (n < 0) {
+	*sent = 0;
+	while (*sent < n) {
+		ssize_t k = send(fd, p + *sent, n - *sent, MSG_NOSIGNAL);
+		if (k < 0) {
 			if (errno == EINTR) {
 				continue;
 			}
@@ -936,10 +955,86 @@ relay_drain(struct relay *r, int d)
 			}
 			return -1;
 		}
-		rd->off += (size_t)n;
-		rd->len -= (size_t)n;
+		*sent += (size_t)k;
 	}
-	rd->off = 0;
+	return 0;
+}
+
+/* Write direction d's kept bytes to its sink; the buffer goes back to the
+ * pool once empty.  -1 on an error. */
+static int
+relay_drain(struct relay *r, int d)
+{
+	struct relay_dir *rd = &r->dir[d];
+	size_t sent;
+
+	if (rd->len == 0) {
+		return 0;
+	}
+	if (send_some(r->fd[1 - d], rd->buf + rd->off, rd->len, &sent) != 0) {
+		return -1;
+	}
+	rd->off += sent;
+	rd->len -= sent;
+	if (rd->len == 0) {
+		buf_give(rd->buf);
+		rd->buf = NULL;
+		rd->off = 0;
+	}
+	return 0;
+}
+
+/*
+ * Read from direction d's source and pass the bytes on at once.  With no
+ * backlog, bytes go through the scratch buffer and only what the sink
+ * refuses is kept; with a backlog, new bytes queue behind it.  Repeats while
+ * reads fill the buffer and the sink keeps up, up to RELAY_BURST times.
+ * Returns 0, or -1 with *op naming the failed call.
+ */
+static int
+relay_move(struct relay *r, int d, const char **op)
+{
+	struct relay_dir *rd = &r->dir[d];
+	int i;
+
+	for (i = 0; i < RELAY_BURST && relay_can_read(rd); i++) {
+		uint8_t *into = rd->buf ? rd->buf + rd->off + rd->len : relay_scratch;
+		size_t room = rd->buf ? RELAY_BUF - rd->off - rd->len : RELAY_BUF;
+		ssize_t n;
+		size_t sent = 0;
+
+		do {
+			n = read(r->fd[d], into, room);
+		} while (n < 0 && errno == EINTR);
+		if (n == 0) {
+			rd->eof = 1;
+			return 0;
+		}
+		if (n < 0) {
+			*op = "read";
+			return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
+		}
+		rd->bytes += (uint64_t)n;
+		*op = "write";
+		if (rd->buf != NULL) {
+			rd->len += (size_t)n;
+			if (relay_drain(r, d) != 0) {
+				return -1;
+			}
+		} else {
+			if (send_some(r->fd[1 - d], relay_scratch, (size_t)n, &sent) != 0) {
+				return -1;
+			}
+			if (sent < (size_t)n &&
+			    relay_keep(rd, relay_scratch + sent, (size_t)n - sent) != 0) {
+				*op = "buffer";
+				return -1;
+			}
+		}
+		if ((size_t)n < room || rd->len > 0) {
+			return 0;     /* drained the source, or the sink is full */
+		}
+	}
 	return 0;
 }
 
@@ -947,24 +1042,20 @@ enum relay_state
 relay_step(struct relay *r, const short revents[2])
 {
 	int d;
+	const char *op = "read";
 
 	for (d = 0; d < 2; d++) {
 		struct relay_dir *rd = &r->dir[d];
 		int src = d, dst = 1 - d;
 
-		if ((revents[src] & (POLLIN | POLLHUP | POLLERR)) && !rd->eof &&
-		    rd->off + rd->len < RELAY_BUF) {
-			if (relay_fill(r, d) != 0) {
-				return relay_fail(r, src, "read");
-			}
-		}
-		/* Write at once after a read: the sink is usually ready, and
-		 * this saves a trip through poll per chunk. */
-		if (rd->len > 0 && ((revents[dst] & (POLLOUT | POLLHUP | POLLERR)) ||
-		                    (revents[src] & POLLIN))) {
+		if (rd->len > 0 && (revents[dst] & (POLLOUT | POLLHUP | POLLERR))) {
 			if (relay_drain(r, d) != 0) {
 				return relay_fail(r, dst, "write");
 			}
+		}
+		if ((revents[src] & (POLLIN | POLLHUP | POLLERR)) &&
+		    relay_move(r, d, &op) != 0) {
+			return relay_fail(r, strcmp(op, "read") == 0 ? src : dst, op);
 		}
 		if (rd->eof && rd->len == 0 && !rd->shut) {
 			/* ENOTCONN: the sink already went away, which its own
@@ -988,8 +1079,9 @@ relay_close(struct relay *r)
 			close(r->fd[i]);
 			r->fd[i] = -1;
 		}
-		free(r->dir[i].buf);
+		buf_give(r->dir[i].buf);
 		r->dir[i].buf = NULL;
+		r->dir[i].len = 0;
 	}
 }
 

@@ -153,9 +153,9 @@ enum frame_result fbuf_take(struct fbuf *b, struct msg *m);
 
 #define RELAY_BUF (64 * 1024)
 
-/* One direction: bytes read from fd[from] wait here to be written to the
- * other side.  eof: the source ended; shut: the sink was shut down for
- * writing after the last byte went out. */
+/* One direction: bytes read from its source that the sink has not taken
+ * yet wait in buf (NULL while there are none).  eof: the source ended;
+ * shut: the sink was shut down for writing after the last byte went out. */
 struct relay_dir {
 	uint8_t *buf;
 	size_t off, len;
@@ -174,13 +174,13 @@ struct relay {
 
 enum relay_state { RELAY_OPEN, RELAY_DONE, RELAY_FAIL };
 
-/* relay_init: take ownership of both descriptors.  -1 if out of memory
- * (the descriptors are then still the caller's). */
-int relay_init(struct relay *r, int fd0, int fd1);
+/* relay_init: take ownership of both descriptors.  Allocates nothing. */
+void relay_init(struct relay *r, int fd0, int fd1);
 
 /* relay_prefill: queue n bytes (n <= RELAY_BUF) in direction d, as if read
- * from its source; used for a JOIN and for bytes read past it. */
-void relay_prefill(struct relay *r, int d, const void *data, size_t n);
+ * from its source; used for a JOIN and for bytes read past it.  -1 if out
+ * of memory. */
+int relay_prefill(struct relay *r, int d, const void *data, size_t n);
 
 /* relay_events: the poll interest for fd[0] and fd[1], derived from the
  * buffers: room to fill means POLLIN, bytes to send mean POLLOUT.  0 means

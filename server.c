@@ -517,14 +517,16 @@ tun_join(struct server *s, struct tun *t, const struct msg *m)
 		return;
 	}
 	p = calloc(1, sizeof(*p));
-	if (p == NULL || relay_init(&p->relay, u->fd, t->fd) != 0) {
+	if (p != NULL) {
+		relay_init(&p->relay, u->fd, t->fd);
+	}
+	/* Bytes the client sent right behind its JOIN are the service's. */
+	if (p == NULL || relay_prefill(&p->relay, 1, t->in.data, t->in.len) != 0) {
 		free(p);
 		tun_close(s, t, "out of memory");
 		user_close(s, u, "out of memory");
 		return;
 	}
-	/* Bytes the client sent right behind its JOIN are the service's. */
-	relay_prefill(&p->relay, 1, t->in.data, t->in.len);
 	p->relay.dir[1].bytes += t->in.len;
 	p->seq = u->seq;
 	p->start = u->start;
