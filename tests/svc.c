@@ -198,7 +198,8 @@ conn_events(const struct svc *s, const struct conn *c)
 {
 	short ev = 0;
 
-	if (!c->eof && (s->mode == MODE_SOURCE || c->off + c->len < BUF_SIZE)) {
+	/* conn_read compacts the buffer, so any free byte is room. */
+	if (!c->eof && (s->mode == MODE_SOURCE || c->len < BUF_SIZE)) {
 		ev |= POLLIN;
 	}
 	if (!c->shut) {
@@ -293,6 +294,9 @@ conn_write(struct svc *s, struct conn *c)
 		if (w > 0) {
 			c->off += (size_t)w;
 			c->len -= (size_t)w;
+			if (c->len == 0) {
+				c->off = 0;
+			}
 			continue;
 		}
 		if (w < 0 && errno == EINTR) {

@@ -416,6 +416,9 @@ tl_wait_closed(int fd, int64_t deadline, size_t *extra, const char **how)
 			if (extra) {
 				*extra += (size_t)r;
 			}
+			if (tl_now_ms() >= deadline) {
+				return -1;   /* a peer that never stops talking */
+			}
 			continue;
 		}
 		if (r == 0) {

@@ -1,0 +1,49 @@
+#!/bin/sh
+# Run the unit tests, then the end-to-end tests (arguments go to e2e), and
+# print the sum of their "N passed, N failed" lines as the very last line.
+# Exits non-zero if a binary failed, reported a failure, or printed no
+# summary line.  Run from the repository root (make test does).
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/dialback-run.XXXXXX") || exit 1
+trap 'rm -rf "$tmp"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+passed=0
+failed=0
+bad=0
+
+# run NAME COMMAND...: run it with its output shown and kept, then add its
+# last summary line to the totals.
+run() {
+	name=$1
+	shift
+	{ "$@"; echo $? >"$tmp/$name.rc"; } 2>&1 | tee "$tmp/$name.out"
+	rc=$(cat "$tmp/$name.rc" 2>/dev/null)
+	line=$(grep -E '[0-9]+ passed, [0-9]+ failed' "$tmp/$name.out" | tail -n 1)
+	if [ -z "$line" ]; then
+		echo "run.sh: $name printed no \"N passed, N failed\" line" >&2
+		bad=1
+		failed=$((failed + 1))
+	else
+		counts=$(printf '%s\n' "$line" |
+			sed -E 's/^(.*[^0-9])?([0-9]+) passed, ([0-9]+) failed.*$/\2 \3/')
+		p=${counts% *}
+		f=${counts#* }
+		passed=$((passed + p))
+		failed=$((failed + f))
+		if [ "$f" -ne 0 ]; then
+			bad=1
+		fi
+	fi
+	if [ "$rc" != 0 ]; then
+		echo "run.sh: $name exited with status ${rc:-unknown}" >&2
+		bad=1
+	fi
+}
+
+run unit ./tests/unit
+run e2e ./tests/e2e "$@"
+
+echo "$passed passed, $failed failed"
+[ "$bad" -eq 0 ]
