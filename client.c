@@ -30,6 +30,8 @@ static const char usage_text[] =
 #define BACKOFF_MIN_MS  500
 #define BACKOFF_MAX_MS  30000
 #define MAX_LOCAL_ADDRS 8
+#define CTL_IN_SIZE     (64 * 1024)  /* a burst of NEW_USERs in one read */
+#define CTL_OUT_SIZE    (16 * 1024)
 
 enum ctl_state { C_IDLE, C_CONNECTING, C_HELLO_SENT, C_AUTH_SENT, C_ATTACHED };
 
@@ -799,6 +801,8 @@ client_free(struct client *c)
 	}
 	sweep(c);
 	close_fd(&c->fd);
+	fbuf_free(&c->in);
+	fbuf_free(&c->out);
 	free(c->pfd);
 	free(c->slot);
 	free(c->side);
@@ -814,6 +818,10 @@ main(int argc, char **argv)
 	c.exit_status = -1;
 	c.backoff_ms = BACKOFF_MIN_MS;
 	parse_args(&c, argc, argv);
+	if (fbuf_init(&c.in, CTL_IN_SIZE) != 0 ||
+	    fbuf_init(&c.out, CTL_OUT_SIZE) != 0) {
+		die(1, "out of memory");
+	}
 	c.sig_fd = signals_setup();
 	raise_fd_limit();
 	random_bytes(c.run_id, RUN_ID_LEN);

@@ -402,7 +402,8 @@ listen_on(const struct hostport *hp, const char *what, int *fds, int max)
 		if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
 			bind_error(what, where, errno);
 		}
-		if (listen(fd, 1024) != 0 || set_nonblock(fd) != 0) {
+		/* The kernel trims this to net.core.somaxconn. */
+		if (listen(fd, 4096) != 0 || set_nonblock(fd) != 0) {
 			die(1, "listen %s (%s port):", where, what);
 		}
 		fds[n++] = fd;
@@ -771,12 +772,47 @@ frame_encode(uint8_t *out, const struct msg *m)
 /* ==== frame buffers ====================================================== */
 
 int
+fbuf_init(struct fbuf *b, size_t cap)
+{
+	uint8_t *data;
+
+	if (cap < FRAME_HDR + FRAME_MAX) {
+		cap = FRAME_HDR + FRAME_MAX;
+	}
+	if ((data = realloc(b->data, cap)) == NULL) {
+		return -1;
+	}
+	b->data = data;
+	b->cap = cap;
+	return 0;
+}
+
+void
+fbuf_free(struct fbuf *b)
+{
+	free(b->data);
+	b->data = NULL;
+	b->len = b->cap = 0;
+}
+
+void
+send_now(int fd, const struct msg *m)
+{
+	uint8_t frame[FRAME_HDR + FRAME_MAX];
+	size_t n = frame_encode(frame, m);
+
+	if (send(fd, frame, n, MSG_NOSIGNAL) < 0) {
+		/* the peer is going anyway; the caller logs why */
+	}
+}
+
+int
 fbuf_put(struct fbuf *b, const struct msg *m)
 {
 	uint8_t frame[FRAME_HDR + FRAME_MAX];
 	size_t n = frame_encode(frame, m);
 
-	if (b->len + n > sizeof(b->data)) {
+	if (b->len + n > b->cap) {
 		return -1;
 	}
 	memcpy(b->data + b->len, frame, n);
@@ -808,7 +844,7 @@ int
 fbuf_fill(struct fbuf *b, int fd)
 {
 	for (;;) {
-		ssize_t n = read(fd, b->data + b->len, sizeof(b->data) - b->len);
+		ssize_t n = read(fd, b->data + b->len, b->cap - b->len);
 		if (n > 0) {
 			b->len += (size_t)n;
 			return 1;
@@ -816,7 +852,7 @@ fbuf_fill(struct fbuf *b, int fd)
 		if (n == 0) {
 			/* A full buffer reads 0 too; it always holds a whole frame
 			 * (or a bad one), which the caller takes first. */
-			return b->len == sizeof(b->data) ? 1 : 0;
+			return b->len == b->cap ? 1 : 0;
 		}
 		if (errno == EINTR) {
 			continue;

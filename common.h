@@ -132,12 +132,20 @@ void key_join_proof(const uint8_t key[PROOF_LEN],
 
 /* ---- frame buffers ------------------------------------------------------ */
 
-/* A small buffer of frames to or from a peer (control and join traffic). */
-#define FBUF_SIZE 4096
+/* A buffer of frames to or from a peer (control and join traffic). */
+#define FBUF_SMALL 4096
 struct fbuf {
-	uint8_t data[FBUF_SIZE];
-	size_t len;
+	uint8_t *data;
+	size_t len, cap;
 };
+
+/* fbuf_init: give b room for cap bytes (at least one whole frame),
+ * keeping what it holds; -1 if out of memory.  fbuf_free: release it. */
+int fbuf_init(struct fbuf *b, size_t cap);
+void fbuf_free(struct fbuf *b);
+
+/* send_now: one best-effort send of *m, for a last word before a close. */
+void send_now(int fd, const struct msg *m);
 
 /* fbuf_put: append the frame for *m; -1 if it doesn't fit (peer stalled). */
 int fbuf_put(struct fbuf *b, const struct msg *m);

@@ -34,7 +34,9 @@ static const char usage_text[] =
 
 #define MAX_LISTEN      4      /* addresses per role (0.0.0.0 and ::) */
 #define ACCEPT_BATCH    64     /* accepts per listener per turn */
-#define MAX_PENDING     1024   /* users waiting for their join, per session */
+#define MAX_PENDING     4096   /* users waiting for their join, per session */
+#define SESSION_OUT     (64 * 1024)  /* control output queue once attached */
+#define NEW_USER_SIZE   (FRAME_HDR + USER_ID_LEN + 2 * WIRE_ADDR_LEN)
 #define MAX_HANDSHAKES  64     /* control connections not yet attached */
 #define MAX_PER_SOURCE  8      /* ... of those, from one address */
 #define MAX_TUNNELS     4096   /* tunnel connections without their JOIN */
@@ -245,10 +247,25 @@ pair_close(struct pair *p, enum relay_state st)
 	} while (0)
 
 static void
+ctl_free(struct ctl *c)
+{
+	fbuf_free(&c->in);
+	fbuf_free(&c->out);
+	free(c);
+}
+
+static void
+tun_free(struct tun *t)
+{
+	fbuf_free(&t->in);
+	free(t);
+}
+
+static void
 sweep(struct server *s)
 {
-	SWEEP(s->ctls, struct ctl, free);
-	SWEEP(s->tuns, struct tun, free);
+	SWEEP(s->ctls, struct ctl, ctl_free);
+	SWEEP(s->tuns, struct tun, tun_free);
 	SWEEP(s->users, struct user, free);
 	SWEEP(s->pairs, struct pair, free);
 }
@@ -274,9 +291,8 @@ ctl_refuse(struct server *s, struct ctl *c, enum err_code code,
 	m.type = MSG_ERROR;
 	m.code = (uint8_t)code;
 	snprintf(m.text, sizeof(m.text), "%s", why);
-	if (fbuf_put(&c->out, &m) == 0) {
-		fbuf_flush(&c->out, c->fd);
-	}
+	fbuf_flush(&c->out, c->fd);
+	send_now(c->fd, &m);
 	ctl_close(s, c, why);
 }
 
@@ -336,6 +352,11 @@ on_auth(struct server *s, struct ctl *c, const struct msg *m)
 			ctl_refuse(s, c, ERR_BUSY, why);
 			return;
 		}
+	}
+	/* Room for a burst of NEW_USERs; see public_open(). */
+	if (fbuf_init(&c->out, SESSION_OUT) != 0) {
+		ctl_close(s, c, "out of memory");
+		return;
 	}
 	key_session(s->token, c->cn, c->sn, c->key);
 	c->state = CTL_ATTACHED;
@@ -563,8 +584,7 @@ tun_readable(struct server *s, struct tun *t)
 		m.code = ERR_WRONG_PORT;
 		snprintf(m.text, sizeof(m.text), "this is the tunnel port; point "
 		         "-remote at the control port (%d)", s->port[ROLE_CONTROL]);
-		fbuf_put(&t->in, &m);      /* in is empty: reuse it to send */
-		fbuf_flush(&t->in, t->fd);
+		send_now(t->fd, &m);
 		tun_close(s, t, "a HELLO on the tunnel port");
 	} else if (fr == FRAME_OK || fr == FRAME_BAD) {
 		snprintf(why, sizeof(why), "expected JOIN, got %s",
@@ -639,7 +659,8 @@ tun_arrive(struct server *s, int fd, const struct sockaddr *sa)
 		tun_evict_oldest(s);
 	}
 	t = calloc(1, sizeof(*t));
-	if (t == NULL) {
+	if (t == NULL || fbuf_init(&t->in, FBUF_SMALL) != 0) {
+		free(t);
 		close(fd);
 		return;
 	}
@@ -706,6 +727,12 @@ ctl_arrive(struct server *s, int fd, const struct sockaddr *sa)
 		close(fd);
 		return;
 	}
+	if (fbuf_init(&c->in, FBUF_SMALL) != 0 ||
+	    fbuf_init(&c->out, FBUF_SMALL) != 0) {
+		ctl_free(c);
+		close(fd);
+		return;
+	}
 	c->fd = fd;
 	c->from = from;
 	c->state = CTL_HELLO;
@@ -716,12 +743,26 @@ ctl_arrive(struct server *s, int fd, const struct sockaddr *sa)
 	log_debug("control %s connected", c->peer);
 }
 
+/* Users are accepted only while the session can queue their NEW_USER:
+ * when the client reads slowly, later users wait in the kernel's accept
+ * queue instead of being dropped. */
+static int
+public_open(const struct server *s)
+{
+	const struct ctl *c = s->owner;
+
+	return c == NULL || c->out.cap - c->out.len >= NEW_USER_SIZE * ACCEPT_BATCH;
+}
+
 static void
 accept_all(struct server *s, enum role role, int lfd)
 {
 	int i;
 
 	for (i = 0; i < ACCEPT_BATCH; i++) {
+		if (role == ROLE_PUBLIC && !public_open(s)) {
+			return;
+		}
 		struct sockaddr_storage ss;
 		socklen_t len = sizeof(ss);
 		int fd = accept(lfd, (struct sockaddr *)&ss, &len);
@@ -871,6 +912,9 @@ build_pollset(struct server *s, int64_t now)
 	slot_add(s, &n, s->sig_fd, POLLIN, K_SIGNAL, NULL, 0);
 	if (s->accept_paused_until <= now) {
 		for (r = 0; r < ROLE_END; r++) {
+			if (r == ROLE_PUBLIC && !public_open(s)) {
+				continue;
+			}
 			for (i = 0; i < s->nlfd[r]; i++) {
 				slot_add(s, &n, s->lfd[r][i], POLLIN, K_LISTEN, NULL, r);
 			}
