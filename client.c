@@ -11,6 +11,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,10 +22,14 @@
 #include "sha256.h"
 
 static const char usage_text[] =
-"usage: ./client -remote HOST[:PORT] [-local HOST:PORT] [-token SECRET] [-v | -q]\n"
+"usage: ./client -remote HOST[:PORT] [-local HOST:PORT] [-port N] [-token SECRET]\n"
+"                [-proxy-protocol v1|v2] [-v | -q]\n"
 "  -remote HOST[:PORT]  the server's control address (port default 8009)\n"
 "  -local HOST:PORT     the service to expose (default 127.0.0.1:8080)\n"
+"  -port N              ask for public port N (in the server's -ports range)\n"
 "  -token SECRET        the server's token (or DIALBACK_TOKEN)\n"
+"  -proxy-protocol v1|v2\n"
+"                       tell the service each user's address (PROXY protocol)\n"
 "  -v, -q               more logging / warnings only\n";
 
 #define BACKOFF_MIN_MS  500
@@ -48,6 +53,7 @@ struct cuser {
 	int local_idx;                 /* which local address is being tried */
 	uint8_t id[USER_ID_LEN];
 	uint8_t key[PROOF_LEN];        /* the session that announced it */
+	struct wire_addr src, dst;     /* user, and the public address it reached */
 	char peer[ADDR_STRLEN];
 	int64_t start, deadline;
 	struct relay relay;
@@ -62,6 +68,8 @@ struct client {
 	struct hostport remote;
 	const char *remote_arg, *local_arg;
 	const char *token;
+	int want_port;                       /* -port; 0 = the server's choice */
+	int proxy_version;                   /* -proxy-protocol; 0 = off */
 	uint8_t run_id[RUN_ID_LEN];
 	struct local_addr local[MAX_LOCAL_ADDRS];
 	int nlocal;
@@ -81,6 +89,8 @@ struct client {
 	int exit_status;                     /* >= 0: stop with this status */
 
 	int sig_fd;
+	int64_t started;
+	uint64_t users_total;
 	struct cuser *users;
 	struct pollfd *pfd;
 	struct cuser **slot;                 /* NULL: signal or control */
@@ -190,10 +200,10 @@ tunnel_dial(struct client *c, struct cuser *u)
 }
 
 static void
-relay_begin(struct cuser *u)
+relay_begin(struct client *c, struct cuser *u)
 {
 	struct msg m;
-	uint8_t frame[FRAME_HDR + FRAME_MAX];
+	uint8_t frame[FRAME_HDR + FRAME_MAX], proxy[PROXY_MAX];
 	size_t n;
 
 	relay_init(&u->relay, u->fd, u->local_fd);
@@ -209,6 +219,14 @@ relay_begin(struct cuser *u)
 	if (relay_prefill(&u->relay, 1, frame, n) != 0) {
 		user_close(u, "%s", "out of memory");
 		return;
+	}
+	/* The service hears who the user is before any byte of theirs. */
+	if (c->proxy_version != 0) {
+		n = proxy_header(c->proxy_version, &u->src, &u->dst, proxy);
+		if (relay_prefill(&u->relay, 0, proxy, n) != 0) {
+			user_close(u, "%s", "out of memory");
+			return;
+		}
 	}
 	set_nodelay(u->relay.fd[1]);
 	log_debug("user %s: tunnel ready, joined", u->peer);
@@ -236,7 +254,7 @@ user_connected(struct client *c, struct cuser *u)
 	if (u->state == U_LOCAL) {
 		tunnel_dial(c, u);
 	} else {
-		relay_begin(u);
+		relay_begin(c, u);
 	}
 }
 
@@ -254,7 +272,10 @@ user_new(struct client *c, const struct msg *m)
 	u->state = U_LOCAL;
 	memcpy(u->id, m->user_id, USER_ID_LEN);
 	memcpy(u->key, c->key, PROOF_LEN);
+	u->src = m->src;
+	u->dst = m->dst;
 	wire_addr_str(&m->src, u->peer, sizeof(u->peer));
+	c->users_total++;
 	u->start = now_ms();
 	u->deadline = u->start + JOIN_WAIT_MS;
 	u->next = c->users;
@@ -396,6 +417,10 @@ on_error_msg(struct client *c, const struct msg *m)
 		ctl_fail(c, 1, "server refused: %s — check -token or "
 		         "DIALBACK_TOKEN against the server's", m->text);
 		break;
+	case ERR_PORT:
+		ctl_fail(c, 1, "server refused: %s — pick another -port",
+		         m->text);
+		break;
 	default:
 		snprintf(what, sizeof(what), "server %s refused: %s", c->server,
 		         m->text);
@@ -427,6 +452,7 @@ on_ctl_msg(struct client *c, const struct msg *m)
 		}
 		memcpy(c->sn, m->nonce, NONCE_LEN);
 		r.type = MSG_AUTH;
+		r.public_port = (uint16_t)c->want_port;
 		key_auth_proof(c->token, c->cn, c->sn, r.proof);
 		fbuf_put(&c->out, &r);
 		c->state = C_AUTH_SENT;
@@ -635,6 +661,42 @@ ctl_event(struct client *c, short rev)
 	}
 }
 
+/* SIGUSR1: a status line in the log. */
+static void
+log_status(struct client *c)
+{
+	static const char *const names[] = {
+		[C_IDLE] = "waiting to reconnect",
+		[C_CONNECTING] = "connecting",
+		[C_HELLO_SENT] = "handshaking",
+		[C_AUTH_SENT] = "handshaking",
+		[C_ATTACHED] = "attached",
+	};
+	int relaying = 0, starting = 0;
+	uint64_t in = 0, out = 0;
+	struct cuser *u;
+
+	for (u = c->users; u != NULL; u = u->next) {
+		if (u->dead) {
+			continue;
+		}
+		if (u->state == U_RELAY) {
+			relaying++;
+			in += u->relay.dir[0].bytes;
+			out += u->relay.dir[1].bytes;
+		} else {
+			starting++;
+		}
+	}
+	log_info("status: up %llds; %s to %s, public port %d; users: %d "
+	         "relaying, %d connecting, %llu in all; open users' bytes: %llu "
+	         "in, %llu out", (long long)(now_ms() - c->started) / 1000,
+	         names[c->state], c->server[0] ? c->server : c->remote_arg,
+	         c->public_port, relaying, starting,
+	         (unsigned long long)c->users_total, (unsigned long long)in,
+	         (unsigned long long)out);
+}
+
 static int
 dispatch(struct client *c, size_t n)
 {
@@ -649,6 +711,10 @@ dispatch(struct client *c, size_t n)
 		}
 		if (u == NULL) {
 			if (c->side[i] == 0) {
+				if (signal_take(c->sig_fd) == SIGUSR1) {
+					log_status(c);
+					continue;
+				}
 				return -1;         /* SIGINT or SIGTERM */
 			}
 			ctl_event(c, rev);
@@ -738,6 +804,7 @@ static void
 parse_args(struct client *c, int argc, char **argv)
 {
 	const char *remote = NULL, *local = "127.0.0.1:8080", *token = NULL, *why;
+	const char *port = NULL, *proxy = NULL;
 	int help = 0, verbose = 0, quiet = 0;
 	struct hostport lhp;
 	char err[128];
@@ -745,6 +812,8 @@ parse_args(struct client *c, int argc, char **argv)
 		{ "remote", &remote, NULL },
 		{ "local", &local, NULL },
 		{ "token", &token, NULL },
+		{ "port", &port, NULL },
+		{ "proxy-protocol", &proxy, NULL },
 		{ "v", NULL, &verbose },
 		{ "q", NULL, &quiet },
 		{ "h", NULL, &help },
@@ -776,6 +845,26 @@ parse_args(struct client *c, int argc, char **argv)
 		snprintf(err, sizeof(err), "-local %s: %s", local,
 		         why ? why : "missing host");
 		usage_exit(err);
+	}
+	if (port != NULL) {
+		struct hostport php;
+		if (addr_parse(port, -1, 0, &php, &why) != 0 || php.host[0] != '\0') {
+			snprintf(err, sizeof(err), "-port %s: %s", port,
+			         why ? why : "want a port number");
+			usage_exit(err);
+		}
+		c->want_port = atoi(php.port);
+	}
+	if (proxy != NULL) {
+		if (strcmp(proxy, "v1") == 0 || strcmp(proxy, "1") == 0) {
+			c->proxy_version = 1;
+		} else if (strcmp(proxy, "v2") == 0 || strcmp(proxy, "2") == 0) {
+			c->proxy_version = 2;
+		} else {
+			snprintf(err, sizeof(err), "-proxy-protocol %s: want v1 or v2",
+			         proxy);
+			usage_exit(err);
+		}
 	}
 	c->remote_arg = remote;
 	c->local_arg = local;
@@ -825,7 +914,7 @@ main(int argc, char **argv)
 	c.sig_fd = signals_setup();
 	raise_fd_limit();
 	random_bytes(c.run_id, RUN_ID_LEN);
-	c.deadline = now_ms();
+	c.started = c.deadline = now_ms();
 	run(&c);
 	client_free(&c);
 	return c.exit_status;

@@ -22,6 +22,20 @@
 #include "common.h"
 #include "sha256.h"
 
+/* Big-endian, byte by byte: the wire's only integer helpers. */
+static void
+put16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)(v >> 8);
+	p[1] = (uint8_t)v;
+}
+
+static uint16_t
+get16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] << 8 | p[1]);
+}
+
 /* ==== logging ============================================================ */
 
 static enum log_level log_level = LOG_NORMAL;
@@ -311,6 +325,73 @@ wire_addr_str(const struct wire_addr *w, char *buf, size_t len)
 	return buf;
 }
 
+/* As IPv6, mapping IPv4 to ::ffff:a.b.c.d. */
+static void
+wire_addr_v6(const struct wire_addr *w, struct wire_addr *v6)
+{
+	*v6 = *w;
+	if (w->family == 4) {
+		memset(v6->addr, 0, 16);
+		v6->addr[10] = v6->addr[11] = 0xff;
+		memcpy(v6->addr + 12, w->addr, 4);
+		v6->family = 6;
+	}
+}
+
+size_t
+proxy_header(int version, const struct wire_addr *src,
+             const struct wire_addr *dst, uint8_t *out)
+{
+	static const uint8_t sig[12] = { 0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d,
+	                                 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a };
+	struct wire_addr s = *src, d = *dst;
+	char sip[INET6_ADDRSTRLEN], dip[INET6_ADDRSTRLEN];
+	int known = src->family != 0 && dst->family != 0;
+	int af;
+
+	if (known && src->family != dst->family) {
+		wire_addr_v6(src, &s);
+		wire_addr_v6(dst, &d);
+	}
+	af = s.family == 4 ? AF_INET : AF_INET6;
+	if (version == 1) {
+		if (!known) {
+			return (size_t)snprintf((char *)out, PROXY_MAX,
+			                        "PROXY UNKNOWN\r\n");
+		}
+		inet_ntop(af, s.addr, sip, sizeof(sip));
+		inet_ntop(af, d.addr, dip, sizeof(dip));
+		return (size_t)snprintf((char *)out, PROXY_MAX,
+		                        "PROXY TCP%c %s %s %u %u\r\n",
+		                        s.family == 4 ? '4' : '6', sip, dip,
+		                        s.port, d.port);
+	}
+	memcpy(out, sig, sizeof(sig));
+	if (!known) {
+		out[12] = 0x20;                   /* version 2, LOCAL */
+		out[13] = 0x00;                   /* unspecified */
+		put16(out + 14, 0);
+		return 16;
+	}
+	out[12] = 0x21;                           /* version 2, PROXY */
+	if (s.family == 4) {
+		out[13] = 0x11;                   /* TCP over IPv4 */
+		put16(out + 14, 12);
+		memcpy(out + 16, s.addr, 4);
+		memcpy(out + 20, d.addr, 4);
+		put16(out + 24, s.port);
+		put16(out + 26, d.port);
+		return 28;
+	}
+	out[13] = 0x21;                           /* TCP over IPv6 */
+	put16(out + 14, 36);
+	memcpy(out + 16, s.addr, 16);
+	memcpy(out + 32, d.addr, 16);
+	put16(out + 48, s.port);
+	put16(out + 50, d.port);
+	return 52;
+}
+
 /* ==== sockets ============================================================ */
 
 int
@@ -350,31 +431,72 @@ set_port(struct sockaddr *sa, int port)
 	}
 }
 
-/* bind_error: the start-up line for a failed bind, with what to do. */
+/* bind_error: the line for a failed bind, with what to do. */
 static void
-bind_error(const char *what, const char *where, int err)
+bind_error(const char *what, const char *where, int err, char *msg,
+           size_t len)
 {
 	switch (err) {
 	case EADDRINUSE:
-		die(1, "bind %s (%s port): address in use — is another server "
-		    "running? pick a free port with -%s", where, what, what);
+		snprintf(msg, len, "bind %s (%s port): address in use — is "
+		         "another server running? pick a free port with -%s",
+		         where, what, what);
+		break;
 	case EACCES:
-		die(1, "bind %s (%s port): permission denied — ports below 1024 "
-		    "need privileges; pick a higher port with -%s", where, what, what);
+		snprintf(msg, len, "bind %s (%s port): permission denied — ports "
+		         "below 1024 need privileges; pick a higher port with -%s",
+		         where, what, what);
+		break;
 	case EADDRNOTAVAIL:
-		die(1, "bind %s (%s port): address not available — that address "
-		    "is not on this host", where, what);
+		snprintf(msg, len, "bind %s (%s port): address not available — "
+		         "that address is not on this host", where, what);
+		break;
 	default:
-		die(1, "bind %s (%s port): %s", where, what, strerror(err));
+		snprintf(msg, len, "bind %s (%s port): %s", where, what,
+		         strerror(err));
+		break;
 	}
 }
 
+/* One listening socket for ai; -1 with msg set on failure. */
+static int
+listen_one(const struct addrinfo *ai, const char *what, char *msg, size_t len)
+{
+	char where[ADDR_STRLEN];
+	int fd, one = 1;
+
+	addr_str(ai->ai_addr, where, sizeof(where));
+	if ((fd = socket(ai->ai_family, ai->ai_socktype, 0)) < 0) {
+		snprintf(msg, len, "socket for %s (%s port): %s", where, what,
+		         strerror(errno));
+		return -1;
+	}
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	/* Separate sockets for 0.0.0.0 and ::, so both can bind. */
+	if (ai->ai_family == AF_INET6) {
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	}
+	if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+		bind_error(what, where, errno, msg, len);
+		close(fd);
+		return -1;
+	}
+	/* The kernel trims the backlog to net.core.somaxconn. */
+	if (listen(fd, 4096) != 0 || set_nonblock(fd) != 0) {
+		snprintf(msg, len, "listen %s (%s port): %s", where, what,
+		         strerror(errno));
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
 int
-listen_on(const struct hostport *hp, const char *what, int *fds, int max)
+listen_on(const struct hostport *hp, const char *what, int *fds, int max,
+          char *msg, size_t len)
 {
 	struct addrinfo hints, *res, *ai;
-	char where[ADDR_STRLEN];
-	int n = 0, rc, one = 1;
+	int n = 0, rc, i;
 
 	memset(&hints, 0, sizeof(hints));
 	hints.ai_family = AF_UNSPEC;
@@ -382,29 +504,17 @@ listen_on(const struct hostport *hp, const char *what, int *fds, int max)
 	hints.ai_flags = AI_PASSIVE | AI_ADDRCONFIG;
 	rc = getaddrinfo(hp->host[0] ? hp->host : NULL, hp->port, &hints, &res);
 	if (rc != 0) {
-		die(1, "%s address %s: %s — check the host name in -%s", what,
-		    hp->host, gai_strerror(rc), what);
+		snprintf(msg, len, "%s address %s: %s — check the host name in -%s",
+		         what, hp->host, gai_strerror(rc), what);
+		return -1;
 	}
 	for (ai = res; ai != NULL && n < max; ai = ai->ai_next) {
-		int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
-		addr_str(ai->ai_addr, where, sizeof(where));
+		int fd = listen_one(ai, what, msg, len);
+		if (fd < 0 && errno == EAFNOSUPPORT) {
+			continue;   /* no IPv6 here: the IPv4 one will do */
+		}
 		if (fd < 0) {
-			if (errno == EAFNOSUPPORT) {
-				continue;   /* no IPv6 here: the IPv4 one will do */
-			}
-			die(1, "socket for %s (%s port):", where, what);
-		}
-		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-		/* Separate sockets for 0.0.0.0 and ::, so both can bind. */
-		if (ai->ai_family == AF_INET6) {
-			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-		}
-		if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
-			bind_error(what, where, errno);
-		}
-		/* The kernel trims this to net.core.somaxconn. */
-		if (listen(fd, 4096) != 0 || set_nonblock(fd) != 0) {
-			die(1, "listen %s (%s port):", where, what);
+			goto fail;
 		}
 		fds[n++] = fd;
 		/* With port 0, the other addresses take the port the first one
@@ -418,9 +528,17 @@ listen_on(const struct hostport *hp, const char *what, int *fds, int max)
 	}
 	freeaddrinfo(res);
 	if (n == 0) {
-		die(1, "%s port %s: no address to listen on", what, hp->port);
+		snprintf(msg, len, "%s port %s: no address to listen on", what,
+		         hp->port);
+		return -1;
 	}
 	return n;
+fail:
+	freeaddrinfo(res);
+	for (i = 0; i < n; i++) {
+		close(fds[i]);
+	}
+	return -1;
 }
 
 int
@@ -527,19 +645,6 @@ key_join_proof(const uint8_t key[PROOF_LEN], const uint8_t id[USER_ID_LEN],
 
 /* ==== frame codec ======================================================== */
 
-static void
-put16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)(v >> 8);
-	p[1] = (uint8_t)v;
-}
-
-static uint16_t
-get16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] << 8 | p[1]);
-}
-
 static const char *const msg_names[MSG_TYPE_END] = {
 	[MSG_HELLO] = "HELLO",
 	[MSG_CHALLENGE] = "CHALLENGE",
@@ -557,7 +662,7 @@ static const char *const msg_names[MSG_TYPE_END] = {
 static const struct { uint16_t min, max; } msg_len[MSG_TYPE_END] = {
 	[MSG_HELLO] = { 29, 29 },
 	[MSG_CHALLENGE] = { 21, 21 },
-	[MSG_AUTH] = { PROOF_LEN, PROOF_LEN },
+	[MSG_AUTH] = { PROOF_LEN + 2, PROOF_LEN + 2 },
 	[MSG_WELCOME] = { 6, 6 },
 	[MSG_ERROR] = { 2, 1 + TEXT_MAX },
 	[MSG_PING] = { 0, 0 },
@@ -679,6 +784,7 @@ frame_decode(const uint8_t *buf, size_t len, struct msg *m, size_t *used)
 		break;
 	case MSG_AUTH:
 		memcpy(m->proof, p, PROOF_LEN);
+		m->public_port = get16(p + PROOF_LEN);
 		break;
 	case MSG_WELCOME:
 		m->tunnel_port = get16(p);
@@ -733,7 +839,8 @@ frame_encode(uint8_t *out, const struct msg *m)
 		break;
 	case MSG_AUTH:
 		memcpy(p, m->proof, PROOF_LEN);
-		p += PROOF_LEN;
+		put16(p + PROOF_LEN, m->public_port);
+		p += PROOF_LEN + 2;
 		break;
 	case MSG_WELCOME:
 		put16(p, m->tunnel_port);
@@ -1171,7 +1278,7 @@ flags_parse(int argc, char **argv, const struct flag *flags, char *err,
 static int sig_pipe_wr = -1;
 
 static void
-on_stop_signal(int sig)
+on_signal(int sig)
 {
 	int saved = errno;
 	uint8_t b = (uint8_t)sig;
@@ -1179,9 +1286,17 @@ on_stop_signal(int sig)
 	/* Nothing else is async-signal-safe enough to do here; the loop sees
 	 * the byte on its next poll. */
 	if (write(sig_pipe_wr, &b, 1) < 0) {
-		/* the pipe is full: a stop is pending already */
+		/* the pipe is full: plenty of signals are pending already */
 	}
 	errno = saved;
+}
+
+int
+signal_take(int fd)
+{
+	uint8_t b;
+
+	return read(fd, &b, 1) == 1 ? b : 0;
 }
 
 int
@@ -1197,9 +1312,10 @@ signals_setup(void)
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = SIG_IGN;
 	sigaction(SIGPIPE, &sa, NULL);
-	sa.sa_handler = on_stop_signal;
+	sa.sa_handler = on_signal;
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGUSR1, &sa, NULL);
 	return p[0];
 }

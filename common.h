@@ -73,6 +73,14 @@ const char *addr_str(const struct sockaddr *sa, char *buf, size_t len);
 void addr_to_wire(const struct sockaddr *sa, struct wire_addr *w);
 const char *wire_addr_str(const struct wire_addr *w, char *buf, size_t len);
 
+/* proxy_header: the PROXY protocol header (HAProxy's spec, version 1 text
+ * or 2 binary) saying a TCP connection came from src to dst.  Mixed
+ * families are sent as IPv6 (IPv4-mapped); unknown ones as UNKNOWN (v1) or
+ * LOCAL (v2).  Writes into out (PROXY_MAX bytes) and returns the length. */
+#define PROXY_MAX 108
+size_t proxy_header(int version, const struct wire_addr *src,
+                    const struct wire_addr *dst, uint8_t *out);
+
 /* ---- sockets ------------------------------------------------------------ */
 
 /* set_nonblock, set_nodelay, set_keepalive: 0 or -1 (errno set). */
@@ -83,11 +91,12 @@ void set_keepalive(int fd);
 /*
  * listen_on: bind and listen on every address hp resolves to (for "" both
  * 0.0.0.0 and ::, where the host has IPv6).  Stores up to max descriptors
- * in fds and returns how many, or dies with a line naming what and where
- * (exit 1), e.g. "bind 0.0.0.0:8009: address in use ...".  what names the
- * port's role for that message.
+ * in fds and returns how many; or -1 with a line in msg naming what and
+ * where and what to do, e.g. "bind 0.0.0.0:8009 (control port): address
+ * in use — ...".  what names the port's role (and its flag).
  */
-int listen_on(const struct hostport *hp, const char *what, int *fds, int max);
+int listen_on(const struct hostport *hp, const char *what, int *fds, int max,
+              char *msg, size_t len);
 
 /* local_port: the port fd is bound to, or 0. */
 int local_port(int fd);
@@ -116,9 +125,11 @@ struct flag {
 int flags_parse(int argc, char **argv, const struct flag *flags, char *err,
                 size_t errlen);
 
-/* signals_setup: ignore SIGPIPE; make SIGINT and SIGTERM write a byte to a
- * pipe whose (non-blocking) read end is returned, for the poll loop. */
+/* signals_setup: ignore SIGPIPE; make SIGINT, SIGTERM and SIGUSR1 write
+ * their number to a pipe whose (non-blocking) read end is returned, for the
+ * poll loop.  signal_take: the next signal number from it, or 0. */
 int signals_setup(void);
+int signal_take(int fd);
 
 /* ---- keys --------------------------------------------------------------- */
 

@@ -17,6 +17,7 @@
  *   C->S HELLO      magic "DLBK"[4] version u8 client_nonce[16] run_id[8]
  *   S->C CHALLENGE  magic "DLBK"[4] version u8 server_nonce[16]
  *   C->S AUTH       proof[32] = HMAC(token, "dialback auth" cn sn)
+ *                   public_port u16 (0 = the server's -public port)
  *   S->C WELCOME    tunnel_port u16 public_port u16 heartbeat_s u16
  *        or ERROR   code u8 reason[1..TEXT_MAX] (UTF-8/ASCII, no NUL)
  *   then, any time:
@@ -38,7 +39,9 @@
  *
  * The server drops a control connection if: the first frame is not a HELLO
  * with the right magic; the version differs (after an ERROR naming both);
- * the proof is wrong (after ERROR_AUTH); a frame arrives that the state does
+ * the proof is wrong (after ERR_AUTH); the port asked for is outside the
+ * server's ports (ERR_PORT) or served by another client (ERR_BUSY); a
+ * frame arrives that the state does
  * not allow; nothing arrives within HANDSHAKE_MS before WELCOME or within 3
  * heartbeats after.  It drops a tunnel connection if the JOIN is malformed,
  * names no pending user, carries a wrong proof, or is late (HANDSHAKE_MS).
@@ -93,6 +96,7 @@ enum err_code {
 	ERR_BUSY = 3,       /* the public port is served by another client */
 	ERR_PROTO = 4,      /* malformed or unexpected message: permanent */
 	ERR_WRONG_PORT = 5, /* a HELLO reached the tunnel port: permanent */
+	ERR_PORT = 6,       /* the public port asked for is not offered: permanent */
 	ERR_CODE_END
 };
 
@@ -112,7 +116,7 @@ struct msg {
 	uint8_t proof[PROOF_LEN];          /* AUTH, JOIN */
 	uint8_t user_id[USER_ID_LEN];      /* NEW_USER, USER_FAILED, JOIN */
 	uint16_t tunnel_port;              /* WELCOME */
-	uint16_t public_port;              /* WELCOME */
+	uint16_t public_port;              /* WELCOME (granted), AUTH (asked) */
 	uint16_t heartbeat_s;              /* WELCOME */
 	uint8_t code;                      /* ERROR */
 	struct wire_addr src, dst;         /* NEW_USER */

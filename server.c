@@ -16,21 +16,24 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include "common.h"
 #include "sha256.h"
 
 static const char usage_text[] =
-"usage: ./server [-control ADDR] [-tunnel ADDR] [-public ADDR] [-token SECRET]\n"
-"                [-heartbeat SECONDS] [-v | -q]\n"
+"usage: ./server [-control ADDR] [-tunnel ADDR] [-public ADDR] [-ports LO-HI]\n"
+"                [-token SECRET] [-heartbeat SECONDS] [-v | -q]\n"
 "  -control ADDR        where clients attach (default 8009)\n"
 "  -tunnel ADDR         where clients dial back for each user (default 8008)\n"
 "  -public ADDR         where users connect (default 8007)\n"
+"  -ports LO-HI         more public ports, for clients that ask with -port\n"
 "  -token SECRET        shared secret clients must prove (or DIALBACK_TOKEN)\n"
 "  -heartbeat SECONDS   ping interval; 3 silent intervals = dead (default 10)\n"
 "  -v, -q               more logging / warnings only\n"
-"ADDR is PORT, :PORT, HOST:PORT or [IPv6]:PORT; no HOST = all interfaces.\n";
+"ADDR is PORT, :PORT, HOST:PORT or [IPv6]:PORT; no HOST = all interfaces.\n"
+"SIGUSR1 logs a status block: sessions, ports, users, bytes, uptime.\n";
 
 #define MAX_LISTEN      4      /* addresses per role (0.0.0.0 and ::) */
 #define ACCEPT_BATCH    64     /* accepts per listener per turn */
@@ -59,6 +62,15 @@ static const char *const ctl_state_names[] = {
 	[CTL_ATTACHED] = "attached",
 };
 
+/* A public port and the session serving it.  The -public port listens
+ * from start to stop; a port from -ports only while its session lasts. */
+struct pub {
+	int port;
+	int fd[MAX_LISTEN];
+	int nfd;                       /* 0 once closed */
+	struct ctl *owner;             /* NULL: no client attached */
+};
+
 struct ctl {
 	struct ctl *next;
 	int fd, dead;
@@ -71,6 +83,10 @@ struct ctl {
 	int64_t deadline;              /* handshake must finish by then */
 	int64_t last_rx, next_ping;
 	int pending;                   /* users waiting for a join */
+	struct pub *pub;               /* the port it serves, once attached */
+	struct pub *own;               /* a -ports listener it opened */
+	int64_t attached_at;
+	uint64_t served;               /* users announced */
 };
 
 /* A tunnel connection that has not sent its JOIN yet. */
@@ -117,21 +133,24 @@ struct server {
 	struct hostport addr[ROLE_END];
 	const char *token;             /* "" = no token */
 	int heartbeat_s;
-	int lfd[ROLE_END][MAX_LISTEN];
+	int ports_lo, ports_hi;        /* -ports; 0 = none */
+	int lfd[ROLE_END][MAX_LISTEN]; /* control and tunnel */
 	int nlfd[ROLE_END];
 	int port[ROLE_END];
+	struct pub main_pub;           /* -public */
 	int sig_fd;
 	int spare_fd;                  /* given up to accept-and-close at EMFILE */
 	int64_t accept_paused_until;
 	struct log_limit log_fds, log_no_client, log_pending, log_handshakes,
 	                 log_tunnels;
 	struct ctl *ctls;
-	struct ctl *owner;             /* the session serving the public port */
 	struct tun *tuns;
 	int ntuns;                     /* live ones in tuns */
 	struct user *users;
 	struct pair *pairs;
 	uint64_t user_seq;
+	int64_t started;
+	uint64_t bytes_in, bytes_out;  /* of pairs already closed */
 	struct pollfd *pfd;
 	struct slot *slot;
 	size_t cap;
@@ -171,6 +190,23 @@ user_close(struct server *s, struct user *u, const char *why)
 	(void)s;
 }
 
+/* Close a -ports listener; its memory goes with its session, at sweep,
+ * since this turn's poll results may still name it. */
+static void
+pub_close(struct pub *p)
+{
+	int i;
+
+	if (p == NULL || p->nfd == 0) {
+		return;
+	}
+	for (i = 0; i < p->nfd; i++) {
+		close_fd(&p->fd[i]);
+	}
+	p->nfd = 0;
+	log_info("public port %d closed", p->port);
+}
+
 static void
 ctl_close(struct server *s, struct ctl *c, const char *why)
 {
@@ -189,9 +225,11 @@ ctl_close(struct server *s, struct ctl *c, const char *why)
 			user_close(s, u, "its client went away before the join");
 		}
 	}
-	if (s->owner == c) {
-		s->owner = NULL;
+	if (c->pub != NULL) {
+		c->pub->owner = NULL;
+		c->pub = NULL;
 	}
+	pub_close(c->own);
 	close_fd(&c->fd);
 	c->dead = 1;
 }
@@ -211,7 +249,7 @@ tun_close(struct server *s, struct tun *t, const char *why)
 }
 
 static void
-pair_close(struct pair *p, enum relay_state st)
+pair_close(struct server *s, struct pair *p, enum relay_state st)
 {
 	double secs = (double)(now_ms() - p->start) / 1000.0;
 	unsigned long long in = p->relay.dir[0].bytes;
@@ -226,6 +264,8 @@ pair_close(struct pair *p, enum relay_state st)
 		         p->relay.err_side == 0 ? "user" : "tunnel",
 		         p->relay.err_op, strerror(p->relay.err_no), in, out, secs);
 	}
+	s->bytes_in += in;
+	s->bytes_out += out;
 	relay_close(&p->relay);
 	p->dead = 1;
 }
@@ -251,6 +291,7 @@ ctl_free(struct ctl *c)
 {
 	fbuf_free(&c->in);
 	fbuf_free(&c->out);
+	free(c->own);
 	free(c);
 }
 
@@ -323,12 +364,90 @@ on_hello(struct server *s, struct ctl *c, const struct msg *m)
 	ctl_send(s, c, &r);
 }
 
+/* The session serving port, if any. */
+static struct ctl *
+port_owner(struct server *s, int port)
+{
+	struct ctl *c;
+
+	if (port == s->main_pub.port) {
+		return s->main_pub.owner;
+	}
+	for (c = s->ctls; c != NULL; c = c->next) {
+		if (!c->dead && c->pub != NULL && c->pub->port == port) {
+			return c;
+		}
+	}
+	return NULL;
+}
+
+/* Give c the port it asked for: -public, or one from -ports that it
+ * opens now.  0, or -1 with the ERROR to send in *code and why. */
+static int
+port_claim(struct server *s, struct ctl *c, int port, enum err_code *code,
+           char *why, size_t len)
+{
+	struct ctl *old = port_owner(s, port);
+	struct hostport hp;
+
+	if (port != s->main_pub.port &&
+	    (s->ports_lo == 0 || port < s->ports_lo || port > s->ports_hi)) {
+		*code = ERR_PORT;
+		if (s->ports_lo == 0) {
+			snprintf(why, len, "public port %d is not offered here: this "
+			         "server serves port %d only (see its -ports)", port,
+			         s->main_pub.port);
+		} else {
+			snprintf(why, len, "public port %d is not offered here: this "
+			         "server serves port %d and %d-%d", port,
+			         s->main_pub.port, s->ports_lo, s->ports_hi);
+		}
+		return -1;
+	}
+	*code = ERR_BUSY;
+	if (old != NULL) {
+		/* The same client process coming back after a blip: its old
+		 * session is dead and only waits for the heartbeat to say so. */
+		if (memcmp(old->run_id, c->run_id, RUN_ID_LEN) != 0) {
+			snprintf(why, len, "public port %d is already served by %s",
+			         port, old->peer);
+			return -1;
+		}
+		c->pub = old->pub;
+		c->own = old->own;
+		old->pub = NULL;
+		old->own = NULL;
+		ctl_close(s, old, "replaced by its own reconnect");
+	} else if (port == s->main_pub.port) {
+		c->pub = &s->main_pub;
+	} else {
+		if ((c->own = calloc(1, sizeof(*c->own))) == NULL) {
+			snprintf(why, len, "out of memory");
+			return -1;
+		}
+		hp = s->addr[ROLE_PUBLIC];
+		snprintf(hp.port, sizeof(hp.port), "%d", port);
+		c->own->nfd = listen_on(&hp, "public", c->own->fd, MAX_LISTEN,
+		                        why, len);
+		if (c->own->nfd < 0) {
+			c->own->nfd = 0;
+			return -1;
+		}
+		c->own->port = port;
+		c->pub = c->own;
+	}
+	c->pub->owner = c;
+	return 0;
+}
+
 static void
 on_auth(struct server *s, struct ctl *c, const struct msg *m)
 {
 	struct msg r;
 	uint8_t want[PROOF_LEN];
 	char why[TEXT_MAX];
+	enum err_code code;
+	int port = m->public_port ? m->public_port : s->main_pub.port;
 
 	if (m->type != MSG_AUTH) {
 		ctl_refuse(s, c, ERR_PROTO, "expected AUTH");
@@ -341,36 +460,28 @@ on_auth(struct server *s, struct ctl *c, const struct msg *m)
 			return;
 		}
 	}
-	if (s->owner != NULL) {
-		/* The same client process coming back after a blip: its old
-		 * session is dead and only waits for the heartbeat to say so. */
-		if (memcmp(s->owner->run_id, c->run_id, RUN_ID_LEN) == 0) {
-			ctl_close(s, s->owner, "replaced by its own reconnect");
-		} else {
-			snprintf(why, sizeof(why), "public port %d is already served "
-			         "by %s", s->port[ROLE_PUBLIC], s->owner->peer);
-			ctl_refuse(s, c, ERR_BUSY, why);
-			return;
-		}
-	}
-	/* Room for a burst of NEW_USERs; see public_open(). */
+	/* Room for a burst of NEW_USERs; see pub_accepting(). */
 	if (fbuf_init(&c->out, SESSION_OUT) != 0) {
 		ctl_close(s, c, "out of memory");
 		return;
 	}
+	if (port_claim(s, c, port, &code, why, sizeof(why)) != 0) {
+		ctl_refuse(s, c, code, why);
+		return;
+	}
 	key_session(s->token, c->cn, c->sn, c->key);
 	c->state = CTL_ATTACHED;
-	c->next_ping = now_ms() + s->heartbeat_s * 1000;
-	s->owner = c;
+	c->attached_at = now_ms();
+	c->next_ping = c->attached_at + s->heartbeat_s * 1000;
 	set_keepalive(c->fd);
 	memset(&r, 0, sizeof(r));
 	r.type = MSG_WELCOME;
 	r.tunnel_port = (uint16_t)s->port[ROLE_TUNNEL];
-	r.public_port = (uint16_t)s->port[ROLE_PUBLIC];
+	r.public_port = (uint16_t)c->pub->port;
 	r.heartbeat_s = (uint16_t)s->heartbeat_s;
 	ctl_send(s, c, &r);
-	log_info("client %s attached: serving public port %d",
-	         c->peer, s->port[ROLE_PUBLIC]);
+	log_info("client %s attached: serving public port %d", c->peer,
+	         c->pub->port);
 }
 
 static struct user *
@@ -465,10 +576,11 @@ ctl_writable(struct server *s, struct ctl *c)
 /* ==== users and tunnels ================================================== */
 
 static void
-user_arrive(struct server *s, int fd, const struct sockaddr *sa)
+user_arrive(struct server *s, int fd, const struct sockaddr *sa,
+            struct pub *pub)
 {
 	struct user *u;
-	struct ctl *c = s->owner;
+	struct ctl *c = pub->owner;
 	struct msg m;
 	struct sockaddr_storage here;
 	socklen_t len = sizeof(here);
@@ -514,7 +626,9 @@ user_arrive(struct server *s, int fd, const struct sockaddr *sa)
 	if (getsockname(fd, (struct sockaddr *)&here, &len) == 0) {
 		addr_to_wire((struct sockaddr *)&here, &m.dst);
 	}
-	log_info("user #%llu %s accepted", (unsigned long long)u->seq, peer);
+	c->served++;
+	log_info("user #%llu %s accepted on port %d", (unsigned long long)u->seq,
+	         peer, pub->port);
 	if (fbuf_put(&c->out, &m) != 0) {
 		user_close(s, u, "client is not reading its control messages");
 	}
@@ -747,20 +861,21 @@ ctl_arrive(struct server *s, int fd, const struct sockaddr *sa)
  * when the client reads slowly, later users wait in the kernel's accept
  * queue instead of being dropped. */
 static int
-public_open(const struct server *s)
+pub_accepting(const struct pub *p)
 {
-	const struct ctl *c = s->owner;
+	const struct ctl *c = p->owner;
 
-	return c == NULL || c->out.cap - c->out.len >= NEW_USER_SIZE * ACCEPT_BATCH;
+	return p->nfd > 0 && (c == NULL ||
+	       c->out.cap - c->out.len >= NEW_USER_SIZE * ACCEPT_BATCH);
 }
 
 static void
-accept_all(struct server *s, enum role role, int lfd)
+accept_all(struct server *s, enum role role, int lfd, struct pub *pub)
 {
 	int i;
 
 	for (i = 0; i < ACCEPT_BATCH; i++) {
-		if (role == ROLE_PUBLIC && !public_open(s)) {
+		if (role == ROLE_PUBLIC && !pub_accepting(pub)) {
 			return;
 		}
 		struct sockaddr_storage ss;
@@ -791,7 +906,7 @@ accept_all(struct server *s, enum role role, int lfd)
 			tun_arrive(s, fd, (struct sockaddr *)&ss);
 			break;
 		case ROLE_PUBLIC:
-			user_arrive(s, fd, (struct sockaddr *)&ss);
+			user_arrive(s, fd, (struct sockaddr *)&ss, pub);
 			break;
 		default:
 			close(fd);
@@ -898,6 +1013,18 @@ slot_add(struct server *s, size_t *n, int fd, short events, enum kind kind,
 	(*n)++;
 }
 
+static void
+pub_slots(struct server *s, size_t *n, struct pub *p)
+{
+	int i;
+
+	if (pub_accepting(p)) {
+		for (i = 0; i < p->nfd; i++) {
+			slot_add(s, n, p->fd[i], POLLIN, K_LISTEN, p, ROLE_PUBLIC);
+		}
+	}
+}
+
 /* Poll interest is rebuilt from state every turn: it is never stale. */
 static size_t
 build_pollset(struct server *s, int64_t now)
@@ -911,12 +1038,15 @@ build_pollset(struct server *s, int64_t now)
 
 	slot_add(s, &n, s->sig_fd, POLLIN, K_SIGNAL, NULL, 0);
 	if (s->accept_paused_until <= now) {
-		for (r = 0; r < ROLE_END; r++) {
-			if (r == ROLE_PUBLIC && !public_open(s)) {
-				continue;
-			}
+		for (r = ROLE_CONTROL; r < ROLE_PUBLIC; r++) {
 			for (i = 0; i < s->nlfd[r]; i++) {
 				slot_add(s, &n, s->lfd[r][i], POLLIN, K_LISTEN, NULL, r);
+			}
+		}
+		pub_slots(s, &n, &s->main_pub);
+		for (c = s->ctls; c != NULL; c = c->next) {
+			if (c->own != NULL) {
+				pub_slots(s, &n, c->own);
 			}
 		}
 	}
@@ -961,8 +1091,45 @@ pair_event(struct server *s, size_t i, size_t n)
 	}
 	st = relay_step(&p->relay, rev);
 	if (st != RELAY_OPEN) {
-		pair_close(p, st);
+		pair_close(s, p, st);
 	}
+}
+
+/* SIGUSR1: a status block in the log. */
+static void
+log_status(struct server *s)
+{
+	int64_t now = now_ms();
+	unsigned long long in = s->bytes_in, out = s->bytes_out;
+	int sessions = 0, relaying = 0, waiting = 0;
+	struct ctl *c;
+	struct user *u;
+	struct pair *p;
+
+	for (p = s->pairs; p != NULL; p = p->next) {
+		if (!p->dead) {
+			relaying++;
+			in += p->relay.dir[0].bytes;
+			out += p->relay.dir[1].bytes;
+		}
+	}
+	for (u = s->users; u != NULL; u = u->next) {
+		waiting += !u->dead;
+	}
+	for (c = s->ctls; c != NULL; c = c->next) {
+		if (c->dead || c->state != CTL_ATTACHED) {
+			continue;
+		}
+		sessions++;
+		log_info("status: session %s serves port %d for %llds: %d users "
+		         "waiting, %llu announced", c->peer, c->pub->port,
+		         (long long)(now - c->attached_at) / 1000, c->pending,
+		         (unsigned long long)c->served);
+	}
+	log_info("status: up %llds; %d sessions; users: %d relaying, %d waiting, "
+	         "%llu in all; bytes: %llu in, %llu out",
+	         (long long)(now - s->started) / 1000, sessions, relaying,
+	         waiting, (unsigned long long)s->user_seq, in, out);
 }
 
 static int
@@ -979,9 +1146,17 @@ dispatch(struct server *s, size_t n)
 		}
 		switch (sl->kind) {
 		case K_SIGNAL:
+			if (signal_take(s->sig_fd) == SIGUSR1) {
+				log_status(s);
+				break;
+			}
 			return -1;
 		case K_LISTEN:
-			accept_all(s, (enum role)sl->side, s->pfd[i].fd);
+			/* A -ports listener closed earlier in this turn has a
+			 * stale descriptor number here. */
+			if (sl->obj == NULL || ((struct pub *)sl->obj)->nfd > 0) {
+				accept_all(s, (enum role)sl->side, s->pfd[i].fd, sl->obj);
+			}
 			break;
 		case K_CTL: {
 			struct ctl *c = sl->obj;
@@ -1069,6 +1244,7 @@ server_free(struct server *s)
 	int r, i;
 
 	for (c = s->ctls; c != NULL; c = c->next) {
+		pub_close(c->own);
 		close_fd(&c->fd);
 		c->dead = 1;
 	}
@@ -1090,6 +1266,9 @@ server_free(struct server *s)
 			close_fd(&s->lfd[r][i]);
 		}
 	}
+	for (i = 0; i < s->main_pub.nfd; i++) {
+		close_fd(&s->main_pub.fd[i]);
+	}
 	close_fd(&s->spare_fd);
 	free(s->pfd);
 	free(s->slot);
@@ -1097,11 +1276,32 @@ server_free(struct server *s)
 
 /* ==== start-up =========================================================== */
 
+/* "LO-HI" into two ports 1..65535, lo <= hi.  0 or -1. */
+static int
+parse_range(const char *arg, int *lo, int *hi)
+{
+	char *end;
+	long a, b;
+
+	a = strtol(arg, &end, 10);
+	if (end == arg || *end != '-') {
+		return -1;
+	}
+	arg = end + 1;
+	b = strtol(arg, &end, 10);
+	if (end == arg || *end != '\0' || a < 1 || b > 65535 || a > b) {
+		return -1;
+	}
+	*lo = (int)a;
+	*hi = (int)b;
+	return 0;
+}
+
 static void
 parse_args(struct server *s, int argc, char **argv)
 {
 	const char *addr[ROLE_END] = { "8009", "8008", "8007" };
-	const char *token = NULL, *heartbeat = "10", *why;
+	const char *token = NULL, *heartbeat = "10", *ports = NULL, *why;
 	int help = 0, verbose = 0, quiet = 0, r;
 	char err[128];
 	char *end;
@@ -1112,6 +1312,7 @@ parse_args(struct server *s, int argc, char **argv)
 		{ "public", &addr[ROLE_PUBLIC], NULL },
 		{ "token", &token, NULL },
 		{ "heartbeat", &heartbeat, NULL },
+		{ "ports", &ports, NULL },
 		{ "v", NULL, &verbose },
 		{ "q", NULL, &quiet },
 		{ "h", NULL, &help },
@@ -1144,6 +1345,11 @@ parse_args(struct server *s, int argc, char **argv)
 		usage_exit(err);
 	}
 	s->heartbeat_s = (int)hb;
+	if (ports != NULL && parse_range(ports, &s->ports_lo, &s->ports_hi) != 0) {
+		snprintf(err, sizeof(err), "-ports %s: want LO-HI, two ports from "
+		         "1 to 65535 with LO <= HI", ports);
+		usage_exit(err);
+	}
 	if (token == NULL) {
 		token = getenv("DIALBACK_TOKEN");
 	}
@@ -1155,6 +1361,7 @@ main(int argc, char **argv)
 {
 	struct server s;
 	long nofile;
+	char err[256];
 	int r;
 
 	memset(&s, 0, sizeof(s));
@@ -1162,18 +1369,36 @@ main(int argc, char **argv)
 	s.sig_fd = signals_setup();
 	nofile = raise_fd_limit();
 	s.spare_fd = open("/dev/null", O_RDONLY);
+	s.started = now_ms();
 	for (r = 0; r < ROLE_END; r++) {
-		s.nlfd[r] = listen_on(&s.addr[r], role_names[r], s.lfd[r],
-		                      MAX_LISTEN);
-		s.port[r] = local_port(s.lfd[r][0]);
+		int *fds = r == ROLE_PUBLIC ? s.main_pub.fd : s.lfd[r];
+		int n = listen_on(&s.addr[r], role_names[r], fds, MAX_LISTEN, err,
+		                  sizeof(err));
+		if (n < 0) {
+			die(1, "%s", err);
+		}
+		if (r == ROLE_PUBLIC) {
+			s.main_pub.nfd = n;
+		} else {
+			s.nlfd[r] = n;
+		}
+		s.port[r] = local_port(fds[0]);
+	}
+	s.main_pub.port = s.port[ROLE_PUBLIC];
+	if (s.ports_lo != 0 && s.main_pub.port >= s.ports_lo &&
+	    s.main_pub.port <= s.ports_hi) {
+		die(2, "-ports %d-%d includes the -public port %d; pick a range "
+		    "beside it", s.ports_lo, s.ports_hi, s.main_pub.port);
 	}
 	if (s.token[0] == '\0') {
 		log_warn("warning: no -token set: any client may attach and serve "
 		         "the public port");
 	}
-	log_info("listening: control %d, tunnel %d, public %d (fd limit %ld, "
+	snprintf(err, sizeof(err), s.ports_lo ? ", ports %d-%d on demand" : "",
+	         s.ports_lo, s.ports_hi);
+	log_info("listening: control %d, tunnel %d, public %d%s (fd limit %ld, "
 	         "heartbeat %ds)", s.port[ROLE_CONTROL], s.port[ROLE_TUNNEL],
-	         s.port[ROLE_PUBLIC], nofile, s.heartbeat_s);
+	         s.port[ROLE_PUBLIC], err, nofile, s.heartbeat_s);
 	serve(&s);
 	log_info("stopping");
 	server_free(&s);

@@ -352,6 +352,7 @@ static void expect_frame(const struct msg *m, struct wbuf *w)
 		break;
 	case MSG_AUTH:
 		put(w, m->proof, PROOF_LEN);
+		put16(w, m->public_port);
 		break;
 	case MSG_WELCOME:
 		put16(w, m->tunnel_port);
@@ -400,6 +401,8 @@ static void check_fields(struct tally *t, const struct msg *got,
 	case MSG_AUTH:
 		CHECKF(t, memcmp(got->proof, want->proof, PROOF_LEN) == 0,
 		       "%s: proof differs", name);
+		CHECKF(t, got->public_port == want->public_port,
+		       "%s: public_port %u", name, got->public_port);
 		break;
 	case MSG_WELCOME:
 		CHECKF(t, got->tunnel_port == want->tunnel_port &&
@@ -446,7 +449,7 @@ static enum frame_result decode(const uint8_t *buf, size_t len,
 static void test_frame_types(struct tally *t)
 {
 	static const size_t payload[MSG_TYPE_END] = {
-		[MSG_HELLO] = 29, [MSG_CHALLENGE] = 21, [MSG_AUTH] = 32,
+		[MSG_HELLO] = 29, [MSG_CHALLENGE] = 21, [MSG_AUTH] = 34,
 		[MSG_WELCOME] = 6, [MSG_ERROR] = 1 + 8, [MSG_PING] = 0,
 		[MSG_PONG] = 0, [MSG_NEW_USER] = 54, [MSG_USER_FAILED] = 16 + 8,
 		[MSG_JOIN] = 48,
