@@ -1394,8 +1394,11 @@ main(int argc, char **argv)
 		log_warn("warning: no -token set: any client may attach and serve "
 		         "the public port");
 	}
-	snprintf(err, sizeof(err), s.ports_lo ? ", ports %d-%d on demand" : "",
-	         s.ports_lo, s.ports_hi);
+	err[0] = '\0';
+	if (s.ports_lo != 0) {
+		snprintf(err, sizeof(err), ", ports %d-%d on demand", s.ports_lo,
+		         s.ports_hi);
+	}
 	log_info("listening: control %d, tunnel %d, public %d%s (fd limit %ld, "
 	         "heartbeat %ds)", s.port[ROLE_CONTROL], s.port[ROLE_TUNNEL],
 	         s.port[ROLE_PUBLIC], err, nofile, s.heartbeat_s);
