@@ -22,11 +22,12 @@
 #include "sha256.h"
 
 static const char usage_text[] =
-"usage: ./client -remote HOST[:PORT] [-local HOST:PORT] [-port N] [-token SECRET]\n"
-"                [-proxy-protocol v1|v2] [-v | -q]\n"
+"usage: ./client -remote HOST[:PORT] [-local HOST:PORT] [-port N] [-pool N]\n"
+"                [-token SECRET] [-proxy-protocol v1|v2] [-v | -q]\n"
 "  -remote HOST[:PORT]  the server's control address (port default 8009)\n"
 "  -local HOST:PORT     the service to expose (default 127.0.0.1:8080)\n"
 "  -port N              ask for public port N (in the server's -ports range)\n"
+"  -pool N              keep N tunnels dialed ahead for new users (0-64, default 0)\n"
 "  -token SECRET        the server's token (or DIALBACK_TOKEN)\n"
 "  -proxy-protocol v1|v2\n"
 "                       tell the service each user's address (PROXY protocol)\n"
@@ -40,22 +41,34 @@ static const char usage_text[] =
 
 enum ctl_state { C_IDLE, C_CONNECTING, C_HELLO_SENT, C_AUTH_SENT, C_ATTACHED };
 
-/* A user being served: connect local, then dial the tunnel, then relay.
- * relay.fd[0] is the tunnel, relay.fd[1] the local service. */
-enum user_state { U_LOCAL, U_TUNNEL, U_RELAY };
+/*
+ * A user being served.  Without a pool: connect to the local service, then
+ * dial the tunnel and JOIN.  With one: dial and JOIN with a ticket ahead of
+ * time, wait on that tunnel for its NEW_USER, then connect to the local
+ * service.  Either way relay.fd[0] ends up the tunnel, fd[1] the service.
+ */
+enum user_state {
+	U_LOCAL,        /* fd: local connect in progress */
+	U_TUNNEL,       /* held: the local connection; fd: tunnel dial */
+	U_POOL_DIAL,    /* fd: tunnel dial for a ticket */
+	U_POOL_IDLE,    /* held: joined tunnel, waiting for its NEW_USER */
+	U_POOL_LOCAL,   /* held: tunnel with its user; fd: local connect */
+	U_RELAY
+};
 
 struct cuser {
 	struct cuser *next;
 	int dead;
 	enum user_state state;
 	int fd;                        /* the connect in progress */
-	int local_fd;                  /* once the local connect succeeded */
+	int held;                      /* the connection made before it */
 	int local_idx;                 /* which local address is being tried */
 	uint8_t id[USER_ID_LEN];
 	uint8_t key[PROOF_LEN];        /* the session that announced it */
 	struct wire_addr src, dst;     /* user, and the public address it reached */
 	char peer[ADDR_STRLEN];
 	int64_t start, deadline;
+	struct fbuf in;                /* pooled: NEW_USER and bytes behind it */
 	struct relay relay;
 };
 
@@ -69,6 +82,8 @@ struct client {
 	const char *remote_arg, *local_arg;
 	const char *token;
 	int want_port;                       /* -port; 0 = the server's choice */
+	int pool_want;                       /* -pool */
+	int npooled;                         /* users in U_POOL_DIAL/IDLE */
 	int proxy_version;                   /* -proxy-protocol; 0 = off */
 	uint8_t run_id[RUN_ID_LEN];
 	struct local_addr local[MAX_LOCAL_ADDRS];
@@ -116,21 +131,35 @@ close_fd(int *fd)
 
 /* ==== users ============================================================== */
 
+static int
+pooled(const struct cuser *u)
+{
+	return u->state == U_POOL_DIAL || u->state == U_POOL_IDLE;
+}
+
+/* One teardown for every stage.  fmt == NULL: a quiet close (a pooled
+ * tunnel no user ever used). */
 static void
-user_close(struct cuser *u, const char *fmt, const char *arg)
+user_close(struct client *c, struct cuser *u, const char *fmt, const char *arg)
 {
 	char why[256];
 
 	if (u->dead) {
 		return;
 	}
-	snprintf(why, sizeof(why), fmt, arg);
-	log_info("user %s closed: %s", u->peer, why);
+	if (fmt != NULL) {
+		snprintf(why, sizeof(why), fmt, arg);
+		log_info("user %s closed: %s", u->peer, why);
+	}
+	if (pooled(u)) {
+		c->npooled--;
+	}
 	if (u->state == U_RELAY) {
 		relay_close(&u->relay);
 	}
 	close_fd(&u->fd);
-	close_fd(&u->local_fd);
+	close_fd(&u->held);
+	fbuf_free(&u->in);
 	u->dead = 1;
 }
 
@@ -178,7 +207,7 @@ local_connect(struct client *c, struct cuser *u)
 		u->local_idx++;
 	}
 	report_failure(c, u, strerror(errno));
-	user_close(u, "local service %s: cannot connect", c->local_arg);
+	user_close(c, u, "local service %s: cannot connect", c->local_arg);
 }
 
 static void
@@ -191,45 +220,88 @@ tunnel_dial(struct client *c, struct cuser *u)
 	} else {
 		((struct sockaddr_in6 *)&sa)->sin6_port = htons((uint16_t)c->tunnel_port);
 	}
-	u->local_fd = u->fd;
-	u->state = U_TUNNEL;
 	u->fd = connect_start((struct sockaddr *)&sa, c->server_len);
 	if (u->fd < 0) {
-		user_close(u, "tunnel dial: %s", strerror(errno));
+		user_close(c, u, "tunnel dial: %s", strerror(errno));
 	}
 }
 
-static void
-relay_begin(struct client *c, struct cuser *u)
+static size_t
+join_frame(const struct cuser *u, uint8_t *frame)
 {
 	struct msg m;
-	uint8_t frame[FRAME_HDR + FRAME_MAX], proxy[PROXY_MAX];
-	size_t n;
 
-	relay_init(&u->relay, u->fd, u->local_fd);
-	u->fd = u->local_fd = -1;
-	u->state = U_RELAY;
 	memset(&m, 0, sizeof(m));
 	m.type = MSG_JOIN;
 	memcpy(m.user_id, u->id, USER_ID_LEN);
 	key_join_proof(u->key, u->id, m.proof);
-	n = frame_encode(frame, &m);
-	/* The JOIN leads the local->tunnel direction; service bytes follow in
-	 * the same stream with no round trip in between. */
-	if (relay_prefill(&u->relay, 1, frame, n) != 0) {
-		user_close(u, "%s", "out of memory");
+	return frame_encode(frame, &m);
+}
+
+/*
+ * Both connections are up: relay between tunnel and service.  Ahead of the
+ * service's bytes goes the JOIN (unless a pooled tunnel joined already);
+ * ahead of the user's, the PROXY header and any user bytes that came in
+ * with a pooled NEW_USER.  Queued bytes go out now, not a turn later.
+ */
+static void
+relay_begin(struct client *c, struct cuser *u, int tunnel, int local,
+            int join)
+{
+	uint8_t frame[FRAME_HDR + FRAME_MAX], proxy[PROXY_MAX];
+	static const short now[2] = { POLLOUT, POLLOUT };
+	int fail;
+
+	relay_init(&u->relay, tunnel, local);
+	u->fd = u->held = -1;
+	u->state = U_RELAY;
+	fail = join && relay_prefill(&u->relay, 1, frame, join_frame(u, frame));
+	if (!fail && c->proxy_version != 0) {
+		fail = relay_prefill(&u->relay, 0, proxy, proxy_header(
+		                     c->proxy_version, &u->src, &u->dst, proxy));
+	}
+	if (!fail && u->in.len > 0) {
+		fail = relay_prefill(&u->relay, 0, u->in.data, u->in.len);
+		u->relay.dir[0].bytes += u->in.len;
+	}
+	fbuf_free(&u->in);
+	if (fail) {
+		user_close(c, u, "%s", "out of memory");
+	} else if (relay_step(&u->relay, now) == RELAY_FAIL) {
+		user_close(c, u, "tunnel: %s", strerror(u->relay.err_no));
+	}
+}
+
+/* A pooled tunnel is up: JOIN with the ticket and wait for a user. */
+static void
+pool_joined(struct client *c, struct cuser *u)
+{
+	uint8_t frame[FRAME_HDR + FRAME_MAX];
+	size_t n = join_frame(u, frame);
+
+	/* A fresh socket always has room for one small frame. */
+	if (send(u->fd, frame, n, MSG_NOSIGNAL) != (ssize_t)n ||
+	    fbuf_init(&u->in, FBUF_SMALL) != 0) {
+		user_close(c, u, NULL, NULL);
 		return;
 	}
-	/* The service hears who the user is before any byte of theirs. */
-	if (c->proxy_version != 0) {
-		n = proxy_header(c->proxy_version, &u->src, &u->dst, proxy);
-		if (relay_prefill(&u->relay, 0, proxy, n) != 0) {
-			user_close(u, "%s", "out of memory");
-			return;
-		}
+	u->held = u->fd;
+	u->fd = -1;
+	u->state = U_POOL_IDLE;
+}
+
+/* The local connect failed: try the next address, or give up and tell
+ * the server why. */
+static void
+local_failed(struct client *c, struct cuser *u, const char *why)
+{
+	close_fd(&u->fd);
+	if (++u->local_idx < c->nlocal) {
+		local_connect(c, u);
+		return;
 	}
-	set_nodelay(u->relay.fd[1]);
-	log_debug("user %s: tunnel ready, joined", u->peer);
+	report_failure(c, u, why);
+	user_close(c, u, "local service refused: %s", why);
 }
 
 /* A connect finished (POLLOUT): move the user to its next stage. */
@@ -238,54 +310,121 @@ user_connected(struct client *c, struct cuser *u)
 {
 	if (connect_done(u->fd) != 0) {
 		const char *why = strerror(errno);
-		close_fd(&u->fd);
-		if (u->state == U_LOCAL) {
-			if (++u->local_idx < c->nlocal) {
-				local_connect(c, u);
-				return;
-			}
-			report_failure(c, u, why);
-			user_close(u, "local service refused: %s", why);
+		if (u->state == U_LOCAL || u->state == U_POOL_LOCAL) {
+			local_failed(c, u, why);
+		} else if (u->state == U_POOL_DIAL) {
+			log_debug("pooled tunnel dial: %s", why);
+			user_close(c, u, NULL, NULL);
 		} else {
-			user_close(u, "tunnel dial: %s", why);
+			user_close(c, u, "tunnel dial: %s", why);
 		}
 		return;
 	}
-	if (u->state == U_LOCAL) {
+	switch (u->state) {
+	case U_LOCAL:
+		u->held = u->fd;
+		u->state = U_TUNNEL;
 		tunnel_dial(c, u);
-	} else {
-		relay_begin(c, u);
+		break;
+	case U_TUNNEL:
+		relay_begin(c, u, u->fd, u->held, 1);
+		break;
+	case U_POOL_DIAL:
+		pool_joined(c, u);
+		break;
+	case U_POOL_LOCAL:
+		relay_begin(c, u, u->held, u->fd, 0);
+		break;
+	default:
+		break;
 	}
 }
 
-static void
-user_new(struct client *c, const struct msg *m)
+static struct cuser *
+user_add(struct client *c, enum user_state state, const uint8_t id[USER_ID_LEN])
 {
 	struct cuser *u = calloc(1, sizeof(*u));
 
 	if (u == NULL) {
 		log_warn("new user: out of memory");
-		return;
+		return NULL;
 	}
-	u->fd = u->local_fd = -1;
+	u->fd = u->held = -1;
 	u->relay.fd[0] = u->relay.fd[1] = -1;
-	u->state = U_LOCAL;
-	memcpy(u->id, m->user_id, USER_ID_LEN);
+	u->state = state;
+	memcpy(u->id, id, USER_ID_LEN);
 	memcpy(u->key, c->key, PROOF_LEN);
-	u->src = m->src;
-	u->dst = m->dst;
-	wire_addr_str(&m->src, u->peer, sizeof(u->peer));
-	c->users_total++;
+	snprintf(u->peer, sizeof(u->peer), "?");
 	u->start = now_ms();
 	u->deadline = u->start + JOIN_WAIT_MS;
 	u->next = c->users;
 	c->users = u;
-	log_info("user %s arrived", u->peer);
-	local_connect(c, u);
+	return u;
+}
+
+/* Who the user is, from a NEW_USER on control or on a pooled tunnel. */
+static void
+user_named(struct client *c, struct cuser *u, const struct msg *m)
+{
+	memcpy(u->id, m->user_id, USER_ID_LEN);
+	u->src = m->src;
+	u->dst = m->dst;
+	wire_addr_str(&m->src, u->peer, sizeof(u->peer));
+	c->users_total++;
+	log_info("user %s arrived%s", u->peer, u->held >= 0
+	         ? " on a pooled tunnel" : "");
 }
 
 static void
-user_relay(struct cuser *u, const short rev[2])
+user_new(struct client *c, const struct msg *m)
+{
+	struct cuser *u = user_add(c, U_LOCAL, m->user_id);
+
+	if (u != NULL) {
+		user_named(c, u, m);
+		local_connect(c, u);
+	}
+}
+
+static void
+ticket_new(struct client *c, const struct msg *m)
+{
+	struct cuser *u;
+
+	/* More tickets than asked for would only cost descriptors. */
+	if (c->npooled >= c->pool_want) {
+		return;
+	}
+	if ((u = user_add(c, U_POOL_DIAL, m->user_id)) != NULL) {
+		c->npooled++;
+		tunnel_dial(c, u);
+	}
+}
+
+/* A pooled tunnel spoke: its NEW_USER (perhaps with user bytes behind),
+ * or the server closed it. */
+static void
+pool_readable(struct client *c, struct cuser *u)
+{
+	struct msg m;
+	int rc = fbuf_fill(&u->in, u->held);
+	enum frame_result fr = fbuf_take(&u->in, &m);
+
+	if (fr == FRAME_OK && m.type == MSG_NEW_USER) {
+		c->npooled--;
+		u->state = U_POOL_LOCAL;
+		u->start = now_ms();
+		u->deadline = u->start + JOIN_WAIT_MS;
+		user_named(c, u, &m);
+		local_connect(c, u);
+	} else if (fr != FRAME_MORE || rc <= 0) {
+		log_debug("pooled tunnel closed by the server");
+		user_close(c, u, NULL, NULL);
+	}
+}
+
+static void
+user_relay(struct client *c, struct cuser *u, const short rev[2])
 {
 	enum relay_state st = relay_step(&u->relay, rev);
 	char why[160];
@@ -303,14 +442,23 @@ user_relay(struct cuser *u, const short rev[2])
 		         u->relay.err_side == 0 ? "tunnel" : "local",
 		         u->relay.err_op, strerror(u->relay.err_no));
 	}
-	user_close(u, "%s", why);
+	user_close(c, u, "%s", why);
 }
 
 /* ==== control ============================================================ */
 
+/* Lose the control connection, and with it the pooled tunnels parked for
+ * this session (the server drops them too); relaying users go on. */
 static void
 ctl_reset(struct client *c)
 {
+	struct cuser *u;
+
+	for (u = c->users; u != NULL; u = u->next) {
+		if (pooled(u)) {
+			user_close(c, u, NULL, NULL);
+		}
+	}
 	close_fd(&c->fd);
 	c->in.len = c->out.len = 0;
 	c->state = C_IDLE;
@@ -453,6 +601,7 @@ on_ctl_msg(struct client *c, const struct msg *m)
 		memcpy(c->sn, m->nonce, NONCE_LEN);
 		r.type = MSG_AUTH;
 		r.public_port = (uint16_t)c->want_port;
+		r.pool = (uint16_t)c->pool_want;
 		key_auth_proof(c->token, c->cn, c->sn, r.proof);
 		fbuf_put(&c->out, &r);
 		c->state = C_AUTH_SENT;
@@ -478,6 +627,8 @@ on_ctl_msg(struct client *c, const struct msg *m)
 	case C_ATTACHED:
 		if (m->type == MSG_NEW_USER) {
 			user_new(c, m);
+		} else if (m->type == MSG_TICKET) {
+			ticket_new(c, m);
 		} else if (m->type == MSG_PING) {
 			r.type = MSG_PONG;
 			fbuf_put(&c->out, &r);
@@ -572,14 +723,16 @@ run_timers(struct client *c, int64_t now)
 		next = earliest(next, c->deadline);
 	}
 	for (u = c->users; u != NULL; u = u->next) {
-		if (u->dead || u->state == U_RELAY) {
+		/* A parked tunnel waits as long as it takes for a user. */
+		if (u->dead || u->state == U_RELAY || u->state == U_POOL_IDLE) {
 			continue;
 		}
 		if (now >= u->deadline) {
-			if (u->state == U_LOCAL) {
+			int local = u->state == U_LOCAL || u->state == U_POOL_LOCAL;
+			if (local) {
 				report_failure(c, u, "timed out");
 			}
-			user_close(u, "%s", u->state == U_LOCAL
+			user_close(c, u, "%s", local
 			           ? "local service did not answer in time"
 			           : "tunnel dial timed out");
 		} else {
@@ -635,6 +788,10 @@ build_pollset(struct client *c)
 		slot_add(c, &n, c->fd, e, NULL, 1);
 	}
 	for (u = c->users; u != NULL; u = u->next) {
+		if (u->state == U_POOL_IDLE) {
+			slot_add(c, &n, u->held, POLLIN, u, 0);
+			continue;
+		}
 		if (u->state != U_RELAY) {
 			slot_add(c, &n, u->fd, POLLOUT, u, 0);
 			continue;
@@ -723,6 +880,10 @@ dispatch(struct client *c, size_t n)
 		if (u->dead) {
 			continue;
 		}
+		if (u->state == U_POOL_IDLE) {
+			pool_readable(c, u);
+			continue;
+		}
 		if (u->state != U_RELAY) {
 			user_connected(c, u);
 			continue;
@@ -732,7 +893,7 @@ dispatch(struct client *c, size_t n)
 			both[c->side[j]] = c->pfd[j].revents;
 			c->pfd[j].revents = 0;
 		}
-		user_relay(u, both);
+		user_relay(c, u, both);
 	}
 	return 0;
 }
@@ -804,7 +965,7 @@ static void
 parse_args(struct client *c, int argc, char **argv)
 {
 	const char *remote = NULL, *local = "127.0.0.1:8080", *token = NULL, *why;
-	const char *port = NULL, *proxy = NULL;
+	const char *port = NULL, *proxy = NULL, *pool = NULL;
 	int help = 0, verbose = 0, quiet = 0;
 	struct hostport lhp;
 	char err[128];
@@ -813,6 +974,7 @@ parse_args(struct client *c, int argc, char **argv)
 		{ "local", &local, NULL },
 		{ "token", &token, NULL },
 		{ "port", &port, NULL },
+		{ "pool", &pool, NULL },
 		{ "proxy-protocol", &proxy, NULL },
 		{ "v", NULL, &verbose },
 		{ "q", NULL, &quiet },
@@ -855,6 +1017,16 @@ parse_args(struct client *c, int argc, char **argv)
 		}
 		c->want_port = atoi(php.port);
 	}
+	if (pool != NULL) {
+		char *end;
+		long n = strtol(pool, &end, 10);
+		if (*pool == '\0' || *end != '\0' || n < 0 || n > POOL_MAX) {
+			snprintf(err, sizeof(err), "-pool %s: want a number from 0 to "
+			         "%d", pool, POOL_MAX);
+			usage_exit(err);
+		}
+		c->pool_want = (int)n;
+	}
 	if (proxy != NULL) {
 		if (strcmp(proxy, "v1") == 0 || strcmp(proxy, "1") == 0) {
 			c->proxy_version = 1;
@@ -881,12 +1053,7 @@ client_free(struct client *c)
 	struct cuser *u;
 
 	for (u = c->users; u != NULL; u = u->next) {
-		if (u->state == U_RELAY) {
-			relay_close(&u->relay);
-		}
-		close_fd(&u->fd);
-		close_fd(&u->local_fd);
-		u->dead = 1;
+		user_close(c, u, NULL, NULL);
 	}
 	sweep(c);
 	close_fd(&c->fd);

@@ -656,13 +656,14 @@ static const char *const msg_names[MSG_TYPE_END] = {
 	[MSG_NEW_USER] = "NEW_USER",
 	[MSG_USER_FAILED] = "USER_FAILED",
 	[MSG_JOIN] = "JOIN",
+	[MSG_TICKET] = "TICKET",
 };
 
 /* Payload sizes: [min, max]; fixed-size types have min == max. */
 static const struct { uint16_t min, max; } msg_len[MSG_TYPE_END] = {
 	[MSG_HELLO] = { 29, 29 },
 	[MSG_CHALLENGE] = { 21, 21 },
-	[MSG_AUTH] = { PROOF_LEN + 2, PROOF_LEN + 2 },
+	[MSG_AUTH] = { PROOF_LEN + 4, PROOF_LEN + 4 },
 	[MSG_WELCOME] = { 6, 6 },
 	[MSG_ERROR] = { 2, 1 + TEXT_MAX },
 	[MSG_PING] = { 0, 0 },
@@ -671,6 +672,7 @@ static const struct { uint16_t min, max; } msg_len[MSG_TYPE_END] = {
 	                   USER_ID_LEN + 2 * WIRE_ADDR_LEN },
 	[MSG_USER_FAILED] = { USER_ID_LEN, USER_ID_LEN + TEXT_MAX },
 	[MSG_JOIN] = { USER_ID_LEN + PROOF_LEN, USER_ID_LEN + PROOF_LEN },
+	[MSG_TICKET] = { USER_ID_LEN, USER_ID_LEN },
 };
 
 const char *
@@ -785,6 +787,7 @@ frame_decode(const uint8_t *buf, size_t len, struct msg *m, size_t *used)
 	case MSG_AUTH:
 		memcpy(m->proof, p, PROOF_LEN);
 		m->public_port = get16(p + PROOF_LEN);
+		m->pool = get16(p + PROOF_LEN + 2);
 		break;
 	case MSG_WELCOME:
 		m->tunnel_port = get16(p);
@@ -809,6 +812,9 @@ frame_decode(const uint8_t *buf, size_t len, struct msg *m, size_t *used)
 	case MSG_JOIN:
 		memcpy(m->user_id, p, USER_ID_LEN);
 		memcpy(m->proof, p + USER_ID_LEN, PROOF_LEN);
+		break;
+	case MSG_TICKET:
+		memcpy(m->user_id, p, USER_ID_LEN);
 		break;
 	default:
 		break;   /* PING, PONG: no payload */
@@ -840,7 +846,8 @@ frame_encode(uint8_t *out, const struct msg *m)
 	case MSG_AUTH:
 		memcpy(p, m->proof, PROOF_LEN);
 		put16(p + PROOF_LEN, m->public_port);
-		p += PROOF_LEN + 2;
+		put16(p + PROOF_LEN + 2, m->pool);
+		p += PROOF_LEN + 4;
 		break;
 	case MSG_WELCOME:
 		put16(p, m->tunnel_port);
@@ -866,6 +873,10 @@ frame_encode(uint8_t *out, const struct msg *m)
 		memcpy(p, m->user_id, USER_ID_LEN);
 		memcpy(p + USER_ID_LEN, m->proof, PROOF_LEN);
 		p += USER_ID_LEN + PROOF_LEN;
+		break;
+	case MSG_TICKET:
+		memcpy(p, m->user_id, USER_ID_LEN);
+		p += USER_ID_LEN;
 		break;
 	default:
 		break;

@@ -18,11 +18,13 @@
  *   S->C CHALLENGE  magic "DLBK"[4] version u8 server_nonce[16]
  *   C->S AUTH       proof[32] = HMAC(token, "dialback auth" cn sn)
  *                   public_port u16 (0 = the server's -public port)
+ *                   pool u16 (tunnels to keep ready, 0..POOL_MAX)
  *   S->C WELCOME    tunnel_port u16 public_port u16 heartbeat_s u16
  *        or ERROR   code u8 reason[1..TEXT_MAX] (UTF-8/ASCII, no NUL)
  *   then, any time:
  *   S->C NEW_USER   user_id[16] src addr dst addr   (addr: family u8 (4|6),
  *                   address[16] (IPv4 in the first 4 bytes), port u16)
+ *   S->C TICKET     user_id[16]: an id for a pooled tunnel (see below)
  *   C->S USER_FAILED user_id[16] reason[0..TEXT_MAX]
  *   both PING / PONG (empty); a peer silent for 3 heartbeats is dead.
  *
@@ -32,6 +34,14 @@
  *
  * and from the next byte on, the connection is the user's raw byte stream.
  * The server never answers a JOIN: a bad one is closed, a good one relays.
+ *
+ * Pool: a client that asked for a pool in AUTH gets that many TICKETs, each
+ * an id no user holds yet.  It dials the tunnel port and JOINs with one
+ * (the same proof); the server parks the tunnel.  When a user arrives and a
+ * parked tunnel is there, the server writes NEW_USER on that tunnel (not
+ * on control), then the user's bytes; the client connects to its service
+ * and relays.  Every used or expired ticket is replaced.  Ids are single
+ * use, so a replayed JOIN finds nothing.
  *
  * K, the session key, is HMAC(token, "dialback session" cn sn); both sides
  * compute it and it never crosses the wire.  A server with no token accepts
@@ -72,7 +82,8 @@
 #define DEFAULT_HEARTBEAT_S  10
 #define DEAD_AFTER_BEATS     3     /* silence of this many heartbeats = dead */
 #define HANDSHAKE_MS         5000  /* hello..welcome, and dial..join */
-#define JOIN_WAIT_MS         10000 /* a user waits this long for its join */
+#define JOIN_WAIT_MS         10000 /* a user (or ticket) waits this long for its join */
+#define POOL_MAX             64    /* pooled tunnels per session, at most */
 
 enum msg_type {
 	MSG_HELLO = 1,
@@ -85,6 +96,7 @@ enum msg_type {
 	MSG_NEW_USER = 8,
 	MSG_USER_FAILED = 9,
 	MSG_JOIN = 10,
+	MSG_TICKET = 11,
 	MSG_TYPE_END
 };
 
@@ -114,9 +126,10 @@ struct msg {
 	uint8_t nonce[NONCE_LEN];          /* HELLO (client), CHALLENGE (server) */
 	uint8_t run_id[RUN_ID_LEN];        /* HELLO */
 	uint8_t proof[PROOF_LEN];          /* AUTH, JOIN */
-	uint8_t user_id[USER_ID_LEN];      /* NEW_USER, USER_FAILED, JOIN */
+	uint8_t user_id[USER_ID_LEN];      /* NEW_USER, USER_FAILED, JOIN, TICKET */
 	uint16_t tunnel_port;              /* WELCOME */
 	uint16_t public_port;              /* WELCOME (granted), AUTH (asked) */
+	uint16_t pool;                     /* AUTH */
 	uint16_t heartbeat_s;              /* WELCOME */
 	uint8_t code;                      /* ERROR */
 	struct wire_addr src, dst;         /* NEW_USER */

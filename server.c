@@ -85,6 +85,10 @@ struct ctl {
 	int pending;                   /* users waiting for a join */
 	struct pub *pub;               /* the port it serves, once attached */
 	struct pub *own;               /* a -ports listener it opened */
+	int pool_want;                 /* tunnels the client keeps ready */
+	int tickets;                   /* of those, issued and not yet used */
+	int nparked;                   /* ... and dialed, waiting for users */
+	struct parked *parked;
 	int64_t attached_at;
 	uint64_t served;               /* users announced */
 };
@@ -103,6 +107,7 @@ struct tun {
 struct user {
 	struct user *next;
 	int fd, dead;
+	int ticket;                    /* a pool ticket: no user, fd -1 */
 	uint64_t seq;                  /* for logs */
 	uint8_t id[USER_ID_LEN];
 	struct ctl *sess;
@@ -110,17 +115,25 @@ struct user {
 	int64_t start, deadline;
 };
 
+/* A pooled tunnel, joined with a ticket, waiting for a user. */
+struct parked {
+	struct parked *next;
+	int fd, dead;
+	struct ctl *sess;
+};
+
 /* A joined user: fd[0] is the user, fd[1] the tunnel. */
 struct pair {
 	struct pair *next;
 	int dead;
+	uint8_t id[USER_ID_LEN];
 	uint64_t seq;
 	char peer[ADDR_STRLEN];
 	int64_t start;
 	struct relay relay;
 };
 
-enum kind { K_SIGNAL, K_LISTEN, K_CTL, K_TUN, K_USER, K_PAIR };
+enum kind { K_SIGNAL, K_LISTEN, K_CTL, K_TUN, K_USER, K_PAIR, K_PARKED };
 
 /* What each pollfd entry belongs to. */
 struct slot {
@@ -180,14 +193,30 @@ user_close(struct server *s, struct user *u, const char *why)
 	if (u->dead) {
 		return;
 	}
+	u->dead = 1;
+	if (u->ticket) {
+		u->sess->tickets--;
+		return;
+	}
 	log_info("user #%llu %s closed: %s", (unsigned long long)u->seq,
 	         u->peer, why);
 	close_fd(&u->fd);
-	u->dead = 1;
 	if (u->sess != NULL) {
 		u->sess->pending--;
 	}
 	(void)s;
+}
+
+static void
+parked_close(struct parked *p, const char *why)
+{
+	if (p->dead) {
+		return;
+	}
+	log_debug("pooled tunnel of %s closed: %s", p->sess->peer, why);
+	close_fd(&p->fd);
+	p->dead = 1;
+	p->sess->nparked--;
 }
 
 /* Close a -ports listener; its memory goes with its session, at sweep,
@@ -211,6 +240,7 @@ static void
 ctl_close(struct server *s, struct ctl *c, const char *why)
 {
 	struct user *u;
+	struct parked *p;
 
 	if (c->dead) {
 		return;
@@ -224,6 +254,9 @@ ctl_close(struct server *s, struct ctl *c, const char *why)
 		if (u->sess == c && !u->dead) {
 			user_close(s, u, "its client went away before the join");
 		}
+	}
+	for (p = c->parked; p != NULL; p = p->next) {
+		parked_close(p, "its session ended");
 	}
 	if (c->pub != NULL) {
 		c->pub->owner = NULL;
@@ -270,6 +303,25 @@ pair_close(struct server *s, struct pair *p, enum relay_state st)
 	p->dead = 1;
 }
 
+/* A user on a pooled tunnel whose client could not reach the service. */
+static void
+pair_fail(struct server *s, const uint8_t id[USER_ID_LEN], const char *why)
+{
+	struct pair *p;
+
+	for (p = s->pairs; p != NULL; p = p->next) {
+		if (!p->dead && memcmp(p->id, id, USER_ID_LEN) == 0) {
+			log_info("user #%llu %s closed: %s", (unsigned long long)p->seq,
+			         p->peer, why);
+			s->bytes_in += p->relay.dir[0].bytes;
+			s->bytes_out += p->relay.dir[1].bytes;
+			relay_close(&p->relay);
+			p->dead = 1;
+			return;
+		}
+	}
+}
+
 /* Free what teardown marked dead.  Lists are singly linked; a pointer to
  * the link being examined makes unlinking one line. */
 #define SWEEP(head, type, free_one)                                     \
@@ -289,6 +341,11 @@ pair_close(struct server *s, struct pair *p, enum relay_state st)
 static void
 ctl_free(struct ctl *c)
 {
+	while (c->parked != NULL) {
+		struct parked *p = c->parked;
+		c->parked = p->next;
+		free(p);
+	}
 	fbuf_free(&c->in);
 	fbuf_free(&c->out);
 	free(c->own);
@@ -305,6 +362,11 @@ tun_free(struct tun *t)
 static void
 sweep(struct server *s)
 {
+	struct ctl *c;
+
+	for (c = s->ctls; c != NULL; c = c->next) {
+		SWEEP(c->parked, struct parked, free);
+	}
 	SWEEP(s->ctls, struct ctl, ctl_free);
 	SWEEP(s->tuns, struct tun, tun_free);
 	SWEEP(s->users, struct user, free);
@@ -470,6 +532,7 @@ on_auth(struct server *s, struct ctl *c, const struct msg *m)
 		return;
 	}
 	key_session(s->token, c->cn, c->sn, c->key);
+	c->pool_want = m->pool < POOL_MAX ? m->pool : POOL_MAX;
 	c->state = CTL_ATTACHED;
 	c->attached_at = now_ms();
 	c->next_ping = c->attached_at + s->heartbeat_s * 1000;
@@ -513,11 +576,13 @@ on_session_msg(struct server *s, struct ctl *c, const struct msg *m)
 	case MSG_PONG:
 		break;
 	case MSG_USER_FAILED:
+		snprintf(why, sizeof(why), "client could not reach its local "
+		         "service: %s", m->text);
 		u = user_find(s, m->user_id);
-		if (u != NULL && u->sess == c) {
-			snprintf(why, sizeof(why), "client could not reach its local "
-			         "service: %s", m->text);
+		if (u != NULL && u->sess == c && !u->ticket) {
 			user_close(s, u, why);
+		} else {
+			pair_fail(s, m->user_id, why);
 		}
 		break;
 	default:
@@ -575,6 +640,46 @@ ctl_writable(struct server *s, struct ctl *c)
 
 /* ==== users and tunnels ================================================== */
 
+/* Hand a new user straight to a parked tunnel: NEW_USER goes down that
+ * tunnel ahead of the user's bytes.  0, or -1 if none is parked. */
+static int
+user_bind(struct server *s, struct ctl *c, int fd, const struct msg *m,
+          const char *peer)
+{
+	static const short now[2] = { 0, POLLOUT };
+	struct parked *k;
+	struct pair *p;
+	uint8_t frame[FRAME_HDR + FRAME_MAX];
+
+	for (k = c->parked; k != NULL && k->dead; k = k->next) {
+		;
+	}
+	if (k == NULL || (p = calloc(1, sizeof(*p))) == NULL) {
+		return -1;
+	}
+	relay_init(&p->relay, fd, k->fd);
+	if (relay_prefill(&p->relay, 0, frame, frame_encode(frame, m)) != 0) {
+		free(p);
+		return -1;
+	}
+	k->fd = -1;
+	parked_close(k, "taken by a user");
+	memcpy(p->id, m->user_id, USER_ID_LEN);
+	p->seq = ++s->user_seq;
+	p->start = now_ms();
+	memcpy(p->peer, peer, sizeof(p->peer));
+	p->next = s->pairs;
+	s->pairs = p;
+	set_nodelay(fd);
+	log_info("user #%llu %s accepted on port %d, joined to a pooled tunnel",
+	         (unsigned long long)p->seq, peer, c->pub->port);
+	/* Send the NEW_USER now rather than a poll turn later. */
+	if (relay_step(&p->relay, now) == RELAY_FAIL) {
+		pair_close(s, p, RELAY_FAIL);
+	}
+	return 0;
+}
+
 static void
 user_arrive(struct server *s, int fd, const struct sockaddr *sa,
             struct pub *pub)
@@ -585,7 +690,6 @@ user_arrive(struct server *s, int fd, const struct sockaddr *sa,
 	struct sockaddr_storage here;
 	socklen_t len = sizeof(here);
 	char peer[ADDR_STRLEN];
-
 	unsigned long held;
 	int64_t now = now_ms();
 
@@ -602,6 +706,17 @@ user_arrive(struct server *s, int fd, const struct sockaddr *sa,
 		close(fd);
 		return;
 	}
+	memset(&m, 0, sizeof(m));
+	m.type = MSG_NEW_USER;
+	random_bytes(m.user_id, USER_ID_LEN);
+	addr_to_wire(sa, &m.src);
+	if (getsockname(fd, (struct sockaddr *)&here, &len) == 0) {
+		addr_to_wire((struct sockaddr *)&here, &m.dst);
+	}
+	c->served++;
+	if (user_bind(s, c, fd, &m, peer) == 0) {
+		return;
+	}
 	u = calloc(1, sizeof(*u));
 	if (u == NULL) {
 		log_warn("user %s closed: out of memory", peer);
@@ -611,27 +726,74 @@ user_arrive(struct server *s, int fd, const struct sockaddr *sa,
 	u->fd = fd;
 	u->seq = ++s->user_seq;
 	u->sess = c;
-	u->start = now_ms();
-	u->deadline = u->start + JOIN_WAIT_MS;
+	u->start = now;
+	u->deadline = now + JOIN_WAIT_MS;
 	memcpy(u->peer, peer, sizeof(peer));
-	random_bytes(u->id, USER_ID_LEN);
+	memcpy(u->id, m.user_id, USER_ID_LEN);
 	u->next = s->users;
 	s->users = u;
 	c->pending++;
-
-	memset(&m, 0, sizeof(m));
-	m.type = MSG_NEW_USER;
-	memcpy(m.user_id, u->id, USER_ID_LEN);
-	addr_to_wire(sa, &m.src);
-	if (getsockname(fd, (struct sockaddr *)&here, &len) == 0) {
-		addr_to_wire((struct sockaddr *)&here, &m.dst);
-	}
-	c->served++;
 	log_info("user #%llu %s accepted on port %d", (unsigned long long)u->seq,
 	         peer, pub->port);
 	if (fbuf_put(&c->out, &m) != 0) {
 		user_close(s, u, "client is not reading its control messages");
 	}
+}
+
+/* Keep the client's pool full: a TICKET for each tunnel it asked for that
+ * is neither issued nor parked.  Runs every turn; a full control queue
+ * just defers it. */
+static void
+pool_refill(struct server *s, struct ctl *c)
+{
+	int64_t now = now_ms();
+	struct user *u;
+	struct msg m;
+
+	while (c->tickets + c->nparked < c->pool_want &&
+	       c->out.cap - c->out.len >= FRAME_HDR + USER_ID_LEN) {
+		if ((u = calloc(1, sizeof(*u))) == NULL) {
+			return;
+		}
+		u->fd = -1;
+		u->ticket = 1;
+		u->sess = c;
+		u->start = now;
+		u->deadline = now + JOIN_WAIT_MS;
+		random_bytes(u->id, USER_ID_LEN);
+		u->next = s->users;
+		s->users = u;
+		c->tickets++;
+		memset(&m, 0, sizeof(m));
+		m.type = MSG_TICKET;
+		memcpy(m.user_id, u->id, USER_ID_LEN);
+		fbuf_put(&c->out, &m);
+	}
+}
+
+/* A tunnel joined with a pool ticket waits, parked, for a user. */
+static void
+tun_park(struct server *s, struct tun *t, struct user *ticket)
+{
+	struct ctl *c = ticket->sess;
+	struct parked *k;
+
+	if (t->in.len > 0) {
+		tun_close(s, t, "bytes behind a pool JOIN");
+		return;
+	}
+	if ((k = calloc(1, sizeof(*k))) == NULL) {
+		tun_close(s, t, "out of memory");
+		return;
+	}
+	k->fd = t->fd;
+	k->sess = c;
+	t->fd = -1;
+	tun_close(s, t, NULL);
+	user_close(s, ticket, NULL);
+	k->next = c->parked;
+	c->parked = k;
+	c->nparked++;
 }
 
 static void
@@ -651,6 +813,10 @@ tun_join(struct server *s, struct tun *t, const struct msg *m)
 		tun_close(s, t, "JOIN with a wrong proof");
 		return;
 	}
+	if (u->ticket) {
+		tun_park(s, t, u);
+		return;
+	}
 	p = calloc(1, sizeof(*p));
 	if (p != NULL) {
 		relay_init(&p->relay, u->fd, t->fd);
@@ -663,6 +829,7 @@ tun_join(struct server *s, struct tun *t, const struct msg *m)
 		return;
 	}
 	p->relay.dir[1].bytes += t->in.len;
+	memcpy(p->id, u->id, USER_ID_LEN);
 	p->seq = u->seq;
 	p->start = u->start;
 	memcpy(p->peer, u->peer, sizeof(p->peer));
@@ -977,6 +1144,11 @@ run_timers(struct server *s, int64_t now)
 			next = earliest(next, u->deadline);
 		}
 	}
+	for (c = s->ctls; c != NULL; c = c->next) {
+		if (!c->dead && c->state == CTL_ATTACHED) {
+			pool_refill(s, c);
+		}
+	}
 	if (s->accept_paused_until > now) {
 		next = earliest(next, s->accept_paused_until);
 	}
@@ -1051,8 +1223,14 @@ build_pollset(struct server *s, int64_t now)
 		}
 	}
 	for (c = s->ctls; c != NULL; c = c->next) {
+		struct parked *k;
 		slot_add(s, &n, c->fd, POLLIN | (c->out.len ? POLLOUT : 0),
 		         K_CTL, c, 0);
+		/* A parked tunnel says nothing until it is used: anything it
+		 * sends, even EOF, ends it. */
+		for (k = c->parked; k != NULL; k = k->next) {
+			slot_add(s, &n, k->fd, POLLIN, K_PARKED, k, 0);
+		}
 	}
 	for (t = s->tuns; t != NULL; t = t->next) {
 		slot_add(s, &n, t->fd, POLLIN, K_TUN, t, 0);
@@ -1189,6 +1367,9 @@ dispatch(struct server *s, size_t n)
 			}
 			break;
 		}
+		case K_PARKED:
+			parked_close(sl->obj, "the client closed it or sent bytes");
+			break;
 		}
 	}
 	return 0;
@@ -1244,6 +1425,10 @@ server_free(struct server *s)
 	int r, i;
 
 	for (c = s->ctls; c != NULL; c = c->next) {
+		struct parked *k;
+		for (k = c->parked; k != NULL; k = k->next) {
+			close_fd(&k->fd);
+		}
 		pub_close(c->own);
 		close_fd(&c->fd);
 		c->dead = 1;

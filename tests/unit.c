@@ -316,6 +316,7 @@ static void fill_msg(struct msg *m, uint8_t type)
 	}
 	m->tunnel_port = 0x1f48;
 	m->public_port = 0xabcd;
+	m->pool = 0x0102;
 	m->heartbeat_s = 0x0102;
 	m->code = ERR_BUSY;
 	m->src.family = 4;
@@ -353,6 +354,10 @@ static void expect_frame(const struct msg *m, struct wbuf *w)
 	case MSG_AUTH:
 		put(w, m->proof, PROOF_LEN);
 		put16(w, m->public_port);
+		put16(w, m->pool);
+		break;
+	case MSG_TICKET:
+		put(w, m->user_id, USER_ID_LEN);
 		break;
 	case MSG_WELCOME:
 		put16(w, m->tunnel_port);
@@ -401,8 +406,14 @@ static void check_fields(struct tally *t, const struct msg *got,
 	case MSG_AUTH:
 		CHECKF(t, memcmp(got->proof, want->proof, PROOF_LEN) == 0,
 		       "%s: proof differs", name);
-		CHECKF(t, got->public_port == want->public_port,
-		       "%s: public_port %u", name, got->public_port);
+		CHECKF(t, got->public_port == want->public_port &&
+		          got->pool == want->pool,
+		       "%s: public_port %u pool %u", name, got->public_port,
+		       got->pool);
+		break;
+	case MSG_TICKET:
+		CHECKF(t, memcmp(got->user_id, want->user_id, USER_ID_LEN) == 0,
+		       "%s: user_id differs", name);
 		break;
 	case MSG_WELCOME:
 		CHECKF(t, got->tunnel_port == want->tunnel_port &&
@@ -449,10 +460,10 @@ static enum frame_result decode(const uint8_t *buf, size_t len,
 static void test_frame_types(struct tally *t)
 {
 	static const size_t payload[MSG_TYPE_END] = {
-		[MSG_HELLO] = 29, [MSG_CHALLENGE] = 21, [MSG_AUTH] = 34,
+		[MSG_HELLO] = 29, [MSG_CHALLENGE] = 21, [MSG_AUTH] = 36,
 		[MSG_WELCOME] = 6, [MSG_ERROR] = 1 + 8, [MSG_PING] = 0,
 		[MSG_PONG] = 0, [MSG_NEW_USER] = 54, [MSG_USER_FAILED] = 16 + 8,
-		[MSG_JOIN] = 48,
+		[MSG_JOIN] = 48, [MSG_TICKET] = 16,
 	};
 	uint8_t out[FRAME_HDR + FRAME_MAX + 16];
 	struct msg m, got;
@@ -517,7 +528,7 @@ static void test_frame_bad(struct tally *t)
 {
 	static const uint8_t fixed[] = {
 		MSG_HELLO, MSG_CHALLENGE, MSG_AUTH, MSG_WELCOME, MSG_PING,
-		MSG_PONG, MSG_NEW_USER, MSG_JOIN,
+		MSG_PONG, MSG_NEW_USER, MSG_JOIN, MSG_TICKET,
 	};
 	static const uint8_t unknown[] = { 0, MSG_TYPE_END, 255 };
 	static const uint8_t families[] = { 1, 2, 5, 10, 255 };
@@ -696,7 +707,7 @@ static void test_msg_name(struct tally *t)
 		[MSG_AUTH] = "AUTH", [MSG_WELCOME] = "WELCOME",
 		[MSG_ERROR] = "ERROR", [MSG_PING] = "PING", [MSG_PONG] = "PONG",
 		[MSG_NEW_USER] = "NEW_USER", [MSG_USER_FAILED] = "USER_FAILED",
-		[MSG_JOIN] = "JOIN",
+		[MSG_JOIN] = "JOIN", [MSG_TICKET] = "TICKET",
 	};
 	unsigned type;
 
@@ -921,6 +932,121 @@ static void test_keys(struct tally *t)
 	CHECK(t, memcmp(a, b, PROOF_LEN) != 0);
 }
 
+/* ---- PROXY protocol header ---------------------------------------------- */
+
+static struct wire_addr wa(int family, const char *ip, uint16_t port)
+{
+	struct wire_addr w;
+
+	memset(&w, 0, sizeof(w));
+	w.family = (uint8_t)family;
+	w.port = port;
+	if (family == 4) {
+		inet_pton(AF_INET, ip, w.addr);
+	} else if (family == 6) {
+		inet_pton(AF_INET6, ip, w.addr);
+	}
+	return w;
+}
+
+/* proxy_check: proxy_header(version, src, dst) is exactly want[0..n), and
+ * nothing past PROXY_MAX was written. */
+static void proxy_check(struct tally *t, int version, struct wire_addr src,
+                        struct wire_addr dst, const void *want, size_t n,
+                        int line, const char *what)
+{
+	uint8_t out[PROXY_MAX + 16];
+	size_t len, i;
+	int clean = 1;
+
+	memset(out, 0xee, sizeof(out));
+	len = proxy_header(version, &src, &dst, out);
+	check(t, len == n, __FILE__, line, "%s: length %zu, want %zu", what,
+	      len, n);
+	check_mem(t, out, want, n, __FILE__, line, what);
+	for (i = PROXY_MAX; i < sizeof(out); i++) {
+		clean &= out[i] == 0xee;
+	}
+	check(t, clean && len <= PROXY_MAX, __FILE__, line,
+	      "%s: wrote past PROXY_MAX", what);
+}
+
+#define PROXY_TEXT(t, v, s, d, text) \
+	proxy_check((t), (v), (s), (d), (text), strlen(text), __LINE__, \
+	            "v1 " #s " -> " #d)
+#define PROXY_BYTES(t, v, s, d, bytes, what) \
+	proxy_check((t), (v), (s), (d), (bytes), sizeof(bytes), __LINE__, (what))
+
+static void test_proxy_header(struct tally *t)
+{
+	static const char longest[] =
+		"PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff "
+		"ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n";
+#define SIG 0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, \
+            0x54, 0x0a
+	static const uint8_t v2_tcp4[] = {
+		SIG, 0x21, 0x11, 0x00, 12,
+		192, 0, 2, 1, 203, 0, 113, 7, 0xdc, 0x04, 0x1f, 0x47,
+	};
+	static const uint8_t v2_tcp6[] = {
+		SIG, 0x21, 0x21, 0x00, 36,
+		0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
+		0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02,
+		0x01, 0xbb, 0x1f, 0x47,
+	};
+	static const uint8_t v2_mixed[] = {   /* IPv4 user, IPv6 public */
+		SIG, 0x21, 0x21, 0x00, 36,
+		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 1,
+		0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02,
+		0xdc, 0x04, 0x1f, 0x47,
+	};
+	static const uint8_t v2_mixed_rev[] = {   /* IPv6 user, IPv4 public */
+		SIG, 0x21, 0x21, 0x00, 36,
+		0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
+		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 203, 0, 113, 7,
+		0x01, 0xbb, 0x1f, 0x47,
+	};
+	static const uint8_t v2_ports[] = {   /* port 0 and 65535 */
+		SIG, 0x21, 0x11, 0x00, 12,
+		127, 0, 0, 1, 127, 0, 0, 1, 0x00, 0x00, 0xff, 0xff,
+	};
+	static const uint8_t v2_local[] = { SIG, 0x20, 0x00, 0x00, 0x00 };
+#undef SIG
+	struct wire_addr s4 = wa(4, "192.0.2.1", 56324);
+	struct wire_addr d4 = wa(4, "203.0.113.7", 8007);
+	struct wire_addr s6 = wa(6, "2001:db8::1", 443);
+	struct wire_addr d6 = wa(6, "2001:db8::2", 8007);
+	struct wire_addr none = wa(0, "", 0);
+	struct wire_addr ff = wa(6, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+	                         65535);
+
+	PROXY_TEXT(t, 1, s4, d4, "PROXY TCP4 192.0.2.1 203.0.113.7 56324 8007\r\n");
+	PROXY_TEXT(t, 1, s6, d6, "PROXY TCP6 2001:db8::1 2001:db8::2 443 8007\r\n");
+	PROXY_TEXT(t, 1, s4, d6,
+	           "PROXY TCP6 ::ffff:192.0.2.1 2001:db8::2 56324 8007\r\n");
+	PROXY_TEXT(t, 1, s6, d4,
+	           "PROXY TCP6 2001:db8::1 ::ffff:203.0.113.7 443 8007\r\n");
+	PROXY_TEXT(t, 1, wa(4, "127.0.0.1", 0), wa(4, "127.0.0.1", 65535),
+	           "PROXY TCP4 127.0.0.1 127.0.0.1 0 65535\r\n");
+	PROXY_TEXT(t, 1, none, d4, "PROXY UNKNOWN\r\n");
+	PROXY_TEXT(t, 1, s4, none, "PROXY UNKNOWN\r\n");
+	PROXY_TEXT(t, 1, none, none, "PROXY UNKNOWN\r\n");
+	/* The spec's longest v1 line is 107 bytes with CRLF; ours fits. */
+	PROXY_TEXT(t, 1, ff, ff, longest);
+	CHECK(t, strlen(longest) <= 107);
+
+	PROXY_BYTES(t, 2, s4, d4, v2_tcp4, "v2 TCP4");
+	PROXY_BYTES(t, 2, s6, d6, v2_tcp6, "v2 TCP6");
+	PROXY_BYTES(t, 2, s4, d6, v2_mixed, "v2 IPv4 user, IPv6 public");
+	PROXY_BYTES(t, 2, s6, d4, v2_mixed_rev, "v2 IPv6 user, IPv4 public");
+	PROXY_BYTES(t, 2, wa(4, "127.0.0.1", 0), wa(4, "127.0.0.1", 65535),
+	            v2_ports, "v2 ports 0 and 65535");
+	PROXY_BYTES(t, 2, none, d4, v2_local, "v2 unknown source: LOCAL");
+	PROXY_BYTES(t, 2, s6, none, v2_local, "v2 unknown destination: LOCAL");
+	CHECK_INT(t, sizeof(v2_tcp4), 28);
+	CHECK_INT(t, sizeof(v2_tcp6), 52);
+}
+
 int main(void)
 {
 	struct tally t = { 0, 0 };
@@ -935,6 +1061,7 @@ int main(void)
 	test_addr_parse(&t);
 	test_addr_str(&t);
 	test_keys(&t);
+	test_proxy_header(&t);
 	printf("unit: %d passed, %d failed\n", t.pass, t.fail);
 	return t.fail > 0 ? 1 : 0;
 }
