@@ -2,6 +2,9 @@
  * What server.c and client.c share: logging, time, randomness, addresses,
  * sockets, the frame codec, key derivation and the relay.
  */
+#ifdef __linux__
+#define _GNU_SOURCE     /* splice(2), before any system header */
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -995,7 +998,12 @@ fbuf_take(struct fbuf *b, struct msg *m)
 	return r;
 }
 
-/* ==== relay ============================================================== */
+/* ==== relay ==============================================================
+ *
+ * On Linux bytes go socket -> pipe -> socket with splice(2) and never
+ * enter this process; elsewhere, or with DIALBACK_NO_SPLICE set (how the
+ * tests cover it), they are copied with read and send.
+ */
 
 /*
  * Bytes move through one scratch buffer: read, then written straight to the
@@ -1003,12 +1011,109 @@ fbuf_take(struct fbuf *b, struct msg *m)
  * back, and gives it back once drained, so an idle pair holds no buffer and
  * steady traffic mallocs nothing (drained buffers wait in a small pool).
  */
-#define RELAY_SPARE  64         /* drained buffers kept for reuse */
+#define RELAY_SPARE  16         /* drained buffers (and pipes) kept for reuse */
 #define RELAY_BURST  8          /* reads per direction per turn, at most */
+
+#define SPLICE_CHUNK (1 << 20)  /* ask for this much; the pipe limits it */
 
 static uint8_t relay_scratch[RELAY_BUF];
 static uint8_t *relay_spare[RELAY_SPARE];
 static int relay_nspare;
+static int pipe_spare[RELAY_SPARE][2];  /* empty pipes, kept for reuse */
+static int pipe_nspare;
+static int relay_live;                  /* relays between init and close */
+
+/* With no relay left, the spares go back to the system: an idle process
+ * holds exactly the descriptors and memory it started with. */
+static void
+spares_release(void)
+{
+	while (relay_nspare > 0) {
+		free(relay_spare[--relay_nspare]);
+	}
+	while (pipe_nspare > 0) {
+		pipe_nspare--;
+		close(pipe_spare[pipe_nspare][0]);
+		close(pipe_spare[pipe_nspare][1]);
+	}
+}
+
+#ifdef __linux__
+static ssize_t
+move_kernel(int from, int to, size_t n)
+{
+	ssize_t k;
+
+	do {
+		k = splice(from, NULL, to, NULL, n, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+	} while (k < 0 && errno == EINTR);
+	return k;
+}
+
+static int
+splice_wanted(void)
+{
+	return getenv("DIALBACK_NO_SPLICE") == NULL;
+}
+#else
+static ssize_t
+move_kernel(int from, int to, size_t n)
+{
+	(void)from;
+	(void)to;
+	(void)n;
+	errno = ENOSYS;
+	return -1;
+}
+
+static int
+splice_wanted(void)
+{
+	return 0;
+}
+#endif
+
+/* Pipes, like buffers, are held only while bytes are in them, so idle
+ * pairs cost no descriptors beyond their two sockets. */
+static int
+pipe_take(int p[2])
+{
+	if (pipe_nspare > 0) {
+		pipe_nspare--;
+		p[0] = pipe_spare[pipe_nspare][0];
+		p[1] = pipe_spare[pipe_nspare][1];
+		return 0;
+	}
+	if (pipe(p) != 0) {
+		return -1;
+	}
+	if (set_nonblock(p[0]) != 0 || set_nonblock(p[1]) != 0) {
+		close(p[0]);
+		close(p[1]);
+		return -1;
+	}
+	return 0;
+}
+
+/* Give back a pipe; an empty one is kept, one with bytes left is closed. */
+static void
+pipe_give(struct relay_dir *rd)
+{
+	if (rd->pipe[0] < 0) {
+		return;
+	}
+	if (rd->piped == 0 && pipe_nspare < RELAY_SPARE) {
+		pipe_spare[pipe_nspare][0] = rd->pipe[0];
+		pipe_spare[pipe_nspare][1] = rd->pipe[1];
+		pipe_nspare++;
+	} else {
+		close(rd->pipe[0]);
+		close(rd->pipe[1]);
+	}
+	rd->pipe[0] = rd->pipe[1] = -1;
+	rd->piped = 0;
+	rd->pipe_full = 0;
+}
 
 static uint8_t *
 buf_take(void)
@@ -1035,9 +1140,21 @@ buf_give(uint8_t *b)
 void
 relay_init(struct relay *r, int fd0, int fd1)
 {
+	static int use_splice = -1;
+	int d;
+
+	if (use_splice < 0) {
+		use_splice = splice_wanted();
+	}
 	memset(r, 0, sizeof(*r));
 	r->fd[0] = fd0;
 	r->fd[1] = fd1;
+	r->splice = use_splice;
+	r->live = 1;
+	relay_live++;
+	for (d = 0; d < 2; d++) {
+		r->dir[d].pipe[0] = r->dir[d].pipe[1] = -1;
+	}
 }
 
 /* Keep n bytes that the sink didn't take; -1 if out of memory. */
@@ -1065,7 +1182,8 @@ relay_prefill(struct relay *r, int d, const void *data, size_t n)
 static int
 relay_can_read(const struct relay_dir *rd)
 {
-	return !rd->eof && (rd->buf == NULL || rd->off + rd->len < RELAY_BUF);
+	return !rd->eof && !rd->pipe_full &&
+	       (rd->buf == NULL || rd->off + rd->len < RELAY_BUF);
 }
 
 void
@@ -1078,7 +1196,7 @@ relay_events(const struct relay *r, short ev[2])
 		if (relay_can_read(&r->dir[d])) {
 			ev[d] |= POLLIN;
 		}
-		if (r->dir[d].len > 0) {
+		if (r->dir[d].len > 0 || r->dir[d].piped > 0) {
 			ev[1 - d] |= POLLOUT;
 		}
 	}
@@ -1114,26 +1232,93 @@ send_some(int fd, const uint8_t *p, size_t n, size_t *sent)
 	return 0;
 }
 
-/* Write direction d's kept bytes to its sink; the buffer goes back to the
- * pool once empty.  -1 on an error. */
+/* Move what the pipe of direction d holds to its sink.  -1 on an error. */
+static int
+pipe_drain(struct relay *r, int d)
+{
+	struct relay_dir *rd = &r->dir[d];
+
+	while (rd->piped > 0) {
+		ssize_t k = move_kernel(rd->pipe[0], r->fd[1 - d], rd->piped);
+		if (k < 0) {
+			return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
+		}
+		rd->piped -= (size_t)k;
+		rd->pipe_full = 0;
+	}
+	pipe_give(rd);
+	return 0;
+}
+
+/* Write direction d's kept bytes to its sink: the buffer (which only ever
+ * holds bytes older than any in the pipe) first.  The buffer goes back to
+ * the pool once empty.  -1 on an error. */
 static int
 relay_drain(struct relay *r, int d)
 {
 	struct relay_dir *rd = &r->dir[d];
 	size_t sent;
 
-	if (rd->len == 0) {
-		return 0;
-	}
-	if (send_some(r->fd[1 - d], rd->buf + rd->off, rd->len, &sent) != 0) {
-		return -1;
-	}
-	rd->off += sent;
-	rd->len -= sent;
-	if (rd->len == 0) {
+	if (rd->len > 0) {
+		if (send_some(r->fd[1 - d], rd->buf + rd->off, rd->len, &sent) != 0) {
+			return -1;
+		}
+		rd->off += sent;
+		rd->len -= sent;
+		if (rd->len > 0) {
+			return 0;
+		}
 		buf_give(rd->buf);
 		rd->buf = NULL;
 		rd->off = 0;
+	}
+	return rd->piped > 0 ? pipe_drain(r, d) : 0;
+}
+
+/*
+ * The splice path of relay_move: source -> pipe -> sink, repeating while
+ * the sink keeps up, up to RELAY_BURST times.  A pipe the sink left bytes
+ * in is "full" for reading until it drains, so a readable source can't
+ * spin the loop.  Returns 0, or -1 with *op naming what failed.
+ */
+static int
+relay_splice(struct relay *r, int d, const char **op)
+{
+	struct relay_dir *rd = &r->dir[d];
+	int i;
+
+	for (i = 0; i < RELAY_BURST && relay_can_read(rd); i++) {
+		ssize_t n;
+
+		if (rd->pipe[0] < 0 && pipe_take(rd->pipe) != 0) {
+			*op = "pipe";
+			return -1;
+		}
+		n = move_kernel(r->fd[d], rd->pipe[1], SPLICE_CHUNK);
+		if (n == 0) {
+			rd->eof = 1;
+			break;
+		}
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				rd->pipe_full = rd->piped > 0;
+				break;
+			}
+			*op = "read";
+			return -1;
+		}
+		rd->piped += (size_t)n;
+		rd->bytes += (uint64_t)n;
+		if (pipe_drain(r, d) != 0) {
+			*op = "write";
+			return -1;
+		}
+		if (rd->piped > 0) {
+			break;        /* the sink is full */
+		}
+	}
+	if (rd->piped == 0) {
+		pipe_give(rd);
 	}
 	return 0;
 }
@@ -1200,18 +1385,24 @@ relay_step(struct relay *r, const short revents[2])
 
 	for (d = 0; d < 2; d++) {
 		struct relay_dir *rd = &r->dir[d];
-		int src = d, dst = 1 - d;
+		int src = d, dst = 1 - d, rc = 0;
 
-		if (rd->len > 0 && (revents[dst] & (POLLOUT | POLLHUP | POLLERR))) {
+		if ((rd->len > 0 || rd->piped > 0) &&
+		    (revents[dst] & (POLLOUT | POLLHUP | POLLERR))) {
 			if (relay_drain(r, d) != 0) {
 				return relay_fail(r, dst, "write");
 			}
 		}
-		if ((revents[src] & (POLLIN | POLLHUP | POLLERR)) &&
-		    relay_move(r, d, &op) != 0) {
+		/* Bytes queued by copy (a prefill, a backlog) go out before
+		 * any spliced ones. */
+		if (revents[src] & (POLLIN | POLLHUP | POLLERR)) {
+			rc = r->splice && rd->len == 0 ? relay_splice(r, d, &op)
+			                               : relay_move(r, d, &op);
+		}
+		if (rc != 0) {
 			return relay_fail(r, strcmp(op, "read") == 0 ? src : dst, op);
 		}
-		if (rd->eof && rd->len == 0 && !rd->shut) {
+		if (rd->eof && rd->len == 0 && rd->piped == 0 && !rd->shut) {
 			/* ENOTCONN: the sink already went away, which its own
 			 * direction will report; nothing is lost here. */
 			if (shutdown(r->fd[dst], SHUT_WR) != 0 && errno != ENOTCONN) {
@@ -1221,6 +1412,13 @@ relay_step(struct relay *r, const short revents[2])
 		}
 	}
 	return (r->dir[0].shut && r->dir[1].shut) ? RELAY_DONE : RELAY_OPEN;
+}
+
+void
+relay_abandon(struct relay *r)
+{
+	r->fd[0] = r->fd[1] = -1;
+	relay_close(r);
 }
 
 void
@@ -1236,6 +1434,13 @@ relay_close(struct relay *r)
 		buf_give(r->dir[i].buf);
 		r->dir[i].buf = NULL;
 		r->dir[i].len = 0;
+		pipe_give(&r->dir[i]);
+	}
+	if (r->live) {
+		r->live = 0;
+		if (--relay_live == 0) {
+			spares_release();
+		}
 	}
 }
 

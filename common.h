@@ -178,6 +178,9 @@ enum frame_result fbuf_take(struct fbuf *b, struct msg *m);
 struct relay_dir {
 	uint8_t *buf;
 	size_t off, len;
+	int pipe[2];         /* Linux splice: bytes in flight in the kernel */
+	size_t piped;        /* bytes in pipe; the pipe is held only while > 0 */
+	int pipe_full;       /* stop reading until the pipe drains */
 	int eof, shut;
 	uint64_t bytes;
 };
@@ -185,6 +188,8 @@ struct relay_dir {
 /* A relayed pair.  dir[0] carries fd[0] -> fd[1], dir[1] fd[1] -> fd[0]. */
 struct relay {
 	int fd[2];
+	int splice;          /* move bytes with splice(2), not read/write */
+	int live;            /* between relay_init and relay_close */
 	struct relay_dir dir[2];
 	int err_side;        /* on RELAY_FAIL: which fd, */
 	const char *err_op;  /* doing what ("read", "write", "shutdown") */
@@ -210,7 +215,12 @@ void relay_events(const struct relay *r, short ev[2]);
  * directions ended and were shut down; RELAY_FAIL on an error (r->err_*). */
 enum relay_state relay_step(struct relay *r, const short revents[2]);
 
-/* relay_close: close both descriptors and free the buffers.  Idempotent. */
+/* relay_abandon: undo relay_init after a failed start; the descriptors
+ * stay open and the caller's. */
+void relay_abandon(struct relay *r);
+
+/* relay_close: close both descriptors and free the buffers.  Idempotent.
+ * When the last relay closes, spare buffers and pipes are released too. */
 void relay_close(struct relay *r);
 
 #endif

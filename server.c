@@ -659,6 +659,7 @@ user_bind(struct server *s, struct ctl *c, int fd, const struct msg *m,
 	}
 	relay_init(&p->relay, fd, k->fd);
 	if (relay_prefill(&p->relay, 0, frame, frame_encode(frame, m)) != 0) {
+		relay_abandon(&p->relay);
 		free(p);
 		return -1;
 	}
@@ -823,6 +824,9 @@ tun_join(struct server *s, struct tun *t, const struct msg *m)
 	}
 	/* Bytes the client sent right behind its JOIN are the service's. */
 	if (p == NULL || relay_prefill(&p->relay, 1, t->in.data, t->in.len) != 0) {
+		if (p != NULL) {
+			relay_abandon(&p->relay);
+		}
 		free(p);
 		tun_close(s, t, "out of memory");
 		user_close(s, u, "out of memory");
