@@ -1,6 +1,7 @@
-# dialback: make, make test, make bench, make clean.
+# dialback: make, make test, make bench, make clean, make install, make demo.
 # SAN=1 builds everything with AddressSanitizer and UBSan; WERROR=1 adds
-# -Werror (CI does both).
+# -Werror (CI does both).  make fuzz builds the libFuzzer targets with
+# clang; make fuzz-run runs each for FUZZ_SECONDS over its seed corpus.
 
 CC      ?= cc
 CFLAGS  ?= -O2 -g
@@ -16,7 +17,7 @@ CFLAGS  += -Werror
 endif
 
 BINS  = server client
-TESTS = tests/unit tests/e2e tests/svc
+TESTS = tests/unit tests/e2e tests/svc tests/features
 LIB   = common.o sha256.o
 
 all: $(BINS)
@@ -37,11 +38,77 @@ tests/e2e: tests/e2e.c tests/testlib.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/e2e.c
 tests/svc: tests/svc.c tests/testlib.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/svc.c
+tests/features: tests/features.c tests/testlib.h sha256.o sha256.h
+	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/features.c sha256.o
+tests/bench: tests/bench.c tests/testlib.h
+	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/bench.c
 
 test: $(BINS) $(TESTS)
 	sh tests/run.sh
 
-clean:
-	rm -f $(BINS) $(TESTS) *.o
+# Direct path and tunnel side by side on loopback; BENCH_ARGS=-quick for a
+# smoke run.  The numbers also go to bench.csv.
+bench: all tests/bench
+	./tests/bench $(BENCH_ARGS)
 
-.PHONY: all test clean
+# The fuzzers compile server.c (tests/fuzz.c) and client.c
+# (tests/fuzz_client.c) into themselves, and the library from source, so
+# all of it is instrumented.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_FLAGS    = -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -O1 -g \
+                -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer \
+                -fno-sanitize-recover=all
+FUZZ_DEPS     = tests/fuzzlib.h common.c sha256.c common.h protocol.h sha256.h
+FUZZ_OPTS     = -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=10 \
+                -rss_limit_mb=2048 -print_final_stats=1
+
+tests/fuzz: tests/fuzz.c server.c $(FUZZ_DEPS)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ tests/fuzz.c common.c sha256.c
+tests/fuzz_client: tests/fuzz_client.c client.c $(FUZZ_DEPS)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ tests/fuzz_client.c common.c sha256.c
+
+fuzz: tests/fuzz tests/fuzz_client
+
+# New inputs go to a temporary directory, so the seed corpora stay as
+# committed; a crash leaves its input in ./crash-* and fails the target.
+fuzz-run: tests/fuzz tests/fuzz_client
+	tmp=$$(mktemp -d "$${TMPDIR:-/tmp}/dialback-fuzz.XXXXXX") && \
+	trap 'rm -rf "$$tmp"' EXIT && \
+	mkdir "$$tmp/server" "$$tmp/client" && \
+	./tests/fuzz $(FUZZ_OPTS) "$$tmp/server" tests/fuzz-corpus && \
+	./tests/fuzz_client $(FUZZ_OPTS) "$$tmp/client" tests/fuzz-corpus-client
+
+# make install [PREFIX=/usr/local] [DESTDIR=]: the binaries as
+# dialback-server and dialback-client, and their man pages.  The systemd
+# units in contrib/ are installed by hand (see README).
+PREFIX  ?= /usr/local
+BINDIR   = $(PREFIX)/bin
+MAN1DIR  = $(PREFIX)/share/man/man1
+MANS     = dialback-server.1 dialback-client.1
+INSTALL ?= install
+
+install: $(BINS) $(MANS)
+	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MAN1DIR)
+	$(INSTALL) -m 0755 server $(DESTDIR)$(BINDIR)/dialback-server
+	$(INSTALL) -m 0755 client $(DESTDIR)$(BINDIR)/dialback-client
+	$(INSTALL) -m 0644 $(MANS) $(DESTDIR)$(MAN1DIR)/
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/dialback-server $(DESTDIR)$(BINDIR)/dialback-client
+	rm -f $(DESTDIR)$(MAN1DIR)/dialback-server.1 $(DESTDIR)$(MAN1DIR)/dialback-client.1
+
+# make demo: server, client and a small web page on this machine, on
+# loopback ports from DEMO_BASE (18009 control, 18008 tunnel, 18007 public,
+# 18080 the page); Ctrl-C stops it all.
+DEMO_BASE ?= 18000
+
+demo: $(BINS) tests/svc
+	MAKE="$(MAKE)" DEMO_BASE="$(DEMO_BASE)" sh contrib/demo.sh
+
+.PHONY: install uninstall demo
+
+clean:
+	rm -f $(BINS) $(TESTS) tests/bench tests/fuzz tests/fuzz_client *.o
+
+.PHONY: all test bench clean fuzz fuzz-run

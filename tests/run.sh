@@ -1,6 +1,7 @@
 #!/bin/sh
-# Run the unit tests, then the end-to-end tests (arguments go to e2e), and
-# print the sum of their "N passed, N failed" lines as the very last line.
+# Run the unit tests, the end-to-end tests (arguments go to e2e), the
+# feature tests, the man page check and the make install check, and print
+# the sum of their "N passed, N failed" lines as the very last line.
 # Exits non-zero if a binary failed, reported a failure, or printed no
 # summary line.  Run from the repository root (make test does).
 
@@ -44,6 +45,16 @@ run() {
 
 run unit ./tests/unit
 run e2e ./tests/e2e "$@"
+# The relay's portable read/write path, which Linux runs only when told:
+# the tests that move bytes, once more through it.
+if [ $# -eq 0 ]; then
+	for t in echo download half_close concurrent no_fd_leak; do
+		run "copy-$t" env DIALBACK_NO_SPLICE=1 ./tests/e2e "$t"
+	done
+fi
+run features ./tests/features
+run manpage sh tests/manpage.sh
+run install sh tests/install.sh
 
 echo "$passed passed, $failed failed"
 [ "$bad" -eq 0 ]

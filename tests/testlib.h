@@ -300,6 +300,60 @@ fail:
 	return -1;
 }
 
+/*
+ * tl_connect_start: start a non-blocking connect to ip:port, from source
+ * address src (NULL: the kernel's choice; on Linux any 127.x.y.z works as
+ * a distinct loopback source).  Returns the descriptor, connected or
+ * connecting (wait for POLLOUT, then read SO_ERROR), or -1 with errno set.
+ */
+static inline int
+tl_connect_start(const char *src, const char *ip, int port)
+{
+	struct sockaddr_storage ss, from;
+	socklen_t len = tl_sockaddr(ip, port, &ss), flen = 0;
+	int fd, e;
+
+	if (len == 0 || (src && (flen = tl_sockaddr(src, 0, &from)) == 0)) {
+		errno = EINVAL;
+		return -1;
+	}
+	fd = socket(ss.ss_family, SOCK_STREAM, 0);
+	if (fd < 0) {
+		return -1;
+	}
+	if (tl_set_nonblock(fd) < 0
+	    || (src && bind(fd, (struct sockaddr *)&from, flen) < 0)) {
+		goto fail;
+	}
+	if (connect(fd, (struct sockaddr *)&ss, len) == 0 || errno == EINPROGRESS
+	    || errno == EINTR) {
+		return fd;
+	}
+fail:
+	e = errno;
+	close(fd);
+	errno = e;
+	return -1;
+}
+
+/* tl_connect_result: after POLLOUT on a tl_connect_start descriptor, 0 if
+ * the connect succeeded, else -1 with errno set to why it failed. */
+static inline int
+tl_connect_result(int fd)
+{
+	int err = 0;
+	socklen_t elen = sizeof(err);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) < 0) {
+		return -1;
+	}
+	if (err != 0) {
+		errno = err;
+		return -1;
+	}
+	return 0;
+}
+
 /* tl_wait_fd: poll one descriptor for events until deadline.  Returns
  * revents, 0 on timeout, -1 on error. */
 static inline int
@@ -561,6 +615,86 @@ tl_count_fds(pid_t pid)
 	return n;
 }
 
+/* What a process's descriptors are, from /proc/PID/fd. */
+struct tl_fds {
+	int total;
+	int sockets;
+	int pipes;          /* pipe ends */
+	int unpaired;       /* pipe ends whose other end the process lacks */
+	int other;          /* files, /dev/null, epoll, ... */
+};
+
+static inline int
+tl_cmp_ulong(const void *a, const void *b)
+{
+	unsigned long x = *(const unsigned long *)a, y = *(const unsigned long *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* tl_fd_census: sort pid's descriptors into *c.  0, or -1 if /proc can't
+ * tell. */
+static inline int
+tl_fd_census(pid_t pid, struct tl_fds *c)
+{
+	char dir[64], path[400], target[128];
+	unsigned long *ino = NULL, *more, v;
+	size_t n = 0, cap = 0, i, j;
+	struct dirent *e;
+	DIR *d;
+
+	memset(c, 0, sizeof(*c));
+	snprintf(dir, sizeof(dir), "/proc/%ld/fd", (long)pid);
+	d = opendir(dir);
+	if (d == NULL) {
+		return -1;
+	}
+	while ((e = readdir(d)) != NULL) {
+		ssize_t len;
+
+		if (e->d_name[0] == '.') {
+			continue;
+		}
+		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+		len = readlink(path, target, sizeof(target) - 1);
+		if (len < 0) {
+			continue;     /* closed while we looked */
+		}
+		target[len] = '\0';
+		c->total++;
+		if (strncmp(target, "socket:", 7) == 0) {
+			c->sockets++;
+		} else if (sscanf(target, "pipe:[%lu]", &v) == 1) {
+			c->pipes++;
+			if (n == cap) {
+				cap = cap ? cap * 2 : 64;
+				more = realloc(ino, cap * sizeof(*ino));
+				if (more == NULL) {
+					break;
+				}
+				ino = more;
+			}
+			ino[n++] = v;
+		} else {
+			c->other++;
+		}
+	}
+	closedir(d);
+	if (n > 0) {
+		qsort(ino, n, sizeof(*ino), tl_cmp_ulong);
+	}
+	for (i = 0; i < n; i = j) {
+		for (j = i; j < n && ino[j] == ino[i]; j++) {
+			continue;
+		}
+		if (j - i == 1) {
+			c->unpaired++;
+		}
+	}
+	free(ino);
+	return 0;
+}
+
 /* ---- processes ------------------------------------------------------------ */
 
 /* A child we started.  done is set once it has been reaped; status then
@@ -569,8 +703,11 @@ struct tl_proc {
 	pid_t pid;
 	int done;
 	int status;
+	int killed;         /* the test sent it SIGKILL on purpose */
+	int product;        /* ./server or ./client: must exit 0 on SIGTERM */
 	char name[32];
 	char log[256];      /* stdout and stderr */
+	char vglog[256];    /* valgrind's log; "" when not run under it */
 };
 
 /*
@@ -677,12 +814,13 @@ tl_proc_wait(struct tl_proc *p, int ms)
 }
 
 /*
- * tl_proc_stop: SIGTERM, up to 3 s to exit, then SIGKILL and reap.
+ * tl_proc_stop_ms: SIGTERM, up to ms to exit, then SIGKILL and reap.
  * Returns 0 if it exited on its own or after SIGTERM, -1 if it needed
- * SIGKILL.  Only ever signals p's own pid.
+ * SIGKILL.  A stopped process is continued first, so that it can act on
+ * the SIGTERM.  Only ever signals p's own pid.
  */
 static inline int
-tl_proc_stop(struct tl_proc *p)
+tl_proc_stop_ms(struct tl_proc *p, int ms)
 {
 	pid_t r;
 
@@ -690,7 +828,8 @@ tl_proc_stop(struct tl_proc *p)
 		return 0;
 	}
 	kill(p->pid, SIGTERM);
-	if (tl_proc_wait(p, 3000)) {
+	kill(p->pid, SIGCONT);
+	if (tl_proc_wait(p, ms)) {
 		return 0;
 	}
 	kill(p->pid, SIGKILL);
@@ -699,6 +838,13 @@ tl_proc_stop(struct tl_proc *p)
 	} while (r < 0 && errno == EINTR);
 	p->done = 1;
 	return -1;
+}
+
+/* tl_proc_stop: tl_proc_stop_ms with 3 s. */
+static inline int
+tl_proc_stop(struct tl_proc *p)
+{
+	return tl_proc_stop_ms(p, 3000);
 }
 
 /* tl_status_str: "exit 1", "signal 9" or "running" into buf. */
@@ -718,18 +864,18 @@ tl_status_str(const struct tl_proc *p, char *buf, size_t len)
 }
 
 /*
- * tl_wait_log: wait up to ms until p's log contains s, checking every
- * 20 ms.  1 found; 0 timeout; -1 p exited without writing it.
+ * tl_wait_log_count: wait up to ms until p's log contains s at least n
+ * times, checking every 20 ms.  1 found; 0 timeout; -1 p exited first.
  */
 static inline int
-tl_wait_log(struct tl_proc *p, const char *s, int ms)
+tl_wait_log_count(struct tl_proc *p, const char *s, int n, int ms)
 {
 	int64_t deadline = tl_now_ms() + ms;
 	int exited;
 
 	for (;;) {
 		exited = tl_proc_poll(p);
-		if (tl_file_contains(p->log, s)) {
+		if (tl_count_in_file(p->log, s) >= n) {
 			return 1;
 		}
 		if (exited) {
@@ -740,6 +886,13 @@ tl_wait_log(struct tl_proc *p, const char *s, int ms)
 		}
 		tl_pause(20);
 	}
+}
+
+/* tl_wait_log: tl_wait_log_count for one occurrence. */
+static inline int
+tl_wait_log(struct tl_proc *p, const char *s, int ms)
+{
+	return tl_wait_log_count(p, s, 1, ms);
 }
 
 #endif

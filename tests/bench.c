@@ -1,0 +1,2070 @@
+/*
+ * bench: dialback's throughput, latency, connection rate and footprint on
+ * loopback, the direct path and the tunnel side by side.
+ *
+ *     tests/bench [-quick] [-conns N] [-repeat R] [-time SECONDS] [-csv FILE]
+ *
+ * One run starts a service (a forked child, see "the service" below), then
+ * ./server and ./client forwarding the server's public port to it, and
+ * measures every metric over both paths:
+ *
+ *     direct   bench -> service
+ *     tunnel   bench -> server (public port) -> client -> service
+ *
+ * Direct and tunnel runs alternate, R times each, and the table shows the
+ * medians; the same numbers go to bench.csv (or -csv FILE).  Footprint rows
+ * (RSS, CPU) are about the server and client, so they have a tunnel column
+ * only.  Exit status 0; 1 if something broke (the tunnel did not come up, a
+ * byte count did not match, a process died or kept sockets); 2 for a
+ * bad flag.  Logs of the server and client are kept when the run fails.
+ */
+#include <math.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <sys/time.h>
+
+#include "tests/testlib.h"
+
+#define IO_BUF       (256 * 1024) /* each read and write, bench and service */
+#define IO_TIMEOUT_S 5            /* one blocking socket call, at most */
+#define START_MS     10000        /* "listening" / "forwarding" show up */
+#define SETTLE_MS    10000        /* descriptors return to their idle count */
+#define SLACK_S      20.0         /* a run's deadline, past its window */
+#define MAX_REPEAT   15
+#define STREAMS      8            /* the aggregate download */
+#define CONCURRENCY  10           /* "with 10 concurrent / in flight" */
+#define RAMP_WINDOW  64           /* held connections being set up at once */
+#define TOKEN        "bench"
+#define GIB          (1024.0 * 1024.0 * 1024.0)
+
+static volatile sig_atomic_t stop_flag;
+
+/* ==== metrics ============================================================ */
+
+enum path { P_DIRECT, P_TUNNEL, P_COUNT };
+
+static const char *const path_names[P_COUNT] = {
+	[P_DIRECT] = "direct",
+	[P_TUNNEL] = "tunnel",
+};
+
+enum metric {
+	M_UP, M_DOWN, M_DOWN8,
+	M_RR_P50, M_RR_P99, M_RR10_RATE, M_RR10_P99,
+	M_CONN_SEQ, M_CONN_10,
+	M_SRV_CPU_GIB, M_CLI_CPU_GIB,
+	M_SRV_RSS_IDLE, M_CLI_RSS_IDLE,
+	M_SRV_RSS_HELD, M_CLI_RSS_HELD,
+	M_SRV_CPU_HELD, M_CLI_CPU_HELD,
+	M_SRV_WAKE_HELD, M_CLI_WAKE_HELD,
+	M_SRV_RSS_END, M_CLI_RSS_END,
+	M_COUNT
+};
+
+struct metric_info {
+	const char *name;
+	const char *unit;
+	int decimals;
+	int lower_better;
+	int held;               /* the name gets " with N idle conns" */
+};
+
+static const struct metric_info metric_info[M_COUNT] = {
+	[M_UP]            = { "upload 1 stream", "Gbit/s", 2, 0, 0 },
+	[M_DOWN]          = { "download 1 stream", "Gbit/s", 2, 0, 0 },
+	[M_DOWN8]         = { "download 8 streams", "Gbit/s", 2, 0, 0 },
+	[M_RR_P50]        = { "1-byte rr p50", "us", 1, 1, 0 },
+	[M_RR_P99]        = { "1-byte rr p99", "us", 1, 1, 0 },
+	[M_RR10_RATE]     = { "1-byte rr 10 conns", "req/s", 0, 0, 0 },
+	[M_RR10_P99]      = { "1-byte rr 10 conns p99", "us", 1, 1, 0 },
+	[M_CONN_SEQ]      = { "new conns sequential", "conn/s", 0, 0, 0 },
+	[M_CONN_10]       = { "new conns 10 in flight", "conn/s", 0, 0, 0 },
+	[M_SRV_CPU_GIB]   = { "server CPU download 1 stream", "s/GiB", 3, 1, 0 },
+	[M_CLI_CPU_GIB]   = { "client CPU download 1 stream", "s/GiB", 3, 1, 0 },
+	[M_SRV_RSS_IDLE]  = { "server RSS idle", "KiB", 0, 1, 0 },
+	[M_CLI_RSS_IDLE]  = { "client RSS idle", "KiB", 0, 1, 0 },
+	[M_SRV_RSS_HELD]  = { "server RSS", "KiB", 0, 1, 1 },
+	[M_CLI_RSS_HELD]  = { "client RSS", "KiB", 0, 1, 1 },
+	[M_SRV_CPU_HELD]  = { "server CPU", "ms/s", 0, 1, 1 },
+	[M_CLI_CPU_HELD]  = { "client CPU", "ms/s", 0, 1, 1 },
+	[M_SRV_WAKE_HELD] = { "server ctx switches", "1/s", 0, 1, 1 },
+	[M_CLI_WAKE_HELD] = { "client ctx switches", "1/s", 0, 1, 1 },
+	[M_SRV_RSS_END]   = { "server RSS at the end", "KiB", 0, 1, 0 },
+	[M_CLI_RSS_END]   = { "client RSS at the end", "KiB", 0, 1, 0 },
+};
+
+/* ==== state ============================================================== */
+
+struct opts {
+	int quick;
+	int conns;              /* held idle connections */
+	int repeat;
+	double tput_s;          /* one throughput run */
+	double short_s;         /* one latency or connection-rate run */
+	double idle_s;          /* the held connections sit idle */
+	const char *csv;
+};
+
+struct bench {
+	struct opts o;
+	char dir[64];           /* logs */
+	struct tl_proc svc, server, client;
+	int svc_life;           /* the service exits when this closes */
+	int port[P_COUNT];      /* where each path starts */
+	int svc_port, ctl_port, tun_port, pub_port;
+	int base_socks[2];      /* server, client sockets when idle */
+	uint8_t *buf;           /* IO_BUF bytes */
+	double result[M_COUNT][P_COUNT];
+};
+
+/* ==== small helpers ====================================================== */
+
+/* fail: print "bench: ..." (with strerror(errno) when fmt ends in ':')
+ * and return -1. */
+static int
+fail(const char *fmt, ...)
+{
+	int e = errno;
+	size_t n = strlen(fmt);
+	va_list ap;
+
+	fprintf(stderr, "bench: ");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	if (n > 0 && fmt[n - 1] == ':') {
+		fprintf(stderr, " %s", stop_flag ? "interrupted" : strerror(e));
+	}
+	fputc('\n', stderr);
+	return -1;
+}
+
+static double
+now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int64_t
+ms_at(double t)
+{
+	return (int64_t)(t * 1000.0);
+}
+
+/* retry: whether a call that failed with errno should be made again. */
+static int
+retry(void)
+{
+	return errno == EINTR && !stop_flag;
+}
+
+static void
+put_u64(uint8_t *p, uint64_t v)
+{
+	int i;
+
+	for (i = 7; i >= 0; i--) {
+		p[i] = (uint8_t)(v & 0xff);
+		v >>= 8;
+	}
+}
+
+static uint64_t
+get_u64(const uint8_t *p)
+{
+	uint64_t v = 0;
+	int i;
+
+	for (i = 0; i < 8; i++) {
+		v = v << 8 | p[i];
+	}
+	return v;
+}
+
+static void
+set_nodelay(int fd)
+{
+	int one = 1;
+
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+static double
+gbits(uint64_t bytes, double secs)
+{
+	return secs > 0 ? (double)bytes * 8 / secs / 1e9 : 0;
+}
+
+/* ---- samples ---- */
+
+struct samples {
+	double *v;
+	size_t n, cap;
+};
+
+static int
+samples_add(struct samples *s, double x)
+{
+	if (s->n == s->cap) {
+		size_t cap = s->cap ? s->cap * 2 : 4096;
+		double *v = realloc(s->v, cap * sizeof(*v));
+
+		if (v == NULL) {
+			return fail("out of memory");
+		}
+		s->v = v;
+		s->cap = cap;
+	}
+	s->v[s->n++] = x;
+	return 0;
+}
+
+static int
+cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
+
+/* percentile: nearest rank q (0..1] of v[0..n), which this sorts. */
+static double
+percentile(double *v, size_t n, double q)
+{
+	double rank = q * (double)n;
+	size_t k = (size_t)rank;
+
+	if (n == 0) {
+		return NAN;
+	}
+	qsort(v, n, sizeof(*v), cmp_double);
+	if ((double)k < rank) {
+		k++;
+	}
+	if (k == 0) {
+		k = 1;
+	}
+	return v[k - 1];
+}
+
+/* median: of v[0..n), which this sorts; the mean of the middle two when n
+ * is even. */
+static double
+median(double *v, size_t n)
+{
+	if (n == 0) {
+		return NAN;
+	}
+	qsort(v, n, sizeof(*v), cmp_double);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* ==== the service ======================================================== */
+
+/*
+ * A forked child with one poll() loop.  A connection's first byte picks
+ * what the service does with it:
+ *
+ *   'u'  upload: read and discard until EOF, then send the count (u64,
+ *        big-endian) and close;
+ *   'd'  download: send bytes until any byte comes back, then
+ *        shutdown(SHUT_WR), wait for EOF and close;
+ *   'e'  echo every byte, this 'e' included;
+ *   'q'  query: send two u64, the bytes that finished 'd' connections sent
+ *        and that finished 'u' connections received, and close.
+ *
+ * The service exits when the read end of its lifeline pipe sees EOF, so it
+ * never outlives the bench, or on SIGTERM.
+ */
+
+struct sconn {
+	int fd;
+	char mode;              /* 0 until the first byte came */
+	int eof;                /* the peer shut its side */
+	int stopped;            /* 'd': our side is shut, count added */
+	uint64_t count;         /* 'u': bytes received; 'd': bytes sent */
+	uint8_t out[64];        /* 'e', 'u', 'q': bytes to send */
+	size_t out_off, out_len;
+};
+
+struct svc {
+	int lfd, life;
+	struct sconn *c;
+	struct pollfd *pfd;     /* [0] listener, [1] lifeline, [2 + i] c[i] */
+	size_t n, cap;
+	uint64_t sourced, sunk;
+	uint8_t *buf;
+};
+
+static short
+svc_events(const struct sconn *c)
+{
+	switch (c->mode) {
+	case 'd':
+		return c->stopped ? POLLIN : POLLIN | POLLOUT;
+	case 'q':
+		return POLLOUT;
+	case 'u':
+	case 'e':
+		return c->out_len > 0 ? POLLOUT : POLLIN;
+	default:
+		return POLLIN;
+	}
+}
+
+/* svc_flush: send what is queued in c->out.  -1 on an error. */
+static int
+svc_flush(struct sconn *c)
+{
+	while (c->out_len > 0) {
+		ssize_t k = send(c->fd, c->out + c->out_off, c->out_len,
+		                 MSG_NOSIGNAL);
+
+		if (k < 0) {
+			if (errno == EINTR) {
+				continue;
+			}
+			return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+		}
+		c->out_off += (size_t)k;
+		c->out_len -= (size_t)k;
+	}
+	c->out_off = 0;
+	return 0;
+}
+
+static void
+svc_queue(struct sconn *c, const uint8_t *p, size_t n)
+{
+	memcpy(c->out, p, n);
+	c->out_off = 0;
+	c->out_len = n;
+}
+
+/* svc_stop: a 'd' connection sends no more; what it sent now counts. */
+static void
+svc_stop(struct svc *s, struct sconn *c)
+{
+	if (c->mode == 'd' && !c->stopped) {
+		c->stopped = 1;
+		s->sourced += c->count;
+		shutdown(c->fd, SHUT_WR);
+	}
+}
+
+/* svc_source: write the download stream until the socket is full. */
+static int
+svc_source(struct svc *s, struct sconn *c)
+{
+	int i;
+
+	for (i = 0; i < 4; i++) {
+		ssize_t k = send(c->fd, s->buf, IO_BUF, MSG_NOSIGNAL);
+
+		if (k < 0) {
+			if (errno == EINTR) {
+				continue;
+			}
+			return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+		}
+		c->count += (size_t)k;
+	}
+	return 0;
+}
+
+/* svc_select: the first byte names the mode; -1 for an unknown one. */
+static int
+svc_select(struct svc *s, struct sconn *c, uint8_t mode)
+{
+	uint8_t reply[16];
+
+	c->mode = (char)mode;
+	switch (mode) {
+	case 'u':
+	case 'd':
+		return 0;
+	case 'e':
+		svc_queue(c, &mode, 1);
+		return svc_flush(c);
+	case 'q':
+		put_u64(reply, s->sourced);
+		put_u64(reply + 8, s->sunk);
+		svc_queue(c, reply, sizeof(reply));
+		return svc_flush(c);
+	default:
+		fprintf(stderr, "bench service: unknown mode byte 0x%02x\n", mode);
+		return -1;
+	}
+}
+
+/* svc_eof: the peer shut its side.  -1 when c is done. */
+static int
+svc_eof(struct svc *s, struct sconn *c)
+{
+	uint8_t reply[8];
+
+	c->eof = 1;
+	if (c->mode != 'u') {
+		return -1;
+	}
+	s->sunk += c->count;
+	put_u64(reply, c->count);
+	svc_queue(c, reply, sizeof(reply));
+	if (svc_flush(c) < 0 || c->out_len == 0) {
+		return -1;
+	}
+	return 0;
+}
+
+/* svc_input: read what c has for us.  -1 when c is done. */
+static int
+svc_input(struct svc *s, struct sconn *c)
+{
+	size_t want = c->mode == 0 ? 1 : c->mode == 'e' ? sizeof(c->out) : IO_BUF;
+	int i;
+
+	if (c->mode == 'e' && c->out_len > 0) {
+		return 0;       /* POLLHUP or POLLERR with an echo still queued */
+	}
+	for (i = 0; i < 8; i++) {
+		ssize_t k = read(c->fd, s->buf, want);
+
+		if (k < 0) {
+			if (errno == EINTR) {
+				continue;
+			}
+			return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+		}
+		if (k == 0) {
+			return svc_eof(s, c);
+		}
+		switch (c->mode) {
+		case 0:
+			return svc_select(s, c, s->buf[0]);
+		case 'u':
+			c->count += (size_t)k;
+			break;
+		case 'd':
+			svc_stop(s, c);
+			break;
+		case 'e':
+			svc_queue(c, s->buf, (size_t)k);
+			return svc_flush(c);
+		default:
+			break;          /* 'q' ignores input */
+		}
+	}
+	return 0;
+}
+
+/* svc_handle: one connection's poll() result.  -1 when c is done. */
+static int
+svc_handle(struct svc *s, struct sconn *c, short revents)
+{
+	if (revents & (POLLOUT | POLLERR | POLLHUP)) {
+		if (c->out_len > 0) {
+			if (svc_flush(c) < 0) {
+				return -1;
+			}
+			if (c->out_len == 0 && (c->eof || c->mode == 'q')) {
+				return -1;
+			}
+		}
+		if (c->mode == 'd' && !c->stopped && svc_source(s, c) < 0) {
+			return -1;
+		}
+	}
+	if (revents & (POLLIN | POLLERR | POLLHUP)) {
+		return svc_input(s, c);
+	}
+	return 0;
+}
+
+static void
+svc_close(struct svc *s, struct sconn *c)
+{
+	svc_stop(s, c);
+	close(c->fd);
+}
+
+/* svc_accept: take every waiting connection; exits on an error, which
+ * the bench then sees as a refused or reset connection. */
+static void
+svc_accept(struct svc *s)
+{
+	for (;;) {
+		int fd = accept(s->lfd, NULL, NULL);
+
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED) {
+				continue;
+			}
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				return;
+			}
+			fprintf(stderr, "bench service: accept: %s\n", strerror(errno));
+			_exit(1);
+		}
+		if (s->n == s->cap) {
+			size_t cap = s->cap ? s->cap * 2 : 64;
+			struct sconn *c = realloc(s->c, cap * sizeof(*c));
+			struct pollfd *p = c ? realloc(s->pfd, (cap + 2) * sizeof(*p))
+			                     : NULL;
+
+			if (p == NULL) {
+				fprintf(stderr, "bench service: out of memory\n");
+				_exit(1);
+			}
+			s->c = c;
+			s->pfd = p;
+			s->cap = cap;
+		}
+		tl_set_nonblock(fd);
+		set_nodelay(fd);
+		memset(&s->c[s->n], 0, sizeof(s->c[s->n]));
+		s->c[s->n++].fd = fd;
+	}
+}
+
+static void
+svc_main(int lfd, int life)
+{
+	struct svc s;
+	size_t i;
+
+	memset(&s, 0, sizeof(s));
+	s.lfd = lfd;
+	s.life = life;
+	s.buf = calloc(1, IO_BUF);
+	s.pfd = calloc(2, sizeof(*s.pfd));
+	if (s.buf == NULL || s.pfd == NULL) {
+		_exit(1);
+	}
+	for (;;) {
+		s.pfd[0].fd = s.lfd;
+		s.pfd[0].events = POLLIN;
+		s.pfd[1].fd = s.life;
+		s.pfd[1].events = POLLIN;
+		for (i = 0; i < s.n; i++) {
+			s.pfd[2 + i].fd = s.c[i].fd;
+			s.pfd[2 + i].events = svc_events(&s.c[i]);
+			s.pfd[2 + i].revents = 0;
+		}
+		if (poll(s.pfd, (nfds_t)(s.n + 2), -1) < 0) {
+			if (errno == EINTR) {
+				continue;
+			}
+			_exit(1);
+		}
+		if (s.pfd[1].revents) {
+			_exit(0);
+		}
+		/* Walk down, so that moving the last connection into a closed
+		 * one's slot moves one that was already handled. */
+		for (i = s.n; i-- > 0;) {
+			short rev = s.pfd[2 + i].revents;
+
+			if (rev && svc_handle(&s, &s.c[i], rev) < 0) {
+				svc_close(&s, &s.c[i]);
+				s.c[i] = s.c[--s.n];
+			}
+		}
+		if (s.pfd[0].revents) {
+			svc_accept(&s);
+		}
+	}
+}
+
+/* ==== processes ========================================================== */
+
+struct pstat {
+	double cpu_s;           /* utime + stime */
+	long rss_kib;           /* VmRSS */
+	long ctxsw;             /* voluntary + involuntary context switches */
+};
+
+/* status_field: the number after "name:" in a /proc status text, or -1. */
+static long
+status_field(const char *text, const char *name)
+{
+	const char *p = strstr(text, name);
+
+	if (p == NULL) {
+		return -1;
+	}
+	return strtol(p + strlen(name), NULL, 10);
+}
+
+static int
+pstat_read(pid_t pid, struct pstat *ps)
+{
+	char path[64], *text, *p;
+	unsigned long long ut = 0, st = 0;
+	long v, nv;
+	int field;
+
+	snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
+	text = tl_read_file(path, NULL);
+	/* Fields count from 1; the name (2) may hold spaces, so start after
+	 * its ')'; utime and stime are fields 14 and 15. */
+	p = text ? strrchr(text, ')') : NULL;
+	if (p == NULL) {
+		free(text);
+		return fail("read %s:", path);
+	}
+	for (field = 2; *p != '\0' && field < 15; p++) {
+		if (*p == ' ') {
+			field++;
+			if (field == 14) {
+				ut = strtoull(p + 1, NULL, 10);
+			} else if (field == 15) {
+				st = strtoull(p + 1, NULL, 10);
+			}
+		}
+	}
+	free(text);
+	ps->cpu_s = (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+
+	snprintf(path, sizeof(path), "/proc/%ld/status", (long)pid);
+	text = tl_read_file(path, NULL);
+	if (text == NULL) {
+		return fail("read %s:", path);
+	}
+	ps->rss_kib = status_field(text, "VmRSS:");
+	v = status_field(text, "\nvoluntary_ctxt_switches:");
+	nv = status_field(text, "nonvoluntary_ctxt_switches:");
+	free(text);
+	if (field != 15 || ps->rss_kib < 0 || v < 0 || nv < 0) {
+		return fail("can't parse /proc/%ld/stat or status", (long)pid);
+	}
+	ps->ctxsw = v + nv;
+	return 0;
+}
+
+/* procs_stat: the server's figures into ps[0], the client's into ps[1]. */
+static int
+procs_stat(struct bench *b, struct pstat ps[2])
+{
+	if (pstat_read(b->server.pid, &ps[0]) < 0
+	    || pstat_read(b->client.pid, &ps[1]) < 0) {
+		return -1;
+	}
+	return 0;
+}
+
+/* check_alive: -1, with a message, if a process we started has exited. */
+static int
+check_alive(struct bench *b)
+{
+	struct tl_proc *p[3] = { &b->svc, &b->server, &b->client };
+	char st[32];
+	int i;
+
+	for (i = 0; i < 3; i++) {
+		if (tl_proc_poll(p[i])) {
+			return fail("%s exited (%s)", p[i]->name,
+			            tl_status_str(p[i], st, sizeof(st)));
+		}
+	}
+	if (stop_flag) {
+		return fail("interrupted");
+	}
+	return 0;
+}
+
+/* count_sockets: the sockets pid holds, from /proc/PID/fd; -1 if unknown.
+ * Other descriptors (pipes kept for reuse, say) don't count. */
+static int
+count_sockets(pid_t pid)
+{
+	char path[64], link[320], target[64];
+	struct dirent *e;
+	DIR *d;
+	int n = 0;
+
+	snprintf(path, sizeof(path), "/proc/%ld/fd", (long)pid);
+	d = opendir(path);
+	if (d == NULL) {
+		return -1;
+	}
+	while ((e = readdir(d)) != NULL) {
+		ssize_t len;
+
+		snprintf(link, sizeof(link), "%s/%s", path, e->d_name);
+		len = readlink(link, target, sizeof(target) - 1);
+		if (len > 0) {
+			target[len] = '\0';
+			n += strncmp(target, "socket:", 7) == 0;
+		}
+	}
+	closedir(d);
+	return n;
+}
+
+/* settle: wait until the server and client hold only their idle sockets:
+ * every relayed connection has been torn down.  If they don't,
+ * connections leaked, and whatever they still do would skew every later
+ * number: -1. */
+static int
+settle(struct bench *b)
+{
+	int64_t deadline = tl_now_ms() + SETTLE_MS;
+	int s, c;
+
+	for (;;) {
+		if (check_alive(b) < 0) {
+			return -1;
+		}
+		s = count_sockets(b->server.pid);
+		c = count_sockets(b->client.pid);
+		if (s == b->base_socks[0] && c == b->base_socks[1]) {
+			return 0;
+		}
+		if (tl_now_ms() >= deadline) {
+			break;
+		}
+		tl_pause(5);
+	}
+	return fail("connections leaked: %d ms after the last one closed, the "
+	            "server holds %d sockets (%d when idle), the client %d (%d)",
+	            SETTLE_MS, s, b->base_socks[0], c, b->base_socks[1]);
+}
+
+static int
+start_service(struct bench *b)
+{
+	int lfd = tl_listen("127.0.0.1", 0), life[2];
+	pid_t pid;
+
+	if (lfd < 0 || tl_set_nonblock(lfd) < 0) {
+		return fail("service listen:");
+	}
+	if (pipe(life) < 0) {
+		close(lfd);
+		return fail("pipe:");
+	}
+	b->svc_port = tl_local_port(lfd);
+	fflush(stdout);
+	fflush(stderr);
+	pid = fork();
+	if (pid < 0) {
+		close(lfd);
+		close(life[0]);
+		close(life[1]);
+		return fail("fork:");
+	}
+	if (pid == 0) {
+		signal(SIGINT, SIG_DFL);
+		signal(SIGTERM, SIG_DFL);
+		close(life[1]);
+		svc_main(lfd, life[0]);
+	}
+	close(lfd);
+	close(life[0]);
+	b->svc_life = life[1];
+	b->svc.pid = pid;
+	return 0;
+}
+
+/* start: run argv as p, logging to DIR/NAME.log, and wait for what it
+ * logs once it is ready. */
+static int
+start(struct bench *b, struct tl_proc *p, const char *const argv[],
+      const char *ready)
+{
+	char st[32];
+	int r;
+
+	snprintf(p->log, sizeof(p->log), "%s/%s.log", b->dir, p->name);
+	p->pid = tl_spawn((char *const *)argv, NULL, p->log, NULL);
+	if (p->pid < 0) {
+		return fail("fork:");
+	}
+	r = tl_wait_log(p, ready, START_MS);
+	if (r == 0) {
+		return fail("%s did not log \"%s\" within %d ms (see %s)", p->name,
+		            ready, START_MS, p->log);
+	}
+	if (r < 0) {
+		return fail("%s exited (%s) before logging \"%s\" (see %s)",
+		            p->name, tl_status_str(p, st, sizeof(st)), ready, p->log);
+	}
+	return 0;
+}
+
+static int
+start_tunnel(struct bench *b)
+{
+	int ports[3];
+	char ctl[32], tun[32], pub[32], loc[32];
+	const char *server_argv[] = {
+		"./server", "-control", ctl, "-tunnel", tun, "-public", pub,
+		"-token", TOKEN, NULL
+	};
+	const char *client_argv[] = {
+		"./client", "-remote", ctl, "-local", loc, "-token", TOKEN, NULL
+	};
+
+	if (tl_free_ports("127.0.0.1", ports, 3) < 0) {
+		return fail("free ports:");
+	}
+	b->ctl_port = ports[0];
+	b->tun_port = ports[1];
+	b->pub_port = ports[2];
+	snprintf(ctl, sizeof(ctl), "127.0.0.1:%d", b->ctl_port);
+	snprintf(tun, sizeof(tun), "127.0.0.1:%d", b->tun_port);
+	snprintf(pub, sizeof(pub), "127.0.0.1:%d", b->pub_port);
+	snprintf(loc, sizeof(loc), "127.0.0.1:%d", b->svc_port);
+	if (start(b, &b->server, server_argv, "listening") < 0
+	    || start(b, &b->client, client_argv, "forwarding") < 0) {
+		return -1;
+	}
+	b->port[P_DIRECT] = b->svc_port;
+	b->port[P_TUNNEL] = b->pub_port;
+	return 0;
+}
+
+/* stop_all: end everything we started: client, server, then the service
+ * (closing its lifeline; SIGTERM and SIGKILL if that isn't enough). */
+static void
+stop_all(struct bench *b)
+{
+	if (b->client.pid > 0) {
+		tl_proc_stop(&b->client);
+	}
+	if (b->server.pid > 0) {
+		tl_proc_stop(&b->server);
+	}
+	if (b->svc_life >= 0) {
+		close(b->svc_life);
+		b->svc_life = -1;
+	}
+	if (b->svc.pid > 0 && !tl_proc_wait(&b->svc, 1000)) {
+		tl_proc_stop(&b->svc);
+	}
+}
+
+/* ==== bench-side connections ============================================= */
+
+/* dial: a blocking connection to 127.0.0.1:port with TCP_NODELAY and
+ * IO_TIMEOUT_S send and receive timeouts; -1 with a message. */
+static int
+dial(int port)
+{
+	struct timeval tv = { .tv_sec = IO_TIMEOUT_S, .tv_usec = 0 };
+	int fd = tl_connect("127.0.0.1", port, tl_now_ms() + IO_TIMEOUT_S * 1000);
+	int fl;
+
+	if (fd < 0) {
+		return fail("connect 127.0.0.1:%d:", port);
+	}
+	fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0
+	    || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0
+	    || setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0) {
+		close(fd);
+		return fail("socket options:");
+	}
+	set_nodelay(fd);
+	return fd;
+}
+
+/* send_all, recv_full: n bytes on a blocking socket from dial().  -1 with
+ * a message naming what for on an error, a timeout or an early EOF. */
+static int
+send_all(int fd, const void *buf, size_t n, const char *what)
+{
+	const uint8_t *p = buf;
+
+	while (n > 0) {
+		ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+
+		if (k < 0) {
+			if (retry()) {
+				continue;
+			}
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				errno = ETIMEDOUT;
+			}
+			return fail("%s: send:", what);
+		}
+		p += k;
+		n -= (size_t)k;
+	}
+	return 0;
+}
+
+static int
+recv_full(int fd, void *buf, size_t n, const char *what)
+{
+	uint8_t *p = buf;
+
+	while (n > 0) {
+		ssize_t k = read(fd, p, n);
+
+		if (k == 0) {
+			return fail("%s: EOF with %zu bytes still to come", what, n);
+		}
+		if (k < 0) {
+			if (retry()) {
+				continue;
+			}
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				errno = ETIMEDOUT;
+			}
+			return fail("%s: read:", what);
+		}
+		p += k;
+		n -= (size_t)k;
+	}
+	return 0;
+}
+
+/* echo_once: one 1-byte exchange with an 'e' connection. */
+static int
+echo_once(int fd, const char *what)
+{
+	uint8_t c = 'e';
+
+	if (send_all(fd, &c, 1, what) < 0 || recv_full(fd, &c, 1, what) < 0) {
+		return -1;
+	}
+	if (c != 'e') {
+		return fail("%s: echo came back as 0x%02x", what, c);
+	}
+	return 0;
+}
+
+/* svc_totals: ask the service (directly) what its finished download and
+ * upload connections moved. */
+static int
+svc_totals(struct bench *b, uint64_t *sourced, uint64_t *sunk)
+{
+	uint8_t q = 'q', reply[16];
+	int fd = dial(b->svc_port), rc = -1;
+
+	if (fd < 0) {
+		return -1;
+	}
+	if (send_all(fd, &q, 1, "query") == 0
+	    && recv_full(fd, reply, sizeof(reply), "query") == 0) {
+		*sourced = get_u64(reply);
+		*sunk = get_u64(reply + 8);
+		rc = 0;
+	}
+	close(fd);
+	return rc;
+}
+
+/*
+ * dial_many: connections that each connect, send 'e' and wait for the
+ * echo, up to window of them under way at once.  New ones start until
+ * want have been started (want < 0: no limit) and until stop_at; then the
+ * ones under way finish.  A finished connection is closed, or kept in
+ * kept[] when that is not NULL.  done counts the finished ones (and the
+ * kept ones, which the caller closes, even after a failure).
+ */
+struct dialer {
+	int port;
+	int window;
+	long want;
+	double stop_at;
+	int *kept;
+	long started, done;
+};
+
+enum { D_FREE, D_CONNECTING, D_ECHO };
+
+struct dial_slot {
+	int fd;
+	int state;
+};
+
+/* dial_start: one new connection into slot d; -1 on an error. */
+static int
+dial_start(struct dialer *dl, struct dial_slot *d)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = tl_sockaddr("127.0.0.1", dl->port, &ss);
+	int fd = socket(ss.ss_family, SOCK_STREAM, 0);
+
+	if (fd < 0) {
+		return fail("socket:");
+	}
+	tl_set_nonblock(fd);
+	set_nodelay(fd);
+	if (connect(fd, (struct sockaddr *)&ss, len) < 0 && errno != EINPROGRESS) {
+		close(fd);
+		return fail("connect 127.0.0.1:%d:", dl->port);
+	}
+	d->fd = fd;
+	d->state = D_CONNECTING;
+	dl->started++;
+	return 0;
+}
+
+/* dial_step: slot d's poll() result.  -1 on an error. */
+static int
+dial_step(struct dialer *dl, struct dial_slot *d, short revents)
+{
+	uint8_t c = 'e';
+	int err = 0;
+	socklen_t elen = sizeof(err);
+	ssize_t k;
+
+	if (d->state == D_CONNECTING) {
+		if (getsockopt(d->fd, SOL_SOCKET, SO_ERROR, &err, &elen) < 0 || err) {
+			errno = err ? err : errno;
+			return fail("connect 127.0.0.1:%d:", dl->port);
+		}
+		if (send(d->fd, &c, 1, MSG_NOSIGNAL) != 1) {
+			return fail("send to 127.0.0.1:%d:", dl->port);
+		}
+		d->state = D_ECHO;
+		return 0;
+	}
+	k = read(d->fd, &c, 1);
+	if (k < 0 && (errno == EAGAIN || errno == EINTR) && !(revents & POLLERR)) {
+		return 0;
+	}
+	if (k != 1 || c != 'e') {
+		return fail("no echo from 127.0.0.1:%d: %s", dl->port,
+		            k == 0 ? "EOF" : k < 0 ? strerror(errno) : "wrong byte");
+	}
+	if (dl->kept) {
+		dl->kept[dl->done] = d->fd;
+	} else {
+		close(d->fd);
+	}
+	dl->done++;
+	d->fd = -1;
+	d->state = D_FREE;
+	return 0;
+}
+
+static int
+dial_many(struct dialer *dl, double deadline)
+{
+	struct dial_slot *d = calloc((size_t)dl->window, sizeof(*d));
+	struct pollfd *pfd = calloc((size_t)dl->window, sizeof(*pfd));
+	int i, busy, rc = -1;
+
+	if (d == NULL || pfd == NULL) {
+		fail("out of memory");
+		goto out;
+	}
+	for (i = 0; i < dl->window; i++) {
+		d[i].fd = -1;
+	}
+	for (;;) {
+		double now = now_s();
+
+		busy = 0;
+		for (i = 0; i < dl->window; i++) {
+			if (d[i].state == D_FREE && (dl->want < 0 || dl->started < dl->want)
+			    && now < dl->stop_at && dial_start(dl, &d[i]) < 0) {
+				goto out;
+			}
+			pfd[i].fd = d[i].fd;
+			pfd[i].events = d[i].state == D_CONNECTING ? POLLOUT : POLLIN;
+			pfd[i].revents = 0;
+			busy += d[i].state != D_FREE;
+		}
+		if (busy == 0) {
+			break;
+		}
+		if (now >= deadline || stop_flag) {
+			fail("connections to 127.0.0.1:%d: %s", dl->port,
+			     stop_flag ? "interrupted" : "timed out");
+			goto out;
+		}
+		if (poll(pfd, (nfds_t)dl->window, tl_left(ms_at(deadline))) < 0
+		    && errno != EINTR) {
+			fail("poll:");
+			goto out;
+		}
+		for (i = 0; i < dl->window; i++) {
+			if (pfd[i].revents && dial_step(dl, &d[i], pfd[i].revents) < 0) {
+				goto out;
+			}
+		}
+	}
+	rc = 0;
+out:
+	for (i = 0; d && i < dl->window; i++) {
+		if (d[i].fd >= 0) {
+			close(d[i].fd);
+		}
+	}
+	free(d);
+	free(pfd);
+	return rc;
+}
+
+/* echo_all: one 1-byte exchange on each of fds[0..n), all at once. */
+static int
+echo_all(const int *fds, int n, double deadline)
+{
+	struct pollfd *pfd = calloc((size_t)n, sizeof(*pfd));
+	uint8_t c = 'e';
+	int i, left = n, rc = -1;
+
+	if (pfd == NULL) {
+		return fail("out of memory");
+	}
+	for (i = 0; i < n; i++) {
+		if (send(fds[i], &c, 1, MSG_NOSIGNAL) != 1) {
+			fail("send on held connection %d:", i);
+			goto out;
+		}
+		pfd[i].fd = fds[i];
+		pfd[i].events = POLLIN;
+	}
+	while (left > 0) {
+		int r = poll(pfd, (nfds_t)n, tl_left(ms_at(deadline)));
+
+		if (r < 0 && retry()) {
+			continue;
+		}
+		if (r <= 0) {
+			fail("%d of %d held connections did not echo", left, n);
+			goto out;
+		}
+		for (i = 0; i < n; i++) {
+			if (pfd[i].revents == 0) {
+				continue;
+			}
+			if (read(fds[i], &c, 1) != 1 || c != 'e') {
+				fail("held connection %d: no echo", i);
+				goto out;
+			}
+			pfd[i].fd = -1;         /* poll() skips it from now on */
+			left--;
+		}
+	}
+	rc = 0;
+out:
+	free(pfd);
+	return rc;
+}
+
+/* ==== measurements ======================================================= */
+
+/*
+ * Each run_* measures one path once and stores what it measured in
+ * out[metric]; the metrics it doesn't measure stay NaN.  0, or -1 with a
+ * message.
+ */
+
+static int
+run_upload(struct bench *b, int path, double *out)
+{
+	uint8_t mode = 'u', reply[8];
+	uint64_t sent = 0, got;
+	double t0, end;
+	int fd = dial(b->port[path]);
+
+	if (fd < 0 || send_all(fd, &mode, 1, "upload") < 0) {
+		goto fail;
+	}
+	t0 = now_s();
+	end = t0 + b->o.tput_s;
+	while (now_s() < end) {
+		ssize_t k = send(fd, b->buf, IO_BUF, MSG_NOSIGNAL);
+
+		if (k < 0) {
+			if (retry()) {
+				continue;
+			}
+			fail("upload: send:");
+			goto fail;
+		}
+		sent += (uint64_t)k;
+	}
+	shutdown(fd, SHUT_WR);
+	if (recv_full(fd, reply, sizeof(reply), "upload count") < 0) {
+		goto fail;
+	}
+	out[M_UP] = gbits(sent, now_s() - t0);
+	got = get_u64(reply);
+	close(fd);
+	if (got != sent) {
+		return fail("upload over %s: sent %llu bytes, the service got %llu",
+		            path_names[path], (unsigned long long)sent,
+		            (unsigned long long)got);
+	}
+	return 0;
+fail:
+	if (fd >= 0) {
+		close(fd);
+	}
+	return -1;
+}
+
+/* check_sourced: what the service says its download connections sent
+ * since *before must equal what we got. */
+static int
+check_sourced(struct bench *b, int path, uint64_t before, uint64_t got)
+{
+	uint64_t sourced, sunk;
+
+	if (svc_totals(b, &sourced, &sunk) < 0) {
+		return -1;
+	}
+	if (sourced - before != got) {
+		return fail("download over %s: the service sent %llu bytes, we got "
+		            "%llu", path_names[path],
+		            (unsigned long long)(sourced - before),
+		            (unsigned long long)got);
+	}
+	return 0;
+}
+
+static int
+run_download(struct bench *b, int path, double *out)
+{
+	struct pstat p0[2], p1[2];
+	uint8_t mode = 'd';
+	uint64_t before, sunk, got = 0;
+	double t0 = 0, t1, now;
+	int fd = -1, stopped = 0;
+
+	if (svc_totals(b, &before, &sunk) < 0
+	    || (path == P_TUNNEL && procs_stat(b, p0) < 0)
+	    || (fd = dial(b->port[path])) < 0
+	    || send_all(fd, &mode, 1, "download") < 0) {
+		goto fail;
+	}
+	for (;;) {
+		ssize_t k = read(fd, b->buf, IO_BUF);
+
+		if (k == 0) {
+			break;
+		}
+		if (k < 0) {
+			if (retry()) {
+				continue;
+			}
+			fail("download: read:");
+			goto fail;
+		}
+		now = now_s();
+		if (got == 0) {
+			t0 = now;       /* the clock starts with the first byte */
+		}
+		got += (uint64_t)k;
+		if (!stopped && now >= t0 + b->o.tput_s) {
+			if (send_all(fd, "s", 1, "download stop") < 0) {
+				goto fail;
+			}
+			stopped = 1;
+		}
+		if (now > t0 + b->o.tput_s + SLACK_S) {
+			fail("download over %s: no EOF after the stop", path_names[path]);
+			goto fail;
+		}
+	}
+	t1 = now_s();
+	close(fd);
+	if (!stopped) {
+		return fail("download over %s: EOF before the stop",
+		            path_names[path]);
+	}
+	if (check_sourced(b, path, before, got) < 0) {
+		return -1;
+	}
+	out[M_DOWN] = gbits(got, t1 - t0);
+	if (path == P_TUNNEL) {
+		if (procs_stat(b, p1) < 0) {
+			return -1;
+		}
+		out[M_SRV_CPU_GIB] = (p1[0].cpu_s - p0[0].cpu_s) / ((double)got / GIB);
+		out[M_CLI_CPU_GIB] = (p1[1].cpu_s - p0[1].cpu_s) / ((double)got / GIB);
+	}
+	return 0;
+fail:
+	if (fd >= 0) {
+		close(fd);
+	}
+	return -1;
+}
+
+/* drain: read fd until EAGAIN; adds to *got.  1 at EOF, 0, or -1. */
+static int
+drain(struct bench *b, int fd, uint64_t *got)
+{
+	int i;
+
+	for (i = 0; i < 16; i++) {
+		ssize_t k = read(fd, b->buf, IO_BUF);
+
+		if (k == 0) {
+			return 1;
+		}
+		if (k < 0) {
+			if (retry()) {
+				continue;
+			}
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				return 0;
+			}
+			return fail("download: read:");
+		}
+		*got += (uint64_t)k;
+	}
+	return 0;
+}
+
+static int
+run_download8(struct bench *b, int path, double *out)
+{
+	struct pollfd pfd[STREAMS];
+	int fd[STREAMS], eof[STREAMS] = { 0 }, i, left = STREAMS, stopped = 0;
+	uint64_t before, sunk, got = 0;
+	double t0 = 0, deadline = now_s() + b->o.tput_s + SLACK_S;
+	int rc = -1;
+
+	for (i = 0; i < STREAMS; i++) {
+		fd[i] = -1;
+	}
+	if (svc_totals(b, &before, &sunk) < 0) {
+		return -1;
+	}
+	for (i = 0; i < STREAMS; i++) {
+		fd[i] = tl_connect("127.0.0.1", b->port[path], ms_at(deadline));
+		if (fd[i] < 0) {
+			fail("connect 127.0.0.1:%d:", b->port[path]);
+			goto out;
+		}
+		set_nodelay(fd[i]);
+		if (tl_write_all(fd[i], "d", 1, ms_at(deadline)) < 0) {
+			fail("download: send:");
+			goto out;
+		}
+	}
+	while (left > 0) {
+		double now = now_s();
+
+		if (!stopped && got > 0 && now >= t0 + b->o.tput_s) {
+			for (i = 0; i < STREAMS; i++) {
+				if (!eof[i] && tl_write_all(fd[i], "s", 1, ms_at(deadline)) < 0) {
+					fail("download stop: send:");
+					goto out;
+				}
+			}
+			stopped = 1;
+		}
+		if (now >= deadline || stop_flag) {
+			fail("download over %s: %d streams did not end", path_names[path],
+			     left);
+			goto out;
+		}
+		for (i = 0; i < STREAMS; i++) {
+			pfd[i].fd = eof[i] ? -1 : fd[i];
+			pfd[i].events = POLLIN;
+			pfd[i].revents = 0;
+		}
+		if (poll(pfd, STREAMS, 100) < 0 && !retry()) {
+			fail("poll:");
+			goto out;
+		}
+		for (i = 0; i < STREAMS; i++) {
+			uint64_t had = got;
+			int r;
+
+			if (pfd[i].revents == 0) {
+				continue;
+			}
+			r = drain(b, fd[i], &got);
+			if (r < 0) {
+				goto out;
+			}
+			if (had == 0 && got > 0) {
+				t0 = now_s();
+			}
+			if (r == 1) {
+				eof[i] = 1;
+				left--;
+			}
+		}
+	}
+	out[M_DOWN8] = gbits(got, now_s() - t0);
+	if (!stopped) {
+		fail("download over %s: EOF before the stop", path_names[path]);
+		goto out;
+	}
+	rc = 0;
+out:
+	for (i = 0; i < STREAMS; i++) {
+		if (fd[i] >= 0) {
+			close(fd[i]);
+		}
+	}
+	if (rc == 0) {
+		rc = check_sourced(b, path, before, got);
+	}
+	return rc;
+}
+
+static int
+run_rr(struct bench *b, int path, double *out)
+{
+	struct samples s = { NULL, 0, 0 };
+	double t, end;
+	int fd = dial(b->port[path]), rc = -1;
+
+	/* The first exchange picks the mode and, tunneled, waits for the
+	 * JOIN: it is not timed. */
+	if (fd < 0 || echo_once(fd, "rr") < 0) {
+		goto out;
+	}
+	end = now_s() + b->o.short_s;
+	while ((t = now_s()) < end) {
+		if (echo_once(fd, "rr") < 0 || samples_add(&s, now_s() - t) < 0) {
+			goto out;
+		}
+	}
+	out[M_RR_P99] = percentile(s.v, s.n, 0.99) * 1e6;
+	out[M_RR_P50] = percentile(s.v, s.n, 0.50) * 1e6;
+	rc = 0;
+out:
+	if (fd >= 0) {
+		close(fd);
+	}
+	free(s.v);
+	return rc;
+}
+
+/* rr10_round: the poll() results of the rr10 connections: record each
+ * echo and send the next request until end.  *busy counts the ones
+ * waiting for an echo. */
+static int
+rr10_round(const struct pollfd *pfd, double *sent_at, struct samples *s,
+           double end, int *busy)
+{
+	uint8_t c;
+	int i;
+
+	for (i = 0; i < CONCURRENCY; i++) {
+		double now;
+		ssize_t k;
+
+		if (pfd[i].revents == 0) {
+			continue;
+		}
+		k = read(pfd[i].fd, &c, 1);
+		if (k < 0 && (errno == EAGAIN || errno == EINTR)) {
+			continue;
+		}
+		if (k != 1 || c != 'e') {
+			return fail("rr: no echo: %s", k == 0 ? "EOF"
+			            : k < 0 ? strerror(errno) : "wrong byte");
+		}
+		now = now_s();
+		if (samples_add(s, now - sent_at[i]) < 0) {
+			return -1;
+		}
+		if (now >= end) {
+			(*busy)--;
+			continue;
+		}
+		sent_at[i] = now;
+		if (send(pfd[i].fd, &c, 1, MSG_NOSIGNAL) != 1) {
+			return fail("rr: send:");
+		}
+	}
+	return 0;
+}
+
+static int
+run_rr10(struct bench *b, int path, double *out)
+{
+	struct pollfd pfd[CONCURRENCY];
+	struct samples s = { NULL, 0, 0 };
+	double sent_at[CONCURRENCY], t0, end;
+	double deadline = now_s() + b->o.short_s + SLACK_S;
+	uint8_t c = 'e';
+	int fd[CONCURRENCY], i, busy = 0, rc = -1;
+
+	for (i = 0; i < CONCURRENCY; i++) {
+		fd[i] = -1;
+	}
+	/* Connect and pick the mode first (untimed), as in run_rr. */
+	for (i = 0; i < CONCURRENCY; i++) {
+		fd[i] = tl_connect("127.0.0.1", b->port[path], ms_at(deadline));
+		if (fd[i] < 0) {
+			fail("connect 127.0.0.1:%d:", b->port[path]);
+			goto out;
+		}
+		set_nodelay(fd[i]);
+		if (tl_write_all(fd[i], &c, 1, ms_at(deadline)) < 0
+		    || tl_read_full(fd[i], &c, 1, ms_at(deadline)) != 1) {
+			fail("rr: no first echo:");
+			goto out;
+		}
+		pfd[i].fd = fd[i];
+		pfd[i].events = POLLIN;
+	}
+	t0 = now_s();
+	end = t0 + b->o.short_s;
+	for (i = 0; i < CONCURRENCY; i++) {
+		sent_at[i] = now_s();
+		if (send(fd[i], &c, 1, MSG_NOSIGNAL) != 1) {
+			fail("rr: send:");
+			goto out;
+		}
+		busy++;
+	}
+	while (busy > 0) {
+		int r = poll(pfd, CONCURRENCY, tl_left(ms_at(deadline)));
+
+		if (r < 0 && retry()) {
+			continue;
+		}
+		if (r <= 0) {
+			fail("rr over %s: %d echoes did not come", path_names[path], busy);
+			goto out;
+		}
+		if (rr10_round(pfd, sent_at, &s, end, &busy) < 0) {
+			goto out;
+		}
+	}
+	out[M_RR10_RATE] = (double)s.n / (now_s() - t0);
+	out[M_RR10_P99] = percentile(s.v, s.n, 0.99) * 1e6;
+	rc = 0;
+out:
+	for (i = 0; i < CONCURRENCY; i++) {
+		if (fd[i] >= 0) {
+			close(fd[i]);
+		}
+	}
+	free(s.v);
+	return rc;
+}
+
+/* conn_rate: new connections per second, window of them in flight. */
+static int
+conn_rate(struct bench *b, int path, int window, double *rate)
+{
+	double t0 = now_s();
+	struct dialer dl = {
+		.port = b->port[path], .window = window, .want = -1,
+		.stop_at = t0 + b->o.short_s, .kept = NULL,
+	};
+
+	if (dial_many(&dl, t0 + b->o.short_s + SLACK_S) < 0) {
+		return -1;
+	}
+	*rate = (double)dl.done / (now_s() - t0);
+	return 0;
+}
+
+static int
+run_conn_seq(struct bench *b, int path, double *out)
+{
+	return conn_rate(b, path, 1, &out[M_CONN_SEQ]);
+}
+
+static int
+run_conn10(struct bench *b, int path, double *out)
+{
+	return conn_rate(b, path, CONCURRENCY, &out[M_CONN_10]);
+}
+
+/* run_held: RSS, CPU and context switches of the server and client while
+ * they hold o.conns idle tunneled connections for o.idle_s; then every
+ * connection must still echo. */
+static int
+run_held(struct bench *b)
+{
+	struct pstat p0[2], p1[2];
+	int n = b->o.conns, *fds = calloc((size_t)n, sizeof(int)), rc = -1;
+	double deadline = now_s() + SLACK_S + n / 100.0;
+	struct dialer dl = {
+		.port = b->pub_port, .window = RAMP_WINDOW, .want = n,
+		.stop_at = INFINITY, .kept = fds,
+	};
+	long i;
+
+	if (fds == NULL) {
+		return fail("out of memory");
+	}
+	if (dial_many(&dl, deadline) < 0 || procs_stat(b, p0) < 0) {
+		goto out;
+	}
+	tl_pause((int)(b->o.idle_s * 1000));    /* the measurement window */
+	if (procs_stat(b, p1) < 0) {
+		goto out;
+	}
+	b->result[M_SRV_RSS_HELD][P_TUNNEL] = (double)p1[0].rss_kib;
+	b->result[M_CLI_RSS_HELD][P_TUNNEL] = (double)p1[1].rss_kib;
+	b->result[M_SRV_CPU_HELD][P_TUNNEL] =
+	    (p1[0].cpu_s - p0[0].cpu_s) * 1000 / b->o.idle_s;
+	b->result[M_CLI_CPU_HELD][P_TUNNEL] =
+	    (p1[1].cpu_s - p0[1].cpu_s) * 1000 / b->o.idle_s;
+	b->result[M_SRV_WAKE_HELD][P_TUNNEL] =
+	    (double)(p1[0].ctxsw - p0[0].ctxsw) / b->o.idle_s;
+	b->result[M_CLI_WAKE_HELD][P_TUNNEL] =
+	    (double)(p1[1].ctxsw - p0[1].ctxsw) / b->o.idle_s;
+	rc = echo_all(fds, n, deadline);
+out:
+	for (i = 0; i < dl.done; i++) {
+		close(fds[i]);
+	}
+	free(fds);
+	if (rc == 0) {
+		rc = settle(b);
+	}
+	return rc;
+}
+
+/* ==== the run ============================================================ */
+
+typedef int (*run_fn)(struct bench *b, int path, double *out);
+
+struct phase {
+	const char *name;
+	run_fn fn;
+};
+
+static const struct phase phases[] = {
+	{ "upload, 1 stream", run_upload },
+	{ "download, 1 stream", run_download },
+	{ "download, 8 streams", run_download8 },
+	{ "1-byte round trips, 1 connection", run_rr },
+	{ "1-byte round trips, 10 connections", run_rr10 },
+	{ "new connections, sequential", run_conn_seq },
+	{ "new connections, 10 in flight", run_conn10 },
+};
+
+/*
+ * run_phase: ph over both paths, o.repeat times each, alternating which
+ * goes first (direct, tunnel, tunnel, direct, ...); each metric's result
+ * is the median of its runs.  After each tunnel run the server and client
+ * must close every relayed socket.
+ */
+static int
+run_phase(struct bench *b, const struct phase *ph)
+{
+	double s[MAX_REPEAT][P_COUNT][M_COUNT], v[MAX_REPEAT];
+	int r, i, m, p;
+
+	fprintf(stderr, "bench: %s\n", ph->name);
+	for (r = 0; r < b->o.repeat; r++) {
+		for (p = 0; p < P_COUNT; p++) {
+			for (m = 0; m < M_COUNT; m++) {
+				s[r][p][m] = NAN;
+			}
+		}
+		for (i = 0; i < P_COUNT; i++) {
+			p = r % 2 ? P_COUNT - 1 - i : i;
+			if (check_alive(b) < 0) {
+				return -1;
+			}
+			if (ph->fn(b, p, s[r][p]) < 0) {
+				check_alive(b);         /* names a process that died */
+				return fail("%s over %s failed", ph->name, path_names[p]);
+			}
+			if (p == P_TUNNEL && settle(b) < 0) {
+				return fail("%s over %s failed", ph->name, path_names[p]);
+			}
+		}
+	}
+	for (m = 0; m < M_COUNT; m++) {
+		for (p = 0; p < P_COUNT; p++) {
+			int n = 0;
+
+			for (r = 0; r < b->o.repeat; r++) {
+				if (!isnan(s[r][p][m])) {
+					v[n++] = s[r][p][m];
+				}
+			}
+			if (n > 0) {
+				b->result[m][p] = median(v, (size_t)n);
+			}
+		}
+	}
+	return 0;
+}
+
+/* run_all: start everything, check both paths work, then measure. */
+static int
+run_all(struct bench *b)
+{
+	struct pstat ps[2];
+	size_t i;
+	int fd;
+
+	if (start_service(b) < 0 || start_tunnel(b) < 0) {
+		return -1;
+	}
+	/* Attached, no user yet: this is idle. */
+	b->base_socks[0] = count_sockets(b->server.pid);
+	b->base_socks[1] = count_sockets(b->client.pid);
+	if (procs_stat(b, ps) < 0) {
+		return -1;
+	}
+	b->result[M_SRV_RSS_IDLE][P_TUNNEL] = (double)ps[0].rss_kib;
+	b->result[M_CLI_RSS_IDLE][P_TUNNEL] = (double)ps[1].rss_kib;
+	for (i = 0; i < P_COUNT; i++) {
+		fd = dial(b->port[i]);
+		if (fd < 0 || echo_once(fd, path_names[i]) < 0) {
+			if (fd >= 0) {
+				close(fd);
+			}
+			return fail("no echo over the %s path", path_names[i]);
+		}
+		close(fd);
+	}
+	if (settle(b) < 0) {
+		return -1;
+	}
+	fprintf(stderr, "bench: %d idle tunneled connections\n", b->o.conns);
+	if (check_alive(b) < 0 || run_held(b) < 0) {
+		return -1;
+	}
+	for (i = 0; i < sizeof(phases) / sizeof(phases[0]); i++) {
+		if (run_phase(b, &phases[i]) < 0) {
+			return -1;
+		}
+	}
+	if (check_alive(b) < 0 || procs_stat(b, ps) < 0) {
+		return -1;
+	}
+	b->result[M_SRV_RSS_END][P_TUNNEL] = (double)ps[0].rss_kib;
+	b->result[M_CLI_RSS_END][P_TUNNEL] = (double)ps[1].rss_kib;
+	return 0;
+}
+
+/* ==== report ============================================================= */
+
+static void
+metric_name(const struct bench *b, int m, char *buf, size_t len)
+{
+	if (metric_info[m].held) {
+		snprintf(buf, len, "%s with %d idle conns", metric_info[m].name,
+		         b->o.conns);
+	} else {
+		snprintf(buf, len, "%s", metric_info[m].name);
+	}
+}
+
+/* fmt_value: x with the metric's decimals, or "-" when not measured. */
+static const char *
+fmt_value(double x, int decimals, char *buf, size_t len)
+{
+	if (isnan(x)) {
+		snprintf(buf, len, "-");
+	} else {
+		snprintf(buf, len, "%.*f", decimals, x);
+	}
+	return buf;
+}
+
+static double
+ratio(const struct bench *b, int m)
+{
+	double d = b->result[m][P_DIRECT], t = b->result[m][P_TUNNEL];
+
+	return isnan(d) || isnan(t) || d == 0 ? NAN : t / d;
+}
+
+/* commit_id: git rev-parse --short HEAD, or "unknown". */
+static void
+commit_id(char *buf, size_t len)
+{
+	FILE *f = popen("git rev-parse --short HEAD 2>/dev/null", "r");
+	size_t n;
+
+	snprintf(buf, len, "unknown");
+	if (f == NULL) {
+		return;
+	}
+	if (fgets(buf, (int)len, f) == NULL || buf[0] == '\n') {
+		snprintf(buf, len, "unknown");
+	}
+	n = strcspn(buf, "\r\n");
+	buf[n] = '\0';
+	pclose(f);
+}
+
+static void
+print_table(const struct bench *b, const char *commit, const char *date,
+            int complete)
+{
+	char name[64], d[32], t[32], r[32];
+	int m;
+
+	printf("\ndialback bench%s, commit %s, %s, %ld CPUs, %d repeats, "
+	       "%.2g s throughput runs, %.2g s others (medians)\n\n",
+	       complete ? "" : " (FAILED, incomplete)", commit, date,
+	       sysconf(_SC_NPROCESSORS_ONLN), b->o.repeat, b->o.tput_s,
+	       b->o.short_s);
+	printf("%-44s %-7s %11s %11s %7s\n", "metric", "unit", "direct", "tunnel",
+	       "ratio");
+	for (m = 0; m < M_COUNT; m++) {
+		const struct metric_info *mi = &metric_info[m];
+		double x = ratio(b, m);
+
+		metric_name(b, m, name, sizeof(name));
+		printf("%-44s %-7s %11s %11s %7s%s\n", name, mi->unit,
+		       fmt_value(b->result[m][P_DIRECT], mi->decimals, d, sizeof(d)),
+		       fmt_value(b->result[m][P_TUNNEL], mi->decimals, t, sizeof(t)),
+		       fmt_value(x, 2, r, sizeof(r)),
+		       isnan(x) ? "" : mi->lower_better ? "  (lower is better)"
+		                                        : "  (higher is better)");
+	}
+	printf("\nratio = tunnel / direct.  Footprint rows are the server's and "
+	       "client's own.\n");
+}
+
+static int
+write_csv(const struct bench *b, const char *commit, const char *date)
+{
+	char name[64], d[32], t[32], r[32];
+	FILE *f = fopen(b->o.csv, "w");
+	int m;
+
+	if (f == NULL) {
+		return fail("%s:", b->o.csv);
+	}
+	fprintf(f, "metric,unit,direct,tunnel,ratio,commit,date\n");
+	for (m = 0; m < M_COUNT; m++) {
+		const struct metric_info *mi = &metric_info[m];
+		double x = ratio(b, m);
+
+		metric_name(b, m, name, sizeof(name));
+		fprintf(f, "%s,%s,%s,%s,%s,%s,%s\n", name, mi->unit,
+		        isnan(b->result[m][P_DIRECT]) ? ""
+		        : fmt_value(b->result[m][P_DIRECT], mi->decimals, d, sizeof(d)),
+		        isnan(b->result[m][P_TUNNEL]) ? ""
+		        : fmt_value(b->result[m][P_TUNNEL], mi->decimals, t, sizeof(t)),
+		        isnan(x) ? "" : fmt_value(x, 2, r, sizeof(r)), commit, date);
+	}
+	if (fclose(f) != 0) {
+		return fail("%s:", b->o.csv);
+	}
+	return 0;
+}
+
+/* report: the table on stdout; with complete set, the CSV too (a failed
+ * run's table shows what was measured before it failed). */
+static int
+report(const struct bench *b, int complete)
+{
+	char commit[64], date[32];
+	time_t now = time(NULL);
+	struct tm tm;
+	int m, any = 0;
+
+	for (m = 0; m < M_COUNT; m++) {
+		any |= !isnan(b->result[m][P_TUNNEL]);
+	}
+	if (!any) {
+		return 0;
+	}
+	commit_id(commit, sizeof(commit));
+	gmtime_r(&now, &tm);
+	strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	print_table(b, commit, date, complete);
+	if (!complete) {
+		return 0;
+	}
+	if (write_csv(b, commit, date) < 0) {
+		return -1;
+	}
+	printf("wrote %s\n", b->o.csv);
+	return 0;
+}
+
+/* ==== main =============================================================== */
+
+static void
+usage(FILE *f)
+{
+	fprintf(f,
+	    "usage: tests/bench [-quick] [-conns N] [-repeat R] [-time SECONDS] "
+	    "[-csv FILE]\n"
+	    "  -quick          a smoke run of a few seconds (200 conns, 1 repeat)\n"
+	    "  -conns N        idle tunneled connections to hold (default 1000)\n"
+	    "  -repeat R       runs per metric and path, median kept (default 3)\n"
+	    "  -time SECONDS   one throughput run (default 2)\n"
+	    "  -csv FILE       where the numbers go (default bench.csv)\n");
+}
+
+static void
+on_signal(int sig)
+{
+	(void)sig;
+	stop_flag = 1;
+}
+
+/* flag_is: whether arg is -name or --name. */
+static int
+flag_is(const char *arg, const char *name)
+{
+	if (arg[0] == '-' && arg[1] == '-') {
+		arg++;
+	}
+	return arg[0] == '-' && strcmp(arg + 1, name) == 0;
+}
+
+/* parse_opts: the flags into o; -1 after a message for a bad one. */
+static int
+parse_opts(int argc, char **argv, struct opts *o)
+{
+	int i, quick = 0, conns = -1, repeat = -1;
+	double secs = -1;
+	char *end;
+
+	o->csv = "bench.csv";
+	for (i = 1; i < argc; i++) {
+		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+
+		if (flag_is(a, "quick")) {
+			quick = 1;
+			continue;
+		}
+		if (flag_is(a, "h") || flag_is(a, "help")) {
+			usage(stdout);
+			exit(0);
+		}
+		if (v == NULL) {
+			goto bad;
+		}
+		i++;
+		if (flag_is(a, "conns")) {
+			conns = (int)strtol(v, &end, 10);
+			if (*end != '\0' || conns < 1 || conns > 100000) {
+				goto bad;
+			}
+		} else if (flag_is(a, "repeat")) {
+			repeat = (int)strtol(v, &end, 10);
+			if (*end != '\0' || repeat < 1 || repeat > MAX_REPEAT) {
+				goto bad;
+			}
+		} else if (flag_is(a, "time")) {
+			secs = strtod(v, &end);
+			if (*end != '\0' || !(secs >= 0.05 && secs <= 60)) {
+				goto bad;
+			}
+		} else if (flag_is(a, "csv")) {
+			o->csv = v;
+		} else {
+			i--;
+			goto bad;
+		}
+	}
+	o->quick = quick;
+	o->conns = conns > 0 ? conns : quick ? 200 : 1000;
+	o->repeat = repeat > 0 ? repeat : quick ? 1 : 3;
+	o->tput_s = secs > 0 ? secs : quick ? 0.3 : 2.0;
+	o->short_s = quick ? 0.15 : 1.0;
+	o->idle_s = 1.0;
+	return 0;
+bad:
+	fprintf(stderr, "bench: bad flag or value: %s\n", argv[i]);
+	usage(stderr);
+	return -1;
+}
+
+/* raise_nofile: the descriptor limit to its hard limit, for us and the
+ * processes we start; fewer held connections if even that is too low. */
+static void
+raise_nofile(struct opts *o)
+{
+	struct rlimit rl;
+	long room;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+		return;
+	}
+	rl.rlim_cur = rl.rlim_max;
+	setrlimit(RLIMIT_NOFILE, &rl);
+	getrlimit(RLIMIT_NOFILE, &rl);
+	/* The server holds two descriptors per connection, plus some. */
+	room = rl.rlim_cur == RLIM_INFINITY ? 1000000 : ((long)rl.rlim_cur - 64) / 2;
+	if (o->conns > room) {
+		fprintf(stderr, "bench: descriptor limit %ld: holding %ld "
+		        "connections, not %d\n", (long)rl.rlim_cur, room, o->conns);
+		o->conns = (int)room;
+	}
+}
+
+/* remove_logs: the log directory after a good run. */
+static void
+remove_logs(struct bench *b)
+{
+	const char *names[] = { "server.log", "client.log" };
+	char path[128];
+	size_t i;
+
+	for (i = 0; i < 2; i++) {
+		snprintf(path, sizeof(path), "%s/%s", b->dir, names[i]);
+		unlink(path);
+	}
+	rmdir(b->dir);
+}
+
+int
+main(int argc, char **argv)
+{
+	struct sigaction sa;
+	struct bench b;
+	int rc, m, p;
+	double t0 = now_s();
+
+	memset(&b, 0, sizeof(b));
+	b.svc_life = -1;
+	snprintf(b.svc.name, sizeof(b.svc.name), "service");
+	snprintf(b.server.name, sizeof(b.server.name), "server");
+	snprintf(b.client.name, sizeof(b.client.name), "client");
+	for (m = 0; m < M_COUNT; m++) {
+		for (p = 0; p < P_COUNT; p++) {
+			b.result[m][p] = NAN;
+		}
+	}
+	if (parse_opts(argc, argv, &b.o) < 0) {
+		return 2;
+	}
+	if (access("./server", X_OK) != 0 || access("./client", X_OK) != 0) {
+		fail("./server and ./client must be built (make), and this run from "
+		     "the top directory");
+		return 1;
+	}
+	/* No SA_RESTART: a signal ends blocking calls, and the loops check
+	 * stop_flag, so ^C stops the run and still cleans up. */
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	raise_nofile(&b.o);
+	snprintf(b.dir, sizeof(b.dir), "%s/dialback-bench.XXXXXX",
+	         getenv("TMPDIR") && strlen(getenv("TMPDIR")) < 32
+	         ? getenv("TMPDIR") : "/tmp");
+	b.buf = calloc(1, IO_BUF);
+	if (b.buf == NULL || mkdtemp(b.dir) == NULL) {
+		fail("%s:", b.buf ? b.dir : "out of memory");
+		return 1;
+	}
+
+	rc = run_all(&b);
+	stop_all(&b);
+	if (report(&b, rc == 0) < 0) {
+		rc = -1;
+	}
+	free(b.buf);
+	if (rc == 0) {
+		remove_logs(&b);
+		fprintf(stderr, "bench: done in %.1f s\n", now_s() - t0);
+		return 0;
+	}
+	fprintf(stderr, "bench: FAILED after %.1f s; logs in %s\n", now_s() - t0,
+	        b.dir);
+	return 1;
+}

@@ -1,0 +1,2176 @@
+/*
+ * Feature tests: several clients on one server (-ports/-port), the PROXY
+ * protocol (-proxy-protocol v1|v2, checked by a parser of our own and by a
+ * real nginx), SIGUSR1 status, and a real browser loading a page through
+ * the tunnel.  Run from the repository root:
+ *
+ *     ./tests/features [NAME-SUBSTRING]
+ *
+ * Like tests/e2e: each test starts its own processes, logs each to a file
+ * in a fresh temporary directory, waits for conditions with deadlines,
+ * compares bytes exactly, and stops only the PIDs it started.  nginx and
+ * chromium are used when installed and skipped otherwise, except that with
+ * CI=true in the environment a missing one is a failure.  With
+ * FEATURES_KEEP set, logs are kept after a pass too.  Output is
+ * "ok - NAME" or "FAIL - NAME: why" per test, then
+ * "features: N passed, N failed".
+ *
+ * tests/features --pp-service ADDR is the PROXY-protocol test service: it
+ * accepts one connection at a time, reads it to EOF, parses the PROXY
+ * header at its start (HAProxy's proxy-protocol.txt, version 1 and 2), and
+ * answers one line describing what it found, then closes.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tests/testlib.h"
+#include "sha256.h"
+
+#define START_MS     15000   /* a process reaches "listening"/"forwarding" */
+#define IO_MS        15000   /* one user's exchange */
+#define STOP_MS      3000    /* SIGTERM to exit */
+#define GONE_MS      5000    /* a port closes after its client left */
+#define WATCHDOG_S   120     /* a test that takes longer is killed */
+#define MAX_PROCS    12
+#define TAIL_LINES   30
+#define RANGE_N      5       /* ports in the test's -ports range */
+
+static const char *const sanitizer_marks[] = {
+	"AddressSanitizer", "LeakSanitizer", "runtime error:", NULL
+};
+
+static const char *self_path = "./tests/features";
+
+/* ---- per-test state ------------------------------------------------------- */
+
+struct test {
+	const char *name;
+	char dir[128];
+	struct tl_proc procs[MAX_PROCS];
+	int group[MAX_PROCS];        /* runs in its own process group */
+	int tool[MAX_PROCS];         /* nginx, chromium: not built here */
+	int nprocs;
+	int fds[64];                 /* user sockets still open */
+	int nfds;
+	int failed;
+	char why[1024];
+	const char *skip;
+	int ctl, tun, pub;           /* ports */
+};
+
+static struct test *current;     /* for the watchdog only */
+static int n_passed, n_failed;
+
+static int fail(struct test *t, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* fail: record why the test failed (the first reason wins); returns -1. */
+static int
+fail(struct test *t, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!t->failed) {
+		va_start(ap, fmt);
+		vsnprintf(t->why, sizeof(t->why), fmt, ap);
+		va_end(ap);
+		t->failed = 1;
+	}
+	return -1;
+}
+
+/* kill_proc: SIGKILL p, and its process group if it has one of its own. */
+static void
+kill_proc(struct test *t, int i)
+{
+	if (t->procs[i].done || t->procs[i].pid <= 0) {
+		return;
+	}
+	if (t->group[i]) {
+		kill(-t->procs[i].pid, SIGKILL);
+	}
+	kill(t->procs[i].pid, SIGKILL);
+}
+
+static void
+on_alarm(int sig)
+{
+	char buf[256];
+	int i, n;
+
+	(void)sig;
+	if (current != NULL) {
+		for (i = 0; i < current->nprocs; i++) {
+			kill_proc(current, i);
+		}
+		n = snprintf(buf, sizeof(buf),
+		             "FAIL - %s: watchdog: still running after %d s; "
+		             "logs in %s\nfeatures: %d passed, %d failed\n",
+		             current->name, WATCHDOG_S, current->dir, n_passed,
+		             n_failed + 1);
+		if (n > 0 && write(1, buf, (size_t)n) < 0) {
+			/* Nothing left to tell. */
+		}
+	}
+	_exit(1);
+}
+
+/* ---- small helpers -------------------------------------------------------- */
+
+/* fmt_addr: "127.0.0.1:P" or "[::1]:P" into buf (64 bytes). */
+static const char *
+fmt_addr(char *buf, const char *host, int port)
+{
+	if (strchr(host, ':')) {
+		snprintf(buf, 64, "[%s]:%d", host, port);
+	} else {
+		snprintf(buf, 64, "%s:%d", host, port);
+	}
+	return buf;
+}
+
+/* sa_str: a socket address as "IP:PORT" or "[IP]:PORT" into buf (64). */
+static const char *
+sa_str(const struct sockaddr_storage *ss, char *buf)
+{
+	char ip[INET6_ADDRSTRLEN] = "?";
+
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *s4 = (const struct sockaddr_in *)ss;
+
+		inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
+		snprintf(buf, 64, "%s:%d", ip, ntohs(s4->sin_port));
+	} else {
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
+
+		inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
+		snprintf(buf, 64, "[%s]:%d", ip, ntohs(s6->sin6_port));
+	}
+	return buf;
+}
+
+static void
+hex_str(const uint8_t *p, size_t n, char *out)
+{
+	static const char digits[] = "0123456789abcdef";
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		out[2 * i] = digits[p[i] >> 4];
+		out[2 * i + 1] = digits[p[i] & 15];
+	}
+	out[2 * n] = '\0';
+}
+
+/* fnv1a: 32-bit FNV-1a; the browser page computes the same in JS. */
+static uint32_t
+fnv1a(const uint8_t *p, size_t n)
+{
+	uint32_t h = 0x811c9dc5u;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		h = (h ^ p[i]) * 0x01000193u;
+	}
+	return h;
+}
+
+static int
+write_file(const char *path, const void *data, size_t n)
+{
+	FILE *f = fopen(path, "wb");
+	int ok;
+
+	if (f == NULL) {
+		return -1;
+	}
+	ok = fwrite(data, 1, n, f) == n;
+	return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+/* find_prog: name in $PATH or an sbin directory, into buf.  0 or -1. */
+static int
+find_prog(const char *name, char *buf, size_t len)
+{
+	static const char extra[] = ":/usr/local/sbin:/usr/sbin:/sbin";
+	const char *path = getenv("PATH");
+	char all[4096];
+	const char *p, *end;
+
+	snprintf(all, sizeof(all), "%s%s", path ? path : "/usr/bin:/bin", extra);
+	for (p = all; *p; p = *end ? end + 1 : end) {
+		end = strchr(p, ':');
+		if (end == NULL) {
+			end = p + strlen(p);
+		}
+		if (end > p && (size_t)(end - p) + strlen(name) + 2 <= len) {
+			snprintf(buf, len, "%.*s/%s", (int)(end - p), p, name);
+			if (access(buf, X_OK) == 0) {
+				return 0;
+			}
+		}
+	}
+	return -1;
+}
+
+/* in_ci: CI=true in the environment: optional tools must be there. */
+static int
+in_ci(void)
+{
+	const char *ci = getenv("CI");
+
+	return ci != NULL && strcmp(ci, "true") == 0;
+}
+
+/* missing_tool: skip (or, in CI, fail) a test whose tool is absent. */
+static void
+missing_tool(struct test *t, const char *why)
+{
+	if (in_ci()) {
+		fail(t, "%s, and CI=true (.ci/run installs it)", why);
+	} else {
+		t->skip = why;
+	}
+}
+
+/* remove_tree: rm -r dir (no symlinks followed). */
+static void
+remove_tree(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	struct stat st;
+	char path[1024];
+
+	if (d == NULL) {
+		unlink(dir);
+		return;
+	}
+	while ((e = readdir(d)) != NULL) {
+		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) {
+			continue;
+		}
+		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+		if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+			remove_tree(path);
+		} else {
+			unlink(path);
+		}
+	}
+	closedir(d);
+	rmdir(dir);
+}
+
+/* ---- ports ---------------------------------------------------------------- */
+
+/* pick_ports: n distinct ports on 127.0.0.1 that were free a moment ago. */
+static int
+pick_ports(struct test *t, int *ports, int n)
+{
+	if (tl_free_ports("127.0.0.1", ports, n) < 0) {
+		return fail(t, "picking free ports: %s", strerror(errno));
+	}
+	return 0;
+}
+
+/*
+ * pick_range: n consecutive free ports on 127.0.0.1 into *lo, then k more
+ * (not among them) into others.  The range comes from below the usual
+ * ephemeral ports (32768 up), where outgoing connections take every other
+ * port on a busy host; a candidate is kept if all n ports bind, and all
+ * stay bound until the others are picked.
+ */
+static int
+pick_range(struct test *t, int n, int *lo, int *others, int k)
+{
+	int fds[RANGE_N], tries, i, got, rc;
+	unsigned seed = (unsigned)getpid() * 2654435761u ^ (unsigned)tl_now_ms();
+
+	for (tries = 0; tries < 100; tries++) {
+		seed = seed * 1103515245u + 12345u;
+		*lo = 20000 + (int)(seed >> 8) % (32000 - 20000);
+		for (got = 0; got < n; got++) {
+			fds[got] = tl_listen("127.0.0.1", *lo + got);
+			if (fds[got] < 0) {
+				break;
+			}
+		}
+		rc = got == n ? tl_free_ports("127.0.0.1", others, k) : -1;
+		for (i = 0; i < got; i++) {
+			close(fds[i]);
+		}
+		if (got == n) {
+			return rc < 0 ? fail(t, "picking free ports: %s",
+			                     strerror(errno)) : 0;
+		}
+	}
+	return fail(t, "found no %d consecutive free ports", n);
+}
+
+/* ipv6_ok: ::1 can be bound. */
+static int
+ipv6_ok(void)
+{
+	int fd = tl_listen("::1", 0);
+
+	if (fd < 0) {
+		return 0;
+	}
+	close(fd);
+	return 1;
+}
+
+/* ---- processes ------------------------------------------------------------ */
+
+/*
+ * start: run argv (NULL-ended) as a child called name, stdout and stderr
+ * to DIR/name.log (with split_out, stdout to DIR/name.out).  group: in a
+ * process group of its own, so that all it starts can be killed with it.
+ * NULL and fail() on error.
+ */
+static struct tl_proc *
+start(struct test *t, const char *name, const char *const argv[],
+      const char *const env[], int split_out, int group)
+{
+	const char *gargv[48];
+	struct tl_proc *p;
+	char out[256];
+	int i, n = 0;
+
+	if (t->nprocs == MAX_PROCS) {
+		fail(t, "too many processes");
+		return NULL;
+	}
+	p = &t->procs[t->nprocs];
+	memset(p, 0, sizeof(*p));
+	snprintf(p->name, sizeof(p->name), "%s", name);
+	snprintf(p->log, sizeof(p->log), "%s/%s.log", t->dir, name);
+	snprintf(out, sizeof(out), "%s/%s.out", t->dir, name);
+	p->product = strcmp(argv[0], "./server") == 0
+	             || strcmp(argv[0], "./client") == 0;
+	if (group) {
+		/* We re-exec ourselves to call setpgid(0, 0) first. */
+		gargv[n++] = self_path;
+		gargv[n++] = "--in-group";
+		for (i = 0; argv[i] != NULL && n < 47; i++) {
+			gargv[n++] = argv[i];
+		}
+		gargv[n] = NULL;
+		argv = gargv;
+	}
+	p->pid = tl_spawn((char *const *)argv, env, split_out ? out : p->log,
+	                  split_out ? p->log : NULL);
+	if (p->pid < 0) {
+		fail(t, "fork: %s", strerror(errno));
+		return NULL;
+	}
+	t->group[t->nprocs] = group;
+	t->tool[t->nprocs] = argv[0][0] == '/' && strcmp(argv[0], self_path) != 0;
+	t->nprocs++;
+	return p;
+}
+
+/* wait_log: wait for s in p's log; fail() if it does not come.  0 or -1. */
+static int
+wait_log(struct test *t, struct tl_proc *p, const char *s, int ms)
+{
+	char st[32];
+	int r = tl_wait_log(p, s, ms);
+
+	if (r == 1) {
+		return 0;
+	}
+	if (r < 0) {
+		return fail(t, "%s exited (%s) before logging \"%s\"", p->name,
+		            tl_status_str(p, st, sizeof(st)), s);
+	}
+	return fail(t, "%s did not log \"%s\" within %d ms", p->name, s, ms);
+}
+
+static int
+expect_log(struct test *t, struct tl_proc *p, const char *s)
+{
+	if (!tl_file_contains(p->log, s)) {
+		return fail(t, "%s log lacks \"%s\"", p->name, s);
+	}
+	return 0;
+}
+
+static int
+expect_alive(struct test *t, struct tl_proc *p)
+{
+	char st[32];
+
+	if (tl_proc_poll(p)) {
+		return fail(t, "%s is gone (%s)", p->name,
+		            tl_status_str(p, st, sizeof(st)));
+	}
+	return 0;
+}
+
+/* expect_exit: p must exit with code within ms. */
+static int
+expect_exit(struct test *t, struct tl_proc *p, int code, int ms)
+{
+	char st[32];
+
+	if (!tl_proc_wait(p, ms)) {
+		return fail(t, "%s still running after %d ms (expected exit %d)",
+		            p->name, ms, code);
+	}
+	if (!WIFEXITED(p->status) || WEXITSTATUS(p->status) != code) {
+		return fail(t, "%s: %s, expected exit %d", p->name,
+		            tl_status_str(p, st, sizeof(st)), code);
+	}
+	return 0;
+}
+
+/* stop: SIGTERM p now; it must exit 0 within STOP_MS. */
+static int
+stop(struct test *t, struct tl_proc *p)
+{
+	if (expect_alive(t, p) < 0) {
+		return -1;
+	}
+	kill(p->pid, SIGTERM);
+	return expect_exit(t, p, 0, STOP_MS);
+}
+
+/* signal_and_wait: send sig to p, then wait for the n-th occurrence of s. */
+static int
+signal_and_wait(struct test *t, struct tl_proc *p, int sig, const char *s,
+                int n)
+{
+	char st[32];
+	int r;
+
+	kill(p->pid, sig);
+	r = tl_wait_log_count(p, s, n, START_MS);
+	if (r == 1) {
+		return 0;
+	}
+	if (r < 0) {
+		return fail(t, "%s exited (%s) after signal %d", p->name,
+		            tl_status_str(p, st, sizeof(st)), sig);
+	}
+	return fail(t, "%s did not log \"%s\" (#%d) within %d ms of signal %d",
+	            p->name, s, n, START_MS, sig);
+}
+
+/*
+ * start_server: ./server with control and tunnel on 127.0.0.1, -public on
+ * pub_host:t->pub, -heartbeat 1, and -ports range when range is not NULL.
+ * Waits for "listening".
+ */
+static struct tl_proc *
+start_server(struct test *t, const char *pub_host, const char *range)
+{
+	char c[64], u[64], p[64];
+	const char *argv[16] = {
+		"./server", "-control", fmt_addr(c, "127.0.0.1", t->ctl),
+		"-tunnel", fmt_addr(u, "127.0.0.1", t->tun),
+		"-public", fmt_addr(p, pub_host, t->pub), "-heartbeat", "1", NULL
+	};
+	struct tl_proc *s;
+
+	if (range != NULL) {
+		argv[9] = "-ports";
+		argv[10] = range;
+	}
+	s = start(t, "server", argv, NULL, 0, 0);
+	if (s == NULL || wait_log(t, s, "listening", START_MS) < 0) {
+		return NULL;
+	}
+	return s;
+}
+
+/*
+ * start_client: ./client to our server for the service on 127.0.0.1:loc;
+ * port > 0 adds -port, proxy ("v1", "v2") -proxy-protocol, pool > 0
+ * -pool.  With wait, waits for "forwarding" and checks that the line names
+ * the public port want_pub and the service.
+ */
+static struct tl_proc *
+start_client(struct test *t, const char *name, int loc, int port,
+             const char *proxy, int pool, int wait, int want_pub)
+{
+	char r[64], l[64], pn[16], pl[16], line[160];
+	const char *argv[16] = {
+		"./client", "-remote", fmt_addr(r, "127.0.0.1", t->ctl),
+		"-local", fmt_addr(l, "127.0.0.1", loc), NULL
+	};
+	struct tl_proc *c;
+	int n = 5;
+
+	if (port > 0) {
+		snprintf(pn, sizeof(pn), "%d", port);
+		argv[n++] = "-port";
+		argv[n++] = pn;
+	}
+	if (proxy != NULL) {
+		argv[n++] = "-proxy-protocol";
+		argv[n++] = proxy;
+	}
+	if (pool > 0) {
+		snprintf(pl, sizeof(pl), "%d", pool);
+		argv[n++] = "-pool";
+		argv[n++] = pl;
+	}
+	argv[n] = NULL;
+	c = start(t, name, argv, NULL, 0, 0);
+	if (c == NULL || !wait) {
+		return c;
+	}
+	if (wait_log(t, c, "forwarding", START_MS) < 0) {
+		return NULL;
+	}
+	/* The client names the public port with the -remote host. */
+	snprintf(line, sizeof(line), "forwarding 127.0.0.1:%d -> 127.0.0.1:%d",
+	         want_pub, loc);
+	if (expect_log(t, c, line) < 0) {
+		return NULL;
+	}
+	return c;
+}
+
+/* start_svc: tests/svc MODE 127.0.0.1:PORT [ARG]; waits for "ready". */
+static struct tl_proc *
+start_svc(struct test *t, const char *name, const char *mode, int port,
+          const char *arg)
+{
+	char a[64];
+	const char *argv[6] = { "tests/svc", mode, fmt_addr(a, "127.0.0.1", port),
+	                        arg, NULL };
+	struct tl_proc *s = start(t, name, argv, NULL, 0, 0);
+
+	if (s == NULL || wait_log(t, s, "ready", START_MS) < 0) {
+		return NULL;
+	}
+	return s;
+}
+
+/* start_pp_service: our PROXY-protocol service on 127.0.0.1:port. */
+static struct tl_proc *
+start_pp_service(struct test *t, int port)
+{
+	char a[64];
+	const char *argv[4] = { self_path, "--pp-service",
+	                        fmt_addr(a, "127.0.0.1", port), NULL };
+	struct tl_proc *s = start(t, "pp-service", argv, NULL, 0, 0);
+
+	if (s == NULL || wait_log(t, s, "ready", START_MS) < 0) {
+		return NULL;
+	}
+	return s;
+}
+
+/* ---- users ---------------------------------------------------------------- */
+
+/* user_open: a user's connection to host:port, closed at teardown if the
+ * test leaves it open.  -1 and fail(). */
+static int
+user_open(struct test *t, const char *host, int port)
+{
+	int fd = tl_connect(host, port, tl_now_ms() + 5000);
+
+	if (fd < 0) {
+		return fail(t, "connect %s port %d: %s", host, port,
+		            strerror(errno));
+	}
+	if (t->nfds == (int)(sizeof(t->fds) / sizeof(t->fds[0]))) {
+		close(fd);
+		return fail(t, "too many user sockets");
+	}
+	t->fds[t->nfds++] = fd;
+	return fd;
+}
+
+static void
+user_close(struct test *t, int fd)
+{
+	int i;
+
+	for (i = 0; i < t->nfds; i++) {
+		if (t->fds[i] == fd) {
+			t->fds[i] = t->fds[--t->nfds];
+			break;
+		}
+	}
+	close(fd);
+}
+
+/*
+ * exchange: send n bytes on fd, shut down writing, read until EOF into out
+ * (at most cap - 1 bytes, then NUL-terminated).  Returns the count read;
+ * -1 and fail() on an error, a timeout, or more than cap - 1 bytes.
+ */
+static ssize_t
+exchange(struct test *t, int fd, const void *data, size_t n, char *out,
+         size_t cap, const char *what)
+{
+	int64_t deadline = tl_now_ms() + IO_MS;
+	ssize_t r;
+
+	if (tl_write_all(fd, data, n, deadline) < 0) {
+		return fail(t, "%s: sending %zu bytes: %s", what, n, strerror(errno));
+	}
+	if (shutdown(fd, SHUT_WR) < 0) {
+		return fail(t, "%s: shutdown: %s", what, strerror(errno));
+	}
+	r = tl_read_full(fd, out, cap, deadline);
+	if (r < 0) {
+		return fail(t, "%s: reading: %s", what, strerror(errno));
+	}
+	if ((size_t)r == cap) {
+		return fail(t, "%s: more than %zu bytes came back", what, cap - 1);
+	}
+	out[r] = '\0';
+	return r;
+}
+
+/* download: a user on host:port gets exactly n bytes of svc source's
+ * stream (seed 1) and then EOF.  0 or -1 and fail(). */
+static int
+download(struct test *t, const char *host, int port, size_t n,
+         const char *what)
+{
+	uint8_t *got = malloc(n + 2), *want = malloc(n + 1);
+	struct tl_stream s;
+	ssize_t r;
+	int fd = -1, rc = -1;
+
+	if (got == NULL || want == NULL) {
+		fail(t, "out of memory");
+		goto out;
+	}
+	fd = user_open(t, host, port);
+	if (fd < 0) {
+		goto out;
+	}
+	r = exchange(t, fd, "", 0, (char *)got, n + 2, what);
+	if (r < 0) {
+		goto out;
+	}
+	tl_stream_init(&s, 1);
+	tl_stream_fill(&s, want, n);
+	if ((size_t)r != n) {
+		fail(t, "%s: got %zd bytes, want %zu (wrong service?)", what, r, n);
+	} else if (memcmp(got, want, n) != 0) {
+		fail(t, "%s: the %zu bytes differ from the service's stream", what,
+		     n);
+	} else {
+		rc = 0;
+	}
+out:
+	if (fd >= 0) {
+		user_close(t, fd);
+	}
+	free(got);
+	free(want);
+	return rc;
+}
+
+/* expect_refused: a connect to 127.0.0.1:port is refused at once. */
+static int
+expect_refused(struct test *t, int port, const char *what)
+{
+	int fd = tl_connect("127.0.0.1", port, tl_now_ms() + 5000);
+
+	if (fd >= 0) {
+		close(fd);
+		return fail(t, "%s: port %d accepts a connection", what, port);
+	}
+	if (errno != ECONNREFUSED) {
+		return fail(t, "%s: port %d: %s, want \"connection refused\"", what,
+		            port, strerror(errno));
+	}
+	return 0;
+}
+
+/* wait_refused: 127.0.0.1:port refuses connections within ms. */
+static int
+wait_refused(struct test *t, int port, int ms, const char *what)
+{
+	int64_t deadline = tl_now_ms() + ms;
+	int fd;
+
+	for (;;) {
+		fd = tl_connect("127.0.0.1", port, tl_now_ms() + 1000);
+		if (fd < 0 && errno == ECONNREFUSED) {
+			return 0;
+		}
+		if (fd >= 0) {
+			close(fd);
+		}
+		if (tl_now_ms() >= deadline) {
+			return fail(t, "%s: port %d still accepts after %d ms", what,
+			            port, ms);
+		}
+		tl_pause(50);
+	}
+}
+
+/* ==== test: -ports and -port ============================================== */
+
+static void
+test_ports_range(struct test *t)
+{
+	int lo, hi, p[6], loc_main, loc_a, loc_b;
+	char range[32], want[160];
+	struct tl_proc *server, *c_a, *c_b, *c_busy, *c_out, *c_again;
+
+	if (pick_range(t, RANGE_N, &lo, p, 6) < 0) {
+		return;
+	}
+	hi = lo + RANGE_N - 1;
+	t->ctl = p[0];
+	t->tun = p[1];
+	t->pub = p[2];
+	loc_main = p[3];
+	loc_a = p[4];
+	loc_b = p[5];
+	snprintf(range, sizeof(range), "%d-%d", lo, hi);
+
+	/* Three services told apart by how many bytes they send. */
+	if (start_svc(t, "svc-main", "source", loc_main, "3000") == NULL
+	    || start_svc(t, "svc-a", "source", loc_a, "1111") == NULL
+	    || start_svc(t, "svc-b", "source", loc_b, "2222") == NULL) {
+		return;
+	}
+	server = start_server(t, "127.0.0.1", range);
+	if (server == NULL) {
+		return;
+	}
+	snprintf(want, sizeof(want), "ports %s", range);
+	if (expect_log(t, server, want) < 0) {
+		return;
+	}
+	/* A range port listens only while a client holds it. */
+	if (expect_refused(t, lo, "before any client") < 0) {
+		return;
+	}
+
+	/* The default client gets -public; two others the ends of the range. */
+	if (start_client(t, "client-main", loc_main, 0, NULL, 0, 1, t->pub) == NULL
+	    || (c_a = start_client(t, "client-a", loc_a, lo, NULL, 0, 1, lo)) == NULL
+	    || (c_b = start_client(t, "client-b", loc_b, hi, NULL, 0, 1, hi)) == NULL) {
+		return;
+	}
+	if (download(t, "127.0.0.1", t->pub, 3000, "user on -public") < 0
+	    || download(t, "127.0.0.1", lo, 1111, "user on the range's low end") < 0
+	    || download(t, "127.0.0.1", hi, 2222, "user on the range's high end") < 0
+	    || download(t, "127.0.0.1", lo, 1111, "second user on low end") < 0
+	    || download(t, "127.0.0.1", t->pub, 3000, "second user on -public") < 0) {
+		return;
+	}
+	snprintf(want, sizeof(want), "accepted on port %d", lo);
+	if (expect_log(t, server, want) < 0) {
+		return;
+	}
+	snprintf(want, sizeof(want), "accepted on port %d", hi);
+	if (expect_log(t, server, want) < 0) {
+		return;
+	}
+	if (expect_refused(t, lo + 2, "a range port nobody asked for") < 0) {
+		return;
+	}
+
+	/* Outside the range: refused for good, naming what is offered. */
+	c_out = start_client(t, "client-outside", loc_a, hi + 1, NULL, 0, 0, 0);
+	if (c_out == NULL || expect_exit(t, c_out, 1, START_MS) < 0
+	    || expect_log(t, c_out, "not offered") < 0) {
+		return;
+	}
+	snprintf(want, sizeof(want), "%d and %s", t->pub, range);
+	if (expect_log(t, c_out, want) < 0) {
+		return;
+	}
+
+	/* A port already held: refused as busy; the client keeps retrying. */
+	c_busy = start_client(t, "client-busy", loc_b, lo, NULL, 0, 0, 0);
+	if (c_busy == NULL
+	    || wait_log(t, c_busy, "already served by", START_MS) < 0) {
+		return;
+	}
+	if (tl_wait_log_count(c_busy, "already served by", 2, START_MS) != 1) {
+		fail(t, "client-busy did not retry after \"already served by\"");
+		return;
+	}
+	if (expect_alive(t, c_busy) < 0 || stop(t, c_busy) < 0) {
+		return;
+	}
+	/* The refused attempts left the holder alone. */
+	if (download(t, "127.0.0.1", lo, 1111, "user on low end after busy") < 0) {
+		return;
+	}
+
+	/* The holder leaves: its port closes, and another client may take it. */
+	if (stop(t, c_a) < 0 || wait_refused(t, lo, GONE_MS, "client-a left") < 0) {
+		return;
+	}
+	snprintf(want, sizeof(want), "public port %d closed", lo);
+	if (expect_log(t, server, want) < 0) {
+		return;
+	}
+	c_again = start_client(t, "client-again", loc_b, lo, NULL, 0, 1, lo);
+	if (c_again == NULL
+	    || download(t, "127.0.0.1", lo, 2222, "user on low end, new client") < 0
+	    || download(t, "127.0.0.1", hi, 2222, "user on high end at the end") < 0
+	    || download(t, "127.0.0.1", t->pub, 3000, "user on -public at the end")
+	       < 0) {
+		return;
+	}
+	(void)c_b;
+}
+
+/* A client refused as busy takes the port over once its holder leaves. */
+static void
+test_ports_takeover(struct test *t)
+{
+	int lo, p[5];
+	char range[32];
+	struct tl_proc *c_first, *c_second;
+
+	if (pick_range(t, 1, &lo, p, 5) < 0) {
+		return;
+	}
+	t->ctl = p[0];
+	t->tun = p[1];
+	t->pub = p[2];
+	snprintf(range, sizeof(range), "%d-%d", lo, lo);
+	if (start_svc(t, "svc-a", "source", p[3], "1111") == NULL
+	    || start_svc(t, "svc-b", "source", p[4], "2222") == NULL
+	    || start_server(t, "127.0.0.1", range) == NULL) {
+		return;
+	}
+	c_first = start_client(t, "client-first", p[3], lo, NULL, 0, 1, lo);
+	if (c_first == NULL) {
+		return;
+	}
+	c_second = start_client(t, "client-second", p[4], lo, NULL, 0, 0, 0);
+	if (c_second == NULL
+	    || wait_log(t, c_second, "already served by", START_MS) < 0
+	    || download(t, "127.0.0.1", lo, 1111, "user while first holds") < 0
+	    || stop(t, c_first) < 0
+	    || wait_log(t, c_second, "forwarding 127.0.0.1:", START_MS) < 0) {
+		return;
+	}
+	if (download(t, "127.0.0.1", lo, 2222, "user after the takeover") < 0) {
+		return;
+	}
+}
+
+/* ==== the PROXY protocol service ========================================= */
+
+#define PP_CAP     (1024 * 1024)   /* the most a test user sends */
+#define PP_V1_MAX  107             /* the longest v1 line, CRLF included */
+#define PP_HEX_MAX 4096            /* rest= shows at most this many bytes */
+
+static const uint8_t pp_sig[12] = {
+	0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a
+};
+
+/* What a PROXY header said. */
+struct pp_info {
+	int version;            /* 0: no header; 1, 2 */
+	const char *why;        /* non-NULL: malformed, and why */
+	const char *cmd;        /* "PROXY" or "LOCAL" */
+	const char *fam;        /* "TCP4", "TCP6", "UNKNOWN" (v1), "UNSPEC" (v2) */
+	char src[64], dst[64];  /* "IP:PORT", "[IP]:PORT"; "-" without */
+	size_t len;             /* the header's size */
+};
+
+static void
+pp_addr(char *out, int af, const void *addr, unsigned port)
+{
+	char ip[INET6_ADDRSTRLEN];
+
+	inet_ntop(af, addr, ip, sizeof(ip));
+	snprintf(out, 64, af == AF_INET6 ? "[%s]:%u" : "%s:%u", ip, port);
+}
+
+/* pp_port: a v1 port: 1 to 5 digits, no leading zero, 0..65535. */
+static int
+pp_port(const char *s, unsigned *port)
+{
+	size_t n = strlen(s), i;
+	unsigned long v = 0;
+
+	if (n == 0 || n > 5 || (s[0] == '0' && n > 1)) {
+		return -1;
+	}
+	for (i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9') {
+			return -1;
+		}
+		v = v * 10 + (unsigned long)(s[i] - '0');
+	}
+	if (v > 65535) {
+		return -1;
+	}
+	*port = (unsigned)v;
+	return 0;
+}
+
+/* pp_parse_v1: "PROXY TCP4|TCP6 SRC DST SPORT DPORT\r\n" or
+ * "PROXY UNKNOWN[ ...]\r\n", at most 107 bytes, single spaces. */
+static void
+pp_parse_v1(const uint8_t *buf, size_t n, struct pp_info *pp)
+{
+	char line[PP_V1_MAX + 1], *tok[8], *p;
+	uint8_t a[16], b[16];
+	unsigned sport, dport;
+	size_t end, i;
+	int ntok = 0, af;
+
+	pp->version = 1;
+	pp->cmd = "PROXY";
+	for (end = 0; end + 1 < n && end + 2 <= PP_V1_MAX; end++) {
+		if (buf[end] == '\r' && buf[end + 1] == '\n') {
+			break;
+		}
+	}
+	if (end + 1 >= n || end + 2 > PP_V1_MAX || buf[end] != '\r') {
+		pp->why = "v1: no CRLF within 107 bytes";
+		return;
+	}
+	for (i = 0; i < end; i++) {
+		if (buf[i] < 0x20 || buf[i] > 0x7e) {
+			pp->why = "v1: a control byte in the line";
+			return;
+		}
+	}
+	memcpy(line, buf, end);
+	line[end] = '\0';
+	pp->len = end + 2;
+	for (p = line; ntok < 8; ntok++) {
+		tok[ntok] = p;
+		p = strchr(p, ' ');
+		if (p == NULL) {
+			ntok++;
+			break;
+		}
+		*p++ = '\0';
+	}
+	if (ntok < 2 || strcmp(tok[0], "PROXY") != 0) {
+		pp->why = "v1: no protocol";
+		return;
+	}
+	if (strcmp(tok[1], "UNKNOWN") == 0) {
+		pp->fam = "UNKNOWN";
+		return;
+	}
+	if (strcmp(tok[1], "TCP4") == 0) {
+		pp->fam = "TCP4";
+		af = AF_INET;
+	} else if (strcmp(tok[1], "TCP6") == 0) {
+		pp->fam = "TCP6";
+		af = AF_INET6;
+	} else {
+		pp->why = "v1: protocol is not TCP4, TCP6 or UNKNOWN";
+		return;
+	}
+	if (ntok != 6) {
+		pp->why = "v1: want 6 space-separated fields";
+		return;
+	}
+	if (inet_pton(af, tok[2], a) != 1 || inet_pton(af, tok[3], b) != 1) {
+		pp->why = "v1: an address is not of the protocol's family";
+		return;
+	}
+	if (pp_port(tok[4], &sport) < 0 || pp_port(tok[5], &dport) < 0) {
+		pp->why = "v1: a bad port";
+		return;
+	}
+	pp_addr(pp->src, af, a, sport);
+	pp_addr(pp->dst, af, b, dport);
+}
+
+/* pp_parse_v2: the 12-byte signature, version/command, family/protocol,
+ * a big-endian length, then the addresses (and TLVs, skipped). */
+static void
+pp_parse_v2(const uint8_t *buf, size_t n, struct pp_info *pp)
+{
+	size_t alen;
+
+	pp->version = 2;
+	if (n < 16) {
+		pp->why = "v2: shorter than 16 bytes";
+		return;
+	}
+	if (buf[12] >> 4 != 2) {
+		pp->why = "v2: version nibble is not 2";
+		return;
+	}
+	switch (buf[12] & 15) {
+	case 0:
+		pp->cmd = "LOCAL";
+		break;
+	case 1:
+		pp->cmd = "PROXY";
+		break;
+	default:
+		pp->why = "v2: command is neither LOCAL nor PROXY";
+		return;
+	}
+	alen = (size_t)buf[14] << 8 | buf[15];
+	if (16 + alen > n) {
+		pp->why = "v2: length runs past the data";
+		return;
+	}
+	pp->len = 16 + alen;
+	switch (buf[13]) {
+	case 0x00:
+		pp->fam = "UNSPEC";
+		return;
+	case 0x11:
+		pp->fam = "TCP4";
+		if (alen < 12) {
+			pp->why = "v2: TCP4 with fewer than 12 address bytes";
+			return;
+		}
+		pp_addr(pp->src, AF_INET, buf + 16, (unsigned)buf[24] << 8 | buf[25]);
+		pp_addr(pp->dst, AF_INET, buf + 20, (unsigned)buf[26] << 8 | buf[27]);
+		return;
+	case 0x21:
+		pp->fam = "TCP6";
+		if (alen < 36) {
+			pp->why = "v2: TCP6 with fewer than 36 address bytes";
+			return;
+		}
+		pp_addr(pp->src, AF_INET6, buf + 16,
+		        (unsigned)buf[48] << 8 | buf[49]);
+		pp_addr(pp->dst, AF_INET6, buf + 32,
+		        (unsigned)buf[50] << 8 | buf[51]);
+		return;
+	default:
+		pp->why = "v2: family/protocol is not TCP over IPv4/IPv6";
+		return;
+	}
+}
+
+/* pp_parse: the PROXY header at the start of buf[0..n), if any. */
+static void
+pp_parse(const uint8_t *buf, size_t n, struct pp_info *pp)
+{
+	memset(pp, 0, sizeof(*pp));
+	strcpy(pp->src, "-");
+	strcpy(pp->dst, "-");
+	if (n >= 12 && memcmp(buf, pp_sig, 12) == 0) {
+		pp_parse_v2(buf, n, pp);
+	} else if (n >= 6 && memcmp(buf, "PROXY ", 6) == 0) {
+		pp_parse_v1(buf, n, pp);
+	}
+}
+
+/*
+ * pp_describe: the service's answer for a connection that sent buf[0..n):
+ *   proxy=vN cmd=C fam=F src=A dst=A hdr=HEX len=N fnv=H rest=HEX
+ *   proxy=none len=N fnv=H rest=HEX
+ *   proxy=bad why=...
+ * where len, fnv and rest describe the bytes after the header (rest=
+ * shows the first PP_HEX_MAX of them).  out has room for PP_LINE bytes.
+ */
+#define PP_LINE (2 * PP_HEX_MAX + 2 * 256 + 512)
+static void
+pp_describe(const uint8_t *buf, size_t n, char *out)
+{
+	struct pp_info pp;
+	char hdr[2 * 256 + 1], rest[2 * PP_HEX_MAX + 1];
+	size_t off, shown;
+	int k = 0;
+
+	pp_parse(buf, n, &pp);
+	if (pp.why != NULL) {
+		snprintf(out, PP_LINE, "proxy=bad why=%s\n", pp.why);
+		return;
+	}
+	off = pp.len;
+	shown = n - off < PP_HEX_MAX ? n - off : PP_HEX_MAX;
+	hex_str(buf + off, shown, rest);
+	if (pp.version != 0) {
+		hex_str(buf, pp.len < 256 ? pp.len : 256, hdr);
+		k = snprintf(out, PP_LINE, "proxy=v%d cmd=%s fam=%s src=%s dst=%s "
+		             "hdr=%s ", pp.version, pp.cmd, pp.fam, pp.src, pp.dst,
+		             hdr);
+	} else {
+		k = snprintf(out, PP_LINE, "proxy=none ");
+	}
+	snprintf(out + k, PP_LINE - (size_t)k, "len=%zu fnv=%08x rest=%s\n",
+	         n - off, (unsigned)fnv1a(buf + off, n - off), rest);
+}
+
+/* pp_service: the --pp-service mode.  Runs until killed. */
+static int
+pp_service(const char *addr)
+{
+	char host[64], *colon, *line = malloc(PP_LINE);
+	uint8_t *buf = malloc(PP_CAP);
+	int lfd, fd, port;
+	ssize_t r;
+
+	snprintf(host, sizeof(host), "%s", addr[0] == '[' ? addr + 1 : addr);
+	colon = strrchr(host, ':');
+	if (buf == NULL || line == NULL || colon == NULL) {
+		fprintf(stderr, "pp-service: bad address %s\n", addr);
+		return 2;
+	}
+	*colon = '\0';
+	if (colon > host && colon[-1] == ']') {
+		colon[-1] = '\0';
+	}
+	port = atoi(colon + 1);
+	lfd = tl_listen(host, port);
+	if (lfd < 0) {
+		fprintf(stderr, "pp-service: listen %s: %s\n", addr, strerror(errno));
+		return 1;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	printf("ready\n");
+	fflush(stdout);
+	for (;;) {
+		int64_t deadline;
+
+		fd = accept(lfd, NULL, NULL);
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED) {
+				continue;
+			}
+			fprintf(stderr, "pp-service: accept: %s\n", strerror(errno));
+			return 1;
+		}
+		deadline = tl_now_ms() + IO_MS;
+		tl_set_nonblock(fd);
+		r = tl_read_full(fd, buf, PP_CAP, deadline);
+		if (r < 0) {
+			snprintf(line, PP_LINE, "proxy=bad why=read: %s\n",
+			         strerror(errno));
+		} else if (r == PP_CAP) {
+			snprintf(line, PP_LINE, "proxy=bad why=more than %d bytes\n",
+			         PP_CAP);
+		} else {
+			pp_describe(buf, (size_t)r, line);
+		}
+		printf("%.300s%s", line, strlen(line) > 300 ? "...\n" : "");
+		fflush(stdout);
+		if (tl_write_all(fd, line, strlen(line), deadline) < 0) {
+			fprintf(stderr, "pp-service: write: %s\n", strerror(errno));
+		}
+		close(fd);
+	}
+}
+
+/* ==== test: PROXY protocol through the tunnel ============================= */
+
+/* pp_expected_header: the header the client should send, built here from
+ * the spec, independently of common.c.  Returns its length. */
+static size_t
+pp_expected_header(int version, const struct sockaddr_storage *src,
+                   const struct sockaddr_storage *dst, uint8_t *out)
+{
+	const struct sockaddr_in *s4 = (const struct sockaddr_in *)src;
+	const struct sockaddr_in *d4 = (const struct sockaddr_in *)dst;
+	const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)src;
+	const struct sockaddr_in6 *d6 = (const struct sockaddr_in6 *)dst;
+	char sip[INET6_ADDRSTRLEN], dip[INET6_ADDRSTRLEN];
+	int v4 = src->ss_family == AF_INET;
+	unsigned sport = ntohs(v4 ? s4->sin_port : s6->sin6_port);
+	unsigned dport = ntohs(v4 ? d4->sin_port : d6->sin6_port);
+
+	if (version == 1) {
+		inet_ntop(src->ss_family, v4 ? (const void *)&s4->sin_addr
+		                             : (const void *)&s6->sin6_addr,
+		          sip, sizeof(sip));
+		inet_ntop(dst->ss_family, v4 ? (const void *)&d4->sin_addr
+		                             : (const void *)&d6->sin6_addr,
+		          dip, sizeof(dip));
+		return (size_t)snprintf((char *)out, 128, "PROXY TCP%c %s %s %u %u\r\n",
+		                        v4 ? '4' : '6', sip, dip, sport, dport);
+	}
+	memcpy(out, pp_sig, 12);
+	out[12] = 0x21;
+	out[13] = v4 ? 0x11 : 0x21;
+	out[14] = 0;
+	out[15] = v4 ? 12 : 36;
+	if (v4) {
+		memcpy(out + 16, &s4->sin_addr, 4);
+		memcpy(out + 20, &d4->sin_addr, 4);
+	} else {
+		memcpy(out + 16, &s6->sin6_addr, 16);
+		memcpy(out + 32, &d6->sin6_addr, 16);
+	}
+	out += v4 ? 24 : 48;
+	out[0] = (uint8_t)(sport >> 8);
+	out[1] = (uint8_t)sport;
+	out[2] = (uint8_t)(dport >> 8);
+	out[3] = (uint8_t)dport;
+	return v4 ? 28 : 52;
+}
+
+/*
+ * pp_user: one user connects to host:t->pub, sends data, and the service
+ * must answer exactly the line for version (0 = no header) with this
+ * user's own address as source and host:t->pub as destination.
+ */
+static int
+pp_user(struct test *t, const char *host, int version, const uint8_t *data,
+        size_t n, const char *what)
+{
+	struct sockaddr_storage src, dst;
+	socklen_t slen = sizeof(src);
+	uint8_t hdr[128];
+	char *want = malloc(PP_LINE), *got = malloc(PP_LINE + 1);
+	char sa[64], da[64], hex[2 * 128 + 1];
+	size_t hlen, shown = n < PP_HEX_MAX ? n : PP_HEX_MAX;
+	int fd = -1, rc = -1, k;
+
+	if (want == NULL || got == NULL) {
+		fail(t, "out of memory");
+		goto out;
+	}
+	fd = user_open(t, host, t->pub);
+	if (fd < 0) {
+		goto out;
+	}
+	if (getsockname(fd, (struct sockaddr *)&src, &slen) < 0) {
+		fail(t, "getsockname: %s", strerror(errno));
+		goto out;
+	}
+	tl_sockaddr(host, t->pub, &dst);
+	if (version == 0) {
+		k = snprintf(want, PP_LINE, "proxy=none ");
+	} else {
+		hlen = pp_expected_header(version, &src, &dst, hdr);
+		hex_str(hdr, hlen, hex);
+		k = snprintf(want, PP_LINE, "proxy=v%d cmd=PROXY fam=TCP%c src=%s "
+		             "dst=%s hdr=%s ", version,
+		             src.ss_family == AF_INET ? '4' : '6', sa_str(&src, sa),
+		             sa_str(&dst, da), hex);
+	}
+	k += snprintf(want + k, PP_LINE - (size_t)k, "len=%zu fnv=%08x rest=", n,
+	              (unsigned)fnv1a(data, n));
+	hex_str(data, shown, want + k);
+	strcat(want, "\n");
+	if (exchange(t, fd, data, n, got, PP_LINE + 1, what) < 0) {
+		goto out;
+	}
+	if (strcmp(got, want) != 0) {
+		fail(t, "%s: the service saw\n#   %.400s\n# want\n#   %.400s", what,
+		     got, want);
+		goto out;
+	}
+	rc = 0;
+out:
+	if (fd >= 0) {
+		user_close(t, fd);
+	}
+	free(want);
+	free(got);
+	return rc;
+}
+
+/* proxy_run: server (-public on pub_host), the PROXY service, a client
+ * with -proxy-protocol vN (none for 0) and -pool pool (if > 0), then three
+ * users: an empty one, one whose own bytes look like a PROXY header, and
+ * 256 KiB + 1.  With a pool, each user must have used a pooled tunnel. */
+static void
+proxy_run(struct test *t, int version, const char *pub_host, int pool)
+{
+	static const char spoof[] = "PROXY TCP4 6.6.6.6 7.7.7.7 666 777\r\n";
+	char vn[4];
+	uint8_t small[sizeof(spoof) - 1 + 256];
+	size_t big_n = 256 * 1024 + 1, i;
+	uint8_t *big = malloc(big_n);
+	struct tl_stream s;
+	struct tl_proc *server;
+	int p[3], loc;
+
+	if (big == NULL) {
+		fail(t, "out of memory");
+		return;
+	}
+	if (strchr(pub_host, ':') && !ipv6_ok()) {
+		t->skip = "no IPv6 loopback (::1)";
+		goto out;
+	}
+	if (pick_ports(t, p, 3) < 0) {
+		goto out;
+	}
+	t->ctl = p[0];
+	t->tun = p[1];
+	loc = p[2];
+	if (strchr(pub_host, ':')) {
+		if (tl_free_ports("::1", &t->pub, 1) < 0) {
+			fail(t, "picking a free port on ::1: %s", strerror(errno));
+			goto out;
+		}
+	} else if (pick_ports(t, &t->pub, 1) < 0) {
+		goto out;
+	}
+	/* Without the header the service would take a leading PROXY line for
+	 * one; the spoof goes first only when the client sends the real one. */
+	memcpy(small, spoof, sizeof(spoof) - 1);
+	for (i = 0; i < 256; i++) {
+		small[sizeof(spoof) - 1 + i] = (uint8_t)i;
+	}
+	tl_stream_init(&s, 9);
+	tl_stream_fill(&s, big, big_n);
+	snprintf(vn, sizeof(vn), "v%d", version);
+	if (start_pp_service(t, loc) == NULL
+	    || (server = start_server(t, pub_host, NULL)) == NULL
+	    || start_client(t, "client", loc, 0, version ? vn : NULL, pool, 1,
+	                    t->pub) == NULL) {
+		goto out;
+	}
+	if (pp_user(t, pub_host, version, (const uint8_t *)"", 0, "empty user") < 0
+	    || pp_user(t, pub_host, version,
+	               version ? small : small + sizeof(spoof) - 1,
+	               version ? sizeof(small) : 256, "small user") < 0
+	    || pp_user(t, pub_host, version, big, big_n, "256 KiB + 1 user") < 0) {
+		goto out;
+	}
+	/* The first user may come before the pool is dialed; the others find
+	 * it ready, since a whole exchange went before them. */
+	if (pool > 0 && tl_count_in_file(server->log, "pooled tunnel") < 2) {
+		fail(t, "fewer than 2 of 3 users took a pooled tunnel (server log)");
+	}
+out:
+	free(big);
+}
+
+static void
+test_proxy_v1(struct test *t)
+{
+	proxy_run(t, 1, "127.0.0.1", 0);
+}
+
+static void
+test_proxy_v2(struct test *t)
+{
+	proxy_run(t, 2, "127.0.0.1", 0);
+}
+
+static void
+test_proxy_v1_ipv6(struct test *t)
+{
+	proxy_run(t, 1, "::1", 0);
+}
+
+static void
+test_proxy_v2_ipv6(struct test *t)
+{
+	proxy_run(t, 2, "::1", 0);
+}
+
+static void
+test_proxy_off(struct test *t)
+{
+	proxy_run(t, 0, "127.0.0.1", 0);
+}
+
+static void
+test_proxy_v1_pool(struct test *t)
+{
+	proxy_run(t, 1, "127.0.0.1", 4);
+}
+
+static void
+test_proxy_v2_pool(struct test *t)
+{
+	proxy_run(t, 2, "127.0.0.1", 4);
+}
+
+/* ==== test: nginx reads the header ======================================== */
+
+/* nginx_user: GET path through the tunnel; nginx must answer with this
+ * user's address and log it. */
+static int
+nginx_user(struct test *t, struct tl_proc *nginx, const char *path,
+           const char *access_log)
+{
+	struct sockaddr_storage src;
+	socklen_t slen = sizeof(src);
+	char req[256], got[4096], want[256], *body;
+	int fd, sport, rc = -1;
+	int64_t deadline;
+
+	fd = user_open(t, "127.0.0.1", t->pub);
+	if (fd < 0) {
+		return -1;
+	}
+	if (getsockname(fd, (struct sockaddr *)&src, &slen) < 0) {
+		fail(t, "getsockname: %s", strerror(errno));
+		goto out;
+	}
+	sport = ntohs(((struct sockaddr_in *)&src)->sin_port);
+	snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\nHost: dialback.test\r\n\r\n",
+	         path);
+	if (exchange(t, fd, req, strlen(req), got, sizeof(got), path) < 0) {
+		goto out;
+	}
+	body = strstr(got, "\r\n\r\n");
+	snprintf(want, sizeof(want), "ok 127.0.0.1 %d 127.0.0.1 %d\n", sport,
+	         t->pub);
+	if (strncmp(got, "HTTP/1.1 200 ", 13) != 0 || body == NULL
+	    || strcmp(body + 4, want) != 0) {
+		fail(t, "GET %s: nginx answered\n%s\nwant a 200 with body \"%s\"",
+		     path, got, want);
+		goto out;
+	}
+	/* The access log is written as the request ends. */
+	snprintf(want, sizeof(want), "127.0.0.1 %d 127.0.0.1 %d 127.0.0.1 "
+	         "\"GET %s HTTP/1.0\" 200\n", sport, t->pub, path);
+	deadline = tl_now_ms() + 5000;
+	while (!tl_file_contains(access_log, want)) {
+		if (tl_now_ms() >= deadline) {
+			fail(t, "nginx access log lacks \"%.*s\"", (int)strlen(want) - 1,
+			     want);
+			goto out;
+		}
+		tl_pause(20);
+	}
+	rc = expect_alive(t, nginx);
+out:
+	user_close(t, fd);
+	return rc;
+}
+
+static void
+test_nginx(struct test *t)
+{
+	char nginx[256], conf[256], pid[256], alog[256], text[2048], prefix[160];
+	const char *argv[8];
+	struct tl_proc *ng, *c1;
+	int p[4], loc;
+	int64_t deadline;
+
+	if (find_prog("nginx", nginx, sizeof(nginx)) < 0) {
+		missing_tool(t, "nginx not installed");
+		return;
+	}
+	if (pick_ports(t, p, 4) < 0) {
+		return;
+	}
+	t->ctl = p[0];
+	t->tun = p[1];
+	t->pub = p[2];
+	loc = p[3];
+	snprintf(conf, sizeof(conf), "%s/nginx.conf", t->dir);
+	snprintf(pid, sizeof(pid), "%s/nginx.pid", t->dir);
+	snprintf(alog, sizeof(alog), "%s/access.log", t->dir);
+	snprintf(prefix, sizeof(prefix), "%s/", t->dir);
+	/* Everything nginx writes stays in the test's directory. */
+	snprintf(text, sizeof(text),
+	         "daemon off;\n"
+	         "master_process off;\n"
+	         "worker_processes 1;\n"
+	         "pid %s;\n"
+	         "error_log %s/nginx-error.log info;\n"
+	         "events { worker_connections 64; }\n"
+	         "http {\n"
+	         "    client_body_temp_path %s/tmp-body;\n"
+	         "    proxy_temp_path %s/tmp-proxy;\n"
+	         "    fastcgi_temp_path %s/tmp-fastcgi;\n"
+	         "    uwsgi_temp_path %s/tmp-uwsgi;\n"
+	         "    scgi_temp_path %s/tmp-scgi;\n"
+	         "    log_format pp '$proxy_protocol_addr $proxy_protocol_port "
+	         "$proxy_protocol_server_addr $proxy_protocol_server_port "
+	         "$remote_addr \"$request\" $status';\n"
+	         "    access_log %s pp;\n"
+	         "    server {\n"
+	         "        listen 127.0.0.1:%d proxy_protocol;\n"
+	         "        location / {\n"
+	         "            return 200 \"ok $proxy_protocol_addr "
+	         "$proxy_protocol_port $proxy_protocol_server_addr "
+	         "$proxy_protocol_server_port\\n\";\n"
+	         "        }\n"
+	         "    }\n"
+	         "}\n", pid, t->dir, t->dir, t->dir, t->dir, t->dir, t->dir, alog,
+	         loc);
+	if (write_file(conf, text, strlen(text)) < 0) {
+		fail(t, "writing %s: %s", conf, strerror(errno));
+		return;
+	}
+	argv[0] = nginx;
+	argv[1] = "-p";
+	argv[2] = prefix;
+	argv[3] = "-c";
+	argv[4] = conf;
+	argv[5] = NULL;
+	ng = start(t, "nginx", argv, NULL, 0, 0);
+	if (ng == NULL) {
+		return;
+	}
+	/* nginx writes its pid file once it listens. */
+	deadline = tl_now_ms() + START_MS;
+	while (access(pid, F_OK) != 0) {
+		if (tl_proc_poll(ng)) {
+			fail(t, "nginx exited at start (see nginx.log, "
+			     "nginx-error.log)");
+			return;
+		}
+		if (tl_now_ms() >= deadline) {
+			fail(t, "nginx wrote no pid file within %d ms", START_MS);
+			return;
+		}
+		tl_pause(20);
+	}
+	if (start_server(t, "127.0.0.1", NULL) == NULL) {
+		return;
+	}
+	c1 = start_client(t, "client-v1", loc, 0, "v1", 0, 1, t->pub);
+	if (c1 == NULL || nginx_user(t, ng, "/v1", alog) < 0
+	    || nginx_user(t, ng, "/v1-again", alog) < 0 || stop(t, c1) < 0) {
+		return;
+	}
+	/* The server may still hold the port for the old session a moment;
+	 * the new client then retries. */
+	if (start_client(t, "client-v2", loc, 0, "v2", 0, 1, t->pub) == NULL
+	    || nginx_user(t, ng, "/v2", alog) < 0
+	    || nginx_user(t, ng, "/v2-again", alog) < 0) {
+		return;
+	}
+	if (tl_file_contains(alog, "broken header")
+	    || tl_count_in_file(ng->log, "broken header") > 0) {
+		fail(t, "nginx logged a broken PROXY header");
+	}
+}
+
+/* ==== test: SIGUSR1 ======================================================= */
+
+static void
+test_status(struct test *t)
+{
+	char want[160], buf[1000], back[1000];
+	struct tl_proc *server, *client;
+	int p[4], fd, i;
+	int64_t deadline;
+
+	if (pick_ports(t, p, 4) < 0) {
+		return;
+	}
+	t->ctl = p[0];
+	t->tun = p[1];
+	t->pub = p[2];
+	if (start_svc(t, "svc", "echo", p[3], NULL) == NULL
+	    || (server = start_server(t, "127.0.0.1", NULL)) == NULL
+	    || (client = start_client(t, "client", p[3], 0, NULL, 0, 1, t->pub))
+	       == NULL) {
+		return;
+	}
+	/* One user relaying: a round trip proves the pair is joined. */
+	for (i = 0; i < (int)sizeof(buf); i++) {
+		buf[i] = (char)('a' + i % 26);
+	}
+	fd = user_open(t, "127.0.0.1", t->pub);
+	if (fd < 0) {
+		return;
+	}
+	deadline = tl_now_ms() + IO_MS;
+	if (tl_write_all(fd, buf, sizeof(buf), deadline) < 0
+	    || tl_read_full(fd, back, sizeof(back), deadline) != sizeof(back)
+	    || memcmp(buf, back, sizeof(buf)) != 0) {
+		fail(t, "echo through the tunnel failed: %s", strerror(errno));
+		return;
+	}
+
+	if (signal_and_wait(t, server, SIGUSR1, "status: up", 1) < 0) {
+		return;
+	}
+	snprintf(want, sizeof(want), "serves port %d", t->pub);
+	if (expect_log(t, server, "status: session") < 0
+	    || expect_log(t, server, want) < 0
+	    || expect_log(t, server, "1 relaying") < 0
+	    || expect_log(t, server, "bytes: 1000 in, 1000 out") < 0) {
+		return;
+	}
+	if (signal_and_wait(t, client, SIGUSR1, "status:", 1) < 0) {
+		return;
+	}
+	snprintf(want, sizeof(want), "attached to 127.0.0.1:%d, public port %d",
+	         t->ctl, t->pub);
+	if (expect_log(t, client, want) < 0
+	    || expect_log(t, client, "users: 1 relaying") < 0
+	    || expect_log(t, client, "1000 in, 1000 out") < 0) {
+		return;
+	}
+	if (expect_alive(t, server) < 0 || expect_alive(t, client) < 0) {
+		return;
+	}
+	/* Both go on relaying, and answer a second signal. */
+	if (tl_write_all(fd, buf, sizeof(buf), deadline) < 0
+	    || tl_read_full(fd, back, sizeof(back), deadline) != sizeof(back)
+	    || memcmp(buf, back, sizeof(buf)) != 0) {
+		fail(t, "echo after SIGUSR1 failed: %s", strerror(errno));
+		return;
+	}
+	if (signal_and_wait(t, server, SIGUSR1, "status: up", 2) < 0
+	    || expect_log(t, server, "bytes: 2000 in, 2000 out") < 0
+	    || signal_and_wait(t, client, SIGUSR1, "status:", 2) < 0) {
+		return;
+	}
+	user_close(t, fd);
+}
+
+/* ==== test: a browser through the tunnel ================================== */
+
+#define ASSET_LEN (4 * 1024 * 1024)
+#define IMG_W     320
+#define IMG_H     200
+
+static uint32_t
+crc32_update(uint32_t crc, const uint8_t *p, size_t n)
+{
+	size_t i;
+	int k;
+
+	crc = ~crc;
+	for (i = 0; i < n; i++) {
+		crc ^= p[i];
+		for (k = 0; k < 8; k++) {
+			crc = crc >> 1 ^ (0xedb88320u & (0u - (crc & 1)));
+		}
+	}
+	return ~crc;
+}
+
+static uint8_t *
+put_be32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)(v >> 24);
+	p[1] = (uint8_t)(v >> 16);
+	p[2] = (uint8_t)(v >> 8);
+	p[3] = (uint8_t)v;
+	return p + 4;
+}
+
+/* png_chunk: length, type, data, CRC over type and data. */
+static uint8_t *
+png_chunk(uint8_t *p, const char *type, const uint8_t *data, size_t n)
+{
+	uint8_t *crc_from;
+
+	p = put_be32(p, (uint32_t)n);
+	crc_from = p;
+	memcpy(p, type, 4);
+	if (n > 0) {
+		memcpy(p + 4, data, n);
+	}
+	p += 4 + n;
+	return put_be32(p, crc32_update(0, crc_from, 4 + n));
+}
+
+/*
+ * make_png: a w x h RGB PNG (a gradient) into a malloc'd buffer, with the
+ * image data in stored (uncompressed) deflate blocks, so no zlib is needed.
+ */
+static uint8_t *
+make_png(int w, int h, size_t *len)
+{
+	static const uint8_t sig[8] = { 0x89, 'P', 'N', 'G', '\r', '\n', 0x1a,
+	                                '\n' };
+	size_t raw_n = (size_t)h * (1 + 3 * (size_t)w), nblocks, i, off;
+	size_t z_n, cap;
+	uint8_t *raw = malloc(raw_n), *z, *png, *p, ihdr[13];
+	uint32_t a = 1, b = 0;
+	int x, y;
+
+	nblocks = (raw_n + 65534) / 65535;
+	z_n = 2 + raw_n + 5 * nblocks + 4;
+	cap = sizeof(sig) + 25 + 12 + z_n + 12;
+	z = malloc(z_n);
+	png = malloc(cap);
+	if (raw == NULL || z == NULL || png == NULL) {
+		free(raw);
+		free(z);
+		free(png);
+		return NULL;
+	}
+	for (y = 0, i = 0; y < h; y++) {
+		raw[i++] = 0;                            /* filter: none */
+		for (x = 0; x < w; x++) {
+			raw[i++] = (uint8_t)(x * 255 / w);
+			raw[i++] = (uint8_t)(y * 255 / h);
+			raw[i++] = (uint8_t)((x ^ y) & 0xff);
+		}
+	}
+	p = z;
+	*p++ = 0x78;                                     /* zlib, 32K window */
+	*p++ = 0x01;
+	for (off = 0; off < raw_n; off += 65535) {
+		size_t n = raw_n - off < 65535 ? raw_n - off : 65535;
+
+		*p++ = off + n == raw_n;                 /* BFINAL, type stored */
+		*p++ = (uint8_t)n;
+		*p++ = (uint8_t)(n >> 8);
+		*p++ = (uint8_t)~n;
+		*p++ = (uint8_t)(~n >> 8);
+		memcpy(p, raw + off, n);
+		p += n;
+	}
+	for (i = 0; i < raw_n; i++) {                    /* Adler-32 */
+		a = (a + raw[i]) % 65521;
+		b = (b + a) % 65521;
+	}
+	p = put_be32(p, b << 16 | a);
+	put_be32(ihdr, (uint32_t)w);
+	put_be32(ihdr + 4, (uint32_t)h);
+	ihdr[8] = 8;                                     /* bits per sample */
+	ihdr[9] = 2;                                     /* RGB */
+	ihdr[10] = ihdr[11] = ihdr[12] = 0;
+	memcpy(png, sig, sizeof(sig));
+	p = png_chunk(png + sizeof(sig), "IHDR", ihdr, sizeof(ihdr));
+	p = png_chunk(p, "IDAT", z, z_n);
+	p = png_chunk(p, "IEND", NULL, 0);
+	*len = (size_t)(p - png);
+	free(raw);
+	free(z);
+	return png;
+}
+
+static const char page_html[] =
+"<!doctype html>\n"
+"<html><head><meta charset=\"utf-8\"><title>dialback test</title></head>\n"
+"<body>\n"
+"<div id=\"result\">pending</div>\n"
+"<div id=\"img\">pending</div>\n"
+"<img id=\"pic\" src=\"pic.png\" alt=\"\">\n"
+"<script src=\"app.js\"></script>\n"
+"</body></html>\n";
+
+/* The asset's length, FNV-1a and SHA-256, and the image's size. */
+static const char page_js[] =
+"'use strict';\n"
+"(async function () {\n"
+"  const out = document.getElementById('result');\n"
+"  try {\n"
+"    const r = await fetch('asset.bin', { cache: 'no-store' });\n"
+"    const b = new Uint8Array(await r.arrayBuffer());\n"
+"    let h = 0x811c9dc5;\n"
+"    for (let i = 0; i < b.length; i++) {\n"
+"      h = Math.imul(h ^ b[i], 0x01000193) >>> 0;\n"
+"    }\n"
+"    let sha = 'no-crypto-subtle';\n"
+"    if (window.crypto && crypto.subtle) {\n"
+"      const d = new Uint8Array(await crypto.subtle.digest('SHA-256', b));\n"
+"      sha = Array.from(d, x => x.toString(16).padStart(2, '0')).join('');\n"
+"    }\n"
+"    out.textContent = 'len=' + b.length + ' fnv=' +\n"
+"      h.toString(16).padStart(8, '0') + ' sha256=' + sha;\n"
+"  } catch (e) {\n"
+"    out.textContent = 'error ' + e;\n"
+"  }\n"
+"})();\n"
+"(function () {\n"
+"  const img = document.getElementById('pic');\n"
+"  const out = document.getElementById('img');\n"
+"  const done = () => {\n"
+"    out.textContent = img.naturalWidth ? 'loaded ' + img.naturalWidth +\n"
+"      'x' + img.naturalHeight : 'broken';\n"
+"  };\n"
+"  if (img.complete) { done(); } else {\n"
+"    img.addEventListener('load', done);\n"
+"    img.addEventListener('error', done);\n"
+"  }\n"
+"})();\n";
+
+/* dom_text: the text of the element with id="id" in html, into out. */
+static void
+dom_text(const char *html, const char *id, char *out, size_t len)
+{
+	char key[64];
+	const char *p, *end;
+
+	snprintf(key, sizeof(key), "id=\"%s\">", id);
+	p = html ? strstr(html, key) : NULL;
+	if (p == NULL) {
+		snprintf(out, len, "(no element)");
+		return;
+	}
+	p += strlen(key);
+	end = strchr(p, '<');
+	snprintf(out, len, "%.*s", end ? (int)(end - p) : 0, p);
+}
+
+/*
+ * browse: run chromium headless on url in its own process group; wait up
+ * to ms for it to exit, then kill what is left of the group.  Its DOM dump
+ * goes to DIR/name.out.  0, or -1 and fail() if it could not be started.
+ */
+static int
+browse(struct test *t, const char *chromium, const char *url, int n, int ms)
+{
+	char name[32], profile[200], home[200], cfg[200], cache[200];
+	const char *env[4];
+	const char *argv[24];
+	struct tl_proc *b;
+	siginfo_t si;
+	int64_t deadline = tl_now_ms() + ms;
+	int i = 0;
+
+	snprintf(name, sizeof(name), "chromium-%d", n);
+	snprintf(profile, sizeof(profile), "--user-data-dir=%s/profile-%d",
+	         t->dir, n);
+	snprintf(home, sizeof(home), "HOME=%s", t->dir);
+	snprintf(cfg, sizeof(cfg), "XDG_CONFIG_HOME=%s/xdg-config", t->dir);
+	snprintf(cache, sizeof(cache), "XDG_CACHE_HOME=%s/xdg-cache", t->dir);
+	env[0] = home;
+	env[1] = cfg;
+	env[2] = cache;
+	env[3] = NULL;
+	if (mkdir(strchr(profile, '=') + 1, 0700) < 0) {
+		return fail(t, "mkdir %s: %s", profile, strerror(errno));
+	}
+	argv[i++] = chromium;
+	argv[i++] = "--headless";
+	argv[i++] = "--no-sandbox";
+	argv[i++] = "--disable-gpu";
+	argv[i++] = "--disable-dev-shm-usage";
+	argv[i++] = "--disable-quic";
+	argv[i++] = "--no-first-run";
+	argv[i++] = "--no-default-browser-check";
+	argv[i++] = "--disable-background-networking";
+	argv[i++] = "--disable-component-update";
+	argv[i++] = "--disable-sync";
+	argv[i++] = "--disable-extensions";
+	argv[i++] = profile;
+	argv[i++] = "--virtual-time-budget=10000";
+	argv[i++] = "--dump-dom";
+	argv[i++] = url;
+	argv[i] = NULL;
+	b = start(t, name, argv, env, 1, 1);
+	if (b == NULL) {
+		return -1;
+	}
+	/* Wait without reaping, so the group's id stays ours to signal. */
+	for (;;) {
+		memset(&si, 0, sizeof(si));
+		if (waitid(P_PID, b->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0
+		    && si.si_pid == b->pid) {
+			break;
+		}
+		if (tl_now_ms() >= deadline) {
+			printf("# %s still running after %d ms; killed\n", name, ms);
+			break;
+		}
+		tl_pause(50);
+	}
+	kill(-b->pid, SIGKILL);
+	kill(b->pid, SIGKILL);
+	tl_proc_wait(b, STOP_MS);
+	return 0;
+}
+
+static void
+test_browser(struct test *t)
+{
+	char chromium[256], www[200], path[300], url[128], arg[256];
+	char want_res[200], want_img[64], got_res[200], got_img[200];
+	char sha_hex[2 * SHA256_LEN + 1];
+	uint8_t *asset = NULL, *png = NULL, sha[SHA256_LEN];
+	struct tl_stream s;
+	size_t png_n = 0;
+	int p[4], n;
+	int64_t deadline;
+
+	if (find_prog("chromium", chromium, sizeof(chromium)) < 0
+	    && find_prog("chromium-browser", chromium, sizeof(chromium)) < 0) {
+		missing_tool(t, "chromium not installed");
+		return;
+	}
+	if (pick_ports(t, p, 4) < 0) {
+		return;
+	}
+	t->ctl = p[0];
+	t->tun = p[1];
+	t->pub = p[2];
+
+	/* The page, a 4 MiB asset and an image, and what the page must find. */
+	snprintf(www, sizeof(www), "%s/www", t->dir);
+	asset = malloc(ASSET_LEN);
+	png = make_png(IMG_W, IMG_H, &png_n);
+	if (mkdir(www, 0755) < 0 || asset == NULL || png == NULL) {
+		fail(t, "preparing %s: %s", www, strerror(errno));
+		goto out;
+	}
+	tl_stream_init(&s, 7);
+	tl_stream_fill(&s, asset, ASSET_LEN);
+	sha256(asset, ASSET_LEN, sha);
+	hex_str(sha, SHA256_LEN, sha_hex);
+	snprintf(want_res, sizeof(want_res), "len=%d fnv=%08x sha256=%s",
+	         ASSET_LEN, (unsigned)fnv1a(asset, ASSET_LEN), sha_hex);
+	snprintf(want_img, sizeof(want_img), "loaded %dx%d", IMG_W, IMG_H);
+	{
+		static const struct { const char *name; int which; } files[] = {
+			{ "index.html", 0 }, { "app.js", 1 }, { "asset.bin", 2 },
+			{ "pic.png", 3 },
+		};
+		size_t i;
+
+		for (i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+			const void *data[] = { page_html, page_js, asset, png };
+			size_t len[] = { strlen(page_html), strlen(page_js), ASSET_LEN,
+			                 png_n };
+
+			snprintf(path, sizeof(path), "%s/%s", www, files[i].name);
+			if (write_file(path, data[files[i].which],
+			               len[files[i].which]) < 0) {
+				fail(t, "writing %s: %s", path, strerror(errno));
+				goto out;
+			}
+		}
+	}
+	snprintf(arg, sizeof(arg), "%s", www);
+	if (start_svc(t, "svc", "http", p[3], arg) == NULL
+	    || start_server(t, "127.0.0.1", NULL) == NULL
+	    || start_client(t, "client", p[3], 0, NULL, 0, 1, t->pub) == NULL) {
+		goto out;
+	}
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/index.html", t->pub);
+
+	/* A dump can come before the scripts finish; try again, bounded. */
+	deadline = tl_now_ms() + 45000;
+	for (n = 1; n <= 3 && tl_now_ms() < deadline; n++) {
+		char out[300];
+		char *dom;
+
+		if (browse(t, chromium, url, n, tl_left(deadline)) < 0) {
+			goto out;
+		}
+		snprintf(out, sizeof(out), "%s/chromium-%d.out", t->dir, n);
+		dom = tl_read_file(out, NULL);
+		dom_text(dom, "result", got_res, sizeof(got_res));
+		dom_text(dom, "img", got_img, sizeof(got_img));
+		free(dom);
+		if (strcmp(got_res, "pending") != 0 && strcmp(got_img, "pending") != 0
+		    && strcmp(got_res, "(no element)") != 0) {
+			break;
+		}
+	}
+	if (strcmp(got_res, want_res) != 0) {
+		fail(t, "the page computed \"%s\", want \"%s\"", got_res, want_res);
+	} else if (strcmp(got_img, want_img) != 0) {
+		fail(t, "the image: \"%s\", want \"%s\"", got_img, want_img);
+	} else if (n > 1) {
+		printf("# the page needed %d chromium runs\n", n);
+	}
+out:
+	free(asset);
+	free(png);
+}
+
+/* ==== running ============================================================= */
+
+static const struct {
+	const char *name;
+	void (*fn)(struct test *t);
+} tests[] = {
+	{ "ports_range", test_ports_range },
+	{ "ports_takeover", test_ports_takeover },
+	{ "proxy_v1", test_proxy_v1 },
+	{ "proxy_v2", test_proxy_v2 },
+	{ "proxy_v1_ipv6", test_proxy_v1_ipv6 },
+	{ "proxy_v2_ipv6", test_proxy_v2_ipv6 },
+	{ "proxy_off", test_proxy_off },
+	{ "proxy_v1_pool", test_proxy_v1_pool },
+	{ "proxy_v2_pool", test_proxy_v2_pool },
+	{ "nginx", test_nginx },
+	{ "status", test_status },
+	{ "browser", test_browser },
+};
+
+/* print_tail: the last lines of a log, each prefixed with "# ". */
+static void
+print_tail(const char *label, const char *path)
+{
+	size_t len;
+	char *text = tl_read_file(path, &len), *p;
+	int lines = 0;
+
+	if (text == NULL) {
+		return;
+	}
+	printf("# --- %s (%s)\n", label, path);
+	for (p = text + len; p > text; p--) {
+		if (p[-1] == '\n' && p != text + len && ++lines == TAIL_LINES) {
+			break;
+		}
+	}
+	while (*p) {
+		char *nl = strchr(p, '\n');
+
+		if (nl) {
+			*nl = '\0';
+		}
+		printf("#   %.300s\n", p);
+		if (nl == NULL) {
+			break;
+		}
+		p = nl + 1;
+	}
+	free(text);
+}
+
+/*
+ * stop_checked: stop p if it still runs; ./server and ./client must then
+ * exit 0.  Ones in a group of their own take the group with them.  Only
+ * SIGTERM, never SIGCONT with it: nothing here is ever stopped, and a
+ * SIGCONT would discard the SIGSTOP with which LeakSanitizer's exit-time
+ * tracer attaches, leaving the process hung (SAN=1).
+ */
+static void
+stop_checked(struct test *t, int i)
+{
+	struct tl_proc *p = &t->procs[i];
+	int running = !tl_proc_poll(p);
+	char st[32];
+
+	if (t->group[i] && running) {
+		kill_proc(t, i);
+		tl_proc_wait(p, STOP_MS);
+		return;
+	}
+	if (running) {
+		kill(p->pid, SIGTERM);
+	}
+	if (running && !tl_proc_wait(p, STOP_MS)) {
+		kill(p->pid, SIGKILL);
+		tl_proc_wait(p, STOP_MS);
+		if (p->product) {
+			fail(t, "%s did not exit within %d ms of SIGTERM", p->name,
+			     STOP_MS);
+		}
+		return;
+	}
+	if (!p->product || !running) {
+		return;
+	}
+	if (!WIFEXITED(p->status) || WEXITSTATUS(p->status) != 0) {
+		fail(t, "%s: %s after SIGTERM, expected exit 0", p->name,
+		     tl_status_str(p, st, sizeof(st)));
+	}
+}
+
+/* teardown: close user sockets, stop every process, check their logs. */
+static void
+teardown(struct test *t)
+{
+	char path[256], st[32], label[96];
+	int i, k;
+
+	while (t->nfds > 0) {
+		user_close(t, t->fds[t->nfds - 1]);
+	}
+	/* Newest first: clients go before the server they talk to. */
+	for (i = t->nprocs - 1; i >= 0; i--) {
+		stop_checked(t, i);
+	}
+	for (i = 0; i < t->nprocs; i++) {
+		for (k = 0; !t->tool[i] && sanitizer_marks[k]; k++) {
+			if (tl_file_contains(t->procs[i].log, sanitizer_marks[k])) {
+				fail(t, "%s log contains \"%s\"", t->procs[i].name,
+				     sanitizer_marks[k]);
+			}
+		}
+	}
+	if (!t->failed) {
+		if (getenv("FEATURES_KEEP") == NULL) {
+			remove_tree(t->dir);
+		}
+		return;
+	}
+	for (i = 0; i < t->nprocs; i++) {
+		snprintf(label, sizeof(label), "%s, %s", t->procs[i].name,
+		         tl_status_str(&t->procs[i], st, sizeof(st)));
+		print_tail(label, t->procs[i].log);
+		snprintf(path, sizeof(path), "%s/%s.out", t->dir, t->procs[i].name);
+		print_tail(label, path);
+	}
+	printf("# logs kept in %s\n", t->dir);
+}
+
+static void
+run_test(const char *name, void (*fn)(struct test *t))
+{
+	struct test t;
+	const char *tmp = getenv("TMPDIR");
+	int64_t t0 = tl_now_ms();
+
+	memset(&t, 0, sizeof(t));
+	t.name = name;
+	snprintf(t.dir, sizeof(t.dir), "%s/dialback-features-%s-XXXXXX",
+	         tmp && *tmp ? tmp : "/tmp", name);
+	if (mkdtemp(t.dir) == NULL) {
+		printf("FAIL - %s: mkdtemp %s: %s\n", name, t.dir, strerror(errno));
+		n_failed++;
+		return;
+	}
+	current = &t;
+	alarm(WATCHDOG_S);
+	fn(&t);
+	alarm(0);
+	teardown(&t);
+	current = NULL;
+	if (t.failed) {
+		printf("FAIL - %s: %s\n", name, t.why);
+		n_failed++;
+	} else if (t.skip) {
+		printf("ok - %s # skip: %s\n", name, t.skip);
+		n_passed++;
+	} else {
+		printf("ok - %s (%.1f s)\n", name,
+		       (double)(tl_now_ms() - t0) / 1000.0);
+		n_passed++;
+	}
+	fflush(stdout);
+}
+
+int
+main(int argc, char **argv)
+{
+	const char *filter = argc > 1 ? argv[1] : NULL;
+	struct sigaction sa;
+	size_t i;
+	int ran = 0;
+
+	if (argc >= 3 && strcmp(argv[1], "--in-group") == 0) {
+		setpgid(0, 0);
+		execv(argv[2], argv + 2);
+		fprintf(stderr, "exec %s: %s\n", argv[2], strerror(errno));
+		return 127;
+	}
+	if (argc == 3 && strcmp(argv[1], "--pp-service") == 0) {
+		return pp_service(argv[2]);
+	}
+	if (argc > 2 || (filter && strcmp(filter, "-h") == 0)) {
+		printf("usage: tests/features [NAME-SUBSTRING]\n");
+		return argc > 2 ? 2 : 0;
+	}
+	if (strchr(argv[0], '/') != NULL) {
+		self_path = argv[0];
+	}
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = SIG_IGN;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGPIPE, &sa, NULL);
+	sa.sa_handler = on_alarm;
+	sigaction(SIGALRM, &sa, NULL);
+	unsetenv("DIALBACK_TOKEN");
+
+	for (i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
+		if (filter != NULL && strstr(tests[i].name, filter) == NULL) {
+			continue;
+		}
+		run_test(tests[i].name, tests[i].fn);
+		ran++;
+	}
+	if (ran == 0) {
+		fprintf(stderr, "features: no test matches \"%s\"\n", filter);
+	}
+	printf("features: %d passed, %d failed\n", n_passed, n_failed);
+	return n_failed > 0 || ran == 0 ? 1 : 0;
+}
