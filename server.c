@@ -795,6 +795,8 @@ tun_park(struct server *s, struct tun *t, struct user *ticket)
 	k->next = c->parked;
 	c->parked = k;
 	c->nparked++;
+	log_debug("tunnel %s parked for %s (%d of %d)", t->peer, c->peer,
+	          c->nparked, c->pool_want);
 }
 
 static void
@@ -1304,11 +1306,12 @@ log_status(struct server *s)
 		}
 		sessions++;
 		log_info("status: session %s serves port %d for %llds: %d users "
-		         "waiting, %llu announced", c->peer, c->pub->port,
+		         "waiting, %llu announced, %d of %d pooled tunnels parked",
+		         c->peer, c->pub->port,
 		         (long long)(now - c->attached_at) / 1000, c->pending,
-		         (unsigned long long)c->served);
+		         (unsigned long long)c->served, c->nparked, c->pool_want);
 	}
-	log_info("status: up %llds; %d sessions; users: %d relaying, %d waiting, "
+	log_info("status: up %llds; sessions: %d; users: %d relaying, %d waiting, "
 	         "%llu in all; bytes: %llu in, %llu out",
 	         (long long)(now - s->started) / 1000, sessions, relaying,
 	         waiting, (unsigned long long)s->user_seq, in, out);

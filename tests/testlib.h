@@ -827,8 +827,11 @@ tl_proc_stop_ms(struct tl_proc *p, int ms)
 	if (tl_proc_poll(p)) {
 		return 0;
 	}
-	kill(p->pid, SIGTERM);
+	/* SIGCONT first: sent after SIGTERM it could cancel the SIGSTOP by
+	 * which LeakSanitizer's exit-time tracer stops the process, leaving
+	 * both waiting forever. */
 	kill(p->pid, SIGCONT);
+	kill(p->pid, SIGTERM);
 	if (tl_proc_wait(p, ms)) {
 		return 0;
 	}
