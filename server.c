@@ -671,7 +671,6 @@ user_bind(struct server *s, struct ctl *c, int fd, const struct msg *m,
 	memcpy(p->peer, peer, sizeof(p->peer));
 	p->next = s->pairs;
 	s->pairs = p;
-	set_nodelay(fd);
 	log_info("user #%llu %s accepted on port %d, joined to a pooled tunnel",
 	         (unsigned long long)p->seq, peer, c->pub->port);
 	/* Send the NEW_USER now rather than a poll turn later. */
@@ -841,8 +840,6 @@ tun_join(struct server *s, struct tun *t, const struct msg *m)
 	memcpy(p->peer, u->peer, sizeof(p->peer));
 	p->next = s->pairs;
 	s->pairs = p;
-	set_nodelay(u->fd);
-	set_nodelay(t->fd);
 	log_info("user #%llu %s joined after %lldms", (unsigned long long)u->seq,
 	         u->peer, (long long)(now_ms() - u->start));
 	/* The pair owns both descriptors now. */
@@ -1071,6 +1068,10 @@ accept_all(struct server *s, enum role role, int lfd, struct pub *pub)
 			close(fd);
 			continue;
 		}
+		/* Every socket carries small messages that must not wait for
+		 * an ACK: NEW_USERs on control (Nagle held a second one up to a
+		 * delayed-ACK timeout, 40 ms), JOINs, and users' requests. */
+		set_nodelay(fd);
 		switch (role) {
 		case ROLE_CONTROL:
 			ctl_arrive(s, fd, (struct sockaddr *)&ss);

@@ -28,7 +28,7 @@
 #define IO_BUF       (256 * 1024) /* each read and write, bench and service */
 #define IO_TIMEOUT_S 5            /* one blocking socket call, at most */
 #define START_MS     10000        /* "listening" / "forwarding" show up */
-#define SETTLE_MS    10000        /* descriptors return to their idle count */
+#define SETTLE_MS    10000        /* sockets return to their idle count */
 #define SLACK_S      20.0         /* a run's deadline, past its window */
 #define MAX_REPEAT   15
 #define STREAMS      8            /* the aggregate download */
@@ -96,7 +96,6 @@ static const struct metric_info metric_info[M_COUNT] = {
 /* ==== state ============================================================== */
 
 struct opts {
-	int quick;
 	int conns;              /* held idle connections */
 	int repeat;
 	double tput_s;          /* one throughput run */
@@ -1958,7 +1957,6 @@ parse_opts(int argc, char **argv, struct opts *o)
 			goto bad;
 		}
 	}
-	o->quick = quick;
 	o->conns = conns > 0 ? conns : quick ? 200 : 1000;
 	o->repeat = repeat > 0 ? repeat : quick ? 1 : 3;
 	o->tput_s = secs > 0 ? secs : quick ? 0.3 : 2.0;
