@@ -890,6 +890,27 @@ frame_encode(uint8_t *out, const struct msg *m)
 	return FRAME_HDR + plen;
 }
 
+/* Send what the socket takes; *sent says how much.  -1 on an error. */
+static int
+send_some(int fd, const uint8_t *p, size_t n, size_t *sent)
+{
+	*sent = 0;
+	while (*sent < n) {
+		ssize_t k = send(fd, p + *sent, n - *sent, MSG_NOSIGNAL);
+		if (k < 0) {
+			if (errno == EINTR) {
+				continue;
+			}
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				return 0;
+			}
+			return -1;
+		}
+		*sent += (size_t)k;
+	}
+	return 0;
+}
+
 /* ==== frame buffers ====================================================== */
 
 int
@@ -944,21 +965,12 @@ fbuf_put(struct fbuf *b, const struct msg *m)
 int
 fbuf_flush(struct fbuf *b, int fd)
 {
-	while (b->len > 0) {
-		ssize_t n = send(fd, b->data, b->len, MSG_NOSIGNAL);
-		if (n < 0) {
-			if (errno == EINTR) {
-				continue;
-			}
-			if (errno == EAGAIN || errno == EWOULDBLOCK) {
-				return 0;
-			}
-			return -1;
-		}
-		memmove(b->data, b->data + n, b->len - (size_t)n);
-		b->len -= (size_t)n;
-	}
-	return 0;
+	size_t sent;
+	int rc = send_some(fd, b->data, b->len, &sent);
+
+	memmove(b->data, b->data + sent, b->len - sent);
+	b->len -= sent;
+	return rc;
 }
 
 int
@@ -1209,27 +1221,6 @@ relay_fail(struct relay *r, int side, const char *op)
 	r->err_op = op;
 	r->err_no = errno;
 	return RELAY_FAIL;
-}
-
-/* Send what the socket takes; *sent says how much.  -1 on an error. */
-static int
-send_some(int fd, const uint8_t *p, size_t n, size_t *sent)
-{
-	*sent = 0;
-	while (*sent < n) {
-		ssize_t k = send(fd, p + *sent, n - *sent, MSG_NOSIGNAL);
-		if (k < 0) {
-			if (errno == EINTR) {
-				continue;
-			}
-			if (errno == EAGAIN || errno == EWOULDBLOCK) {
-				return 0;
-			}
-			return -1;
-		}
-		*sent += (size_t)k;
-	}
-	return 0;
 }
 
 /* Move what the pipe of direction d holds to its sink.  -1 on an error. */
