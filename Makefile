@@ -38,13 +38,18 @@ tests/e2e: tests/e2e.c tests/testlib.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/e2e.c
 tests/svc: tests/svc.c tests/testlib.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/svc.c
-tests/features: tests/features.c tests/testlib.h sha256.o sha256.h
-	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/features.c sha256.o
+tests/features: tests/features.c tests/testlib.h $(LIB) common.h protocol.h sha256.h
+	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/features.c $(LIB)
 tests/bench: tests/bench.c tests/testlib.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/bench.c
 
 test: $(BINS) $(TESTS)
 	sh tests/run.sh
+
+# The end-to-end tests with ./server and ./client under valgrind's memcheck:
+# any error or definite/indirect leak fails.  Use the normal build, not SAN.
+test-valgrind: all tests/e2e tests/svc tests/unit
+	VALGRIND=1 ./tests/e2e
 
 # Direct path and tunnel side by side on loopback; BENCH_ARGS=-quick for a
 # smoke run.  The numbers also go to bench.csv.
@@ -111,4 +116,4 @@ demo: $(BINS) tests/svc
 clean:
 	rm -f $(BINS) $(TESTS) tests/bench tests/fuzz tests/fuzz_client *.o
 
-.PHONY: all test bench clean fuzz fuzz-run
+.PHONY: all test test-valgrind bench clean fuzz fuzz-run
