@@ -18,7 +18,7 @@ endif
 
 BINS  = server client
 TESTS = tests/unit tests/e2e tests/svc tests/features
-LIB   = common.o sha256.o
+LIB   = common.o sha256.o loop.o
 
 all: $(BINS)
 
@@ -31,6 +31,7 @@ server.o: server.c common.h protocol.h sha256.h
 client.o: client.c common.h protocol.h sha256.h
 common.o: common.c common.h protocol.h sha256.h
 sha256.o: sha256.c sha256.h
+loop.o: loop.c common.h protocol.h
 
 tests/unit: tests/unit.c $(LIB) common.h protocol.h sha256.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/unit.c $(LIB)
@@ -64,14 +65,15 @@ FUZZ_SECONDS ?= 60
 FUZZ_FLAGS    = -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -O1 -g \
                 -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer \
                 -fno-sanitize-recover=all
-FUZZ_DEPS     = tests/fuzzlib.h common.c sha256.c common.h protocol.h sha256.h
+FUZZ_SRCS     = common.c sha256.c loop.c
+FUZZ_DEPS     = tests/fuzzlib.h $(FUZZ_SRCS) common.h protocol.h sha256.h
 FUZZ_OPTS     = -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=10 \
                 -rss_limit_mb=2048 -print_final_stats=1
 
 tests/fuzz: tests/fuzz.c server.c $(FUZZ_DEPS)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ tests/fuzz.c common.c sha256.c
+	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ tests/fuzz.c $(FUZZ_SRCS)
 tests/fuzz_client: tests/fuzz_client.c client.c $(FUZZ_DEPS)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ tests/fuzz_client.c common.c sha256.c
+	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ tests/fuzz_client.c $(FUZZ_SRCS)
 
 fuzz: tests/fuzz tests/fuzz_client
 

@@ -5,7 +5,8 @@
  * every socket non-blocking, every connect asynchronous.
  *
  * As in server.c, teardown marks objects dead and sweep() frees them
- * between turns.
+ * between turns; interest is registered as state changes (loop.c), and
+ * relaying users sit on a list of their own that nothing per turn walks.
  */
 #include <errno.h>
 #include <netdb.h>
@@ -57,8 +58,11 @@ enum user_state {
 };
 
 struct cuser {
-	struct cuser *next;
+	struct cuser *next, *prev;     /* on starting, relaying or dead */
 	int dead;
+	struct watch w[2];             /* relay.fd[i]; before that w[0]: the
+	                                * connect in progress, or a pooled
+	                                * tunnel's wait */
 	enum user_state state;
 	int fd;                        /* the connect in progress */
 	int held;                      /* the connection made before it */
@@ -104,20 +108,47 @@ struct client {
 	int exit_status;                     /* >= 0: stop with this status */
 
 	int sig_fd;
+	struct loop *loop;
+	struct watch sig_w, ctl_w;
 	int64_t started;
 	uint64_t users_total;
-	struct cuser *users;
-	struct pollfd *pfd;
-	struct cuser **slot;                 /* NULL: signal or control */
-	int *side;
-	size_t cap;
+	struct cuser *users;                 /* connecting or pooled: timed */
+	struct cuser *relaying;
+	struct cuser *dead;                  /* ended this turn */
 };
+
+enum kind { K_SIGNAL, K_CTL, K_USER };
 
 static void
 usage_exit(const char *why)
 {
 	fprintf(stderr, "client: %s (see ./client -h)\n", why);
 	exit(2);
+}
+
+static void
+ulist_add(struct cuser **head, struct cuser *u)
+{
+	u->prev = NULL;
+	u->next = *head;
+	if (*head != NULL) {
+		(*head)->prev = u;
+	}
+	*head = u;
+}
+
+static void
+ulist_del(struct cuser **head, struct cuser *u)
+{
+	if (u->prev != NULL) {
+		u->prev->next = u->next;
+	} else {
+		*head = u->next;
+	}
+	if (u->next != NULL) {
+		u->next->prev = u->prev;
+	}
+	u->next = u->prev = NULL;
 }
 
 static void
@@ -154,6 +185,8 @@ user_close(struct client *c, struct cuser *u, const char *fmt, const char *arg)
 	if (pooled(u)) {
 		c->npooled--;
 	}
+	loop_unwatch(c->loop, &u->w[0]);
+	loop_unwatch(c->loop, &u->w[1]);
 	if (u->state == U_RELAY) {
 		relay_close(&u->relay);
 	}
@@ -161,20 +194,48 @@ user_close(struct client *c, struct cuser *u, const char *fmt, const char *arg)
 	close_fd(&u->held);
 	fbuf_free(&u->in);
 	u->dead = 1;
+	ulist_del(u->state == U_RELAY ? &c->relaying : &c->users, u);
+	ulist_add(&c->dead, u);
 }
 
 static void
 sweep(struct client *c)
 {
-	struct cuser **pp = &c->users;
+	while (c->dead != NULL) {
+		struct cuser *u = c->dead;
+		ulist_del(&c->dead, u);
+		free(u);
+	}
+}
 
-	while (*pp != NULL) {
-		struct cuser *u = *pp;
-		if (u->dead) {
-			*pp = u->next;
-			free(u);
-		} else {
-			pp = &u->next;
+/* Watch what the user's stage waits for; after every step. */
+static void
+user_sync(struct client *c, struct cuser *u)
+{
+	short ev[2] = { 0, 0 };
+	int fd[2] = { -1, -1 }, i;
+
+	if (u->dead) {
+		return;
+	}
+	if (u->state == U_RELAY) {
+		relay_events(&u->relay, ev);
+		fd[0] = u->relay.fd[0];
+		fd[1] = u->relay.fd[1];
+	} else if (u->state == U_POOL_IDLE) {
+		ev[0] = POLLIN;
+		fd[0] = u->held;
+	} else {
+		ev[0] = POLLOUT;
+		fd[0] = u->fd;
+	}
+	for (i = 0; i < 2; i++) {
+		/* No interest: out of the set, so a hang-up can't spin us. */
+		if (ev[i] == 0) {
+			loop_unwatch(c->loop, &u->w[i]);
+		} else if (loop_watch(c->loop, &u->w[i], fd[i], ev[i]) != 0) {
+			user_close(c, u, "watch: %s", strerror(errno));
+			return;
 		}
 	}
 }
@@ -254,6 +315,8 @@ relay_begin(struct client *c, struct cuser *u, int tunnel, int local,
 
 	relay_init(&u->relay, tunnel, local);
 	u->fd = u->held = -1;
+	ulist_del(&c->users, u);
+	ulist_add(&c->relaying, u);
 	u->state = U_RELAY;
 	fail = join && relay_prefill(&u->relay, 1, frame, join_frame(u, frame));
 	if (!fail && c->proxy_version != 0) {
@@ -351,14 +414,15 @@ user_add(struct client *c, enum user_state state, const uint8_t id[USER_ID_LEN])
 	}
 	u->fd = u->held = -1;
 	u->relay.fd[0] = u->relay.fd[1] = -1;
+	watch_init(&u->w[0], K_USER, u, 0);
+	watch_init(&u->w[1], K_USER, u, 1);
 	u->state = state;
 	memcpy(u->id, id, USER_ID_LEN);
 	memcpy(u->key, c->key, PROOF_LEN);
 	snprintf(u->peer, sizeof(u->peer), "?");
 	u->start = now_ms();
 	u->deadline = u->start + JOIN_WAIT_MS;
-	u->next = c->users;
-	c->users = u;
+	ulist_add(&c->users, u);
 	return u;
 }
 
@@ -383,6 +447,7 @@ user_new(struct client *c, const struct msg *m)
 	if (u != NULL) {
 		user_named(c, u, m);
 		local_connect(c, u);
+		user_sync(c, u);
 	}
 }
 
@@ -391,13 +456,16 @@ ticket_new(struct client *c, const struct msg *m)
 {
 	struct cuser *u;
 
-	/* More tickets than asked for would only cost descriptors. */
-	if (c->npooled >= c->pool_want) {
+	/* The server keeps the count; a replacement TICKET can come before
+	 * the NEW_USER on the tunnel it replaces has been read, so allow
+	 * twice the pool, and no more: more would only cost descriptors. */
+	if (c->npooled >= 2 * c->pool_want) {
 		return;
 	}
 	if ((u = user_add(c, U_POOL_DIAL, m->user_id)) != NULL) {
 		c->npooled++;
 		tunnel_dial(c, u);
+		user_sync(c, u);
 	}
 }
 
@@ -452,13 +520,15 @@ user_relay(struct client *c, struct cuser *u, const short rev[2])
 static void
 ctl_reset(struct client *c)
 {
-	struct cuser *u;
+	struct cuser *u, *next;
 
-	for (u = c->users; u != NULL; u = u->next) {
+	for (u = c->users; u != NULL; u = next) {
+		next = u->next;
 		if (pooled(u)) {
 			user_close(c, u, NULL, NULL);
 		}
 	}
+	loop_unwatch(c->loop, &c->ctl_w);
 	close_fd(&c->fd);
 	c->in.len = c->out.len = 0;
 	c->state = C_IDLE;
@@ -682,7 +752,7 @@ static int64_t
 run_timers(struct client *c, int64_t now)
 {
 	int64_t next = -1, dead_ms;
-	struct cuser *u;
+	struct cuser *u, *next_u;
 	char what[512];
 
 	switch (c->state) {
@@ -722,9 +792,10 @@ run_timers(struct client *c, int64_t now)
 	if (c->state != C_ATTACHED && c->exit_status < 0) {
 		next = earliest(next, c->deadline);
 	}
-	for (u = c->users; u != NULL; u = u->next) {
+	for (u = c->users; u != NULL; u = next_u) {
+		next_u = u->next;      /* user_close moves u to the dead list */
 		/* A parked tunnel waits as long as it takes for a user. */
-		if (u->dead || u->state == U_RELAY || u->state == U_POOL_IDLE) {
+		if (u->state == U_POOL_IDLE) {
 			continue;
 		}
 		if (now >= u->deadline) {
@@ -742,68 +813,21 @@ run_timers(struct client *c, int64_t now)
 	return next;
 }
 
+/* The control connection's interest, and the only per-turn sync. */
 static void
-slot_add(struct client *c, size_t *n, int fd, short events,
-         struct cuser *u, int side)
+ctl_sync(struct client *c)
 {
-	if (*n == c->cap) {
-		size_t cap = c->cap ? c->cap * 2 : 64;
-		struct pollfd *pfd = realloc(c->pfd, cap * sizeof(*pfd));
-		struct cuser **slot;
-		int *sidev;
-		if (pfd == NULL) {
-			die(1, "out of memory");
-		}
-		c->pfd = pfd;
-		if ((slot = realloc(c->slot, cap * sizeof(*slot))) == NULL) {
-			die(1, "out of memory");
-		}
-		c->slot = slot;
-		if ((sidev = realloc(c->side, cap * sizeof(*sidev))) == NULL) {
-			die(1, "out of memory");
-		}
-		c->side = sidev;
-		c->cap = cap;
-	}
-	c->pfd[*n].fd = fd;
-	c->pfd[*n].events = events;
-	c->pfd[*n].revents = 0;
-	c->slot[*n] = u;
-	c->side[*n] = side;
-	(*n)++;
-}
+	short e;
 
-static size_t
-build_pollset(struct client *c)
-{
-	size_t n = 0;
-	struct cuser *u;
-	short ev[2];
-	int i;
-
-	slot_add(c, &n, c->sig_fd, POLLIN, NULL, 0);
-	if (c->fd >= 0) {
-		short e = c->state == C_CONNECTING ? POLLOUT
-		          : POLLIN | (c->out.len ? POLLOUT : 0);
-		slot_add(c, &n, c->fd, e, NULL, 1);
+	if (c->fd < 0) {
+		loop_unwatch(c->loop, &c->ctl_w);
+		return;
 	}
-	for (u = c->users; u != NULL; u = u->next) {
-		if (u->state == U_POOL_IDLE) {
-			slot_add(c, &n, u->held, POLLIN, u, 0);
-			continue;
-		}
-		if (u->state != U_RELAY) {
-			slot_add(c, &n, u->fd, POLLOUT, u, 0);
-			continue;
-		}
-		relay_events(&u->relay, ev);
-		for (i = 0; i < 2; i++) {
-			if (ev[i]) {
-				slot_add(c, &n, u->relay.fd[i], ev[i], u, i);
-			}
-		}
+	e = c->state == C_CONNECTING ? POLLOUT
+	    : (short)(POLLIN | (c->out.len ? POLLOUT : 0));
+	if (loop_watch(c->loop, &c->ctl_w, c->fd, e) != 0) {
+		ctl_retry(c, "watch control connection");
 	}
-	return n;
 }
 
 static void
@@ -833,17 +857,13 @@ log_status(struct client *c)
 	uint64_t in = 0, out = 0;
 	struct cuser *u;
 
+	for (u = c->relaying; u != NULL; u = u->next) {
+		relaying++;
+		in += u->relay.dir[0].bytes;
+		out += u->relay.dir[1].bytes;
+	}
 	for (u = c->users; u != NULL; u = u->next) {
-		if (u->dead) {
-			continue;
-		}
-		if (u->state == U_RELAY) {
-			relaying++;
-			in += u->relay.dir[0].bytes;
-			out += u->relay.dir[1].bytes;
-		} else {
-			starting++;
-		}
+		starting++;
 	}
 	log_info("status: up %llds; %s to %s, public port %d; users: %d "
 	         "relaying, %d connecting, %llu in all; open users' bytes: %llu "
@@ -855,45 +875,41 @@ log_status(struct client *c)
 }
 
 static int
-dispatch(struct client *c, size_t n)
+dispatch(struct client *c, const struct loop_event *ev, int n)
 {
-	size_t i, j;
+	int i;
 
 	for (i = 0; i < n; i++) {
-		short rev = c->pfd[i].revents, both[2] = { 0, 0 };
-		struct cuser *u = c->slot[i];
+		struct watch *w = ev[i].w;
+		struct cuser *u = w->obj;
+		short rev = ev[i].revents, both[2] = { 0, 0 };
 
-		if (rev == 0) {
+		/* Closed, or watching another descriptor, since it fired. */
+		if (ev[i].fd != w->fd) {
 			continue;
 		}
-		if (u == NULL) {
-			if (c->side[i] == 0) {
-				if (signal_take(c->sig_fd) == SIGUSR1) {
-					log_status(c);
-					continue;
-				}
-				return -1;         /* SIGINT or SIGTERM */
+		switch ((enum kind)w->kind) {
+		case K_SIGNAL:
+			if (signal_take(c->sig_fd) == SIGUSR1) {
+				log_status(c);
+				break;
 			}
+			return -1;         /* SIGINT or SIGTERM */
+		case K_CTL:
 			ctl_event(c, rev);
-			continue;
+			break;
+		case K_USER:
+			if (u->state == U_POOL_IDLE) {
+				pool_readable(c, u);
+			} else if (u->state != U_RELAY) {
+				user_connected(c, u);
+			} else {
+				both[w->side] = rev;
+				user_relay(c, u, both);
+			}
+			user_sync(c, u);
+			break;
 		}
-		if (u->dead) {
-			continue;
-		}
-		if (u->state == U_POOL_IDLE) {
-			pool_readable(c, u);
-			continue;
-		}
-		if (u->state != U_RELAY) {
-			user_connected(c, u);
-			continue;
-		}
-		both[c->side[i]] = rev;
-		for (j = i + 1; j < n && c->slot[j] == u; j++) {
-			both[c->side[j]] = c->pfd[j].revents;
-			c->pfd[j].revents = 0;
-		}
-		user_relay(c, u, both);
 	}
 	return 0;
 }
@@ -917,21 +933,19 @@ run(struct client *c)
 	while (c->exit_status < 0) {
 		int64_t now = now_ms(), next = run_timers(c, now);
 		int timeout = next < 0 ? -1 : (int)(next - now + 1);
-		size_t n;
+		struct loop_event *ev;
+		int n;
 
 		flush_control(c);
+		ctl_sync(c);
 		sweep(c);
 		if (c->exit_status >= 0) {
 			break;
 		}
-		n = build_pollset(c);
-		if (poll(c->pfd, (nfds_t)n, timeout) < 0) {
-			if (errno == EINTR) {
-				continue;
-			}
-			die(1, "poll:");
+		if ((n = loop_wait(c->loop, timeout, &ev)) < 0) {
+			die(1, "%s:", loop_backend(c->loop));
 		}
-		if (dispatch(c, n) != 0) {
+		if (dispatch(c, ev, n) != 0) {
 			c->exit_status = 0;
 		}
 		flush_control(c);
@@ -1050,18 +1064,20 @@ parse_args(struct client *c, int argc, char **argv)
 static void
 client_free(struct client *c)
 {
-	struct cuser *u;
-
-	for (u = c->users; u != NULL; u = u->next) {
-		user_close(c, u, NULL, NULL);
+	while (c->users != NULL) {
+		user_close(c, c->users, NULL, NULL);
+	}
+	while (c->relaying != NULL) {
+		user_close(c, c->relaying, NULL, NULL);
 	}
 	sweep(c);
+	loop_unwatch(c->loop, &c->ctl_w);
 	close_fd(&c->fd);
+	loop_unwatch(c->loop, &c->sig_w);
+	close_fd(&c->sig_fd);
+	loop_free(c->loop);
 	fbuf_free(&c->in);
 	fbuf_free(&c->out);
-	free(c->pfd);
-	free(c->slot);
-	free(c->side);
 }
 
 int
@@ -1079,6 +1095,13 @@ main(int argc, char **argv)
 		die(1, "out of memory");
 	}
 	c.sig_fd = signals_setup();
+	random_open();
+	c.loop = loop_new();
+	watch_init(&c.sig_w, K_SIGNAL, NULL, 0);
+	watch_init(&c.ctl_w, K_CTL, NULL, 0);
+	if (loop_watch(c.loop, &c.sig_w, c.sig_fd, POLLIN) != 0) {
+		die(1, "%s:", loop_backend(c.loop));
+	}
 	raise_fd_limit();
 	random_bytes(c.run_id, RUN_ID_LEN);
 	c.started = c.deadline = now_ms();

@@ -144,22 +144,25 @@ now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static int random_fd = -1;
+
+void
+random_open(void)
+{
+	if (random_fd < 0 &&
+	    (random_fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC)) < 0) {
+		die(1, "open /dev/urandom:");
+	}
+}
+
 void
 random_bytes(void *buf, size_t len)
 {
-	static int fd = -1;
 	uint8_t *p = buf;
 
-	/* Kept open: after start-up a chroot or an fd shortage must not take
-	 * away the source of user ids. */
-	if (fd < 0) {
-		fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-		if (fd < 0) {
-			die(1, "open /dev/urandom:");
-		}
-	}
+	random_open();
 	while (len > 0) {
-		ssize_t n = read(fd, p, len);
+		ssize_t n = read(random_fd, p, len);
 		if (n < 0 && errno == EINTR) {
 			continue;
 		}

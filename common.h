@@ -42,7 +42,11 @@ int log_limited(struct log_limit *l, int64_t now, unsigned long *held);
 /* now_ms: a monotonic clock in milliseconds. */
 int64_t now_ms(void);
 
-/* random_bytes: fill buf from the kernel's generator; dies if it can't. */
+/* random_open: open the kernel's generator, at start-up, so that a later
+ * shortage of descriptors can't take away the source of ids and nonces.
+ * random_bytes: fill buf from it; dies if it can't (it never fails once
+ * open). */
+void random_open(void);
 void random_bytes(void *buf, size_t len);
 
 /* raise_fd_limit: lift RLIMIT_NOFILE to its hard limit; returns the limit. */
@@ -130,6 +134,46 @@ int flags_parse(int argc, char **argv, const struct flag *flags, char *err,
  * poll loop.  signal_take: the next signal number from it, or 0. */
 int signals_setup(void);
 int signal_take(int fd);
+
+/* ---- event loop (loop.c) ------------------------------------------------ */
+
+/* Interest in one descriptor, embedded in whatever owns it.  kind, side
+ * and obj are the owner's, handed back with each event. */
+struct watch {
+	int fd;              /* -1: not watched */
+	short events;        /* what the backend holds */
+	int slot;            /* poll backend: index in its array */
+	int kind, side;
+	void *obj;
+};
+
+/* An event: fd is what w watched when it fired; if w->fd differs now, the
+ * owner moved on (closed, or watches another descriptor) and the event is
+ * stale. */
+struct loop_event {
+	struct watch *w;
+	int fd;
+	short revents;       /* POLLIN, POLLOUT, POLLERR, POLLHUP */
+};
+
+struct loop;
+
+/* loop_new: epoll on Linux unless DIALBACK_POLL is set; poll() elsewhere. */
+struct loop *loop_new(void);
+void loop_free(struct loop *l);
+const char *loop_backend(const struct loop *l);   /* "epoll" or "poll" */
+
+void watch_init(struct watch *w, int kind, void *obj, int side);
+
+/* loop_watch: want events (POLLIN|POLLOUT, or 0 for hang-ups and errors
+ * only) on fd; nothing happens if that is already so.  -1 on failure.
+ * loop_unwatch: stop; call it before closing the descriptor. */
+int loop_watch(struct loop *l, struct watch *w, int fd, short events);
+void loop_unwatch(struct loop *l, struct watch *w);
+
+/* loop_wait: up to timeout ms (-1: no limit); the events stay valid until
+ * the next call.  Returns how many (0 on EINTR), or -1. */
+int loop_wait(struct loop *l, int timeout, struct loop_event **ev);
 
 /* ---- keys --------------------------------------------------------------- */
 

@@ -4,9 +4,12 @@
  * (clients dial back, one connection per user, and JOIN it).  One poll()
  * loop; every socket non-blocking; state in struct server.
  *
- * Objects are never freed while the loop walks a poll result: teardown
- * closes descriptors and marks the object dead, and sweep() frees the dead
- * between turns, so a stale slot can only see a dead flag.
+ * Objects are never freed while the loop walks its events: teardown
+ * unwatches and closes descriptors and marks the object dead, and sweep()
+ * frees the dead between turns, so a stale event can only see a dead flag.
+ * Interest is registered when state changes (loop.c), not rebuilt each
+ * turn, and nothing done per turn walks the relaying pairs: idle
+ * connections cost nothing.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -43,6 +46,7 @@ static const char usage_text[] =
 #define MAX_HANDSHAKES  64     /* control connections not yet attached */
 #define MAX_PER_SOURCE  8      /* ... of those, from one address */
 #define MAX_TUNNELS     4096   /* tunnel connections without their JOIN */
+#define RECENT_POOLED   16     /* ended pooled users remembered, see pair_fail */
 
 enum role { ROLE_CONTROL, ROLE_TUNNEL, ROLE_PUBLIC, ROLE_END };
 
@@ -67,6 +71,7 @@ static const char *const ctl_state_names[] = {
 struct pub {
 	int port;
 	int fd[MAX_LISTEN];
+	struct watch w[MAX_LISTEN];
 	int nfd;                       /* 0 once closed */
 	struct ctl *owner;             /* NULL: no client attached */
 };
@@ -74,6 +79,7 @@ struct pub {
 struct ctl {
 	struct ctl *next;
 	int fd, dead;
+	struct watch w;
 	enum ctl_state state;
 	char peer[ADDR_STRLEN];
 	struct wire_addr from;         /* peer address, to count per source */
@@ -97,6 +103,7 @@ struct ctl {
 struct tun {
 	struct tun *next;
 	int fd, dead;
+	struct watch w;
 	char peer[ADDR_STRLEN];
 	struct fbuf in;
 	int64_t deadline;
@@ -107,6 +114,7 @@ struct tun {
 struct user {
 	struct user *next;
 	int fd, dead;
+	struct watch w;
 	int ticket;                    /* a pool ticket: no user, fd -1 */
 	uint64_t seq;                  /* for logs */
 	uint8_t id[USER_ID_LEN];
@@ -119,13 +127,18 @@ struct user {
 struct parked {
 	struct parked *next;
 	int fd, dead;
+	struct watch w;
 	struct ctl *sess;
 };
 
-/* A joined user: fd[0] is the user, fd[1] the tunnel. */
+/* A joined user: fd[0] is the user, fd[1] the tunnel.  Pairs are the
+ * one list that grows with idle connections, so it is doubly linked: a
+ * pair leaves it in O(1) when it ends. */
 struct pair {
-	struct pair *next;
+	struct pair *next, *prev;
 	int dead;
+	struct watch w[2];
+	int pooled;                    /* began on a parked tunnel */
 	uint8_t id[USER_ID_LEN];
 	uint64_t seq;
 	char peer[ADDR_STRLEN];
@@ -133,14 +146,8 @@ struct pair {
 	struct relay relay;
 };
 
+/* What a watch belongs to (struct watch's kind). */
 enum kind { K_SIGNAL, K_LISTEN, K_CTL, K_TUN, K_USER, K_PAIR, K_PARKED };
-
-/* What each pollfd entry belongs to. */
-struct slot {
-	enum kind kind;
-	void *obj;
-	int side;                      /* listener role, or relay side */
-};
 
 struct server {
 	struct hostport addr[ROLE_END];
@@ -148,10 +155,13 @@ struct server {
 	int heartbeat_s;
 	int ports_lo, ports_hi;        /* -ports; 0 = none */
 	int lfd[ROLE_END][MAX_LISTEN]; /* control and tunnel */
+	struct watch lw[ROLE_END][MAX_LISTEN];
 	int nlfd[ROLE_END];
 	int port[ROLE_END];
 	struct pub main_pub;           /* -public */
 	int sig_fd;
+	struct watch sig_w;
+	struct loop *loop;
 	int spare_fd;                  /* given up to accept-and-close at EMFILE */
 	int64_t accept_paused_until;
 	struct log_limit log_fds, log_no_client, log_pending, log_handshakes,
@@ -161,12 +171,16 @@ struct server {
 	int ntuns;                     /* live ones in tuns */
 	struct user *users;
 	struct pair *pairs;
+	struct pair *dead_pairs;       /* ended this turn, freed by sweep */
+	struct {
+		uint8_t id[USER_ID_LEN];
+		uint64_t seq;
+		char peer[ADDR_STRLEN];
+	} recent[RECENT_POOLED];       /* a ring of ended pooled users */
+	unsigned recent_next;
 	uint64_t user_seq;
 	int64_t started;
 	uint64_t bytes_in, bytes_out;  /* of pairs already closed */
-	struct pollfd *pfd;
-	struct slot *slot;
-	size_t cap;
 };
 
 static void
@@ -178,9 +192,12 @@ usage_exit(const char *why)
 
 /* ==== teardown =========================================================== */
 
+/* Stop watching fd and close it.  Every descriptor the loop watches is
+ * closed through here (or relay_close after pair_unwatch). */
 static void
-close_fd(int *fd)
+close_watched(struct server *s, struct watch *w, int *fd)
 {
+	loop_unwatch(s->loop, w);
 	if (*fd >= 0) {
 		close(*fd);
 		*fd = -1;
@@ -200,29 +217,28 @@ user_close(struct server *s, struct user *u, const char *why)
 	}
 	log_info("user #%llu %s closed: %s", (unsigned long long)u->seq,
 	         u->peer, why);
-	close_fd(&u->fd);
+	close_watched(s, &u->w, &u->fd);
 	if (u->sess != NULL) {
 		u->sess->pending--;
 	}
-	(void)s;
 }
 
 static void
-parked_close(struct parked *p, const char *why)
+parked_close(struct server *s, struct parked *p, const char *why)
 {
 	if (p->dead) {
 		return;
 	}
 	log_debug("pooled tunnel of %s closed: %s", p->sess->peer, why);
-	close_fd(&p->fd);
+	close_watched(s, &p->w, &p->fd);
 	p->dead = 1;
 	p->sess->nparked--;
 }
 
 /* Close a -ports listener; its memory goes with its session, at sweep,
- * since this turn's poll results may still name it. */
+ * since this turn's events may still name it. */
 static void
-pub_close(struct pub *p)
+pub_close(struct server *s, struct pub *p)
 {
 	int i;
 
@@ -230,7 +246,7 @@ pub_close(struct pub *p)
 		return;
 	}
 	for (i = 0; i < p->nfd; i++) {
-		close_fd(&p->fd[i]);
+		close_watched(s, &p->w[i], &p->fd[i]);
 	}
 	p->nfd = 0;
 	log_info("public port %d closed", p->port);
@@ -256,14 +272,14 @@ ctl_close(struct server *s, struct ctl *c, const char *why)
 		}
 	}
 	for (p = c->parked; p != NULL; p = p->next) {
-		parked_close(p, "its session ended");
+		parked_close(s, p, "its session ended");
 	}
 	if (c->pub != NULL) {
 		c->pub->owner = NULL;
 		c->pub = NULL;
 	}
-	pub_close(c->own);
-	close_fd(&c->fd);
+	pub_close(s, c->own);
+	close_watched(s, &c->w, &c->fd);
 	c->dead = 1;
 }
 
@@ -276,9 +292,49 @@ tun_close(struct server *s, struct tun *t, const char *why)
 	if (why != NULL) {
 		log_info("tunnel %s dropped: %s", t->peer, why);
 	}
-	close_fd(&t->fd);
+	close_watched(s, &t->w, &t->fd);
 	t->dead = 1;
 	s->ntuns--;
+}
+
+static void
+pair_link(struct server *s, struct pair *p)
+{
+	p->prev = NULL;
+	p->next = s->pairs;
+	if (s->pairs != NULL) {
+		s->pairs->prev = p;
+	}
+	s->pairs = p;
+}
+
+/* The end of every pair: counted, unwatched, closed, and moved from the
+ * live list to the dead one, which sweep frees. */
+static void
+pair_end(struct server *s, struct pair *p)
+{
+	s->bytes_in += p->relay.dir[0].bytes;
+	s->bytes_out += p->relay.dir[1].bytes;
+	if (p->pooled) {
+		unsigned i = s->recent_next++ % RECENT_POOLED;
+		memcpy(s->recent[i].id, p->id, USER_ID_LEN);
+		s->recent[i].seq = p->seq;
+		memcpy(s->recent[i].peer, p->peer, ADDR_STRLEN);
+	}
+	loop_unwatch(s->loop, &p->w[0]);
+	loop_unwatch(s->loop, &p->w[1]);
+	relay_close(&p->relay);
+	p->dead = 1;
+	if (p->prev != NULL) {
+		p->prev->next = p->next;
+	} else {
+		s->pairs = p->next;
+	}
+	if (p->next != NULL) {
+		p->next->prev = p->prev;
+	}
+	p->next = s->dead_pairs;
+	s->dead_pairs = p;
 }
 
 static void
@@ -288,6 +344,9 @@ pair_close(struct server *s, struct pair *p, enum relay_state st)
 	unsigned long long in = p->relay.dir[0].bytes;
 	unsigned long long out = p->relay.dir[1].bytes;
 
+	if (p->dead) {
+		return;
+	}
 	if (st == RELAY_DONE) {
 		log_info("user #%llu %s closed: %llu bytes in, %llu out, %.1fs",
 		         (unsigned long long)p->seq, p->peer, in, out, secs);
@@ -297,26 +356,53 @@ pair_close(struct server *s, struct pair *p, enum relay_state st)
 		         p->relay.err_side == 0 ? "user" : "tunnel",
 		         p->relay.err_op, strerror(p->relay.err_no), in, out, secs);
 	}
-	s->bytes_in += in;
-	s->bytes_out += out;
-	relay_close(&p->relay);
-	p->dead = 1;
+	pair_end(s, p);
 }
 
-/* A user on a pooled tunnel whose client could not reach the service. */
+/* A user on a pooled tunnel whose client could not reach the service.
+ * The client closes the tunnel too, and its reset may arrive first: then
+ * the user is among the recently ended, and the reason still gets said. */
 static void
 pair_fail(struct server *s, const uint8_t id[USER_ID_LEN], const char *why)
 {
 	struct pair *p;
+	unsigned i;
 
 	for (p = s->pairs; p != NULL; p = p->next) {
-		if (!p->dead && memcmp(p->id, id, USER_ID_LEN) == 0) {
+		if (memcmp(p->id, id, USER_ID_LEN) == 0) {
 			log_info("user #%llu %s closed: %s", (unsigned long long)p->seq,
 			         p->peer, why);
-			s->bytes_in += p->relay.dir[0].bytes;
-			s->bytes_out += p->relay.dir[1].bytes;
-			relay_close(&p->relay);
-			p->dead = 1;
+			pair_end(s, p);
+			return;
+		}
+	}
+	for (i = 0; i < RECENT_POOLED; i++) {
+		if (memcmp(s->recent[i].id, id, USER_ID_LEN) == 0) {
+			log_info("user #%llu %s had been closed: %s",
+			         (unsigned long long)s->recent[i].seq,
+			         s->recent[i].peer, why);
+			return;
+		}
+	}
+}
+
+/* Watch a pair's two sockets for what its buffers allow; a side with no
+ * interest is left out entirely, so its hang-up can't wake us in a loop. */
+static void
+pair_sync(struct server *s, struct pair *p)
+{
+	short ev[2];
+	int i;
+
+	relay_events(&p->relay, ev);
+	for (i = 0; i < 2; i++) {
+		if (ev[i] == 0) {
+			loop_unwatch(s->loop, &p->w[i]);
+		} else if (loop_watch(s->loop, &p->w[i], p->relay.fd[i], ev[i]) != 0) {
+			p->relay.err_side = i;
+			p->relay.err_op = "watch";
+			p->relay.err_no = errno;
+			pair_close(s, p, RELAY_FAIL);
 			return;
 		}
 	}
@@ -359,6 +445,8 @@ tun_free(struct tun *t)
 	free(t);
 }
 
+/* The lists swept here are bounded (handshakes, users waiting for their
+ * tunnel, parked tunnels); pairs, which are not, wait on their own list. */
 static void
 sweep(struct server *s)
 {
@@ -370,7 +458,11 @@ sweep(struct server *s)
 	SWEEP(s->ctls, struct ctl, ctl_free);
 	SWEEP(s->tuns, struct tun, tun_free);
 	SWEEP(s->users, struct user, free);
-	SWEEP(s->pairs, struct pair, free);
+	while (s->dead_pairs != NULL) {
+		struct pair *p = s->dead_pairs;
+		s->dead_pairs = p->next;
+		free(p);
+	}
 }
 
 /* ==== control connections ================================================ */
@@ -451,6 +543,7 @@ port_claim(struct server *s, struct ctl *c, int port, enum err_code *code,
 {
 	struct ctl *old = port_owner(s, port);
 	struct hostport hp;
+	int i;
 
 	if (port != s->main_pub.port &&
 	    (s->ports_lo == 0 || port < s->ports_lo || port > s->ports_hi)) {
@@ -496,6 +589,9 @@ port_claim(struct server *s, struct ctl *c, int port, enum err_code *code,
 			return -1;
 		}
 		c->own->port = port;
+		for (i = 0; i < c->own->nfd; i++) {
+			watch_init(&c->own->w[i], K_LISTEN, c->own, ROLE_PUBLIC);
+		}
 		c->pub = c->own;
 	}
 	c->pub->owner = c;
@@ -642,6 +738,21 @@ ctl_writable(struct server *s, struct ctl *c)
 
 /* Hand a new user straight to a parked tunnel: NEW_USER goes down that
  * tunnel ahead of the user's bytes.  0, or -1 if none is parked. */
+/* A pair is born: listed, its queued bytes sent as far as they go (when
+ * kick says which sides to try), and watched. */
+static void
+pair_start(struct server *s, struct pair *p, const short kick[2])
+{
+	watch_init(&p->w[0], K_PAIR, p, 0);
+	watch_init(&p->w[1], K_PAIR, p, 1);
+	pair_link(s, p);
+	if (kick != NULL && relay_step(&p->relay, kick) == RELAY_FAIL) {
+		pair_close(s, p, RELAY_FAIL);
+		return;
+	}
+	pair_sync(s, p);
+}
+
 static int
 user_bind(struct server *s, struct ctl *c, int fd, const struct msg *m,
           const char *peer)
@@ -664,19 +775,16 @@ user_bind(struct server *s, struct ctl *c, int fd, const struct msg *m,
 		return -1;
 	}
 	k->fd = -1;
-	parked_close(k, "taken by a user");
+	parked_close(s, k, "taken by a user");
+	p->pooled = 1;
 	memcpy(p->id, m->user_id, USER_ID_LEN);
 	p->seq = ++s->user_seq;
 	p->start = now_ms();
 	memcpy(p->peer, peer, sizeof(p->peer));
-	p->next = s->pairs;
-	s->pairs = p;
 	log_info("user #%llu %s accepted on port %d, joined to a pooled tunnel",
 	         (unsigned long long)p->seq, peer, c->pub->port);
 	/* Send the NEW_USER now rather than a poll turn later. */
-	if (relay_step(&p->relay, now) == RELAY_FAIL) {
-		pair_close(s, p, RELAY_FAIL);
-	}
+	pair_start(s, p, now);
 	return 0;
 }
 
@@ -735,6 +843,13 @@ user_arrive(struct server *s, int fd, const struct sockaddr *sa,
 	c->pending++;
 	log_info("user #%llu %s accepted on port %d", (unsigned long long)u->seq,
 	         peer, pub->port);
+	/* Watched for nothing: a reset still shows as a hang-up, while the
+	 * user's bytes wait in the kernel for the tunnel. */
+	watch_init(&u->w, K_USER, u, 0);
+	if (loop_watch(s->loop, &u->w, fd, 0) != 0) {
+		user_close(s, u, strerror(errno));
+		return;
+	}
 	if (fbuf_put(&c->out, &m) != 0) {
 		user_close(s, u, "client is not reading its control messages");
 	}
@@ -756,6 +871,7 @@ pool_refill(struct server *s, struct ctl *c)
 			return;
 		}
 		u->fd = -1;
+		watch_init(&u->w, K_USER, u, 0);
 		u->ticket = 1;
 		u->sess = c;
 		u->start = now;
@@ -794,6 +910,13 @@ tun_park(struct server *s, struct tun *t, struct user *ticket)
 	k->next = c->parked;
 	c->parked = k;
 	c->nparked++;
+	/* A parked tunnel says nothing until it is used: anything it sends,
+	 * even EOF, ends it. */
+	watch_init(&k->w, K_PARKED, k, 0);
+	if (loop_watch(s->loop, &k->w, k->fd, POLLIN) != 0) {
+		parked_close(s, k, strerror(errno));
+		return;
+	}
 	log_debug("tunnel %s parked for %s (%d of %d)", t->peer, c->peer,
 	          c->nparked, c->pool_want);
 }
@@ -838,17 +961,18 @@ tun_join(struct server *s, struct tun *t, const struct msg *m)
 	p->seq = u->seq;
 	p->start = u->start;
 	memcpy(p->peer, u->peer, sizeof(p->peer));
-	p->next = s->pairs;
-	s->pairs = p;
 	log_info("user #%llu %s joined after %lldms", (unsigned long long)u->seq,
 	         u->peer, (long long)(now_ms() - u->start));
-	/* The pair owns both descriptors now. */
+	/* The pair owns both descriptors now: the old owners let go of
+	 * them, watches first. */
+	loop_unwatch(s->loop, &u->w);
 	u->fd = -1;
 	t->fd = -1;
 	tun_close(s, t, NULL);
 	u->sess->pending--;
 	u->sess = NULL;
 	u->dead = 1;
+	pair_start(s, p, NULL);
 }
 
 static void
@@ -954,6 +1078,10 @@ tun_arrive(struct server *s, int fd, const struct sockaddr *sa)
 	addr_str(sa, t->peer, sizeof(t->peer));
 	t->next = s->tuns;
 	s->tuns = t;
+	watch_init(&t->w, K_TUN, t, 0);
+	if (loop_watch(s->loop, &t->w, fd, POLLIN) != 0) {
+		tun_close(s, t, strerror(errno));
+	}
 }
 
 /* Admission for a new control connection: at most MAX_PER_SOURCE
@@ -992,7 +1120,7 @@ ctl_admit(struct server *s, const struct wire_addr *from, const char *peer)
 			         "(%lu more since the last such line)", MAX_HANDSHAKES,
 			         held);
 		}
-		close_fd(&oldest->fd);
+		close_watched(s, &oldest->w, &oldest->fd);
 		oldest->dead = 1;
 	}
 	return 0;
@@ -1025,6 +1153,10 @@ ctl_arrive(struct server *s, int fd, const struct sockaddr *sa)
 	c->next = s->ctls;
 	s->ctls = c;
 	log_debug("control %s connected", c->peer);
+	watch_init(&c->w, K_CTL, c, 0);
+	if (loop_watch(s->loop, &c->w, fd, POLLIN) != 0) {
+		ctl_close(s, c, strerror(errno));
+	}
 }
 
 /* Users are accepted only while the session can queue their NEW_USER:
@@ -1164,119 +1296,70 @@ run_timers(struct server *s, int64_t now)
 
 /* ==== the loop =========================================================== */
 
+/* Listen while accepting may go on: not while paused for lack of
+ * descriptors, nor on a public port whose session has no room to queue
+ * another batch of NEW_USERs. */
 static void
-slot_add(struct server *s, size_t *n, int fd, short events, enum kind kind,
-         void *obj, int side)
-{
-	if (*n == s->cap) {
-		size_t cap = s->cap ? s->cap * 2 : 64;
-		struct pollfd *pfd = realloc(s->pfd, cap * sizeof(*pfd));
-		struct slot *slot;
-		if (pfd == NULL) {
-			die(1, "out of memory for %zu descriptors", cap);
-		}
-		s->pfd = pfd;
-		slot = realloc(s->slot, cap * sizeof(*slot));
-		if (slot == NULL) {
-			die(1, "out of memory for %zu descriptors", cap);
-		}
-		s->slot = slot;
-		s->cap = cap;
-	}
-	s->pfd[*n].fd = fd;
-	s->pfd[*n].events = events;
-	s->pfd[*n].revents = 0;
-	s->slot[*n].kind = kind;
-	s->slot[*n].obj = obj;
-	s->slot[*n].side = side;
-	(*n)++;
-}
-
-static void
-pub_slots(struct server *s, size_t *n, struct pub *p)
+pub_sync(struct server *s, struct pub *p, int open)
 {
 	int i;
 
-	if (pub_accepting(p)) {
-		for (i = 0; i < p->nfd; i++) {
-			slot_add(s, n, p->fd[i], POLLIN, K_LISTEN, p, ROLE_PUBLIC);
+	for (i = 0; i < p->nfd; i++) {
+		if (open && pub_accepting(p)) {
+			loop_watch(s->loop, &p->w[i], p->fd[i], POLLIN);
+		} else {
+			loop_unwatch(s->loop, &p->w[i]);
 		}
 	}
 }
 
-/* Poll interest is rebuilt from state every turn: it is never stale. */
-static size_t
-build_pollset(struct server *s, int64_t now)
+/* Interest that follows state changed outside any one event: the
+ * listeners, and each control connection's POLLOUT while its queue holds
+ * bytes.  They are few and bounded; pairs keep their own interest as they
+ * step, so idle connections are never visited. */
+static void
+sync_few(struct server *s, int64_t now)
 {
-	size_t n = 0;
+	int open = s->accept_paused_until <= now;
 	int r, i;
 	struct ctl *c;
-	struct tun *t;
-	struct user *u;
-	struct pair *p;
 
-	slot_add(s, &n, s->sig_fd, POLLIN, K_SIGNAL, NULL, 0);
-	if (s->accept_paused_until <= now) {
-		for (r = ROLE_CONTROL; r < ROLE_PUBLIC; r++) {
-			for (i = 0; i < s->nlfd[r]; i++) {
-				slot_add(s, &n, s->lfd[r][i], POLLIN, K_LISTEN, NULL, r);
-			}
-		}
-		pub_slots(s, &n, &s->main_pub);
-		for (c = s->ctls; c != NULL; c = c->next) {
-			if (c->own != NULL) {
-				pub_slots(s, &n, c->own);
+	for (r = ROLE_CONTROL; r < ROLE_PUBLIC; r++) {
+		for (i = 0; i < s->nlfd[r]; i++) {
+			if (open) {
+				loop_watch(s->loop, &s->lw[r][i], s->lfd[r][i], POLLIN);
+			} else {
+				loop_unwatch(s->loop, &s->lw[r][i]);
 			}
 		}
 	}
+	pub_sync(s, &s->main_pub, open);
 	for (c = s->ctls; c != NULL; c = c->next) {
-		struct parked *k;
-		slot_add(s, &n, c->fd, POLLIN | (c->out.len ? POLLOUT : 0),
-		         K_CTL, c, 0);
-		/* A parked tunnel says nothing until it is used: anything it
-		 * sends, even EOF, ends it. */
-		for (k = c->parked; k != NULL; k = k->next) {
-			slot_add(s, &n, k->fd, POLLIN, K_PARKED, k, 0);
+		if (c->dead) {
+			continue;
+		}
+		if (c->own != NULL) {
+			pub_sync(s, c->own, open);
+		}
+		if (loop_watch(s->loop, &c->w, c->fd,
+		               POLLIN | (c->out.len ? POLLOUT : 0)) != 0) {
+			ctl_close(s, c, strerror(errno));
 		}
 	}
-	for (t = s->tuns; t != NULL; t = t->next) {
-		slot_add(s, &n, t->fd, POLLIN, K_TUN, t, 0);
-	}
-	/* Waiting users are polled for nothing: a reset still shows as
-	 * POLLHUP/POLLERR, while their data waits in the kernel. */
-	for (u = s->users; u != NULL; u = u->next) {
-		slot_add(s, &n, u->fd, 0, K_USER, u, 0);
-	}
-	for (p = s->pairs; p != NULL; p = p->next) {
-		short ev[2];
-		relay_events(&p->relay, ev);
-		for (i = 0; i < 2; i++) {
-			if (ev[i]) {
-				slot_add(s, &n, p->relay.fd[i], ev[i], K_PAIR, p, i);
-			}
-		}
-	}
-	return n;
 }
 
-/* Both sides of a pair may be in this turn's results; gather them so the
- * relay steps once with both. */
 static void
-pair_event(struct server *s, size_t i, size_t n)
+pair_event(struct server *s, struct pair *p, int side, short rev)
 {
-	struct pair *p = s->slot[i].obj;
-	short rev[2] = { 0, 0 };
-	size_t j;
+	short both[2] = { 0, 0 };
 	enum relay_state st;
 
-	rev[s->slot[i].side] = s->pfd[i].revents;
-	for (j = i + 1; j < n && s->slot[j].obj == p; j++) {
-		rev[s->slot[j].side] = s->pfd[j].revents;
-		s->pfd[j].revents = 0;
-	}
-	st = relay_step(&p->relay, rev);
+	both[side] = rev;
+	st = relay_step(&p->relay, both);
 	if (st != RELAY_OPEN) {
 		pair_close(s, p, st);
+	} else {
+		pair_sync(s, p);
 	}
 }
 
@@ -1292,11 +1375,9 @@ log_status(struct server *s)
 	struct pair *p;
 
 	for (p = s->pairs; p != NULL; p = p->next) {
-		if (!p->dead) {
-			relaying++;
-			in += p->relay.dir[0].bytes;
-			out += p->relay.dir[1].bytes;
-		}
+		relaying++;
+		in += p->relay.dir[0].bytes;
+		out += p->relay.dir[1].bytes;
 	}
 	for (u = s->users; u != NULL; u = u->next) {
 		waiting += !u->dead;
@@ -1319,18 +1400,19 @@ log_status(struct server *s)
 }
 
 static int
-dispatch(struct server *s, size_t n)
+dispatch(struct server *s, const struct loop_event *ev, int n)
 {
-	size_t i;
+	int i;
 
 	for (i = 0; i < n; i++) {
-		short rev = s->pfd[i].revents;
-		struct slot *sl = &s->slot[i];
+		struct watch *w = ev[i].w;
+		short rev = ev[i].revents;
 
-		if (rev == 0) {
+		/* Closed, or watching another descriptor, since it fired. */
+		if (ev[i].fd != w->fd) {
 			continue;
 		}
-		switch (sl->kind) {
+		switch ((enum kind)w->kind) {
 		case K_SIGNAL:
 			if (signal_take(s->sig_fd) == SIGUSR1) {
 				log_status(s);
@@ -1338,14 +1420,10 @@ dispatch(struct server *s, size_t n)
 			}
 			return -1;
 		case K_LISTEN:
-			/* A -ports listener closed earlier in this turn has a
-			 * stale descriptor number here. */
-			if (sl->obj == NULL || ((struct pub *)sl->obj)->nfd > 0) {
-				accept_all(s, (enum role)sl->side, s->pfd[i].fd, sl->obj);
-			}
+			accept_all(s, (enum role)w->side, w->fd, w->obj);
 			break;
 		case K_CTL: {
-			struct ctl *c = sl->obj;
+			struct ctl *c = w->obj;
 			if (!c->dead && (rev & POLLOUT)) {
 				ctl_writable(s, c);
 			}
@@ -1354,29 +1432,17 @@ dispatch(struct server *s, size_t n)
 			}
 			break;
 		}
-		case K_TUN: {
-			struct tun *t = sl->obj;
-			if (!t->dead) {
-				tun_readable(s, t);
-			}
+		case K_TUN:
+			tun_readable(s, w->obj);
 			break;
-		}
-		case K_USER: {
-			struct user *u = sl->obj;
-			if (!u->dead) {
-				user_close(s, u, "reset before its tunnel was ready");
-			}
+		case K_USER:
+			user_close(s, w->obj, "reset before its tunnel was ready");
 			break;
-		}
-		case K_PAIR: {
-			struct pair *p = sl->obj;
-			if (!p->dead) {
-				pair_event(s, i, n);
-			}
+		case K_PAIR:
+			pair_event(s, w->obj, w->side, rev);
 			break;
-		}
 		case K_PARKED:
-			parked_close(sl->obj, "the client closed it or sent bytes");
+			parked_close(s, w->obj, "the client closed it or sent bytes");
 			break;
 		}
 	}
@@ -1404,18 +1470,16 @@ serve(struct server *s)
 	for (;;) {
 		int64_t now = now_ms(), next = run_timers(s, now);
 		int timeout = next < 0 ? -1 : (int)(next - now + 1);
-		size_t n;
+		struct loop_event *ev;
+		int n;
 
 		flush_controls(s);
+		sync_few(s, now);
 		sweep(s);
-		n = build_pollset(s, now);
-		if (poll(s->pfd, (nfds_t)n, timeout) < 0) {
-			if (errno == EINTR) {
-				continue;
-			}
-			die(1, "poll:");
+		if ((n = loop_wait(s->loop, timeout, &ev)) < 0) {
+			die(1, "%s:", loop_backend(s->loop));
 		}
-		if (dispatch(s, n) != 0) {
+		if (dispatch(s, ev, n) != 0) {
 			return;
 		}
 		flush_controls(s);
@@ -1429,42 +1493,42 @@ server_free(struct server *s)
 	struct ctl *c;
 	struct tun *t;
 	struct user *u;
-	struct pair *p;
 	int r, i;
 
 	for (c = s->ctls; c != NULL; c = c->next) {
 		struct parked *k;
 		for (k = c->parked; k != NULL; k = k->next) {
-			close_fd(&k->fd);
+			close_watched(s, &k->w, &k->fd);
 		}
-		pub_close(c->own);
-		close_fd(&c->fd);
+		pub_close(s, c->own);
+		close_watched(s, &c->w, &c->fd);
 		c->dead = 1;
 	}
 	for (t = s->tuns; t != NULL; t = t->next) {
-		close_fd(&t->fd);
+		close_watched(s, &t->w, &t->fd);
 		t->dead = 1;
 	}
 	for (u = s->users; u != NULL; u = u->next) {
-		close_fd(&u->fd);
+		close_watched(s, &u->w, &u->fd);
 		u->dead = 1;
 	}
-	for (p = s->pairs; p != NULL; p = p->next) {
-		relay_close(&p->relay);
-		p->dead = 1;
+	while (s->pairs != NULL) {
+		pair_end(s, s->pairs);
 	}
 	sweep(s);
 	for (r = 0; r < ROLE_END; r++) {
 		for (i = 0; i < s->nlfd[r]; i++) {
-			close_fd(&s->lfd[r][i]);
+			close_watched(s, &s->lw[r][i], &s->lfd[r][i]);
 		}
 	}
 	for (i = 0; i < s->main_pub.nfd; i++) {
-		close_fd(&s->main_pub.fd[i]);
+		close_watched(s, &s->main_pub.w[i], &s->main_pub.fd[i]);
 	}
-	close_fd(&s->spare_fd);
-	free(s->pfd);
-	free(s->slot);
+	close_watched(s, &s->sig_w, &s->sig_fd);
+	if (s->spare_fd >= 0) {
+		close(s->spare_fd);
+	}
+	loop_free(s->loop);
 }
 
 /* ==== start-up =========================================================== */
@@ -1555,11 +1619,17 @@ main(int argc, char **argv)
 	struct server s;
 	long nofile;
 	char err[256];
-	int r;
+	int r, i;
 
 	memset(&s, 0, sizeof(s));
 	parse_args(&s, argc, argv);
 	s.sig_fd = signals_setup();
+	random_open();
+	s.loop = loop_new();
+	watch_init(&s.sig_w, K_SIGNAL, NULL, 0);
+	if (loop_watch(s.loop, &s.sig_w, s.sig_fd, POLLIN) != 0) {
+		die(1, "%s:", loop_backend(s.loop));
+	}
 	nofile = raise_fd_limit();
 	s.spare_fd = open("/dev/null", O_RDONLY);
 	s.started = now_ms();
@@ -1574,6 +1644,10 @@ main(int argc, char **argv)
 			s.main_pub.nfd = n;
 		} else {
 			s.nlfd[r] = n;
+		}
+		for (i = 0; i < n; i++) {
+			watch_init(r == ROLE_PUBLIC ? &s.main_pub.w[i] : &s.lw[r][i],
+			           K_LISTEN, r == ROLE_PUBLIC ? &s.main_pub : NULL, r);
 		}
 		s.port[r] = local_port(fds[0]);
 	}
@@ -1593,8 +1667,9 @@ main(int argc, char **argv)
 		         s.ports_hi);
 	}
 	log_info("listening: control %d, tunnel %d, public %d%s (fd limit %ld, "
-	         "heartbeat %ds)", s.port[ROLE_CONTROL], s.port[ROLE_TUNNEL],
-	         s.port[ROLE_PUBLIC], err, nofile, s.heartbeat_s);
+	         "heartbeat %ds, %s)", s.port[ROLE_CONTROL], s.port[ROLE_TUNNEL],
+	         s.port[ROLE_PUBLIC], err, nofile, s.heartbeat_s,
+	         loop_backend(s.loop));
 	serve(&s);
 	log_info("stopping");
 	server_free(&s);

@@ -1,8 +1,13 @@
 /*
  * Feature tests: several clients on one server (-ports/-port), the PROXY
  * protocol (-proxy-protocol v1|v2, checked by a parser of our own and by a
- * real nginx), SIGUSR1 status, and a real browser loading a page through
- * the tunnel.  Run from the repository root:
+ * real nginx), SIGUSR1 status, a real browser loading a page through the
+ * tunnel, the pool of pre-dialed tunnels (-pool N: filling, serving,
+ * refilling, and what happens when the service, the client or the server
+ * goes away), and the protocol's defences, probed by a scripted client
+ * that speaks the wire format itself (replayed JOIN and AUTH, a forged
+ * JOIN, a wrong token, another version, a client at the wrong port or at
+ * something that is not dialback).  Run from the repository root:
  *
  *     ./tests/features [NAME-SUBSTRING]
  *
@@ -27,6 +32,8 @@
 #include <string.h>
 
 #include "tests/testlib.h"
+#include "common.h"
+#include "protocol.h"
 #include "sha256.h"
 
 #define START_MS     15000   /* a process reaches "listening"/"forwarding" */
@@ -1962,6 +1969,1280 @@ out:
 	free(png);
 }
 
+/* ==== the pool: helpers =================================================== */
+
+/* A pool fills up, or refills, within this: less than JOIN_WAIT_MS, so a
+ * TICKET that was lost and only reissued when it expired is caught. */
+#define POOL_MS      5000
+
+/*
+ * start_server_ex: ./server called name on t's control, tunnel and public
+ * ports (127.0.0.1), with -heartbeat hb, -token token (NULL: none) and -v
+ * when verbose.  Waits for "listening".
+ */
+static struct tl_proc *
+start_server_ex(struct test *t, const char *name, const char *hb,
+                const char *token, int verbose)
+{
+	char c[64], u[64], p[64];
+	const char *argv[16] = {
+		"./server", "-control", fmt_addr(c, "127.0.0.1", t->ctl),
+		"-tunnel", fmt_addr(u, "127.0.0.1", t->tun),
+		"-public", fmt_addr(p, "127.0.0.1", t->pub), "-heartbeat", hb, NULL
+	};
+	struct tl_proc *s;
+	int n = 9;
+
+	if (token != NULL) {
+		argv[n++] = "-token";
+		argv[n++] = token;
+	}
+	if (verbose) {
+		argv[n++] = "-v";
+	}
+	argv[n] = NULL;
+	s = start(t, name, argv, NULL, 0, 0);
+	if (s == NULL || wait_log(t, s, "listening", START_MS) < 0) {
+		return NULL;
+	}
+	return s;
+}
+
+/*
+ * start_client_ex: ./client called name, -remote 127.0.0.1:remote, -local
+ * 127.0.0.1:loc, -pool pool (if > 0), -token token (if not NULL), -v when
+ * verbose.  Does not wait for anything.
+ */
+static struct tl_proc *
+start_client_ex(struct test *t, const char *name, int remote, int loc,
+                int pool, const char *token, int verbose)
+{
+	char r[64], l[64], pl[16];
+	const char *argv[16] = {
+		"./client", "-remote", fmt_addr(r, "127.0.0.1", remote),
+		"-local", fmt_addr(l, "127.0.0.1", loc), NULL
+	};
+	int n = 5;
+
+	if (pool > 0) {
+		snprintf(pl, sizeof(pl), "%d", pool);
+		argv[n++] = "-pool";
+		argv[n++] = pl;
+	}
+	if (token != NULL) {
+		argv[n++] = "-token";
+		argv[n++] = token;
+	}
+	if (verbose) {
+		argv[n++] = "-v";
+	}
+	argv[n] = NULL;
+	return start(t, name, argv, NULL, 0, 0);
+}
+
+/*
+ * count_fds: pid's descriptors, leaving out /dev/urandom, which common.c
+ * opens at its first use (the first handshake) and keeps; with *c (may be
+ * NULL) sorted by kind, likewise.  -1 if /proc can't tell.
+ */
+static int
+count_fds(pid_t pid, struct tl_fds *c)
+{
+	char dir[64], path[400], target[128];
+	struct dirent *e;
+	int n = 0, urandom = 0;
+	ssize_t len;
+	DIR *d;
+
+	snprintf(dir, sizeof(dir), "/proc/%ld/fd", (long)pid);
+	if ((d = opendir(dir)) == NULL) {
+		return -1;
+	}
+	while ((e = readdir(d)) != NULL) {
+		if (e->d_name[0] == '.') {
+			continue;
+		}
+		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+		len = readlink(path, target, sizeof(target) - 1);
+		if (len < 0) {
+			continue;
+		}
+		target[len] = '\0';
+		if (strcmp(target, "/dev/urandom") == 0) {
+			urandom++;
+		} else {
+			n++;
+		}
+	}
+	closedir(d);
+	if (c != NULL && tl_fd_census(pid, c) == 0) {
+		c->total -= urandom;
+		c->other -= urandom;
+	}
+	return n;
+}
+
+/* kill9: SIGKILL p on purpose and reap it.  0, or -1 and fail(). */
+static int
+kill9(struct test *t, struct tl_proc *p)
+{
+	if (expect_alive(t, p) < 0) {
+		return -1;
+	}
+	kill(p->pid, SIGKILL);
+	p->killed = 1;
+	if (!tl_proc_wait(p, STOP_MS)) {
+		return fail(t, "%s still there %d ms after SIGKILL", p->name, STOP_MS);
+	}
+	return 0;
+}
+
+/*
+ * pool_status: SIGUSR1 the server, wait for its status block, and read
+ * "P of W pooled tunnels parked" from that block's (last) session line
+ * into *parked and *want; -1 for both if the block names no session.
+ * 0, or -1 and fail().
+ */
+static int
+pool_status(struct test *t, struct tl_proc *server, int *parked, int *want)
+{
+	static const char up[] = "status: up", key[] = "announced, ";
+	int n = tl_count_in_file(server->log, up);
+	char *log, *p, *last = NULL, *prev = NULL, *from;
+
+	if (signal_and_wait(t, server, SIGUSR1, up, n + 1) < 0) {
+		return -1;
+	}
+	log = tl_read_file(server->log, NULL);
+	if (log == NULL) {
+		return fail(t, "reading %s: %s", server->log, strerror(errno));
+	}
+	for (p = log; (p = strstr(p, up)) != NULL; p++) {
+		prev = last;
+		last = p;
+	}
+	*parked = *want = -1;
+	/* The block's session lines come between the last two "status: up". */
+	for (from = prev ? prev : log; (p = strstr(from, key)) != NULL
+	     && p < last; from = p + 1) {
+		if (sscanf(p + strlen(key), "%d of %d pooled tunnels parked", parked,
+		           want) != 2) {
+			*parked = *want = -1;
+		}
+	}
+	free(log);
+	return 0;
+}
+
+/* wait_pool: the server reports want_parked of want_pool pooled tunnels
+ * parked within ms.  0, or -1 and fail(). */
+static int
+wait_pool(struct test *t, struct tl_proc *server, int want_parked,
+          int want_pool, int ms, const char *what)
+{
+	int64_t deadline = tl_now_ms() + ms;
+	int parked, want;
+
+	for (;;) {
+		if (pool_status(t, server, &parked, &want) < 0) {
+			return -1;
+		}
+		if (parked == want_parked && want == want_pool) {
+			return 0;
+		}
+		if (tl_now_ms() >= deadline) {
+			return fail(t, "%s: the server's status says %d of %d pooled "
+			            "tunnels parked after %d ms, want %d of %d", what,
+			            parked, want, ms, want_parked, want_pool);
+		}
+		tl_pause(50);
+	}
+}
+
+/* echo_user: one user on 127.0.0.1:port sends n bytes of stream seed and
+ * must get exactly them back, then EOF.  0, or -1 and fail(). */
+static int
+echo_user(struct test *t, int port, size_t n, uint32_t seed, const char *what)
+{
+	uint8_t *data = malloc(n + 1), *got = malloc(n + 2);
+	struct tl_stream s;
+	ssize_t r;
+	int fd = -1, rc = -1;
+
+	if (data == NULL || got == NULL) {
+		fail(t, "out of memory");
+		goto out;
+	}
+	tl_stream_init(&s, seed);
+	tl_stream_fill(&s, data, n);
+	fd = user_open(t, "127.0.0.1", port);
+	if (fd < 0) {
+		goto out;
+	}
+	r = exchange(t, fd, data, n, (char *)got, n + 2, what);
+	if (r < 0) {
+		goto out;
+	}
+	if ((size_t)r != n) {
+		fail(t, "%s: %zd bytes came back, want %zu", what, r, n);
+	} else if (memcmp(got, data, n) != 0) {
+		fail(t, "%s: the %zu bytes came back changed", what, n);
+	} else {
+		rc = 0;
+	}
+out:
+	if (fd >= 0) {
+		user_close(t, fd);
+	}
+	free(data);
+	free(got);
+	return rc;
+}
+
+/* One of echo_concurrent's users. */
+struct conc {
+	int fd;
+	uint8_t *want;
+	size_t len, sent, got;
+	int shut, eof;
+};
+
+/*
+ * echo_concurrent: n users connect to 127.0.0.1:port at once; user i
+ * sends size + i bytes of stream seed base + i, shuts down writing, and
+ * must read exactly those bytes back, then EOF.  All at once in one poll
+ * loop.  0, or -1 and fail().
+ */
+static int
+echo_concurrent(struct test *t, int port, int n, size_t size, uint32_t base)
+{
+	struct conc *c = calloc((size_t)n, sizeof(*c));
+	struct pollfd *pfd = calloc((size_t)n, sizeof(*pfd));
+	uint8_t buf[16384];
+	struct tl_stream s;
+	int64_t deadline = tl_now_ms() + IO_MS;
+	int i, left = n, rc = -1;
+	ssize_t r;
+
+	if (c == NULL || pfd == NULL) {
+		fail(t, "out of memory");
+		goto out;
+	}
+	for (i = 0; i < n; i++) {
+		c[i].fd = -1;
+	}
+	for (i = 0; i < n; i++) {
+		c[i].len = size + (size_t)i;
+		c[i].want = malloc(c[i].len);
+		if (c[i].want == NULL) {
+			fail(t, "out of memory");
+			goto out;
+		}
+		tl_stream_init(&s, base + (uint32_t)i);
+		tl_stream_fill(&s, c[i].want, c[i].len);
+		c[i].fd = tl_connect("127.0.0.1", port, deadline);
+		if (c[i].fd < 0) {
+			fail(t, "concurrent user %d: connect: %s", i, strerror(errno));
+			goto out;
+		}
+	}
+	while (left > 0) {
+		for (i = 0; i < n; i++) {
+			pfd[i].fd = c[i].eof ? -1 : c[i].fd;
+			pfd[i].events = (short)(POLLIN
+			                | (c[i].sent < c[i].len ? POLLOUT : 0));
+			pfd[i].revents = 0;
+		}
+		r = poll(pfd, (nfds_t)n, tl_left(deadline));
+		if (r < 0 && errno == EINTR) {
+			continue;
+		}
+		if (r <= 0) {
+			int done = 0;
+
+			for (i = 0; i < n; i++) {
+				done += c[i].eof;
+			}
+			fail(t, "concurrent users: %s after %d ms; %d of %d done",
+			     r < 0 ? strerror(errno) : "timeout", IO_MS, done, n);
+			goto out;
+		}
+		for (i = 0; i < n; i++) {
+			struct conc *u = &c[i];
+
+			if (pfd[i].revents & POLLOUT) {
+				r = send(u->fd, u->want + u->sent, u->len - u->sent,
+				         MSG_NOSIGNAL);
+				if (r < 0 && errno != EAGAIN && errno != EINTR) {
+					fail(t, "concurrent user %d: send after %zu bytes: "
+					     "%s", i, u->sent, strerror(errno));
+					goto out;
+				}
+				u->sent += r > 0 ? (size_t)r : 0;
+			}
+			if (u->sent == u->len && !u->shut) {
+				if (shutdown(u->fd, SHUT_WR) < 0) {
+					fail(t, "concurrent user %d: shutdown: %s", i,
+					     strerror(errno));
+					goto out;
+				}
+				u->shut = 1;
+			}
+			if (!(pfd[i].revents & (POLLIN | POLLHUP | POLLERR))) {
+				continue;
+			}
+			r = read(u->fd, buf, sizeof(buf));
+			if (r < 0 && (errno == EAGAIN || errno == EINTR)) {
+				continue;
+			}
+			if (r < 0) {
+				fail(t, "concurrent user %d: read after %zu of %zu bytes: "
+				     "%s", i, u->got, u->len, strerror(errno));
+				goto out;
+			}
+			if (r == 0) {
+				if (u->got != u->len) {
+					fail(t, "concurrent user %d: EOF after %zu of %zu "
+					     "bytes", i, u->got, u->len);
+					goto out;
+				}
+				u->eof = 1;
+				left--;
+				continue;
+			}
+			if (u->got + (size_t)r > u->len
+			    || memcmp(u->want + u->got, buf, (size_t)r) != 0) {
+				fail(t, "concurrent user %d: bytes %zu..%zu differ from "
+				     "what it sent", i, u->got, u->got + (size_t)r);
+				goto out;
+			}
+			u->got += (size_t)r;
+		}
+	}
+	rc = 0;
+out:
+	for (i = 0; c != NULL && i < n; i++) {
+		if (c[i].fd >= 0) {
+			close(c[i].fd);
+		}
+		free(c[i].want);
+	}
+	free(c);
+	free(pfd);
+	return rc;
+}
+
+/* ==== test: the pool ====================================================== */
+
+/* A full pool serves users, sequential and concurrent, and refills. */
+static void
+test_pool_serves(struct test *t)
+{
+	struct tl_proc *server, *client;
+	int p[4], i, pooled;
+	char what[64];
+
+	if (pick_ports(t, p, 4) < 0) {
+		return;
+	}
+	t->ctl = p[0];
+	t->tun = p[1];
+	t->pub = p[2];
+	if (start_svc(t, "svc", "echo", p[3], NULL) == NULL
+	    || (server = start_server_ex(t, "server", "1", NULL, 1)) == NULL
+	    || (client = start_client_ex(t, "client", t->ctl, p[3], 4, NULL, 1))
+	       == NULL
+	    || wait_log(t, client, "forwarding", START_MS) < 0
+	    || wait_pool(t, server, 4, 4, POOL_MS, "at start") < 0) {
+		return;
+	}
+	if (tl_count_in_file(server->log, "parked for") < 4) {
+		fail(t, "server log (-v) has fewer than 4 \"parked for\" lines");
+		return;
+	}
+	for (i = 0; i < 20; i++) {
+		snprintf(what, sizeof(what), "sequential user %d", i);
+		if (echo_user(t, t->pub, 1000 + 997 * (size_t)i, (uint32_t)(10 + i),
+		              what) < 0) {
+			return;
+		}
+	}
+	/* The first four found the pool full, whatever the refill's pace. */
+	pooled = tl_count_in_file(server->log, "joined to a pooled tunnel");
+	if (pooled < 4) {
+		fail(t, "only %d of 20 sequential users joined a pooled tunnel "
+		     "(server log), want at least 4", pooled);
+		return;
+	}
+	if (wait_pool(t, server, 4, 4, POOL_MS, "after 20 users") < 0
+	    || echo_concurrent(t, t->pub, 50, 8000, 100) < 0) {
+		return;
+	}
+	i = tl_count_in_file(server->log, "joined to a pooled tunnel");
+	if (i < pooled + 4) {
+		fail(t, "only %d of 50 concurrent users joined a pooled tunnel, "
+		     "want at least 4", i - pooled);
+		return;
+	}
+	if (tl_count_in_file(client->log, "arrived on a pooled tunnel") < i) {
+		fail(t, "client log has fewer \"arrived on a pooled tunnel\" lines "
+		     "than the server's %d pooled joins", i);
+		return;
+	}
+	if (wait_pool(t, server, 4, 4, POOL_MS, "after 50 concurrent users") < 0
+	    || expect_alive(t, client) < 0) {
+		return;
+	}
+	printf("# %d of 70 users took a pooled tunnel\n", i);
+}
+
+/*
+ * pooled_refused_user: a user on a pooled tunnel whose service is down is
+ * closed within 3 s, and the server names the reason.  data: what the
+ * user sends first (n may be 0).
+ */
+static int
+pooled_refused_user(struct test *t, struct tl_proc *server, int nth,
+                    const char *data, size_t n, const char *what)
+{
+	const char *how = "?";
+	int64_t t0;
+	int fd, r;
+
+	fd = user_open(t, "127.0.0.1", t->pub);
+	if (fd < 0) {
+		return -1;
+	}
+	t0 = tl_now_ms();
+	/* Being closed while still sending is what we expect here. */
+	if (n > 0 && tl_write_all(fd, data, n, t0 + IO_MS) < 0
+	    && errno != ECONNRESET && errno != EPIPE) {
+		return fail(t, "%s: send: %s", what, strerror(errno));
+	}
+	if (tl_wait_closed(fd, t0 + 3000, NULL, &how) < 0) {
+		return fail(t, "%s: still open 3 s after it connected", what);
+	}
+	/* The reason comes over control, perhaps just after the close. */
+	r = tl_wait_log_count(server, "could not reach its local service", nth,
+	                      3000);
+	user_close(t, fd);
+	if (r != 1) {
+		return fail(t, "%s: closed (%s) after %lld ms, but the server log "
+		            "has only %d \"could not reach its local service\" "
+		            "lines, want %d", what, how,
+		            (long long)(tl_now_ms() - t0),
+		            tl_count_in_file(server->log,
+		                             "could not reach its local service"),
+		            nth);
+	}
+	if (tl_count_in_file(server->log, "joined to a pooled tunnel") < nth) {
+		return fail(t, "%s: did not take a pooled tunnel (server log)", what);
+	}
+	return 0;
+}
+
+/* A pooled user whose local service is down is closed, with the reason. */
+static void
+test_pool_local_down(struct test *t)
+{
+	static char upload[64 * 1024];
+	struct tl_proc *server, *client;
+	int p[4];
+
+	if (pick_ports(t, p, 4) < 0) {
+		return;
+	}
+	t->ctl = p[0];
+	t->tun = p[1];
+	t->pub = p[2];
+	/* p[3]: nothing listens there. */
+	if ((server = start_server_ex(t, "server", "1", NULL, 1)) == NULL
+	    || (client = start_client_ex(t, "client", t->ctl, p[3], 2, NULL, 1))
+	       == NULL
+	    || wait_log(t, client, "forwarding", START_MS) < 0
+	    || wait_pool(t, server, 2, 2, POOL_MS, "at start") < 0) {
+		return;
+	}
+	if (pooled_refused_user(t, server, 1, NULL, 0, "silent user") < 0
+	    || expect_alive(t, client) < 0
+	    || wait_pool(t, server, 2, 2, POOL_MS, "after the silent user") < 0
+	    || expect_log(t, client, "local service refused") < 0) {
+		return;
+	}
+	/* A user who sends at once, more than the client reads with the
+	 * NEW_USER: bytes are still waiting in the pooled tunnel when the
+	 * client gives up on the service and closes it. */
+	memset(upload, 'u', sizeof(upload));
+	if (pooled_refused_user(t, server, 2, upload, sizeof(upload),
+	                        "uploading user") < 0
+	    || expect_alive(t, client) < 0
+	    || wait_pool(t, server, 2, 2, POOL_MS, "after the uploading user")
+	       < 0) {
+		return;
+	}
+}
+
+/* The client dies: the server closes its parked tunnels; a new client
+ * gets a pool. */
+static void
+test_pool_session_end(struct test *t)
+{
+	struct tl_proc *server, *c1, *c2;
+	struct tl_fds was;
+	int p[4], base, n;
+	int64_t deadline;
+
+	if (pick_ports(t, p, 4) < 0) {
+		return;
+	}
+	t->ctl = p[0];
+	t->tun = p[1];
+	t->pub = p[2];
+	if (start_svc(t, "svc", "echo", p[3], NULL) == NULL
+	    || (server = start_server_ex(t, "server", "1", NULL, 1)) == NULL) {
+		return;
+	}
+	base = count_fds(server->pid, &was);
+	if (base < 0) {
+		t->skip = "no /proc/PID/fd";
+		return;
+	}
+	if ((c1 = start_client_ex(t, "client-1", t->ctl, p[3], 3, NULL, 1))
+	    == NULL
+	    || wait_log(t, c1, "forwarding", START_MS) < 0
+	    || wait_pool(t, server, 3, 3, POOL_MS, "first client") < 0
+	    || echo_user(t, t->pub, 5000, 1, "user of the first client") < 0
+	    || wait_pool(t, server, 3, 3, POOL_MS, "first client, refilled") < 0) {
+		return;
+	}
+	n = count_fds(server->pid, NULL);
+	if (n < base + 4) {
+		fail(t, "server holds %d descriptors with a session and 3 parked "
+		     "tunnels, want at least %d + 4", n, base);
+		return;
+	}
+	if (kill9(t, c1) < 0) {
+		return;
+	}
+	deadline = tl_now_ms() + GONE_MS;
+	while ((n = count_fds(server->pid, NULL)) != base) {
+		if (tl_now_ms() >= deadline) {
+			struct tl_fds now;
+
+			count_fds(server->pid, &now);
+			fail(t, "server holds %d descriptors (%d sockets, %d pipe ends, "
+			     "%d other) %d ms after its client was killed, want its "
+			     "baseline %d (%d sockets, %d pipe ends, %d other)", n,
+			     now.sockets, now.pipes, now.other, GONE_MS, base,
+			     was.sockets, was.pipes, was.other);
+			return;
+		}
+		tl_pause(20);
+	}
+	/* Each parked tunnel goes when the server sees either it or the
+	 * control connection close, whichever comes first. */
+	if (expect_log(t, server, "detached") < 0) {
+		return;
+	}
+	if ((c2 = start_client_ex(t, "client-2", t->ctl, p[3], 3, NULL, 1))
+	    == NULL
+	    || wait_log(t, c2, "forwarding", START_MS) < 0
+	    || wait_pool(t, server, 3, 3, POOL_MS, "second client") < 0
+	    || echo_user(t, t->pub, 5000, 2, "user of the second client") < 0) {
+		return;
+	}
+}
+
+/* The server dies: the client drops its pooled tunnels, and a new server
+ * gets a fresh pool. */
+static void
+test_pool_control_drop(struct test *t)
+{
+	struct tl_proc *s1, *s2, *client;
+	struct tl_fds fds;
+	int p[4], base;
+	int64_t deadline;
+
+	if (pick_ports(t, p, 4) < 0) {
+		return;
+	}
+	t->ctl = p[0];
+	t->tun = p[1];
+	t->pub = p[2];
+	if (start_svc(t, "svc", "echo", p[3], NULL) == NULL
+	    || (s1 = start_server_ex(t, "server-1", "1", NULL, 1)) == NULL
+	    || (client = start_client_ex(t, "client", t->ctl, p[3], 3, NULL, 1))
+	       == NULL
+	    || wait_log(t, client, "forwarding", START_MS) < 0
+	    || wait_pool(t, s1, 3, 3, POOL_MS, "first server") < 0) {
+		return;
+	}
+	/* Control and three pooled tunnels; the rest is the baseline: stdio
+	 * from the harness and the client's own (its signal pipe). */
+	deadline = tl_now_ms() + POOL_MS;
+	for (;;) {
+		if (tl_fd_census(client->pid, &fds) < 0) {
+			t->skip = "no /proc/PID/fd";
+			return;
+		}
+		if (fds.sockets == 4) {
+			break;
+		}
+		if (tl_now_ms() >= deadline) {
+			fail(t, "client holds %d sockets with 3 pooled tunnels, want 4",
+			     fds.sockets);
+			return;
+		}
+		tl_pause(20);
+	}
+	base = fds.total - fds.sockets;
+	if (kill9(t, s1) < 0) {
+		return;
+	}
+	deadline = tl_now_ms() + GONE_MS;
+	for (;;) {
+		if (tl_fd_census(client->pid, &fds) < 0) {
+			fail(t, "client gone: no /proc entry");
+			return;
+		}
+		if (fds.sockets == 0 && fds.total == base) {
+			break;
+		}
+		if (tl_now_ms() >= deadline) {
+			fail(t, "client holds %d descriptors (%d sockets) %d ms after "
+			     "the server was killed, want its baseline %d", fds.total,
+			     fds.sockets, GONE_MS, base);
+			return;
+		}
+		tl_pause(20);
+	}
+	if (expect_alive(t, client) < 0
+	    || (s2 = start_server_ex(t, "server-2", "1", NULL, 1)) == NULL
+	    || tl_wait_log_count(client, "forwarding", 2, START_MS) != 1) {
+		fail(t, "client did not attach to the restarted server");
+		return;
+	}
+	if (wait_pool(t, s2, 3, 3, POOL_MS, "restarted server") < 0
+	    || echo_user(t, t->pub, 3000, 3, "user of the restarted server") < 0) {
+		return;
+	}
+	printf("# client baseline: %d descriptors\n", base);
+}
+
+/* ==== the protocol, spoken by a scripted client =========================== */
+
+#define TOKEN  "feature-token"
+
+/* A client of our own, speaking the wire protocol with blocking helpers. */
+struct fake {
+	int ctl;
+	uint8_t cn[NONCE_LEN], sn[NONCE_LEN], run_id[RUN_ID_LEN];
+	uint8_t key[PROOF_LEN];
+	uint8_t hello[FRAME_HDR + FRAME_MAX], auth[FRAME_HDR + FRAME_MAX];
+	size_t hello_n, auth_n;
+	int tun_port, pub_port;
+};
+
+enum { RF_OK = 1, RF_CLOSED = 0, RF_TIMEOUT = -1, RF_BAD = -2 };
+
+/*
+ * read_frame: read exactly one frame from fd (and nothing after it) by
+ * deadline, into *m.  RF_OK; RF_CLOSED on EOF or a reset (*how says
+ * which); RF_TIMEOUT; RF_BAD if it does not decode.
+ */
+static int
+read_frame(int fd, struct msg *m, int64_t deadline, const char **how)
+{
+	uint8_t buf[FRAME_HDR + FRAME_MAX];
+	size_t len, used;
+	ssize_t r;
+
+	*how = "EOF";
+	r = tl_read_full(fd, buf, FRAME_HDR, deadline);
+	if (r < 0 && errno == ETIMEDOUT) {
+		return RF_TIMEOUT;
+	}
+	if (r < 0) {
+		*how = strerror(errno);
+	}
+	if (r < FRAME_HDR) {
+		return RF_CLOSED;
+	}
+	len = (size_t)buf[1] << 8 | buf[2];
+	if (len > FRAME_MAX) {
+		return RF_BAD;
+	}
+	r = tl_read_full(fd, buf + FRAME_HDR, len, deadline);
+	if (r < 0 && errno == ETIMEDOUT) {
+		return RF_TIMEOUT;
+	}
+	if (r < 0) {
+		*how = strerror(errno);
+	}
+	if (r < (ssize_t)len) {
+		return RF_CLOSED;
+	}
+	if (frame_decode(buf, FRAME_HDR + len, m, &used) != FRAME_OK
+	    || used != FRAME_HDR + len) {
+		return RF_BAD;
+	}
+	return RF_OK;
+}
+
+/* send_msg: encode *m and send it on fd.  Its bytes go to raw (may be
+ * NULL), its size to *raw_n.  0, or -1 and fail(). */
+static int
+send_msg(struct test *t, int fd, const struct msg *m, uint8_t *raw,
+         size_t *raw_n, const char *what)
+{
+	uint8_t buf[FRAME_HDR + FRAME_MAX];
+	size_t n = frame_encode(buf, m);
+
+	if (raw != NULL) {
+		memcpy(raw, buf, n);
+		*raw_n = n;
+	}
+	if (tl_write_all(fd, buf, n, tl_now_ms() + IO_MS) < 0) {
+		return fail(t, "%s: sending %s: %s", what, msg_name(m->type),
+		            strerror(errno));
+	}
+	return 0;
+}
+
+/*
+ * expect_msg: the next frame on fd, PINGs answered and PONGs skipped,
+ * must be of type within ms; into *m.  0, or -1 and fail().
+ */
+static int
+expect_msg(struct test *t, int fd, int type, struct msg *m, int ms,
+           const char *what)
+{
+	int64_t deadline = tl_now_ms() + ms;
+	const char *how;
+	struct msg pong;
+	int r;
+
+	for (;;) {
+		r = read_frame(fd, m, deadline, &how);
+		if (r == RF_OK && m->type == MSG_PING) {
+			memset(&pong, 0, sizeof(pong));
+			pong.type = MSG_PONG;
+			if (send_msg(t, fd, &pong, NULL, NULL, what) < 0) {
+				return -1;
+			}
+			continue;
+		}
+		if (r == RF_OK && m->type == MSG_PONG && type != MSG_PONG) {
+			continue;
+		}
+		if (r == RF_OK && m->type == type) {
+			return 0;
+		}
+		if (r == RF_OK && m->type == MSG_ERROR) {
+			return fail(t, "%s: got ERROR %d \"%s\", want %s", what, m->code,
+			            m->text, msg_name((unsigned)type));
+		}
+		if (r == RF_OK) {
+			return fail(t, "%s: got %s, want %s", what, msg_name(m->type),
+			            msg_name((unsigned)type));
+		}
+		return fail(t, "%s: %s before a %s", what,
+		            r == RF_CLOSED ? how : r == RF_TIMEOUT ? "timeout"
+		            : "a frame that does not decode", msg_name((unsigned)type));
+	}
+}
+
+/* expect_closed: the server closes fd (EOF or reset) within ms. */
+static int
+expect_closed(struct test *t, int fd, int ms, const char *what)
+{
+	size_t extra = 0;
+
+	if (tl_wait_closed(fd, tl_now_ms() + ms, &extra, NULL) < 0) {
+		return fail(t, "%s: still open after %d ms", what, ms);
+	}
+	if (extra > 0) {
+		return fail(t, "%s: %zu unexpected bytes before the close", what,
+		            extra);
+	}
+	return 0;
+}
+
+/* expect_quiet: nothing arrives on fd, not even EOF, for ms. */
+static int
+expect_quiet(struct test *t, int fd, int ms, const char *what)
+{
+	int r = tl_wait_fd(fd, POLLIN, tl_now_ms() + ms);
+
+	if (r != 0) {
+		uint8_t b;
+		ssize_t n = recv(fd, &b, 1, MSG_PEEK);
+
+		return fail(t, "%s: %s within %d ms", what,
+		            n > 0 ? "bytes arrived" : n == 0 ? "EOF"
+		            : strerror(errno), ms);
+	}
+	return 0;
+}
+
+/* fake_hello: dial the control port, send a HELLO of version (fresh
+ * nonce and run id) and read the CHALLENGE.  0, or -1 and fail(). */
+static int
+fake_hello(struct test *t, struct fake *f, int version)
+{
+	struct msg m;
+
+	memset(f, 0, sizeof(*f));
+	f->ctl = user_open(t, "127.0.0.1", t->ctl);
+	if (f->ctl < 0) {
+		return -1;
+	}
+	memset(&m, 0, sizeof(m));
+	m.type = MSG_HELLO;
+	random_bytes(f->cn, NONCE_LEN);
+	random_bytes(f->run_id, RUN_ID_LEN);
+	memcpy(m.nonce, f->cn, NONCE_LEN);
+	memcpy(m.run_id, f->run_id, RUN_ID_LEN);
+	f->hello_n = frame_encode(f->hello, &m);
+	f->hello[FRAME_HDR + PROTO_MAGIC_LEN] = (uint8_t)version;
+	if (tl_write_all(f->ctl, f->hello, f->hello_n, tl_now_ms() + IO_MS) < 0) {
+		return fail(t, "sending HELLO: %s", strerror(errno));
+	}
+	if (version != PROTO_VERSION) {
+		return 0;
+	}
+	if (expect_msg(t, f->ctl, MSG_CHALLENGE, &m, IO_MS, "after HELLO") < 0) {
+		return -1;
+	}
+	memcpy(f->sn, m.nonce, NONCE_LEN);
+	return 0;
+}
+
+/* fake_send_auth: AUTH with token's proof, public port 0, pool. */
+static int
+fake_send_auth(struct test *t, struct fake *f, const char *token, int pool)
+{
+	struct msg m;
+
+	memset(&m, 0, sizeof(m));
+	m.type = MSG_AUTH;
+	key_auth_proof(token, f->cn, f->sn, m.proof);
+	m.public_port = 0;
+	m.pool = (uint16_t)pool;
+	return send_msg(t, f->ctl, &m, f->auth, &f->auth_n, "AUTH");
+}
+
+/* fake_attach: HELLO, CHALLENGE, AUTH, WELCOME with the right token. */
+static int
+fake_attach(struct test *t, struct fake *f, int pool)
+{
+	struct msg m;
+
+	if (fake_hello(t, f, PROTO_VERSION) < 0
+	    || fake_send_auth(t, f, TOKEN, pool) < 0
+	    || expect_msg(t, f->ctl, MSG_WELCOME, &m, IO_MS, "after AUTH") < 0) {
+		return -1;
+	}
+	if (m.tunnel_port != t->tun || m.public_port != t->pub) {
+		return fail(t, "WELCOME names tunnel port %d and public port %d, "
+		            "want %d and %d", m.tunnel_port, m.public_port, t->tun,
+		            t->pub);
+	}
+	f->tun_port = m.tunnel_port;
+	f->pub_port = m.public_port;
+	key_session(TOKEN, f->cn, f->sn, f->key);
+	return 0;
+}
+
+/* join_frame: the JOIN for id into out (FRAME_HDR + FRAME_MAX bytes), its
+ * proof made with key, or spoiled when wrong.  Returns its size. */
+static size_t
+join_frame(const uint8_t key[PROOF_LEN], const uint8_t id[USER_ID_LEN],
+           int wrong, uint8_t *out)
+{
+	struct msg m;
+
+	memset(&m, 0, sizeof(m));
+	m.type = MSG_JOIN;
+	memcpy(m.user_id, id, USER_ID_LEN);
+	key_join_proof(key, id, m.proof);
+	if (wrong) {
+		m.proof[0] ^= 1;
+	}
+	return frame_encode(out, &m);
+}
+
+/* tunnel_join: dial the tunnel port and send the join bytes. */
+static int
+tunnel_join(struct test *t, const uint8_t *join, size_t n, const char *what)
+{
+	int fd = user_open(t, "127.0.0.1", t->tun);
+
+	if (fd < 0) {
+		return -1;
+	}
+	if (tl_write_all(fd, join, n, tl_now_ms() + IO_MS) < 0) {
+		return fail(t, "%s: sending JOIN: %s", what, strerror(errno));
+	}
+	return fd;
+}
+
+/* expect_bytes: exactly the n bytes of data arrive on fd. */
+static int
+expect_bytes(struct test *t, int fd, const void *data, size_t n,
+             const char *what)
+{
+	char buf[512];
+	ssize_t r;
+
+	if (n > sizeof(buf)) {
+		return fail(t, "%s: expect_bytes: %zu is too many", what, n);
+	}
+	r = tl_read_full(fd, buf, n, tl_now_ms() + IO_MS);
+	if (r < 0) {
+		return fail(t, "%s: %s", what, strerror(errno));
+	}
+	if ((size_t)r != n || memcmp(buf, data, n) != 0) {
+		return fail(t, "%s: got %zd bytes \"%.*s\", want \"%.*s\"", what, r,
+		            (int)r, buf, (int)n, (const char *)data);
+	}
+	return 0;
+}
+
+/* user_addr: "127.0.0.1:PORT" of fd's own end, into buf (64). */
+static const char *
+user_addr(int fd, char *buf)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0) {
+		snprintf(buf, 64, "?");
+		return buf;
+	}
+	return sa_str(&ss, buf);
+}
+
+/* The protocol tests' server: token TOKEN, -v, a heartbeat long enough
+ * that a scripted client need not ping. */
+static struct tl_proc *
+proto_server(struct test *t)
+{
+	int p[3];
+
+	if (pick_ports(t, p, 3) < 0) {
+		return NULL;
+	}
+	t->ctl = p[0];
+	t->tun = p[1];
+	t->pub = p[2];
+	return start_server_ex(t, "server", "10", TOKEN, 1);
+}
+
+/* ==== test: replays and forgeries ========================================= */
+
+/* A pool JOIN replayed on a second connection finds nothing; the first
+ * tunnel stays parked and carries the next user. */
+static void
+test_replay_join(struct test *t)
+{
+	static const char hello[] = "user bytes through a pooled tunnel\n";
+	static const char reply[] = "service reply\n";
+	uint8_t join[FRAME_HDR + FRAME_MAX], ticket[USER_ID_LEN];
+	char ua[64], src[64], dst[64], want_dst[64];
+	struct tl_proc *server;
+	struct fake f;
+	struct msg m;
+	size_t join_n;
+	int t1, t2, u;
+
+	if ((server = proto_server(t)) == NULL || fake_attach(t, &f, 1) < 0
+	    || expect_msg(t, f.ctl, MSG_TICKET, &m, IO_MS, "pool 1") < 0) {
+		return;
+	}
+	memcpy(ticket, m.user_id, USER_ID_LEN);
+	join_n = join_frame(f.key, ticket, 0, join);
+	if ((t1 = tunnel_join(t, join, join_n, "first JOIN")) < 0
+	    || wait_log(t, server, "parked for", IO_MS) < 0) {
+		return;
+	}
+	if ((t2 = tunnel_join(t, join, join_n, "replayed JOIN")) < 0
+	    || expect_closed(t, t2, 6000, "the replayed JOIN's connection") < 0
+	    || expect_quiet(t, t1, 1000, "the first, parked tunnel") < 0
+	    || wait_log(t, server, "JOIN names no waiting user", 3000) < 0) {
+		return;
+	}
+	user_close(t, t2);
+
+	/* A user arrives: the parked tunnel gets NEW_USER, then its bytes. */
+	if ((u = user_open(t, "127.0.0.1", t->pub)) < 0) {
+		return;
+	}
+	if (tl_write_all(u, hello, sizeof(hello) - 1, tl_now_ms() + IO_MS) < 0) {
+		fail(t, "user: send: %s", strerror(errno));
+		return;
+	}
+	if (expect_msg(t, t1, MSG_NEW_USER, &m, IO_MS, "pooled tunnel") < 0) {
+		return;
+	}
+	wire_addr_str(&m.src, src, sizeof(src));
+	wire_addr_str(&m.dst, dst, sizeof(dst));
+	fmt_addr(want_dst, "127.0.0.1", t->pub);
+	if (strcmp(src, user_addr(u, ua)) != 0 || strcmp(dst, want_dst) != 0) {
+		fail(t, "NEW_USER says %s -> %s, want %s -> %s", src, dst, ua,
+		     want_dst);
+		return;
+	}
+	if (expect_bytes(t, t1, hello, sizeof(hello) - 1,
+	                 "user bytes on the pooled tunnel") < 0) {
+		return;
+	}
+	if (tl_write_all(t1, reply, sizeof(reply) - 1, tl_now_ms() + IO_MS) < 0) {
+		fail(t, "pooled tunnel: send: %s", strerror(errno));
+		return;
+	}
+	if (expect_bytes(t, u, reply, sizeof(reply) - 1, "the reply at the user")
+	    < 0 || expect_log(t, server, "joined to a pooled tunnel") < 0) {
+		return;
+	}
+	/* The used ticket is replaced. */
+	if (expect_msg(t, f.ctl, MSG_TICKET, &m, IO_MS, "refill") < 0) {
+		return;
+	}
+	if (memcmp(m.user_id, ticket, USER_ID_LEN) == 0) {
+		fail(t, "the refill TICKET repeats the used id");
+	}
+}
+
+/* A recorded HELLO and AUTH, replayed, meet a fresh challenge and fail. */
+static void
+test_replay_auth(struct test *t)
+{
+	struct tl_proc *server;
+	struct fake f;
+	struct msg m;
+	int c2;
+
+	if ((server = proto_server(t)) == NULL || fake_attach(t, &f, 0) < 0) {
+		return;
+	}
+	if ((c2 = user_open(t, "127.0.0.1", t->ctl)) < 0) {
+		return;
+	}
+	if (tl_write_all(c2, f.hello, f.hello_n, tl_now_ms() + IO_MS) < 0) {
+		fail(t, "replaying HELLO: %s", strerror(errno));
+		return;
+	}
+	if (expect_msg(t, c2, MSG_CHALLENGE, &m, IO_MS, "replayed HELLO") < 0) {
+		return;
+	}
+	if (memcmp(m.nonce, f.sn, NONCE_LEN) == 0) {
+		fail(t, "the server repeated its challenge nonce");
+		return;
+	}
+	if (tl_write_all(c2, f.auth, f.auth_n, tl_now_ms() + IO_MS) < 0) {
+		fail(t, "replaying AUTH: %s", strerror(errno));
+		return;
+	}
+	if (expect_msg(t, c2, MSG_ERROR, &m, IO_MS, "replayed AUTH") < 0) {
+		return;
+	}
+	if (m.code != ERR_AUTH) {
+		fail(t, "replayed AUTH: ERROR code %d \"%s\", want %d", m.code, m.text,
+		     ERR_AUTH);
+		return;
+	}
+	if (expect_closed(t, c2, 3000, "the replaying connection") < 0) {
+		return;
+	}
+	/* The session that was recorded is untouched. */
+	memset(&m, 0, sizeof(m));
+	m.type = MSG_PING;
+	if (send_msg(t, f.ctl, &m, NULL, NULL, "first session") < 0
+	    || expect_msg(t, f.ctl, MSG_PONG, &m, IO_MS, "first session") < 0
+	    || expect_log(t, server, "wrong token") < 0) {
+		return;
+	}
+}
+
+/* A JOIN for a real user with a wrong proof is closed; the user waits
+ * for the right one. */
+static void
+test_forged_join_real_user(struct test *t)
+{
+	static const char hello[] = "a real user's first bytes\n";
+	static const char reply[] = "the service answers\n";
+	uint8_t join[FRAME_HDR + FRAME_MAX];
+	char ua[64], src[64];
+	struct tl_proc *server;
+	struct fake f;
+	struct msg m;
+	size_t join_n;
+	int u, bad, good;
+
+	if ((server = proto_server(t)) == NULL || fake_attach(t, &f, 0) < 0
+	    || (u = user_open(t, "127.0.0.1", t->pub)) < 0) {
+		return;
+	}
+	if (tl_write_all(u, hello, sizeof(hello) - 1, tl_now_ms() + IO_MS) < 0) {
+		fail(t, "user: send: %s", strerror(errno));
+		return;
+	}
+	if (expect_msg(t, f.ctl, MSG_NEW_USER, &m, IO_MS, "control") < 0) {
+		return;
+	}
+	wire_addr_str(&m.src, src, sizeof(src));
+	if (strcmp(src, user_addr(u, ua)) != 0) {
+		fail(t, "NEW_USER names %s, want the user's %s", src, ua);
+		return;
+	}
+	join_n = join_frame(f.key, m.user_id, 1, join);
+	if ((bad = tunnel_join(t, join, join_n, "forged JOIN")) < 0
+	    || expect_closed(t, bad, 6000, "the forged JOIN's connection") < 0
+	    || wait_log(t, server, "JOIN with a wrong proof", 3000) < 0
+	    || expect_quiet(t, u, 200, "the user after the forged JOIN") < 0) {
+		return;
+	}
+	user_close(t, bad);
+	join_n = join_frame(f.key, m.user_id, 0, join);
+	if ((good = tunnel_join(t, join, join_n, "true JOIN")) < 0
+	    || expect_bytes(t, good, hello, sizeof(hello) - 1,
+	                    "the user's bytes on the joined tunnel") < 0) {
+		return;
+	}
+	if (tl_write_all(good, reply, sizeof(reply) - 1, tl_now_ms() + IO_MS) < 0) {
+		fail(t, "tunnel: send: %s", strerror(errno));
+		return;
+	}
+	if (expect_bytes(t, u, reply, sizeof(reply) - 1, "the reply at the user")
+	    < 0 || expect_log(t, server, "joined after") < 0) {
+		return;
+	}
+}
+
+/* ==== test: refusals ====================================================== */
+
+/* A proof made with another token: ERROR 1 "wrong token"; the server
+ * goes on serving. */
+static void
+test_wrong_token_proof(struct test *t)
+{
+	struct tl_proc *server, *client;
+	struct fake f;
+	struct msg m;
+
+	if ((server = proto_server(t)) == NULL || fake_hello(t, &f, PROTO_VERSION)
+	    < 0 || fake_send_auth(t, &f, "not-" TOKEN, 0) < 0
+	    || expect_msg(t, f.ctl, MSG_ERROR, &m, IO_MS, "AUTH, wrong token")
+	       < 0) {
+		return;
+	}
+	if (m.code != ERR_AUTH || strstr(m.text, "wrong token") == NULL) {
+		fail(t, "ERROR code %d \"%s\", want %d \"wrong token\"", m.code,
+		     m.text, ERR_AUTH);
+		return;
+	}
+	if (expect_closed(t, f.ctl, 3000, "the refused control connection") < 0) {
+		return;
+	}
+	user_close(t, f.ctl);
+	/* A real client with the wrong token gives up, and says why. */
+	client = start_client_ex(t, "client", t->ctl, t->pub, 0, "wrong", 0);
+	if (client == NULL || expect_exit(t, client, 1, START_MS) < 0
+	    || expect_log(t, client, "wrong token") < 0
+	    || expect_log(t, client, "-token") < 0) {
+		return;
+	}
+	if (expect_alive(t, server) < 0 || fake_attach(t, &f, 0) < 0) {
+		return;
+	}
+}
+
+/* Another protocol version: ERROR 2 naming both.  A client pointed at the
+ * tunnel port: exit 1, told to use the control port. */
+static void
+test_version_mismatch(struct test *t)
+{
+	struct tl_proc *server, *client;
+	struct fake f;
+	struct msg m;
+	char want[64];
+
+	if ((server = proto_server(t)) == NULL || fake_hello(t, &f, 2) < 0
+	    || expect_msg(t, f.ctl, MSG_ERROR, &m, IO_MS, "HELLO version 2") < 0) {
+		return;
+	}
+	if (m.code != ERR_VERSION || strstr(m.text, "speaks 1") == NULL
+	    || strstr(m.text, "client 2") == NULL) {
+		fail(t, "ERROR code %d \"%s\", want %d naming versions 1 and 2",
+		     m.code, m.text, ERR_VERSION);
+		return;
+	}
+	if (expect_closed(t, f.ctl, 3000, "the refused control connection") < 0) {
+		return;
+	}
+	client = start_client_ex(t, "client", t->tun, t->pub, 0, TOKEN, 0);
+	snprintf(want, sizeof(want), "the control port (%d)", t->ctl);
+	if (client == NULL || expect_exit(t, client, 1, START_MS) < 0
+	    || expect_log(t, client, "point -remote at the control port") < 0
+	    || expect_log(t, client, want) < 0
+	    || expect_log(t, server, "a HELLO on the tunnel port") < 0
+	    || expect_alive(t, server) < 0) {
+		return;
+	}
+}
+
+/* A client pointed at something else (an HTTP server) exits 1. */
+static void
+test_not_dialback(struct test *t)
+{
+	static const char answer[] = "HTTP/1.1 400 Bad Request\r\n\r\n";
+	struct tl_proc *client;
+	uint8_t buf[4096];
+	int lfd, fd, port, served = 0, p[1];
+	int64_t deadline;
+
+	if (pick_ports(t, p, 1) < 0) {
+		return;
+	}
+	lfd = tl_listen("127.0.0.1", 0);
+	if (lfd < 0 || tl_set_nonblock(lfd) < 0) {
+		fail(t, "listen: %s", strerror(errno));
+		if (lfd >= 0) {
+			close(lfd);
+		}
+		return;
+	}
+	port = tl_local_port(lfd);
+	client = start_client_ex(t, "client", port, p[0], 0, NULL, 0);
+	deadline = tl_now_ms() + START_MS;
+	while (client != NULL && !tl_proc_poll(client) && tl_now_ms() < deadline) {
+		if (tl_wait_fd(lfd, POLLIN, tl_now_ms() + 50) <= 0
+		    || (fd = accept(lfd, NULL, NULL)) < 0) {
+			continue;
+		}
+		/* Read what it says, answer, and let it close first. */
+		tl_set_nonblock(fd);
+		if (tl_wait_fd(fd, POLLIN, tl_now_ms() + 2000) > 0
+		    && read(fd, buf, sizeof(buf)) > 0) {
+			tl_write_all(fd, answer, sizeof(answer) - 1,
+			             tl_now_ms() + 2000);
+			shutdown(fd, SHUT_WR);
+			tl_wait_closed(fd, tl_now_ms() + 2000, NULL, NULL);
+			served++;
+		}
+		close(fd);
+	}
+	close(lfd);
+	if (client == NULL || expect_exit(t, client, 1, STOP_MS) < 0
+	    || expect_log(t, client, "is not a dialback control port") < 0) {
+		return;
+	}
+	if (served == 0) {
+		fail(t, "the client never sent anything to the HTTP server");
+	}
+}
+
 /* ==== running ============================================================= */
 
 static const struct {
@@ -1980,6 +3261,16 @@ static const struct {
 	{ "nginx", test_nginx },
 	{ "status", test_status },
 	{ "browser", test_browser },
+	{ "pool_serves", test_pool_serves },
+	{ "pool_local_down", test_pool_local_down },
+	{ "pool_session_end", test_pool_session_end },
+	{ "pool_control_drop", test_pool_control_drop },
+	{ "replay_join", test_replay_join },
+	{ "replay_auth", test_replay_auth },
+	{ "forged_join_real_user", test_forged_join_real_user },
+	{ "wrong_token_proof", test_wrong_token_proof },
+	{ "version_mismatch", test_version_mismatch },
+	{ "not_dialback", test_not_dialback },
 };
 
 /* print_tail: the last lines of a log, each prefixed with "# ". */

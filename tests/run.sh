@@ -47,9 +47,13 @@ run unit ./tests/unit
 run e2e ./tests/e2e "$@"
 # The relay's portable read/write path, which Linux runs only when told:
 # the tests that move bytes, once more through it.
+# And the portable poll() loop, which Linux runs only when told.
 if [ $# -eq 0 ]; then
 	for t in echo download half_close concurrent no_fd_leak; do
 		run "copy-$t" env DIALBACK_NO_SPLICE=1 ./tests/e2e "$t"
+	done
+	for t in echo concurrent user_flood garbage no_fd_leak local_down; do
+		run "poll-$t" env DIALBACK_POLL=1 ./tests/e2e "$t"
 	done
 fi
 run features ./tests/features
