@@ -139,6 +139,7 @@ struct pair {
 	int dead;
 	struct watch w[2];
 	int pooled;                    /* began on a parked tunnel */
+	uint8_t sess_run[RUN_ID_LEN];  /* ... of the session with this run id */
 	uint8_t id[USER_ID_LEN];
 	uint64_t seq;
 	char peer[ADDR_STRLEN];
@@ -360,16 +361,20 @@ pair_close(struct server *s, struct pair *p, enum relay_state st)
 }
 
 /* A user on a pooled tunnel whose client could not reach the service.
- * The client closes the tunnel too, and its reset may arrive first: then
- * the user is among the recently ended, and the reason still gets said. */
+ * Only the session that took the user can say so (matched by run id, which
+ * also covers a session that replaced its own).  The client closes the
+ * tunnel too, and its reset may arrive first: then the user is among the
+ * recently ended, and the reason still gets said. */
 static void
-pair_fail(struct server *s, const uint8_t id[USER_ID_LEN], const char *why)
+pair_fail(struct server *s, const struct ctl *c, const uint8_t id[USER_ID_LEN],
+          const char *why)
 {
 	struct pair *p;
 	unsigned i;
 
 	for (p = s->pairs; p != NULL; p = p->next) {
-		if (memcmp(p->id, id, USER_ID_LEN) == 0) {
+		if (p->pooled && memcmp(p->id, id, USER_ID_LEN) == 0 &&
+		    memcmp(p->sess_run, c->run_id, RUN_ID_LEN) == 0) {
 			log_info("user #%llu %s closed: %s", (unsigned long long)p->seq,
 			         p->peer, why);
 			pair_end(s, p);
@@ -678,7 +683,7 @@ on_session_msg(struct server *s, struct ctl *c, const struct msg *m)
 		if (u != NULL && u->sess == c && !u->ticket) {
 			user_close(s, u, why);
 		} else {
-			pair_fail(s, m->user_id, why);
+			pair_fail(s, c, m->user_id, why);
 		}
 		break;
 	default:
@@ -777,6 +782,7 @@ user_bind(struct server *s, struct ctl *c, int fd, const struct msg *m,
 	k->fd = -1;
 	parked_close(s, k, "taken by a user");
 	p->pooled = 1;
+	memcpy(p->sess_run, c->run_id, RUN_ID_LEN);
 	memcpy(p->id, m->user_id, USER_ID_LEN);
 	p->seq = ++s->user_seq;
 	p->start = now_ms();
@@ -1008,11 +1014,11 @@ tun_readable(struct server *s, struct tun *t)
 /* ==== accepting ========================================================== */
 
 /* Out of descriptors: shed the connection with the spare fd, so the
- * listener doesn't stay readable and spin the loop. */
-static void
+ * listener doesn't stay readable and spin the loop.  1 if one was shed. */
+static int
 shed_one(struct server *s, int lfd)
 {
-	int fd;
+	int fd = -1;
 	int64_t now = now_ms();
 	unsigned long held;
 
@@ -1028,10 +1034,13 @@ shed_one(struct server *s, int lfd)
 	if (s->spare_fd < 0) {
 		s->accept_paused_until = now + 100;
 	}
-	if (log_limited(&s->log_fds, now, &held)) {
+	/* accept() says EMFILE even with nothing queued: count only the
+	 * connections really shed. */
+	if (fd >= 0 && log_limited(&s->log_fds, now, &held)) {
 		log_warn("out of file descriptors: closing new connections (%lu "
 		         "more since the last such line); raise 'ulimit -n'", held);
 	}
+	return fd >= 0;
 }
 
 /* Too many connections without a JOIN: drop the oldest, which is the
@@ -1186,7 +1195,9 @@ accept_all(struct server *s, enum role role, int lfd, struct pub *pub)
 
 		if (fd < 0) {
 			if (errno == EMFILE || errno == ENFILE) {
-				shed_one(s, lfd);
+				if (!shed_one(s, lfd)) {
+					return;     /* the queue is empty */
+				}
 				continue;
 			}
 			/* EAGAIN: all taken; ECONNABORTED and friends: that one

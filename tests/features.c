@@ -7,7 +7,12 @@
  * goes away), and the protocol's defences, probed by a scripted client
  * that speaks the wire format itself (replayed JOIN and AUTH, a forged
  * JOIN, a wrong token, another version, a client at the wrong port or at
- * something that is not dialback).  Run from the repository root:
+ * something that is not dialback), and the failure handling the README
+ * promises: a client's reconnect replacing its own session, joined pairs
+ * outliving their control connection (scripted, and with the real client
+ * behind a proxy that cuts it), the cap of 4096 users waiting for their
+ * tunnel, and a server out of file descriptors.  Run from the repository
+ * root:
  *
  *     ./tests/features [NAME-SUBSTRING]
  *
@@ -24,6 +29,9 @@
  * accepts one connection at a time, reads it to EOF, parses the PROXY
  * header at its start (HAProxy's proxy-protocol.txt, version 1 and 2), and
  * answers one line describing what it found, then closes.
+ * tests/features --cut-proxy PORT TARGET is a relay that drops every
+ * connection on SIGUSR1 (see cut_proxy), and tests/features --nofile N
+ * PROG ARGS runs PROG with RLIMIT_NOFILE N, soft and hard.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -2785,10 +2793,12 @@ expect_quiet(struct test *t, int fd, int ms, const char *what)
 	return 0;
 }
 
-/* fake_hello: dial the control port, send a HELLO of version (fresh
- * nonce and run id) and read the CHALLENGE.  0, or -1 and fail(). */
+/* fake_hello_as: dial the control port, send a HELLO of version with a
+ * fresh nonce and run id run_id (NULL: a fresh one, as a new client
+ * process would), and read the CHALLENGE.  0, or -1 and fail(). */
 static int
-fake_hello(struct test *t, struct fake *f, int version)
+fake_hello_as(struct test *t, struct fake *f, int version,
+              const uint8_t *run_id)
 {
 	struct msg m;
 
@@ -2800,7 +2810,11 @@ fake_hello(struct test *t, struct fake *f, int version)
 	memset(&m, 0, sizeof(m));
 	m.type = MSG_HELLO;
 	random_bytes(f->cn, NONCE_LEN);
-	random_bytes(f->run_id, RUN_ID_LEN);
+	if (run_id != NULL) {
+		memcpy(f->run_id, run_id, RUN_ID_LEN);
+	} else {
+		random_bytes(f->run_id, RUN_ID_LEN);
+	}
 	memcpy(m.nonce, f->cn, NONCE_LEN);
 	memcpy(m.run_id, f->run_id, RUN_ID_LEN);
 	f->hello_n = frame_encode(f->hello, &m);
@@ -2818,6 +2832,13 @@ fake_hello(struct test *t, struct fake *f, int version)
 	return 0;
 }
 
+/* fake_hello: fake_hello_as with a fresh run id. */
+static int
+fake_hello(struct test *t, struct fake *f, int version)
+{
+	return fake_hello_as(t, f, version, NULL);
+}
+
 /* fake_send_auth: AUTH with token's proof, public port 0, pool. */
 static int
 fake_send_auth(struct test *t, struct fake *f, const char *token, int pool)
@@ -2832,13 +2853,15 @@ fake_send_auth(struct test *t, struct fake *f, const char *token, int pool)
 	return send_msg(t, f->ctl, &m, f->auth, &f->auth_n, "AUTH");
 }
 
-/* fake_attach: HELLO, CHALLENGE, AUTH, WELCOME with the right token. */
+/* fake_attach_as: HELLO (run id run_id, NULL: fresh), CHALLENGE, AUTH,
+ * WELCOME with the right token. */
 static int
-fake_attach(struct test *t, struct fake *f, int pool)
+fake_attach_as(struct test *t, struct fake *f, int pool,
+               const uint8_t *run_id)
 {
 	struct msg m;
 
-	if (fake_hello(t, f, PROTO_VERSION) < 0
+	if (fake_hello_as(t, f, PROTO_VERSION, run_id) < 0
 	    || fake_send_auth(t, f, TOKEN, pool) < 0
 	    || expect_msg(t, f->ctl, MSG_WELCOME, &m, IO_MS, "after AUTH") < 0) {
 		return -1;
@@ -2852,6 +2875,13 @@ fake_attach(struct test *t, struct fake *f, int pool)
 	f->pub_port = m.public_port;
 	key_session(TOKEN, f->cn, f->sn, f->key);
 	return 0;
+}
+
+/* fake_attach: fake_attach_as with a fresh run id. */
+static int
+fake_attach(struct test *t, struct fake *f, int pool)
+{
+	return fake_attach_as(t, f, pool, NULL);
 }
 
 /* join_frame: the JOIN for id into out (FRAME_HDR + FRAME_MAX bytes), its
@@ -3243,6 +3273,992 @@ test_not_dialback(struct test *t)
 	}
 }
 
+/* ==== test: a session resumed by its own client =========================== */
+
+/* The same client process (same run id) back on a second control
+ * connection while its first session still stands: it gets WELCOME, the
+ * old connection is closed, and users go to the new session.  Another
+ * client (another run id) is still refused as busy, told who holds the
+ * port. */
+static void
+test_session_resume(struct test *t)
+{
+	static const char hello[] = "a user of the resumed session\n";
+	static const char reply[] = "answered through the new session\n";
+	uint8_t join[FRAME_HDR + FRAME_MAX];
+	char a_addr[64], b_addr[64], ua[64], src[64], want[160];
+	struct tl_proc *server;
+	struct fake a, b, c;
+	struct msg m;
+	size_t join_n;
+	int u, tun;
+
+	if ((server = proto_server(t)) == NULL || fake_attach(t, &a, 0) < 0
+	    || wait_log(t, server, "attached: serving public port", IO_MS) < 0) {
+		return;
+	}
+	user_addr(a.ctl, a_addr);
+	/* fake_attach_as fails on anything but WELCOME, ERROR busy included. */
+	if (fake_attach_as(t, &b, 0, a.run_id) < 0) {
+		return;
+	}
+	user_addr(b.ctl, b_addr);
+	snprintf(want, sizeof(want), "client %s detached: replaced by its own "
+	         "reconnect", a_addr);
+	if (expect_closed(t, a.ctl, 3000, "session A's control connection") < 0
+	    || wait_log(t, server, want, 3000) < 0
+	    || tl_wait_log_count(server, "attached: serving public port", 2,
+	                         IO_MS) != 1) {
+		fail(t, "the server did not log the second session's attach");
+		return;
+	}
+
+	/* Another client process: refused, and told who serves the port. */
+	if (fake_hello(t, &c, PROTO_VERSION) < 0
+	    || fake_send_auth(t, &c, TOKEN, 0) < 0
+	    || expect_msg(t, c.ctl, MSG_ERROR, &m, IO_MS, "a third client") < 0) {
+		return;
+	}
+	snprintf(want, sizeof(want), "public port %d is already served by %s",
+	         t->pub, b_addr);
+	if (m.code != ERR_BUSY || strstr(m.text, want) == NULL) {
+		fail(t, "third client: ERROR code %d \"%s\", want %d \"%s\"", m.code,
+		     m.text, ERR_BUSY, want);
+		return;
+	}
+	if (expect_closed(t, c.ctl, 3000, "the refused third client") < 0
+	    || wait_log(t, server, want, 3000) < 0) {
+		return;
+	}
+
+	/* Users go to session B, and B's key joins them. */
+	if ((u = user_open(t, "127.0.0.1", t->pub)) < 0) {
+		return;
+	}
+	if (tl_write_all(u, hello, sizeof(hello) - 1, tl_now_ms() + IO_MS) < 0) {
+		fail(t, "user: send: %s", strerror(errno));
+		return;
+	}
+	if (expect_msg(t, b.ctl, MSG_NEW_USER, &m, IO_MS, "session B") < 0) {
+		return;
+	}
+	wire_addr_str(&m.src, src, sizeof(src));
+	if (strcmp(src, user_addr(u, ua)) != 0) {
+		fail(t, "NEW_USER on session B names %s, want the user's %s", src, ua);
+		return;
+	}
+	join_n = join_frame(b.key, m.user_id, 0, join);
+	if ((tun = tunnel_join(t, join, join_n, "JOIN with B's key")) < 0
+	    || expect_bytes(t, tun, hello, sizeof(hello) - 1,
+	                    "the user's bytes on B's tunnel") < 0) {
+		return;
+	}
+	if (tl_write_all(tun, reply, sizeof(reply) - 1, tl_now_ms() + IO_MS) < 0) {
+		fail(t, "tunnel: send: %s", strerror(errno));
+		return;
+	}
+	if (expect_bytes(t, u, reply, sizeof(reply) - 1, "the reply at the user")
+	    < 0 || expect_alive(t, server) < 0) {
+		return;
+	}
+}
+
+/* ==== test: joined pairs outlive their control connection ================= */
+
+/* One direction of a transfer that pump() drives: n bytes of a seeded
+ * stream written on wfd must come out, byte for byte, on rfd (which may
+ * be wfd itself, through an echo service). */
+struct lane {
+	int wfd, rfd;
+	uint32_t seed;
+	struct tl_stream ws, rs;
+	uint8_t wbuf[16384];
+	size_t woff, wlen;
+	size_t sent, got;
+};
+
+static void
+lane_init(struct lane *l, int wfd, int rfd, uint32_t seed)
+{
+	memset(l, 0, sizeof(*l));
+	l->wfd = wfd;
+	l->rfd = rfd;
+	l->seed = seed;
+	tl_stream_init(&l->ws, seed);
+	tl_stream_init(&l->rs, seed);
+}
+
+/*
+ * pump: run the lanes at once, n bytes each, until every byte has been
+ * read back and checked, within IO_MS.  Writing and reading interleave,
+ * so no lane waits on a buffer another fills.  0, or -1 and fail().
+ */
+static int
+pump(struct test *t, struct lane *l, int nl, size_t n, const char *what)
+{
+	int64_t deadline = tl_now_ms() + IO_MS;
+	struct pollfd pfd[8];
+	uint8_t buf[16384];
+	int i, r, done;
+	ssize_t k;
+	size_t j;
+
+	for (;;) {
+		done = 1;
+		for (i = 0; i < nl; i++) {
+			pfd[2 * i].fd = l[i].sent < n ? l[i].wfd : -1;
+			pfd[2 * i].events = POLLOUT;
+			pfd[2 * i + 1].fd = l[i].got < n ? l[i].rfd : -1;
+			pfd[2 * i + 1].events = POLLIN;
+			pfd[2 * i].revents = pfd[2 * i + 1].revents = 0;
+			if (l[i].got < n) {
+				done = 0;
+			}
+		}
+		if (done) {
+			return 0;
+		}
+		r = poll(pfd, (nfds_t)(2 * nl), tl_left(deadline));
+		if (r < 0 && errno == EINTR) {
+			continue;
+		}
+		if (r < 0) {
+			return fail(t, "%s: poll: %s", what, strerror(errno));
+		}
+		if (r == 0) {
+			for (i = 0; i < nl && l[i].got == n; i++) {
+				continue;
+			}
+			return fail(t, "%s: stream %u: %zu of %zu bytes sent, %zu "
+			            "received after %d ms", what, l[i].seed, l[i].sent,
+			            n, l[i].got, IO_MS);
+		}
+		for (i = 0; i < nl; i++) {
+			struct lane *x = &l[i];
+
+			if (pfd[2 * i].revents && x->sent < n) {
+				if (x->wlen == 0) {
+					x->woff = 0;
+					x->wlen = n - x->sent < sizeof(x->wbuf)
+					          ? n - x->sent : sizeof(x->wbuf);
+					tl_stream_fill(&x->ws, x->wbuf, x->wlen);
+				}
+				k = send(x->wfd, x->wbuf + x->woff, x->wlen, MSG_NOSIGNAL);
+				if (k < 0 && errno != EAGAIN && errno != EINTR) {
+					return fail(t, "%s: stream %u: send after %zu bytes: %s",
+					            what, x->seed, x->sent, strerror(errno));
+				}
+				if (k > 0) {
+					x->woff += (size_t)k;
+					x->wlen -= (size_t)k;
+					x->sent += (size_t)k;
+				}
+			}
+			if (pfd[2 * i + 1].revents && x->got < n) {
+				size_t want = n - x->got < sizeof(buf) ? n - x->got
+				                                        : sizeof(buf);
+
+				k = read(x->rfd, buf, want);
+				if (k < 0 && (errno == EAGAIN || errno == EINTR)) {
+					continue;
+				}
+				if (k <= 0) {
+					return fail(t, "%s: stream %u: %s after %zu of %zu "
+					            "bytes", what, x->seed,
+					            k == 0 ? "EOF" : strerror(errno), x->got, n);
+				}
+				for (j = 0; j < (size_t)k; j++) {
+					if (buf[j] != tl_stream_byte(&x->rs)) {
+						return fail(t, "%s: stream %u: byte %zu differs",
+						            what, x->seed, x->got + j);
+					}
+				}
+				x->got += (size_t)k;
+			}
+		}
+	}
+}
+
+/* expect_eof: fd reads a clean EOF (not a reset, no bytes) within ms. */
+static int
+expect_eof(struct test *t, int fd, int ms, const char *what)
+{
+	const char *how = "?";
+	size_t extra = 0;
+
+	if (tl_wait_closed(fd, tl_now_ms() + ms, &extra, &how) < 0) {
+		return fail(t, "%s: no EOF within %d ms", what, ms);
+	}
+	if (extra > 0 || strcmp(how, "EOF") != 0) {
+		return fail(t, "%s: %zu bytes, then %s; want EOF alone", what, extra,
+		            how);
+	}
+	return 0;
+}
+
+#define SURVIVE_BYTES (100 * 1024)
+#define ROUNDS        5
+#define ROUND_BYTES   1000
+
+/* A joined pair relays on, both ways and through a half-close, after its
+ * session's control connection is gone. */
+static void
+test_pairs_survive_control_drop(struct test *t)
+{
+	static const char hello[] = "first bytes, before the drop\n";
+	static const char reply[] = "first reply\n";
+	static const char tail[] = "after the user's EOF\n";
+	uint8_t join[FRAME_HDR + FRAME_MAX];
+	char fa[64], want[160];
+	struct tl_proc *server;
+	struct lane l[2];
+	struct fake f;
+	struct msg m;
+	size_t join_n;
+	unsigned long long in, out;
+	int u, tun, i;
+
+	if ((server = proto_server(t)) == NULL || fake_attach(t, &f, 0) < 0
+	    || (u = user_open(t, "127.0.0.1", t->pub)) < 0) {
+		return;
+	}
+	if (tl_write_all(u, hello, sizeof(hello) - 1, tl_now_ms() + IO_MS) < 0) {
+		fail(t, "user: send: %s", strerror(errno));
+		return;
+	}
+	if (expect_msg(t, f.ctl, MSG_NEW_USER, &m, IO_MS, "control") < 0) {
+		return;
+	}
+	join_n = join_frame(f.key, m.user_id, 0, join);
+	if ((tun = tunnel_join(t, join, join_n, "JOIN")) < 0
+	    || expect_bytes(t, tun, hello, sizeof(hello) - 1,
+	                    "the user's bytes on the tunnel") < 0) {
+		return;
+	}
+	if (tl_write_all(tun, reply, sizeof(reply) - 1, tl_now_ms() + IO_MS) < 0) {
+		fail(t, "tunnel: send: %s", strerror(errno));
+		return;
+	}
+	if (expect_bytes(t, u, reply, sizeof(reply) - 1, "the reply at the user")
+	    < 0 || wait_log(t, server, "joined after", IO_MS) < 0) {
+		return;
+	}
+
+	/* The client goes away: its session ends, the pair must not. */
+	user_addr(f.ctl, fa);
+	user_close(t, f.ctl);
+	snprintf(want, sizeof(want), "client %s detached: connection closed", fa);
+	if (wait_log(t, server, want, IO_MS) < 0) {
+		return;
+	}
+	for (i = 0; i < ROUNDS; i++) {
+		lane_init(&l[0], u, tun, 100 + (uint32_t)i);
+		if (pump(t, l, 1, ROUND_BYTES, "round trip, user to tunnel") < 0) {
+			return;
+		}
+		lane_init(&l[0], tun, u, 200 + (uint32_t)i);
+		if (pump(t, l, 1, ROUND_BYTES, "round trip, tunnel to user") < 0) {
+			return;
+		}
+	}
+	lane_init(&l[0], u, tun, 7);
+	lane_init(&l[1], tun, u, 8);
+	if (pump(t, l, 2, SURVIVE_BYTES, "100 KiB each way at once") < 0) {
+		return;
+	}
+
+	/* Half-close: the user's EOF reaches the tunnel, and the other way
+	 * still carries bytes until the tunnel ends too. */
+	if (shutdown(u, SHUT_WR) < 0) {
+		fail(t, "user: shutdown: %s", strerror(errno));
+		return;
+	}
+	if (expect_eof(t, tun, IO_MS, "the tunnel after the user's shutdown") < 0) {
+		return;
+	}
+	if (tl_write_all(tun, tail, sizeof(tail) - 1, tl_now_ms() + IO_MS) < 0) {
+		fail(t, "tunnel: send after the half-close: %s", strerror(errno));
+		return;
+	}
+	if (expect_bytes(t, u, tail, sizeof(tail) - 1,
+	                 "bytes to the user after its EOF") < 0) {
+		return;
+	}
+	if (shutdown(tun, SHUT_WR) < 0) {
+		fail(t, "tunnel: shutdown: %s", strerror(errno));
+		return;
+	}
+	if (expect_eof(t, u, IO_MS, "the user after the tunnel's shutdown") < 0) {
+		return;
+	}
+	in = sizeof(hello) - 1 + ROUNDS * ROUND_BYTES + SURVIVE_BYTES;
+	out = sizeof(reply) - 1 + ROUNDS * ROUND_BYTES + SURVIVE_BYTES
+	      + sizeof(tail) - 1;
+	snprintf(want, sizeof(want), "closed: %llu bytes in, %llu out", in, out);
+	if (wait_log(t, server, want, IO_MS) < 0) {
+		return;
+	}
+}
+
+/* ---- the control-cutting proxy -------------------------------------------- */
+
+/*
+ * tests/features --cut-proxy PORT TARGET: relay each connection to
+ * 127.0.0.1:PORT to 127.0.0.1:TARGET; on SIGUSR1 close all of them at once
+ * (printing "cut N") and go on accepting.  It stands between a real client
+ * and the server's control port, so the control connection can be dropped
+ * while the tunnels, which go to the server directly, are left alone.
+ */
+#define CUT_MAX 16
+
+static volatile sig_atomic_t cut_wanted, cut_stop;
+
+static void
+on_cut_signal(int sig)
+{
+	if (sig == SIGUSR1) {
+		cut_wanted = 1;
+	} else {
+		cut_stop = 1;
+	}
+}
+
+static int
+cut_proxy(const char *port, const char *target)
+{
+	struct pollfd pfd[1 + 2 * CUT_MAX];
+	int fd[CUT_MAX][2], dead[CUT_MAX];
+	uint8_t buf[16384];
+	struct sigaction sa;
+	int lfd, n = 0, cuts = 0, i, k, a, b;
+	ssize_t r;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_cut_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGUSR1, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	lfd = tl_listen("127.0.0.1", atoi(port));
+	if (lfd < 0 || tl_set_nonblock(lfd) < 0) {
+		fprintf(stderr, "cut-proxy: listen on %s: %s\n", port,
+		        strerror(errno));
+		return 1;
+	}
+	printf("ready\n");
+	fflush(stdout);
+	while (!cut_stop) {
+		if (cut_wanted) {
+			cut_wanted = 0;
+			for (i = 0; i < n; i++) {
+				close(fd[i][0]);
+				close(fd[i][1]);
+			}
+			printf("cut %d: %d connections\n", ++cuts, n);
+			fflush(stdout);
+			n = 0;
+		}
+		pfd[0].fd = lfd;
+		pfd[0].events = POLLIN;
+		for (i = 0; i < n; i++) {
+			for (k = 0; k < 2; k++) {
+				pfd[1 + 2 * i + k].fd = fd[i][k];
+				pfd[1 + 2 * i + k].events = POLLIN;
+			}
+		}
+		/* A bounded wait, so a SIGUSR1 that lands just before poll is
+		 * seen soon all the same. */
+		if (poll(pfd, (nfds_t)(1 + 2 * n), 50) <= 0) {
+			continue;
+		}
+		for (i = 0; i < n; i++) {
+			dead[i] = 0;
+			for (k = 0; k < 2 && !dead[i]; k++) {
+				if (pfd[1 + 2 * i + k].revents == 0) {
+					continue;
+				}
+				r = read(fd[i][k], buf, sizeof(buf));
+				if (r < 0 && (errno == EAGAIN || errno == EINTR)) {
+					continue;
+				}
+				/* Control connections never half-close: an end is
+				 * the end of both. */
+				if (r <= 0 || tl_write_all(fd[i][1 - k], buf, (size_t)r,
+				                           tl_now_ms() + 2000) < 0) {
+					dead[i] = 1;
+				}
+			}
+		}
+		for (i = n - 1; i >= 0; i--) {
+			if (dead[i]) {
+				close(fd[i][0]);
+				close(fd[i][1]);
+				fd[i][0] = fd[n - 1][0];
+				fd[i][1] = fd[n - 1][1];
+				n--;
+			}
+		}
+		if ((pfd[0].revents & POLLIN) && (a = accept(lfd, NULL, NULL)) >= 0) {
+			b = n < CUT_MAX ? tl_connect("127.0.0.1", atoi(target),
+			                             tl_now_ms() + 2000) : -1;
+			if (b < 0 || tl_set_nonblock(a) < 0) {
+				close(a);
+				if (b >= 0) {
+					close(b);
+				}
+				continue;
+			}
+			fd[n][0] = a;
+			fd[n][1] = b;
+			n++;
+		}
+	}
+	return 0;
+}
+
+/* The same with the real ./client: a user relaying through it keeps going,
+ * byte for byte, after its control connection is cut under it, and the
+ * client comes back for the next user. */
+static void
+test_pairs_survive_control_drop_client(struct test *t)
+{
+	struct tl_proc *server, *proxy, *client;
+	char pp[16], cp[16], want[160];
+	const char *argv[5] = { self_path, "--cut-proxy", pp, cp, NULL };
+	struct lane l[1];
+	int p[5], u;
+
+	if (pick_ports(t, p, 5) < 0) {
+		return;
+	}
+	t->ctl = p[0];
+	t->tun = p[1];
+	t->pub = p[2];
+	snprintf(pp, sizeof(pp), "%d", p[4]);
+	snprintf(cp, sizeof(cp), "%d", t->ctl);
+	if (start_svc(t, "svc", "echo", p[3], NULL) == NULL
+	    || (server = start_server_ex(t, "server", "1", NULL, 0)) == NULL
+	    || (proxy = start(t, "cut-proxy", argv, NULL, 0, 0)) == NULL
+	    || wait_log(t, proxy, "ready", START_MS) < 0
+	    || (client = start_client_ex(t, "client", p[4], p[3], 0, NULL, 0))
+	       == NULL
+	    || wait_log(t, client, "forwarding", START_MS) < 0
+	    || (u = user_open(t, "127.0.0.1", t->pub)) < 0) {
+		return;
+	}
+	lane_init(&l[0], u, u, 21);
+	if (pump(t, l, 1, 64 * 1024, "64 KiB echoed before the cut") < 0) {
+		return;
+	}
+	kill(proxy->pid, SIGUSR1);
+	if (wait_log(t, proxy, "cut 1: 1 connections", IO_MS) < 0
+	    || wait_log(t, server, "detached: connection closed", IO_MS) < 0
+	    || wait_log(t, client, "lost connection", IO_MS) < 0) {
+		return;
+	}
+	lane_init(&l[0], u, u, 22);
+	if (pump(t, l, 1, SURVIVE_BYTES, "100 KiB echoed after the cut") < 0) {
+		return;
+	}
+	if (shutdown(u, SHUT_WR) < 0) {
+		fail(t, "user: shutdown: %s", strerror(errno));
+		return;
+	}
+	if (expect_eof(t, u, IO_MS, "the user after its shutdown") < 0) {
+		return;
+	}
+	/* Both ends count every byte of the pair, before and after. */
+	snprintf(want, sizeof(want), "closed: %d bytes in, %d out",
+	         64 * 1024 + SURVIVE_BYTES, 64 * 1024 + SURVIVE_BYTES);
+	if (wait_log(t, server, want, IO_MS) < 0
+	    || wait_log(t, client, want, IO_MS) < 0) {
+		return;
+	}
+	/* Back through the proxy, as the same process: attached again. */
+	if (tl_wait_log_count(client, "forwarding", 2, START_MS) != 1) {
+		fail(t, "the client did not attach again after the cut");
+		return;
+	}
+	if (echo_user(t, t->pub, 3000, 23, "a user after the reconnect") < 0) {
+		return;
+	}
+}
+
+/* ==== test: the cap on users waiting for their tunnel ===================== */
+
+#define PENDING_CAP    4096    /* server.c's MAX_PENDING, from the README */
+#define PENDING_EXTRA  50
+#define PENDING_FLIGHT 512     /* connected users not yet announced */
+
+/* The control connection of the pending test, read without blocking. */
+struct announcements {
+	uint8_t buf[FRAME_HDR + FRAME_MAX + 8192];
+	size_t len;
+	int count;                 /* NEW_USERs so far */
+	const int *index_of_port;  /* source port -> our user, or -1 */
+	uint8_t *announced;        /* per user */
+};
+
+/* read_announcements: read what fd holds, waiting up to ms for it; count
+ * NEW_USERs and mark whose they are; answer PINGs.  0, or -1 and fail()
+ * on anything else, or a NEW_USER for a stranger or a second time. */
+static int
+read_announcements(struct test *t, int fd, struct announcements *a, int ms)
+{
+	struct msg m, pong;
+	size_t used;
+	ssize_t r;
+	int i;
+
+	if (tl_wait_fd(fd, POLLIN, tl_now_ms() + ms) <= 0) {
+		return 0;
+	}
+	for (;;) {
+		r = read(fd, a->buf + a->len, sizeof(a->buf) - a->len);
+		if (r < 0 && errno == EINTR) {
+			continue;
+		}
+		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			return 0;
+		}
+		if (r <= 0) {
+			return fail(t, "control: %s after %d NEW_USERs",
+			            r == 0 ? "EOF" : strerror(errno), a->count);
+		}
+		a->len += (size_t)r;
+		for (;;) {
+			enum frame_result fr = frame_decode(a->buf, a->len, &m, &used);
+
+			if (fr == FRAME_MORE) {
+				break;
+			}
+			if (fr == FRAME_BAD) {
+				return fail(t, "control: a frame that does not decode");
+			}
+			memmove(a->buf, a->buf + used, a->len - used);
+			a->len -= used;
+			if (m.type == MSG_PING) {
+				memset(&pong, 0, sizeof(pong));
+				pong.type = MSG_PONG;
+				if (send_msg(t, fd, &pong, NULL, NULL, "control") < 0) {
+					return -1;
+				}
+				continue;
+			}
+			if (m.type != MSG_NEW_USER) {
+				return fail(t, "control: %s (code %d \"%s\") after %d "
+				            "NEW_USERs", msg_name(m.type), m.code, m.text,
+				            a->count);
+			}
+			i = a->index_of_port[m.src.port];
+			if (i < 0 || a->announced[i]) {
+				return fail(t, "NEW_USER #%d names port %d: %s", a->count + 1,
+				            m.src.port, i < 0 ? "not one of our users"
+				            : "announced before");
+			}
+			a->announced[i] = 1;
+			a->count++;
+		}
+	}
+}
+
+/* 4096 users wait for their tunnel at most: the 4097th and later are
+ * closed at once, with one log line per 10 s; the announced ones are left
+ * alone, and the server goes on. */
+static void
+test_pending_cap(struct test *t)
+{
+	enum { N = PENDING_CAP + PENDING_EXTRA };
+	struct announcements *a = NULL;
+	struct pollfd *pfd = NULL;
+	int *fds = NULL, *index_of_port = NULL;
+	uint8_t *closed = NULL;
+	struct tl_proc *server;
+	struct rlimit rl, saved;
+	struct fake f;
+	struct msg m;
+	int64_t t0, deadline, last = 0;
+	int opened = 0, nclosed = 0, i, lines, raised = 0;
+	char ua[64];
+
+	if (getrlimit(RLIMIT_NOFILE, &saved) < 0) {
+		fail(t, "getrlimit: %s", strerror(errno));
+		return;
+	}
+	rl = saved;
+	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < N + 300) {
+		t->skip = "RLIMIT_NOFILE hard limit below 4396";
+		return;
+	}
+	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < N + 300) {
+		rl.rlim_cur = rl.rlim_max == RLIM_INFINITY ? N + 1000 : rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0) {
+			fail(t, "setrlimit: %s", strerror(errno));
+			return;
+		}
+		raised = 1;
+	}
+	a = calloc(1, sizeof(*a));
+	fds = malloc(N * sizeof(*fds));
+	index_of_port = malloc(65536 * sizeof(*index_of_port));
+	closed = calloc(N, 1);
+	pfd = calloc(N, sizeof(*pfd));
+	if (a == NULL || fds == NULL || index_of_port == NULL || closed == NULL
+	    || pfd == NULL || (a->announced = calloc(N, 1)) == NULL) {
+		fail(t, "out of memory");
+		goto out;
+	}
+	for (i = 0; i < 65536; i++) {
+		index_of_port[i] = -1;
+	}
+	a->index_of_port = index_of_port;
+	if ((server = proto_server(t)) == NULL || fake_attach(t, &f, 0) < 0) {
+		goto out;
+	}
+
+	/* Users arrive as fast as the server announces them: a few hundred
+	 * ahead at most, so neither the accept queue nor the 64 KiB control
+	 * queue fills and nobody is turned away before the cap. */
+	t0 = tl_now_ms();
+	deadline = t0 + 20000;
+	while (opened < N) {
+		while (opened < N && opened - a->count < PENDING_FLIGHT) {
+			int fd = tl_connect("127.0.0.1", t->pub, tl_now_ms() + 5000);
+
+			if (fd < 0) {
+				fail(t, "user %d: connect: %s", opened + 1, strerror(errno));
+				goto out;
+			}
+			fds[opened] = fd;
+			index_of_port[tl_local_port(fd)] = opened;
+			opened++;
+		}
+		if (read_announcements(t, f.ctl, a, 100) < 0) {
+			goto out;
+		}
+		if (tl_now_ms() >= deadline) {
+			fail(t, "%d users connected, %d announced, after 20 s", opened,
+			     a->count);
+			goto out;
+		}
+	}
+	last = tl_now_ms();
+	deadline = last + 10000;
+	while (a->count < PENDING_CAP) {
+		if (read_announcements(t, f.ctl, a, 100) < 0) {
+			goto out;
+		}
+		if (tl_now_ms() >= deadline) {
+			fail(t, "%d of %d users announced 10 s after the last came",
+			     a->count, PENDING_CAP);
+			goto out;
+		}
+	}
+	if (tl_now_ms() > last) {
+		last = tl_now_ms();
+	}
+
+	/* The 50 past the cap are closed at once; none of the others is. */
+	for (i = 0; i < N; i++) {
+		pfd[i].fd = fds[i];
+		pfd[i].events = POLLIN;
+	}
+	deadline = last + 2000;
+	while (nclosed < PENDING_EXTRA || tl_now_ms() < last + 300) {
+		int r = poll(pfd, (nfds_t)N, tl_left(nclosed < PENDING_EXTRA
+		                                     ? deadline : last + 300));
+
+		if (r < 0 && errno != EINTR) {
+			fail(t, "poll: %s", strerror(errno));
+			goto out;
+		}
+		for (i = 0; r > 0 && i < N; i++) {
+			uint8_t b;
+
+			if (pfd[i].fd < 0 || pfd[i].revents == 0) {
+				continue;
+			}
+			if (recv(fds[i], &b, 1, 0) > 0) {
+				fail(t, "user %d: the server sent it a byte", i + 1);
+				goto out;
+			}
+			pfd[i].fd = -1;
+			closed[i] = 1;
+			nclosed++;
+		}
+		if (tl_now_ms() >= deadline) {
+			break;
+		}
+	}
+	for (i = 0; i < N; i++) {
+		if (closed[i] == a->announced[i]) {
+			fail(t, "user %d (%s) was %s, and %s; %d closed in all, %d "
+			     "announced", i + 1, user_addr(fds[i], ua),
+			     a->announced[i] ? "announced" : "not announced",
+			     closed[i] ? "closed" : "left open", nclosed, a->count);
+			goto out;
+		}
+	}
+	/* Nothing more on control: the cap holds. */
+	if (read_announcements(t, f.ctl, a, 200) < 0) {
+		goto out;
+	}
+	if (a->count != PENDING_CAP) {
+		fail(t, "%d NEW_USERs, want %d", a->count, PENDING_CAP);
+		goto out;
+	}
+	if (wait_log(t, server, "already wait for their tunnel", 3000) < 0) {
+		goto out;
+	}
+	lines = tl_count_in_file(server->log, "already wait for their tunnel");
+	if (lines > 2) {
+		fail(t, "%d log lines say users already wait, want 1 or 2", lines);
+		goto out;
+	}
+	printf("# %d users announced and %d closed in %.1f s; %d such log "
+	       "line(s)\n", a->count, nclosed, (double)(last - t0) / 1000.0,
+	       lines);
+
+	/* The waiting users leave (with a reset, so no port lingers in
+	 * TIME_WAIT); the server notices each, and takes users again. */
+	for (i = 0; i < N; i++) {
+		tl_reset_close(fds[i]);
+	}
+	opened = 0;
+	if (wait_log(t, server, "reset before its tunnel was ready", IO_MS) < 0
+	    || tl_wait_log_count(server, "reset before its tunnel was ready",
+	                         PENDING_CAP, IO_MS) != 1) {
+		fail(t, "the server did not see all 4096 waiting users go");
+		goto out;
+	}
+	memset(&m, 0, sizeof(m));
+	m.type = MSG_PING;
+	if (expect_alive(t, server) < 0
+	    || send_msg(t, f.ctl, &m, NULL, NULL, "control") < 0
+	    || expect_msg(t, f.ctl, MSG_PONG, &m, IO_MS, "control") < 0
+	    || user_open(t, "127.0.0.1", t->pub) < 0
+	    || expect_msg(t, f.ctl, MSG_NEW_USER, &m, IO_MS,
+	                  "a user after the others left") < 0) {
+		goto out;
+	}
+out:
+	for (i = 0; i < opened; i++) {
+		close(fds[i]);
+	}
+	if (raised) {
+		setrlimit(RLIMIT_NOFILE, &saved);
+	}
+	if (a != NULL) {
+		free(a->announced);
+	}
+	free(a);
+	free(fds);
+	free(index_of_port);
+	free(closed);
+	free(pfd);
+}
+
+/* ==== test: out of file descriptors ======================================= */
+
+#define EMFILE_LIMIT  64       /* the server's RLIMIT_NOFILE */
+#define EMFILE_SILENT 100      /* silent tunnel connections to exhaust it */
+#define EMFILE_CPU_MS 300      /* most CPU time it may use in the window */
+#define EMFILE_WINDOW 2000
+
+/* cpu_ms: user + system CPU time of pid so far, from /proc; -1 unknown. */
+static long
+cpu_ms(pid_t pid)
+{
+	unsigned long ut, st;
+	char path[64], *text, *p;
+	long hz = sysconf(_SC_CLK_TCK), ms = -1;
+
+	snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
+	if ((text = tl_read_file(path, NULL)) == NULL) {
+		return -1;
+	}
+	/* Fields 14 and 15, counted after the ")" that ends the name. */
+	p = strrchr(text, ')');
+	if (p != NULL && hz > 0 && sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u "
+	                                  "%*u %*u %*u %*u %lu %lu", &ut, &st)
+	                           == 2) {
+		ms = (long)((ut + st) * 1000 / (unsigned long)hz);
+	}
+	free(text);
+	return ms;
+}
+
+/* The server with a hard limit of 64 descriptors, exhausted by silent
+ * tunnel connections: new connections are closed at once, the loop does
+ * not spin, one warning is logged, and once descriptors are free again a
+ * real client attaches and serves a user. */
+static void
+test_emfile(struct test *t)
+{
+	static const char *const srcs[] = {
+		"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"
+	};
+	char c[64], u[64], pb[64], lim[16], want[64];
+	const char *argv[16] = {
+		self_path, "--nofile", lim, "./server",
+		"-control", c, "-tunnel", u, "-public", pb, NULL
+	};
+	int silent[EMFILE_SILENT], nsilent = 0, shed = 0, pokes = 0, base, i, k;
+	int p[4];
+	struct tl_proc *server, *client;
+	long cpu0, cpu1;
+	int64_t deadline, end;
+
+	if (pick_ports(t, p, 4) < 0) {
+		return;
+	}
+	t->ctl = p[0];
+	t->tun = p[1];
+	t->pub = p[2];
+	snprintf(lim, sizeof(lim), "%d", EMFILE_LIMIT);
+	fmt_addr(c, "127.0.0.1", t->ctl);
+	fmt_addr(u, "127.0.0.1", t->tun);
+	fmt_addr(pb, "127.0.0.1", t->pub);
+	if ((server = start(t, "server", argv, NULL, 0, 0)) == NULL) {
+		return;
+	}
+	server->product = 1;     /* ./server, through our --nofile */
+	snprintf(want, sizeof(want), "fd limit %d,", EMFILE_LIMIT);
+	if (wait_log(t, server, "listening", START_MS) < 0
+	    || expect_log(t, server, want) < 0
+	    || start_svc(t, "svc", "echo", p[3], NULL) == NULL) {
+		goto out;
+	}
+
+	if ((base = tl_count_fds(server->pid)) < 0) {
+		t->skip = "no /proc/PID/fd";
+		goto out;
+	}
+	/* Silent tunnel connections, from several addresses, until the
+	 * server has no descriptor left: it holds each for 5 s. */
+	for (i = 0; i < EMFILE_SILENT; i++) {
+		silent[i] = tl_connect_start(srcs[i % 4], "127.0.0.1", t->tun);
+		if (silent[i] < 0) {
+			fail(t, "silent connection %d: %s", i + 1, strerror(errno));
+			goto out;
+		}
+		nsilent++;
+	}
+	deadline = tl_now_ms() + 5000;
+	for (i = 0; i < nsilent; i++) {
+		if (tl_wait_fd(silent[i], POLLOUT, deadline) <= 0
+		    || tl_connect_result(silent[i]) < 0) {
+			fail(t, "silent connection %d did not connect", i + 1);
+			goto out;
+		}
+	}
+	if (wait_log(t, server, "out of file descriptors", 3000) < 0) {
+		goto out;
+	}
+	deadline = tl_now_ms() + 3000;
+	while ((k = tl_count_fds(server->pid)) != EMFILE_LIMIT) {
+		if (tl_now_ms() >= deadline) {
+			fail(t, "the server holds %d descriptors, want all %d", k,
+			     EMFILE_LIMIT);
+			goto out;
+		}
+		tl_pause(20);
+	}
+	/* All it could hold are held; the others are closed as the server
+	 * gets to them in its accept queue. */
+	deadline = tl_now_ms() + 3000;
+	for (;;) {
+		for (i = 0, shed = 0; i < nsilent; i++) {
+			uint8_t b;
+
+			if (tl_wait_fd(silent[i], POLLIN, tl_now_ms()) > 0
+			    && recv(silent[i], &b, 1, MSG_PEEK) <= 0) {
+				shed++;
+			}
+		}
+		if (shed >= EMFILE_SILENT - (EMFILE_LIMIT - base)
+		    || tl_now_ms() >= deadline) {
+			break;
+		}
+		tl_pause(20);
+	}
+	if (shed != EMFILE_SILENT - (EMFILE_LIMIT - base)) {
+		fail(t, "%d of %d silent connections closed at once, want %d: the "
+		     "server had %d descriptors of %d before them", shed,
+		     EMFILE_SILENT, EMFILE_SILENT - (EMFILE_LIMIT - base), base,
+		     EMFILE_LIMIT);
+		goto out;
+	}
+
+	/* Exhausted: every newcomer is closed at once, and the loop stays
+	 * idle between them. */
+	if ((cpu0 = cpu_ms(server->pid)) < 0) {
+		t->skip = "no /proc/PID/stat";
+		goto out;
+	}
+	end = tl_now_ms() + EMFILE_WINDOW;
+	while (tl_now_ms() < end) {
+		int fd = tl_connect("127.0.0.1", t->tun, tl_now_ms() + 2000);
+
+		if (fd < 0) {
+			fail(t, "connect while exhausted: %s", strerror(errno));
+			goto out;
+		}
+		k = tl_wait_closed(fd, tl_now_ms() + 1000, NULL, NULL);
+		close(fd);
+		if (k < 0) {
+			fail(t, "a connection made while out of descriptors was not "
+			     "closed within 1 s");
+			goto out;
+		}
+		pokes++;
+		tl_pause(40);
+	}
+	cpu1 = cpu_ms(server->pid);
+	if (expect_alive(t, server) < 0) {
+		goto out;
+	}
+	printf("# %d descriptors at rest; %d of %d silent connections shed, %d "
+	       "more closed at once; server CPU %ld ms in %d ms\n", base, shed,
+	       EMFILE_SILENT, pokes, cpu1 - cpu0, EMFILE_WINDOW);
+	if (cpu1 - cpu0 > EMFILE_CPU_MS) {
+		fail(t, "the server used %ld ms of CPU in %d ms while out of "
+		     "descriptors (spinning?)", cpu1 - cpu0, EMFILE_WINDOW);
+		goto out;
+	}
+	k = tl_count_in_file(server->log, "out of file descriptors");
+	if (k > 2) {
+		fail(t, "%d \"out of file descriptors\" lines, want at most 2", k);
+		goto out;
+	}
+
+	/* Descriptors back: the listeners are still there for a client. */
+	for (i = 0; i < nsilent; i++) {
+		close(silent[i]);
+	}
+	nsilent = 0;
+	deadline = tl_now_ms() + 5000;
+	while ((k = tl_count_fds(server->pid)) > EMFILE_LIMIT / 2) {
+		if (tl_now_ms() >= deadline) {
+			fail(t, "the server still holds %d descriptors 5 s after the "
+			     "silent connections closed", k);
+			goto out;
+		}
+		tl_pause(20);
+	}
+	if ((client = start_client_ex(t, "client", t->ctl, p[3], 0, NULL, 0))
+	    == NULL || wait_log(t, client, "forwarding", START_MS) < 0
+	    || echo_user(t, t->pub, 3000, 31, "a user after the shortage") < 0
+	    || echo_user(t, t->pub, 100000, 32, "a second user") < 0) {
+		goto out;
+	}
+out:
+	for (i = 0; i < nsilent; i++) {
+		close(silent[i]);
+	}
+}
+
 /* ==== running ============================================================= */
 
 static const struct {
@@ -3271,6 +4287,12 @@ static const struct {
 	{ "wrong_token_proof", test_wrong_token_proof },
 	{ "version_mismatch", test_version_mismatch },
 	{ "not_dialback", test_not_dialback },
+	{ "session_resume", test_session_resume },
+	{ "pairs_survive_control_drop", test_pairs_survive_control_drop },
+	{ "pairs_survive_control_drop_client",
+	  test_pairs_survive_control_drop_client },
+	{ "pending_cap", test_pending_cap },
+	{ "emfile", test_emfile },
 };
 
 /* print_tail: the last lines of a log, each prefixed with "# ". */
@@ -3435,6 +4457,23 @@ main(int argc, char **argv)
 	}
 	if (argc == 3 && strcmp(argv[1], "--pp-service") == 0) {
 		return pp_service(argv[2]);
+	}
+	if (argc == 4 && strcmp(argv[1], "--cut-proxy") == 0) {
+		return cut_proxy(argv[2], argv[3]);
+	}
+	if (argc >= 4 && strcmp(argv[1], "--nofile") == 0) {
+		/* tests/features --nofile N PROG ARGS: PROG with soft and hard
+		 * RLIMIT_NOFILE N, which it cannot raise. */
+		struct rlimit rl;
+
+		rl.rlim_cur = rl.rlim_max = (rlim_t)strtoul(argv[2], NULL, 10);
+		if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+			fprintf(stderr, "setrlimit %s: %s\n", argv[2], strerror(errno));
+			return 127;
+		}
+		execv(argv[3], argv + 3);
+		fprintf(stderr, "exec %s: %s\n", argv[3], strerror(errno));
+		return 127;
 	}
 	if (argc > 2 || (filter && strcmp(filter, "-h") == 0)) {
 		printf("usage: tests/features [NAME-SUBSTRING]\n");

@@ -188,14 +188,11 @@ enum {
 #define POOL_ASK    2
 
 /*
- * Known bug in server.c, reported and not yet fixed: a USER_FAILED is
- * matched against joined pairs (pair_fail) by id alone, so one session can
- * close a user another session is relaying; waiting users are checked
- * with u->sess == c, pairs are not.  While this is 1 the check that a
- * session can't end another's pair is off.  Set it to 0 once pairs
- * remember their session.
+ * Once a bug in server.c: a USER_FAILED was matched against joined pairs
+ * by id alone, so one session could close a user another session was
+ * relaying.  Pairs now remember their session; the check is on (0).
  */
-#define KNOWN_BUG_PAIR_FAIL 1
+#define KNOWN_BUG_PAIR_FAIL 0
 
 #define MAIN_PORT   DEFAULT_PUBLIC_PORT
 #define PUMP_TURNS  256
