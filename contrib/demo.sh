@@ -57,6 +57,10 @@ fail() {
 }
 
 trap stop INT TERM
+# Background jobs in process groups of their own: Ctrl-C then reaches this
+# script alone, and stop() ends them in order, instead of racing them to
+# the signal and taking their exit for a crash.
+set -m 2>/dev/null
 
 # start NAME COMMAND...: run COMMAND with stdout and stderr going to the
 # terminal, each line prefixed with NAME, and to $tmp/NAME.log.
