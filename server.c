@@ -166,7 +166,7 @@ struct server {
 	int spare_fd;                  /* given up to accept-and-close at EMFILE */
 	int64_t accept_paused_until;
 	struct log_limit log_fds, log_no_client, log_pending, log_handshakes,
-	                 log_tunnels;
+	                 log_tunnels, log_timeouts;
 	struct ctl *ctls;
 	struct tun *tuns;
 	int ntuns;                     /* live ones in tuns */
@@ -264,7 +264,7 @@ ctl_close(struct server *s, struct ctl *c, const char *why)
 	}
 	if (c->state == CTL_ATTACHED) {
 		log_info("client %s detached: %s", c->peer, why);
-	} else {
+	} else if (why != NULL) {
 		log_info("control %s dropped: %s", c->peer, why);
 	}
 	for (u = s->users; u != NULL; u = u->next) {
@@ -1240,6 +1240,22 @@ earliest(int64_t a, int64_t b)
 	return (a < 0 || (b >= 0 && b < a)) ? b : a;
 }
 
+/* Silent connections time out in floods when strangers hold them open:
+ * one line per 10 s for them, with a count, or NULL for a quiet close. */
+static const char *
+timeout_why(struct server *s, int64_t now, const char *what, char *buf,
+            size_t len)
+{
+	unsigned long held;
+
+	if (!log_limited(&s->log_timeouts, now, &held)) {
+		return NULL;
+	}
+	snprintf(buf, len, "%s (%lu more timed out since the last such line)",
+	         what, held);
+	return buf;
+}
+
 /* Expire what is late, send pings that are due; return the next moment
  * something will be due, or -1 for none. */
 static int64_t
@@ -1250,7 +1266,7 @@ run_timers(struct server *s, int64_t now)
 	struct ctl *c;
 	struct tun *t;
 	struct user *u;
-	char why[64];
+	char why[128];
 
 	for (c = s->ctls; c != NULL; c = c->next) {
 		if (c->dead) {
@@ -1258,7 +1274,8 @@ run_timers(struct server *s, int64_t now)
 		}
 		if (c->state != CTL_ATTACHED) {
 			if (now >= c->deadline) {
-				ctl_close(s, c, "handshake timed out");
+				ctl_close(s, c, timeout_why(s, now, "handshake timed out",
+				                            why, sizeof(why)));
 			} else {
 				next = earliest(next, c->deadline);
 			}
@@ -1282,7 +1299,8 @@ run_timers(struct server *s, int64_t now)
 	}
 	for (t = s->tuns; t != NULL; t = t->next) {
 		if (!t->dead && now >= t->deadline) {
-			tun_close(s, t, "no JOIN in time");
+			tun_close(s, t, timeout_why(s, now, "no JOIN in time", why,
+			                            sizeof(why)));
 		} else if (!t->dead) {
 			next = earliest(next, t->deadline);
 		}
