@@ -690,14 +690,15 @@ msg_name(unsigned type)
 	return msg_names[type];
 }
 
-/* Copy peer text, replacing control bytes so it is safe to log. */
+/* Copy peer text, keeping printable ASCII only, so it is safe to log:
+ * not even C1 controls (0x9b is CSI to some terminals) get through. */
 static void
 text_get(char *dst, const uint8_t *src, size_t n)
 {
 	size_t i;
 
 	for (i = 0; i < n; i++) {
-		dst[i] = (src[i] < 0x20 || src[i] == 0x7f) ? '?' : (char)src[i];
+		dst[i] = (src[i] < 0x20 || src[i] > 0x7e) ? '?' : (char)src[i];
 	}
 	dst[n] = '\0';
 }

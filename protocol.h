@@ -20,7 +20,7 @@
  *                   public_port u16 (0 = the server's -public port)
  *                   pool u16 (tunnels to keep ready, 0..POOL_MAX)
  *   S->C WELCOME    tunnel_port u16 public_port u16 heartbeat_s u16
- *        or ERROR   code u8 reason[1..TEXT_MAX] (UTF-8/ASCII, no NUL)
+ *        or ERROR   code u8 reason[1..TEXT_MAX] (ASCII, no NUL)
  *   then, any time:
  *   S->C NEW_USER   user_id[16] src addr dst addr   (addr: family u8 (4|6),
  *                   address[16] (IPv4 in the first 4 bytes), port u16)
@@ -145,7 +145,8 @@ enum frame_result { FRAME_OK, FRAME_MORE, FRAME_BAD };
  * (unknown type, oversize, wrong length, bad magic).  A HELLO or CHALLENGE
  * with the right magic but another version decodes as FRAME_OK with only
  * .version set, so the caller can name both versions.  Text is copied with
- * control bytes replaced by '?', so it is safe to log.  Pure.
+ * every byte but printable ASCII replaced by '?', so it is safe to log.
+ * Pure.
  */
 enum frame_result frame_decode(const uint8_t *buf, size_t len,
                                struct msg *m, size_t *used);

@@ -678,6 +678,14 @@ static void test_frame_text(struct tally *t)
 		CHECK_STR(t, got.text, "a?b?c");
 	}
 
+	/* Bytes above ASCII too: 0x9b is CSI to some terminals. */
+	memcpy(payload, "\x02" "a" "\x9b" "b" "\xc3\xa9" "c", 7);
+	r = decode_raw(MSG_ERROR, 7, payload, &got);
+	CHECKF(t, r == FRAME_OK, "ERROR with high bytes: got %d", r);
+	if (r == FRAME_OK) {
+		CHECK_STR(t, got.text, "a?b??c");
+	}
+
 	memset(payload, 0x77, USER_ID_LEN);
 	memcpy(payload + USER_ID_LEN, "ok\n", 3);
 	r = decode_raw(MSG_USER_FAILED, USER_ID_LEN + 3, payload, &got);
