@@ -11,8 +11,9 @@
  * promises: a client's reconnect replacing its own session, joined pairs
  * outliving their control connection (scripted, and with the real client
  * behind a proxy that cuts it), the cap of 4096 users waiting for their
- * tunnel, and a server out of file descriptors.  Run from the repository
- * root:
+ * tunnel, a server out of file descriptors, and TCP keepalive on both
+ * ends of the control connection (read from /proc/net/tcp).  Run from the
+ * repository root:
  *
  *     ./tests/features [NAME-SUBSTRING]
  *
@@ -4259,6 +4260,96 @@ out:
 	}
 }
 
+/* ==== test: TCP keepalive on the control connection ======================= */
+
+/*
+ * ka_scan: read /proc/net/tcp or tcp6 (path) and, for each ESTABLISHED
+ * (st 01) socket whose local port is ctl (the server's end) or whose
+ * remote port is ctl (the client's end), count it in *srv or *cli and
+ * count it in *srv_ka or *cli_ka when its "tr" field (timer_active) is 2,
+ * the keepalive timer.  0, or -1 if the file cannot be opened.
+ */
+static int
+ka_scan(const char *path, int ctl, int *srv, int *srv_ka, int *cli,
+        int *cli_ka)
+{
+	FILE *f = fopen(path, "r");
+	char line[512];
+	unsigned lport, rport, st, tr;
+
+	if (f == NULL) {
+		return -1;
+	}
+	while (fgets(line, sizeof(line), f) != NULL) {
+		if (sscanf(line, " %*d: %*[0-9A-Fa-f]:%x %*[0-9A-Fa-f]:%x %x "
+		           "%*x:%*x %x:", &lport, &rport, &st, &tr) != 4
+		    || st != 1) {
+			continue;
+		}
+		if ((int)lport == ctl) {
+			(*srv)++;
+			*srv_ka += tr == 2;
+		}
+		if ((int)rport == ctl) {
+			(*cli)++;
+			*cli_ka += tr == 2;
+		}
+	}
+	fclose(f);
+	return 0;
+}
+
+/*
+ * test_keepalive: both ends of an attached control connection have
+ * SO_KEEPALIVE on, seen in /proc/net/tcp as timer 2 (keepalive) on the
+ * ESTABLISHED socket.  Looked at for up to 3 s, since a heartbeat in
+ * flight shows timer 1 (retransmit) for a moment.
+ */
+static void
+test_keepalive(struct test *t)
+{
+	struct tl_proc *server, *client;
+	int p[4], srv, srv_ka, cli, cli_ka;
+	int64_t deadline;
+
+	if (access("/proc/net/tcp", R_OK) != 0) {
+		t->skip = "no /proc/net/tcp";
+		return;
+	}
+	if (pick_ports(t, p, 4) < 0) {
+		return;
+	}
+	t->ctl = p[0];
+	t->tun = p[1];
+	t->pub = p[2];
+	if (start_svc(t, "svc", "echo", p[3], NULL) == NULL
+	    || (server = start_server(t, "127.0.0.1", NULL)) == NULL
+	    || (client = start_client(t, "client", p[3], 0, NULL, 0, 1, t->pub))
+	       == NULL) {
+		return;
+	}
+	deadline = tl_now_ms() + 3000;
+	for (;;) {
+		srv = srv_ka = cli = cli_ka = 0;
+		ka_scan("/proc/net/tcp", t->ctl, &srv, &srv_ka, &cli, &cli_ka);
+		ka_scan("/proc/net/tcp6", t->ctl, &srv, &srv_ka, &cli, &cli_ka);
+		if (srv == 1 && cli == 1 && srv_ka == 1 && cli_ka == 1) {
+			break;
+		}
+		if (tl_now_ms() >= deadline) {
+			fail(t, "control port %d: server side %d established, %d with "
+			     "the keepalive timer; client side %d established, %d "
+			     "with it (want 1 of 1 each)", t->ctl, srv, srv_ka, cli,
+			     cli_ka);
+			return;
+		}
+		tl_pause(100);
+	}
+	if (expect_alive(t, server) < 0 || expect_alive(t, client) < 0) {
+		return;
+	}
+}
+
 /* ==== running ============================================================= */
 
 static const struct {
@@ -4293,6 +4384,7 @@ static const struct {
 	  test_pairs_survive_control_drop_client },
 	{ "pending_cap", test_pending_cap },
 	{ "emfile", test_emfile },
+	{ "keepalive", test_keepalive },
 };
 
 /* print_tail: the last lines of a log, each prefixed with "# ". */

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Run the unit tests, the end-to-end tests (arguments go to e2e), the
-# feature tests, the man page check and the make install check, and print
-# the sum of their "N passed, N failed" lines as the very last line.
+# feature tests, the man page check, the make install check and the make
+# demo check, and print the sum of their "N passed, N failed" lines as the
+# very last line.
 # Exits non-zero if a binary failed, reported a failure, or printed no
 # summary line.  Run from the repository root (make test does).
 
@@ -59,6 +60,7 @@ fi
 run features ./tests/features
 run manpage sh tests/manpage.sh
 run install sh tests/install.sh
+run demo sh tests/demo.sh
 
 echo "$passed passed, $failed failed"
 [ "$bad" -eq 0 ]
