@@ -51,10 +51,11 @@
  * with the right magic; the version differs (after an ERROR naming both);
  * the proof is wrong (after ERR_AUTH); the port asked for is outside the
  * server's ports (ERR_PORT) or served by another client (ERR_BUSY); a
- * frame arrives that the state does
- * not allow; nothing arrives within HANDSHAKE_MS before WELCOME or within 3
- * heartbeats after.  It drops a tunnel connection if the JOIN is malformed,
- * names no pending user, carries a wrong proof, or is late (HANDSHAKE_MS).
+ * frame arrives that the state does not allow; nothing arrives within
+ * HANDSHAKE_MS before WELCOME or within 3 heartbeats after.  It drops a
+ * tunnel connection if the JOIN is malformed, names no pending user or
+ * ticket, carries a wrong proof, or is late (HANDSHAKE_MS); and a parked
+ * (pooled) tunnel that sends anything before it is used.
  */
 #ifndef DIALBACK_PROTOCOL_H
 #define DIALBACK_PROTOCOL_H
