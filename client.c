@@ -185,8 +185,8 @@ user_close(struct client *c, struct cuser *u, const char *fmt, const char *arg)
 	if (pooled(u)) {
 		c->npooled--;
 	}
-	loop_unwatch(c->loop, &u->w[0]);
-	loop_unwatch(c->loop, &u->w[1]);
+	loop_forget(c->loop, &u->w[0]);    /* their descriptors close below */
+	loop_forget(c->loop, &u->w[1]);
 	if (u->state == U_RELAY) {
 		relay_close(&u->relay);
 	}

@@ -89,6 +89,8 @@ size_t proxy_header(int version, const struct wire_addr *src,
 
 /* set_nonblock, set_nodelay, set_keepalive: 0 or -1 (errno set). */
 int set_nonblock(int fd);
+/* accept_nb: accept a connection as a non-blocking socket; -1 as accept. */
+int accept_nb(int lfd, struct sockaddr *sa, socklen_t *len);
 void set_nodelay(int fd);
 void set_keepalive(int fd);
 
@@ -167,9 +169,17 @@ void watch_init(struct watch *w, int kind, void *obj, int side);
 
 /* loop_watch: want events (POLLIN|POLLOUT, or 0 for hang-ups and errors
  * only) on fd; nothing happens if that is already so.  -1 on failure.
- * loop_unwatch: stop; call it before closing the descriptor. */
+ * loop_unwatch: stop; call it before closing the descriptor.
+ * loop_forget: the same, when the caller closes the descriptor right after
+ * (epoll drops a closed descriptor by itself: no call then).
+ * loop_move: hand from's descriptor to another owner's watch, wanting
+ * events: one call instead of two.  from ends unwatched either way; on -1,
+ * so does to, and a loop_watch on it starts afresh. */
 int loop_watch(struct loop *l, struct watch *w, int fd, short events);
 void loop_unwatch(struct loop *l, struct watch *w);
+void loop_forget(struct loop *l, struct watch *w);
+int loop_move(struct loop *l, struct watch *from, struct watch *to,
+              short events);
 
 /* loop_wait: up to timeout ms (-1: no limit); the events stay valid until
  * the next call.  Returns how many (0 on EINTR), or -1. */
@@ -225,6 +235,7 @@ struct relay_dir {
 	int pipe[2];         /* Linux splice: bytes in flight in the kernel */
 	size_t piped;        /* bytes in pipe; the pipe is held only while > 0 */
 	int pipe_full;       /* stop reading until the pipe drains */
+	int bulk;            /* reads fill buffers: splice, not copy */
 	int eof, shut;
 	uint64_t bytes;
 };

@@ -214,6 +214,61 @@ loop_unwatch(struct loop *l, struct watch *w)
 	w->slot = -1;
 }
 
+/* Closing a descriptor takes it out of every epoll set holding it, once no
+ * other descriptor refers to the same file; these processes never dup or
+ * fork their sockets, so the close is enough. */
+void
+loop_forget(struct loop *l, struct watch *w)
+{
+#ifdef __linux__
+	if (l->epfd >= 0) {
+		w->fd = -1;
+		w->events = 0;
+		return;
+	}
+#endif
+	loop_unwatch(l, w);
+}
+
+int
+loop_move(struct loop *l, struct watch *from, struct watch *to, short events)
+{
+	int fd = from->fd;
+
+	loop_unwatch(l, to);
+	if (fd < 0) {
+		return -1;
+	}
+#ifdef __linux__
+	if (l->epfd >= 0) {
+		struct epoll_event e;
+
+		memset(&e, 0, sizeof(e));
+		e.events = to_epoll(events);
+		e.data.ptr = to;
+		if (epoll_ctl(l->epfd, EPOLL_CTL_MOD, fd, &e) != 0) {
+			loop_unwatch(l, from);
+			return -1;
+		}
+		from->fd = -1;
+		from->events = 0;
+		to->fd = fd;
+		to->events = events;
+		return 0;
+	}
+#endif
+	/* poll: the slot changes hands. */
+	to->slot = from->slot;
+	l->watches[to->slot] = to;
+	l->pfd[to->slot].events = events;
+	to->fd = fd;
+	to->events = events;
+	from->fd = -1;
+	from->events = 0;
+	from->slot = -1;
+	return 0;
+}
+
 int
 loop_wait(struct loop *l, int timeout, struct loop_event **out)
 {

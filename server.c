@@ -309,6 +309,18 @@ pair_link(struct server *s, struct pair *p)
 	s->pairs = p;
 }
 
+static struct pair *
+pair_new(void)
+{
+	struct pair *p = calloc(1, sizeof(*p));
+
+	if (p != NULL) {
+		watch_init(&p->w[0], K_PAIR, p, 0);
+		watch_init(&p->w[1], K_PAIR, p, 1);
+	}
+	return p;
+}
+
 /* The end of every pair: counted, unwatched, closed, and moved from the
  * live list to the dead one, which sweep frees. */
 static void
@@ -322,8 +334,8 @@ pair_end(struct server *s, struct pair *p)
 		s->recent[i].seq = p->seq;
 		memcpy(s->recent[i].peer, p->peer, ADDR_STRLEN);
 	}
-	loop_unwatch(s->loop, &p->w[0]);
-	loop_unwatch(s->loop, &p->w[1]);
+	loop_forget(s->loop, &p->w[0]);
+	loop_forget(s->loop, &p->w[1]);
 	relay_close(&p->relay);
 	p->dead = 1;
 	if (p->prev != NULL) {
@@ -748,8 +760,6 @@ ctl_writable(struct server *s, struct ctl *c)
 static void
 pair_start(struct server *s, struct pair *p, const short kick[2])
 {
-	watch_init(&p->w[0], K_PAIR, p, 0);
-	watch_init(&p->w[1], K_PAIR, p, 1);
 	pair_link(s, p);
 	if (kick != NULL && relay_step(&p->relay, kick) == RELAY_FAIL) {
 		pair_close(s, p, RELAY_FAIL);
@@ -770,7 +780,7 @@ user_bind(struct server *s, struct ctl *c, int fd, const struct msg *m,
 	for (k = c->parked; k != NULL && k->dead; k = k->next) {
 		;
 	}
-	if (k == NULL || (p = calloc(1, sizeof(*p))) == NULL) {
+	if (k == NULL || (p = pair_new()) == NULL) {
 		return -1;
 	}
 	relay_init(&p->relay, fd, k->fd);
@@ -933,6 +943,7 @@ tun_join(struct server *s, struct tun *t, const struct msg *m)
 	struct user *u = user_find(s, m->user_id);
 	uint8_t want[PROOF_LEN];
 	struct pair *p;
+	short ev[2];
 
 	if (u == NULL) {
 		tun_close(s, t, "JOIN names no waiting user");
@@ -948,7 +959,7 @@ tun_join(struct server *s, struct tun *t, const struct msg *m)
 		tun_park(s, t, u);
 		return;
 	}
-	p = calloc(1, sizeof(*p));
+	p = pair_new();
 	if (p != NULL) {
 		relay_init(&p->relay, u->fd, t->fd);
 	}
@@ -970,8 +981,11 @@ tun_join(struct server *s, struct tun *t, const struct msg *m)
 	log_info("user #%llu %s joined after %lldms", (unsigned long long)u->seq,
 	         u->peer, (long long)(now_ms() - u->start));
 	/* The pair owns both descriptors now: the old owners let go of
-	 * them, watches first. */
-	loop_unwatch(s->loop, &u->w);
+	 * them, watches first (handed over; pair_start's sync makes up for
+	 * a failed hand-over). */
+	relay_events(&p->relay, ev);
+	loop_move(s->loop, &u->w, &p->w[0], ev[0]);
+	loop_move(s->loop, &t->w, &p->w[1], ev[1]);
 	u->fd = -1;
 	t->fd = -1;
 	tun_close(s, t, NULL);
@@ -1191,7 +1205,7 @@ accept_all(struct server *s, enum role role, int lfd, struct pub *pub)
 		}
 		struct sockaddr_storage ss;
 		socklen_t len = sizeof(ss);
-		int fd = accept(lfd, (struct sockaddr *)&ss, &len);
+		int fd = accept_nb(lfd, (struct sockaddr *)&ss, &len);
 
 		if (fd < 0) {
 			if (errno == EMFILE || errno == ENFILE) {
@@ -1205,10 +1219,6 @@ accept_all(struct server *s, enum role role, int lfd, struct pub *pub)
 			if (errno != EINTR && errno != ECONNABORTED) {
 				return;
 			}
-			continue;
-		}
-		if (set_nonblock(fd) != 0) {
-			close(fd);
 			continue;
 		}
 		/* Every socket carries small messages that must not wait for
