@@ -1,23 +1,35 @@
 /*
  * bench: dialback's throughput, latency, connection rate and footprint on
- * loopback, the direct path and the tunnel side by side.
+ * loopback, the direct path, a bare relay chain and the tunnel side by side.
  *
  *     tests/bench [-quick] [-conns N] [-repeat R] [-time SECONDS] [-csv FILE]
+ *                 [-only WORD]
  *
- * One run starts a service (a forked child, see "the service" below), then
- * ./server and ./client forwarding the server's public port to it, and
- * measures every metric over both paths:
+ * One run starts a service (a forked child, see "the service" below), two
+ * bare relays (forked children, see "the bare relay"), then ./server and
+ * ./client forwarding the server's public port to the service, and
+ * measures every metric over three paths:
  *
  *     direct   bench -> service
+ *     relay    bench -> relay A -> relay B -> service
  *     tunnel   bench -> server (public port) -> client -> service
  *
- * Direct and tunnel runs alternate, R times each, and the table shows the
- * medians; the same numbers go to bench.csv (or -csv FILE).  Footprint rows
- * (RSS, CPU) are about the server and client, so they have a tunnel column
- * only.  Exit status 0; 1 if something broke (the tunnel did not come up, a
- * byte count did not match, a process died or kept sockets); 2 for a
+ * The relay path is the reference point: two hops with no protocol at
+ * all, the most any two-hop forwarder could get on this machine.  On a
+ * small VM the kernel's cost per TCP hop limits the tunnel's ratio to
+ * direct; its ratio to relay shows how close it comes to what is
+ * achievable.
+ *
+ * The paths take turns, R times each, and the table shows the medians;
+ * the same numbers go to bench.csv (or -csv FILE).  Footprint rows (RSS,
+ * CPU) are about the server and client, so they have a tunnel column
+ * only.  Exit status 0; 1 if something broke (the tunnel did not come up,
+ * a byte count did not match, a process died or kept sockets); 2 for a
  * bad flag.  Logs of the server and client are kept when the run fails.
  */
+#ifdef __linux__
+#define _GNU_SOURCE     /* splice(2) for the bare relay, before any header */
+#endif
 #include <math.h>
 #include <netinet/tcp.h>
 #include <stdarg.h>
@@ -41,10 +53,11 @@ static volatile sig_atomic_t stop_flag;
 
 /* ==== metrics ============================================================ */
 
-enum path { P_DIRECT, P_TUNNEL, P_COUNT };
+enum path { P_DIRECT, P_RELAY, P_TUNNEL, P_COUNT };
 
 static const char *const path_names[P_COUNT] = {
 	[P_DIRECT] = "direct",
+	[P_RELAY]  = "relay",
 	[P_TUNNEL] = "tunnel",
 };
 
@@ -102,13 +115,16 @@ struct opts {
 	double short_s;         /* one latency or connection-rate run */
 	double idle_s;          /* the held connections sit idle */
 	const char *csv;
+	const char *only;       /* run only phases whose name has this */
 };
 
 struct bench {
 	struct opts o;
 	char dir[64];           /* logs */
 	struct tl_proc svc, server, client;
+	struct tl_proc relay[2];        /* [0] relay A, [1] relay B */
 	int svc_life;           /* the service exits when this closes */
+	int relay_life;         /* both relays exit when this closes */
 	int port[P_COUNT];      /* where each path starts */
 	int svc_port, ctl_port, tun_port, pub_port;
 	int base_socks[2];      /* server, client sockets when idle */
@@ -577,6 +593,308 @@ svc_main(int lfd, int life)
 	}
 }
 
+/* ==== the bare relay ===================================================== */
+
+/*
+ * The reference point for the relay path: two of these in a chain,
+ * bench -> relay A -> relay B -> service.  A forked child with one poll()
+ * loop and no protocol at all: accept, connect to the next hop with a
+ * plain blocking connect(), and move bytes, with splice(2) on Linux and
+ * read()/write() elsewhere.  Whatever it reads it writes out before it
+ * polls again, waiting for POLLOUT if it must (up to IO_TIMEOUT_S): the
+ * bench's traffic always drains, and so this is as simple and as fast as
+ * a relay can be.  What it reaches is the ceiling for any two-hop
+ * forwarder here.  It is no model for dialback: one slow peer would stall
+ * every pair.
+ *
+ * Like the service, it exits when its lifeline sees EOF, or on SIGTERM.
+ * SIGPIPE stays ignored, as the bench set it.  Build with
+ * -DBENCH_NO_SPLICE to try the read()/write() code on Linux.
+ */
+
+#define BARE_CHUNK   (1024 * 1024)  /* one splice, and each pipe's size */
+
+/* One direction of a pair: fd[d] -> fd[!d]. */
+struct bdir {
+	int eof;                /* fd[d] said EOF, fd[!d] is shut for writing */
+	int pipe[2];            /* splice: made on first use; -1 until then */
+};
+
+struct bpair {
+	int fd[2];              /* [0] accepted, [1] to the next hop */
+	struct bdir dir[2];
+};
+
+struct bare {
+	int lfd, life, next_port;
+	struct bpair *p;
+	struct pollfd *pfd;     /* [0] listener, [1] lifeline, [2 + 2i + d]
+	                         * p[i].fd[d] */
+	size_t n, cap;
+	uint8_t *buf;           /* IO_BUF bytes, for read()/write() */
+};
+
+/* bare_wait_out: block until fd can take more; -1 after IO_TIMEOUT_S or
+ * on an error. */
+static int
+bare_wait_out(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLOUT, .revents = 0 };
+	int r;
+
+	do {
+		r = poll(&p, 1, IO_TIMEOUT_S * 1000);
+	} while (r < 0 && errno == EINTR);
+	return r == 1 && !(p.revents & POLLERR) ? 0 : -1;
+}
+
+#if defined(__linux__) && !defined(BENCH_NO_SPLICE)
+/* bare_move: what fd[d] has, through the direction's pipe into fd[!d].
+ * 1 at EOF, 0, or -1 on an error. */
+static int
+bare_move(struct bare *s, struct bpair *pr, int d)
+{
+	const unsigned flags = SPLICE_F_MOVE | SPLICE_F_NONBLOCK;
+	int *pp = pr->dir[d].pipe;
+	ssize_t k, w;
+
+	(void)s;
+	if (pp[0] < 0) {
+		if (pipe(pp) < 0) {
+			pp[0] = pp[1] = -1;
+			return -1;
+		}
+		tl_set_nonblock(pp[0]);
+		tl_set_nonblock(pp[1]);
+		/* If this fails, the default 64 KiB will do. */
+		fcntl(pp[1], F_SETPIPE_SZ, BARE_CHUNK);
+	}
+	do {
+		k = splice(pr->fd[d], NULL, pp[1], NULL, BARE_CHUNK, flags);
+	} while (k < 0 && errno == EINTR);
+	if (k == 0) {
+		return 1;
+	}
+	if (k < 0) {
+		return errno == EAGAIN ? 0 : -1;
+	}
+	/* The pipe is empty again before we poll, so the next splice in
+	 * never finds it full. */
+	while (k > 0) {
+		w = splice(pp[0], NULL, pr->fd[!d], NULL, (size_t)k, flags);
+		if (w > 0) {
+			k -= w;
+		} else if (w < 0 && errno == EAGAIN) {
+			if (bare_wait_out(pr->fd[!d]) < 0) {
+				return -1;
+			}
+		} else if (w == 0 || errno != EINTR) {
+			return -1;
+		}
+	}
+	return 0;
+}
+#else
+static int
+bare_move(struct bare *s, struct bpair *pr, int d)
+{
+	ssize_t k, w;
+	size_t off = 0;
+
+	do {
+		k = read(pr->fd[d], s->buf, IO_BUF);
+	} while (k < 0 && errno == EINTR);
+	if (k == 0) {
+		return 1;
+	}
+	if (k < 0) {
+		return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+	}
+	while (off < (size_t)k) {
+		w = send(pr->fd[!d], s->buf + off, (size_t)k - off, MSG_NOSIGNAL);
+		if (w > 0) {
+			off += (size_t)w;
+		} else if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			if (bare_wait_out(pr->fd[!d]) < 0) {
+				return -1;
+			}
+		} else if (w == 0 || errno != EINTR) {
+			return -1;
+		}
+	}
+	return 0;
+}
+#endif
+
+static void
+bare_close(struct bpair *pr)
+{
+	int d;
+
+	for (d = 0; d < 2; d++) {
+		close(pr->fd[d]);
+		if (pr->dir[d].pipe[0] >= 0) {
+			close(pr->dir[d].pipe[0]);
+			close(pr->dir[d].pipe[1]);
+		}
+	}
+}
+
+/* bare_handle: pr's poll() results.  -1 when pr is done: both directions
+ * at EOF, or an error. */
+static int
+bare_handle(struct bare *s, struct bpair *pr, const struct pollfd *pfd)
+{
+	int d, r;
+
+	for (d = 0; d < 2; d++) {
+		if (pfd[d].revents == 0) {
+			continue;
+		}
+		if (pr->dir[d].eof) {
+			return -1;      /* POLLERR or POLLHUP, past our EOF */
+		}
+		r = bare_move(s, pr, d);
+		if (r < 0) {
+			return -1;
+		}
+		if (r == 1) {
+			pr->dir[d].eof = 1;
+			shutdown(pr->fd[!d], SHUT_WR);
+		}
+	}
+	return pr->dir[0].eof && pr->dir[1].eof ? -1 : 0;
+}
+
+/* bare_connect: a blocking connection to the next hop, or -1. */
+static int
+bare_connect(struct bare *s)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = tl_sockaddr("127.0.0.1", s->next_port, &ss);
+	int fd = socket(ss.ss_family, SOCK_STREAM, 0);
+
+	if (fd < 0) {
+		return -1;
+	}
+	while (connect(fd, (struct sockaddr *)&ss, len) < 0) {
+		if (errno != EINTR) {
+			close(fd);
+			return -1;
+		}
+	}
+	return fd;
+}
+
+/* bare_accept: pair every waiting connection with one to the next hop;
+ * exits on an error, as the service does. */
+static void
+bare_accept(struct bare *s)
+{
+	struct bpair *pr;
+	int fd, next;
+
+	for (;;) {
+		fd = accept(s->lfd, NULL, NULL);
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED) {
+				continue;
+			}
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				return;
+			}
+			fprintf(stderr, "bench relay: accept: %s\n", strerror(errno));
+			_exit(1);
+		}
+		next = bare_connect(s);
+		if (next < 0) {
+			fprintf(stderr, "bench relay: connect 127.0.0.1:%d: %s\n",
+			        s->next_port, strerror(errno));
+			close(fd);
+			continue;       /* the bench sees an EOF */
+		}
+		if (s->n == s->cap) {
+			size_t cap = s->cap ? s->cap * 2 : 64;
+			struct bpair *p = realloc(s->p, cap * sizeof(*p));
+			struct pollfd *q = p ? realloc(s->pfd, (2 * cap + 2) * sizeof(*q))
+			                     : NULL;
+
+			if (q == NULL) {
+				fprintf(stderr, "bench relay: out of memory\n");
+				_exit(1);
+			}
+			s->p = p;
+			s->pfd = q;
+			s->cap = cap;
+		}
+		pr = &s->p[s->n++];
+		memset(pr, 0, sizeof(*pr));
+		pr->fd[0] = fd;
+		pr->fd[1] = next;
+		pr->dir[0].pipe[0] = pr->dir[0].pipe[1] = -1;
+		pr->dir[1].pipe[0] = pr->dir[1].pipe[1] = -1;
+		tl_set_nonblock(fd);
+		tl_set_nonblock(next);
+		set_nodelay(fd);
+		set_nodelay(next);
+	}
+}
+
+static void
+bare_main(int lfd, int next_port, int life)
+{
+	struct bare s;
+	size_t i;
+	int d;
+
+	memset(&s, 0, sizeof(s));
+	s.lfd = lfd;
+	s.life = life;
+	s.next_port = next_port;
+	s.buf = malloc(IO_BUF);
+	s.pfd = calloc(2, sizeof(*s.pfd));
+	if (s.buf == NULL || s.pfd == NULL) {
+		_exit(1);
+	}
+	for (;;) {
+		s.pfd[0].fd = s.lfd;
+		s.pfd[0].events = POLLIN;
+		s.pfd[1].fd = s.life;
+		s.pfd[1].events = POLLIN;
+		for (i = 0; i < s.n; i++) {
+			for (d = 0; d < 2; d++) {
+				struct pollfd *q = &s.pfd[2 + 2 * i + (size_t)d];
+
+				/* Past EOF only POLLERR and POLLHUP, which poll()
+				 * reports anyway, still matter. */
+				q->fd = s.p[i].fd[d];
+				q->events = s.p[i].dir[d].eof ? 0 : POLLIN;
+				q->revents = 0;
+			}
+		}
+		if (poll(s.pfd, (nfds_t)(2 * s.n + 2), -1) < 0) {
+			if (errno == EINTR) {
+				continue;
+			}
+			_exit(1);
+		}
+		if (s.pfd[1].revents) {
+			_exit(0);
+		}
+		/* Walk down, as svc_main does: the pair moved into a closed
+		 * one's slot was already handled. */
+		for (i = s.n; i-- > 0;) {
+			if (bare_handle(&s, &s.p[i], &s.pfd[2 + 2 * i]) < 0) {
+				bare_close(&s.p[i]);
+				s.p[i] = s.p[--s.n];
+			}
+		}
+		if (s.pfd[0].revents) {
+			bare_accept(&s);
+		}
+	}
+}
+
 /* ==== processes ========================================================== */
 
 struct pstat {
@@ -658,11 +976,13 @@ procs_stat(struct bench *b, struct pstat ps[2])
 static int
 check_alive(struct bench *b)
 {
-	struct tl_proc *p[3] = { &b->svc, &b->server, &b->client };
+	struct tl_proc *p[5] = {
+		&b->svc, &b->relay[0], &b->relay[1], &b->server, &b->client
+	};
 	char st[32];
 	int i;
 
-	for (i = 0; i < 3; i++) {
+	for (i = 0; i < 5; i++) {
 		if (tl_proc_poll(p[i])) {
 			return fail("%s exited (%s)", p[i]->name,
 			            tl_status_str(p[i], st, sizeof(st)));
@@ -768,6 +1088,54 @@ start_service(struct bench *b)
 	return 0;
 }
 
+/* start_relays: relay B forwarding to the service, then relay A to relay
+ * B; the relay path starts at relay A.  Both read one lifeline. */
+static int
+start_relays(struct bench *b)
+{
+	int life[2], next = b->svc_port, i, lfd;
+	pid_t pid;
+
+	if (pipe(life) < 0) {
+		return fail("pipe:");
+	}
+	b->relay_life = life[1];
+	for (i = 1; i >= 0; i--) {
+		lfd = tl_listen("127.0.0.1", 0);
+		if (lfd < 0 || tl_set_nonblock(lfd) < 0) {
+			fail("%s listen:", b->relay[i].name);
+			if (lfd >= 0) {
+				close(lfd);
+			}
+			close(life[0]);
+			return -1;
+		}
+		fflush(stdout);
+		fflush(stderr);
+		pid = fork();
+		if (pid < 0) {
+			close(lfd);
+			close(life[0]);
+			return fail("fork:");
+		}
+		if (pid == 0) {
+			signal(SIGINT, SIG_DFL);
+			signal(SIGTERM, SIG_DFL);
+			/* Holding a lifeline's write end would keep that
+			 * child (the service, or this relay) alive. */
+			close(b->svc_life);
+			close(life[1]);
+			bare_main(lfd, next, life[0]);
+		}
+		next = tl_local_port(lfd);
+		close(lfd);
+		b->relay[i].pid = pid;
+	}
+	close(life[0]);
+	b->port[P_RELAY] = next;
+	return 0;
+}
+
 /* start: run argv as p, logging to DIR/NAME.log, and wait for what it
  * logs once it is ready. */
 static int
@@ -826,16 +1194,28 @@ start_tunnel(struct bench *b)
 	return 0;
 }
 
-/* stop_all: end everything we started: client, server, then the service
- * (closing its lifeline; SIGTERM and SIGKILL if that isn't enough). */
+/* stop_all: end everything we started: client, server, the relays, then
+ * the service (closing their lifelines; SIGTERM and SIGKILL if that isn't
+ * enough). */
 static void
 stop_all(struct bench *b)
 {
+	int i;
+
 	if (b->client.pid > 0) {
 		tl_proc_stop(&b->client);
 	}
 	if (b->server.pid > 0) {
 		tl_proc_stop(&b->server);
+	}
+	if (b->relay_life >= 0) {
+		close(b->relay_life);
+		b->relay_life = -1;
+	}
+	for (i = 0; i < 2; i++) {
+		if (b->relay[i].pid > 0 && !tl_proc_wait(&b->relay[i], 1000)) {
+			tl_proc_stop(&b->relay[i]);
+		}
 	}
 	if (b->svc_life >= 0) {
 		close(b->svc_life);
@@ -1640,10 +2020,11 @@ static const struct phase phases[] = {
 };
 
 /*
- * run_phase: ph over both paths, o.repeat times each, alternating which
- * goes first (direct, tunnel, tunnel, direct, ...); each metric's result
- * is the median of its runs.  After each tunnel run the server and client
- * must close every relayed socket.
+ * run_phase: ph over every path, o.repeat times each, in turn and in
+ * reverse on odd repeats (direct, relay, tunnel, tunnel, relay, direct,
+ * ...), so no path always runs first or right after another; each
+ * metric's result is the median of its runs.  After each tunnel run the
+ * server and client must close every relayed socket.
  */
 static int
 run_phase(struct bench *b, const struct phase *ph)
@@ -1689,7 +2070,7 @@ run_phase(struct bench *b, const struct phase *ph)
 	return 0;
 }
 
-/* run_all: start everything, check both paths work, then measure. */
+/* run_all: start everything, check every path works, then measure. */
 static int
 run_all(struct bench *b)
 {
@@ -1697,7 +2078,7 @@ run_all(struct bench *b)
 	size_t i;
 	int fd;
 
-	if (start_service(b) < 0 || start_tunnel(b) < 0) {
+	if (start_service(b) < 0 || start_relays(b) < 0 || start_tunnel(b) < 0) {
 		return -1;
 	}
 	/* Attached, no user yet: this is idle. */
@@ -1726,6 +2107,9 @@ run_all(struct bench *b)
 		return -1;
 	}
 	for (i = 0; i < sizeof(phases) / sizeof(phases[0]); i++) {
+		if (b->o.only != NULL && strstr(phases[i].name, b->o.only) == NULL) {
+			continue;
+		}
 		if (run_phase(b, &phases[i]) < 0) {
 			return -1;
 		}
@@ -1763,10 +2147,11 @@ fmt_value(double x, int decimals, char *buf, size_t len)
 	return buf;
 }
 
+/* ratio: tunnel / base for metric m, or NaN. */
 static double
-ratio(const struct bench *b, int m)
+ratio(const struct bench *b, int m, int base)
 {
-	double d = b->result[m][P_DIRECT], t = b->result[m][P_TUNNEL];
+	double d = b->result[m][base], t = b->result[m][P_TUNNEL];
 
 	return isnan(d) || isnan(t) || d == 0 ? NAN : t / d;
 }
@@ -1794,54 +2179,67 @@ static void
 print_table(const struct bench *b, const char *commit, const char *date,
             int complete)
 {
-	char name[64], d[32], t[32], r[32];
-	int m;
+	char name[64], v[P_COUNT][32], r[32], rr[32];
+	int m, p;
 
 	printf("\ndialback bench%s, commit %s, %s, %ld CPUs, %d repeats, "
 	       "%.2g s throughput runs, %.2g s others (medians)\n\n",
 	       complete ? "" : " (FAILED, incomplete)", commit, date,
 	       sysconf(_SC_NPROCESSORS_ONLN), b->o.repeat, b->o.tput_s,
 	       b->o.short_s);
-	printf("%-44s %-7s %11s %11s %7s\n", "metric", "unit", "direct", "tunnel",
-	       "ratio");
+	printf("%-42s %-7s %9s %9s %9s %6s %8s\n", "metric", "unit", "direct",
+	       "relay", "tunnel", "ratio", "vs relay");
 	for (m = 0; m < M_COUNT; m++) {
 		const struct metric_info *mi = &metric_info[m];
-		double x = ratio(b, m);
+		double x = ratio(b, m, P_DIRECT);
 
 		metric_name(b, m, name, sizeof(name));
-		printf("%-44s %-7s %11s %11s %7s%s\n", name, mi->unit,
-		       fmt_value(b->result[m][P_DIRECT], mi->decimals, d, sizeof(d)),
-		       fmt_value(b->result[m][P_TUNNEL], mi->decimals, t, sizeof(t)),
+		for (p = 0; p < P_COUNT; p++) {
+			fmt_value(b->result[m][p], mi->decimals, v[p], sizeof(v[p]));
+		}
+		printf("%-42s %-7s %9s %9s %9s %6s %8s%s\n", name, mi->unit,
+		       v[P_DIRECT], v[P_RELAY], v[P_TUNNEL],
 		       fmt_value(x, 2, r, sizeof(r)),
+		       fmt_value(ratio(b, m, P_RELAY), 2, rr, sizeof(rr)),
 		       isnan(x) ? "" : mi->lower_better ? "  (lower is better)"
 		                                        : "  (higher is better)");
 	}
-	printf("\nratio = tunnel / direct.  Footprint rows are the server's and "
-	       "client's own.\n");
+	printf("\nrelay = two bare splice relays (the ceiling for any two-hop "
+	       "forwarder here);\nratio = tunnel / direct; vs relay = tunnel / "
+	       "relay.\nFootprint rows are the server's and client's own.\n");
+}
+
+/* csv_value: x for a CSV field, empty when not measured. */
+static const char *
+csv_value(double x, int decimals, char *buf, size_t len)
+{
+	buf[0] = '\0';
+	return isnan(x) ? buf : fmt_value(x, decimals, buf, len);
 }
 
 static int
 write_csv(const struct bench *b, const char *commit, const char *date)
 {
-	char name[64], d[32], t[32], r[32];
+	char name[64], v[P_COUNT][32], r[32], rr[32];
 	FILE *f = fopen(b->o.csv, "w");
-	int m;
+	int m, p;
 
 	if (f == NULL) {
 		return fail("%s:", b->o.csv);
 	}
-	fprintf(f, "metric,unit,direct,tunnel,ratio,commit,date\n");
+	fprintf(f, "metric,unit,direct,relay,tunnel,ratio,vs_relay,commit,date\n");
 	for (m = 0; m < M_COUNT; m++) {
 		const struct metric_info *mi = &metric_info[m];
-		double x = ratio(b, m);
 
 		metric_name(b, m, name, sizeof(name));
-		fprintf(f, "%s,%s,%s,%s,%s,%s,%s\n", name, mi->unit,
-		        isnan(b->result[m][P_DIRECT]) ? ""
-		        : fmt_value(b->result[m][P_DIRECT], mi->decimals, d, sizeof(d)),
-		        isnan(b->result[m][P_TUNNEL]) ? ""
-		        : fmt_value(b->result[m][P_TUNNEL], mi->decimals, t, sizeof(t)),
-		        isnan(x) ? "" : fmt_value(x, 2, r, sizeof(r)), commit, date);
+		for (p = 0; p < P_COUNT; p++) {
+			csv_value(b->result[m][p], mi->decimals, v[p], sizeof(v[p]));
+		}
+		fprintf(f, "%s,%s,%s,%s,%s,%s,%s,%s,%s\n", name, mi->unit,
+		        v[P_DIRECT], v[P_RELAY], v[P_TUNNEL],
+		        csv_value(ratio(b, m, P_DIRECT), 2, r, sizeof(r)),
+		        csv_value(ratio(b, m, P_RELAY), 2, rr, sizeof(rr)),
+		        commit, date);
 	}
 	if (fclose(f) != 0) {
 		return fail("%s:", b->o.csv);
@@ -1886,12 +2284,14 @@ usage(FILE *f)
 {
 	fprintf(f,
 	    "usage: tests/bench [-quick] [-conns N] [-repeat R] [-time SECONDS] "
-	    "[-csv FILE]\n"
+	    "[-csv FILE] [-only WORD]\n"
 	    "  -quick          a smoke run of a few seconds (200 conns, 1 repeat)\n"
 	    "  -conns N        idle tunneled connections to hold (default 1000)\n"
 	    "  -repeat R       runs per metric and path, median kept (default 3)\n"
 	    "  -time SECONDS   one throughput run (default 2)\n"
-	    "  -csv FILE       where the numbers go (default bench.csv)\n");
+	    "  -csv FILE       where the numbers go (default bench.csv)\n"
+	    "  -only WORD      only the phases whose name has WORD (upload,\n"
+	    "                  download, round trips, new connections)\n");
 }
 
 static void
@@ -1952,6 +2352,8 @@ parse_opts(int argc, char **argv, struct opts *o)
 			}
 		} else if (flag_is(a, "csv")) {
 			o->csv = v;
+		} else if (flag_is(a, "only")) {
+			o->only = v;
 		} else {
 			i--;
 			goto bad;
@@ -2017,9 +2419,12 @@ main(int argc, char **argv)
 
 	memset(&b, 0, sizeof(b));
 	b.svc_life = -1;
+	b.relay_life = -1;
 	snprintf(b.svc.name, sizeof(b.svc.name), "service");
 	snprintf(b.server.name, sizeof(b.server.name), "server");
 	snprintf(b.client.name, sizeof(b.client.name), "client");
+	snprintf(b.relay[0].name, sizeof(b.relay[0].name), "relay A");
+	snprintf(b.relay[1].name, sizeof(b.relay[1].name), "relay B");
 	for (m = 0; m < M_COUNT; m++) {
 		for (p = 0; p < P_COUNT; p++) {
 			b.result[m][p] = NAN;
