@@ -855,6 +855,7 @@ log_status(struct client *c)
 	};
 	int relaying = 0, starting = 0;
 	uint64_t in = 0, out = 0;
+	char heap[64];
 	struct cuser *u;
 
 	for (u = c->relaying; u != NULL; u = u->next) {
@@ -865,13 +866,14 @@ log_status(struct client *c)
 	for (u = c->users; u != NULL; u = u->next) {
 		starting++;
 	}
+	heap_note(heap, sizeof(heap));
 	log_info("status: up %llds; %s to %s, public port %d; users: %d "
 	         "relaying, %d connecting, %llu in all; open users' bytes: %llu "
-	         "in, %llu out", (long long)(now_ms() - c->started) / 1000,
+	         "in, %llu out%s", (long long)(now_ms() - c->started) / 1000,
 	         names[c->state], c->server[0] ? c->server : c->remote_arg,
 	         c->public_port, relaying, starting,
 	         (unsigned long long)c->users_total, (unsigned long long)in,
-	         (unsigned long long)out);
+	         (unsigned long long)out, heap);
 }
 
 static int

@@ -87,6 +87,10 @@ size_t proxy_header(int version, const struct wire_addr *src,
 
 /* ---- sockets ------------------------------------------------------------ */
 
+/* heap_note: "; heap: N KiB in use" (malloc's live bytes) for a status
+ * line, or "" where the C library can't tell. */
+void heap_note(char *buf, size_t len);
+
 /* set_nonblock, set_nodelay, set_keepalive: 0 or -1 (errno set). */
 int set_nonblock(int fd);
 /* accept_nb: accept a connection as a non-blocking socket; -1 as accept. */

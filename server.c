@@ -1409,6 +1409,7 @@ log_status(struct server *s)
 	int64_t now = now_ms();
 	unsigned long long in = s->bytes_in, out = s->bytes_out;
 	int sessions = 0, relaying = 0, waiting = 0;
+	char heap[64];
 	struct ctl *c;
 	struct user *u;
 	struct pair *p;
@@ -1432,10 +1433,11 @@ log_status(struct server *s)
 		         (long long)(now - c->attached_at) / 1000, c->pending,
 		         (unsigned long long)c->served, c->nparked, c->pool_want);
 	}
+	heap_note(heap, sizeof(heap));
 	log_info("status: up %llds; sessions: %d; users: %d relaying, %d waiting, "
-	         "%llu in all; bytes: %llu in, %llu out",
+	         "%llu in all; bytes: %llu in, %llu out%s",
 	         (long long)(now - s->started) / 1000, sessions, relaying,
-	         waiting, (unsigned long long)s->user_seq, in, out);
+	         waiting, (unsigned long long)s->user_seq, in, out, heap);
 }
 
 static int
