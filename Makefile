@@ -1,6 +1,9 @@
 # dialback: make, make test, make bench, make clean, make install, make demo.
 # SAN=1 builds everything with AddressSanitizer and UBSan; WERROR=1 adds
-# -Werror (CI does both).  make fuzz builds the libFuzzer targets with
+# -Werror (CI does both).  STATIC=1 links statically against musl
+# (apt-get install musl-tools): an idle process then holds about 190 KiB
+# instead of glibc's 1.9 MiB, most of which is glibc's own shared pages.
+# make clean between kinds of build.  make fuzz builds the libFuzzer targets with
 # clang; make fuzz-run runs each for FUZZ_SECONDS over its seed corpus.
 
 CC      ?= cc
@@ -8,6 +11,13 @@ CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L
 LDFLAGS ?=
 
+ifeq ($(STATIC),1)
+ifeq ($(shell command -v musl-gcc),)
+$(error STATIC=1 needs musl-gcc: apt-get install musl-tools)
+endif
+CC       = musl-gcc
+LDFLAGS += -static
+endif
 ifeq ($(SAN),1)
 CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 LDFLAGS += -fsanitize=address,undefined
