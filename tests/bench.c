@@ -3,7 +3,7 @@
  * loopback, the direct path, a bare relay chain and the tunnel side by side.
  *
  *     tests/bench [-quick] [-conns N] [-repeat R] [-time SECONDS] [-csv FILE]
- *                 [-only WORD]
+ *                 [-only WORD] [-pool N]
  *
  * One run starts a service (a forked child, see "the service" below), two
  * bare relays (forked children, see "the bare relay"), then ./server and
@@ -116,6 +116,7 @@ struct opts {
 	double idle_s;          /* the held connections sit idle */
 	const char *csv;
 	const char *only;       /* run only phases whose name has this */
+	int pool;               /* the client's -pool */
 };
 
 struct bench {
@@ -1171,8 +1172,10 @@ start_tunnel(struct bench *b)
 		"./server", "-control", ctl, "-tunnel", tun, "-public", pub,
 		"-token", TOKEN, NULL
 	};
+	char pool[16];
 	const char *client_argv[] = {
-		"./client", "-remote", ctl, "-local", loc, "-token", TOKEN, NULL
+		"./client", "-remote", ctl, "-local", loc, "-token", TOKEN,
+		"-pool", pool, NULL
 	};
 
 	if (tl_free_ports("127.0.0.1", ports, 3) < 0) {
@@ -1185,6 +1188,7 @@ start_tunnel(struct bench *b)
 	snprintf(tun, sizeof(tun), "127.0.0.1:%d", b->tun_port);
 	snprintf(pub, sizeof(pub), "127.0.0.1:%d", b->pub_port);
 	snprintf(loc, sizeof(loc), "127.0.0.1:%d", b->svc_port);
+	snprintf(pool, sizeof(pool), "%d", b->o.pool);
 	if (start(b, &b->server, server_argv, "listening") < 0
 	    || start(b, &b->client, client_argv, "forwarding") < 0) {
 		return -1;
@@ -2183,10 +2187,10 @@ print_table(const struct bench *b, const char *commit, const char *date,
 	int m, p;
 
 	printf("\ndialback bench%s, commit %s, %s, %ld CPUs, %d repeats, "
-	       "%.2g s throughput runs, %.2g s others (medians)\n\n",
-	       complete ? "" : " (FAILED, incomplete)", commit, date,
+	       "%.2g s throughput runs, %.2g s others (medians), client -pool "
+	       "%d\n\n", complete ? "" : " (FAILED, incomplete)", commit, date,
 	       sysconf(_SC_NPROCESSORS_ONLN), b->o.repeat, b->o.tput_s,
-	       b->o.short_s);
+	       b->o.short_s, b->o.pool);
 	printf("%-42s %-7s %9s %9s %9s %6s %8s\n", "metric", "unit", "direct",
 	       "relay", "tunnel", "ratio", "vs relay");
 	for (m = 0; m < M_COUNT; m++) {
@@ -2285,13 +2289,15 @@ usage(FILE *f)
 	fprintf(f,
 	    "usage: tests/bench [-quick] [-conns N] [-repeat R] [-time SECONDS] "
 	    "[-csv FILE] [-only WORD]\n"
+	    "                   [-pool N]\n"
 	    "  -quick          a smoke run of a few seconds (200 conns, 1 repeat)\n"
 	    "  -conns N        idle tunneled connections to hold (default 1000)\n"
 	    "  -repeat R       runs per metric and path, median kept (default 3)\n"
 	    "  -time SECONDS   one throughput run (default 2)\n"
 	    "  -csv FILE       where the numbers go (default bench.csv)\n"
 	    "  -only WORD      only the phases whose name has WORD (upload,\n"
-	    "                  download, round trips, new connections)\n");
+	    "                  download, round trips, new connections)\n"
+	    "  -pool N         run the client with -pool N (default 0)\n");
 }
 
 static void
@@ -2354,6 +2360,11 @@ parse_opts(int argc, char **argv, struct opts *o)
 			o->csv = v;
 		} else if (flag_is(a, "only")) {
 			o->only = v;
+		} else if (flag_is(a, "pool")) {
+			o->pool = (int)strtol(v, &end, 10);
+			if (*end != '\0' || o->pool < 0 || o->pool > 64) {
+				goto bad;
+			}
 		} else {
 			i--;
 			goto bad;
