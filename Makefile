@@ -51,8 +51,8 @@ tests/svc: tests/svc.c tests/testlib.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/svc.c
 tests/features: tests/features.c tests/testlib.h $(LIB) common.h protocol.h sha256.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/features.c $(LIB)
-tests/bench: tests/bench.c tests/testlib.h
-	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/bench.c
+tests/bench: tests/bench.c tests/testlib.h $(LIB) common.h
+	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/bench.c $(LIB)
 
 test: $(BINS) $(TESTS)
 	sh tests/run.sh

@@ -3,7 +3,7 @@
  * loopback, the direct path, a bare relay chain and the tunnel side by side.
  *
  *     tests/bench [-quick] [-conns N] [-repeat R] [-time SECONDS] [-csv FILE]
- *                 [-only WORD] [-pool N]
+ *                 [-only WORD] [-pool N] [-hold]
  *
  * One run starts a service (a forked child, see "the service" below), two
  * bare relays (forked children, see "the bare relay"), then ./server and
@@ -36,6 +36,7 @@
 #include <sys/time.h>
 
 #include "tests/testlib.h"
+#include "common.h"         /* the service runs on the product's event loop */
 
 #define IO_BUF       (256 * 1024) /* each read and write, bench and service */
 #define IO_TIMEOUT_S 5            /* one blocking socket call, at most */
@@ -117,6 +118,7 @@ struct opts {
 	const char *csv;
 	const char *only;       /* run only phases whose name has this */
 	int pool;               /* the client's -pool */
+	int hold;               /* keep the idle connections open throughout */
 };
 
 struct bench {
@@ -129,6 +131,9 @@ struct bench {
 	int port[P_COUNT];      /* where each path starts */
 	int svc_port, ctl_port, tun_port, pub_port;
 	int base_socks[2];      /* server, client sockets when idle */
+	int idle_socks[2];      /* the same with no connection held */
+	int *held;              /* -hold: the idle connections, nheld of them */
+	long nheld;
 	uint8_t *buf;           /* IO_BUF bytes */
 	double result[M_COUNT][P_COUNT];
 };
@@ -198,14 +203,6 @@ get_u64(const uint8_t *p)
 		v = v << 8 | p[i];
 	}
 	return v;
-}
-
-static void
-set_nodelay(int fd)
-{
-	int one = 1;
-
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
 static double
@@ -281,8 +278,11 @@ median(double *v, size_t n)
 /* ==== the service ======================================================== */
 
 /*
- * A forked child with one poll() loop.  A connection's first byte picks
- * what the service does with it:
+ * A forked child with one event loop: the product's loop.c, so epoll on
+ * Linux.  With -hold it keeps thousands of connections open, and a poll()
+ * over all of them on every wake-up made it the slowest part of every
+ * path (a direct round trip took 6 ms with 9,900 held).  A connection's
+ * first byte picks what the service does with it:
  *
  *   'u'  upload: read and discard until EOF, then send the count (u64,
  *        big-endian) and close;
@@ -297,6 +297,8 @@ median(double *v, size_t n)
  */
 
 struct sconn {
+	struct watch w;
+	size_t idx;             /* in svc.c */
 	int fd;
 	char mode;              /* 0 until the first byte came */
 	int eof;                /* the peer shut its side */
@@ -308,8 +310,9 @@ struct sconn {
 
 struct svc {
 	int lfd, life;
-	struct sconn *c;
-	struct pollfd *pfd;     /* [0] listener, [1] lifeline, [2 + i] c[i] */
+	struct loop *loop;
+	struct watch lw, lifew; /* the listener, the lifeline */
+	struct sconn **c;       /* open connections, n of them */
 	size_t n, cap;
 	uint64_t sourced, sunk;
 	uint8_t *buf;
@@ -499,11 +502,17 @@ svc_handle(struct svc *s, struct sconn *c, short revents)
 	return 0;
 }
 
+/* svc_close: stop c; it leaves s->c at once and is freed by the caller
+ * after the turn (a later event of the same turn may still name it). */
 static void
 svc_close(struct svc *s, struct sconn *c)
 {
 	svc_stop(s, c);
+	loop_unwatch(s->loop, &c->w);
 	close(c->fd);
+	c->fd = -1;
+	s->c[c->idx] = s->c[--s->n];
+	s->c[c->idx]->idx = c->idx;
 }
 
 /* svc_accept: take every waiting connection; exits on an error, which
@@ -513,6 +522,7 @@ svc_accept(struct svc *s)
 {
 	for (;;) {
 		int fd = accept(s->lfd, NULL, NULL);
+		struct sconn *c;
 
 		if (fd < 0) {
 			if (errno == EINTR || errno == ECONNABORTED) {
@@ -526,22 +536,29 @@ svc_accept(struct svc *s)
 		}
 		if (s->n == s->cap) {
 			size_t cap = s->cap ? s->cap * 2 : 64;
-			struct sconn *c = realloc(s->c, cap * sizeof(*c));
-			struct pollfd *p = c ? realloc(s->pfd, (cap + 2) * sizeof(*p))
-			                     : NULL;
+			struct sconn **p = realloc(s->c, cap * sizeof(*p));
 
 			if (p == NULL) {
 				fprintf(stderr, "bench service: out of memory\n");
 				_exit(1);
 			}
-			s->c = c;
-			s->pfd = p;
+			s->c = p;
 			s->cap = cap;
+		}
+		if ((c = calloc(1, sizeof(*c))) == NULL) {
+			fprintf(stderr, "bench service: out of memory\n");
+			_exit(1);
 		}
 		tl_set_nonblock(fd);
 		set_nodelay(fd);
-		memset(&s->c[s->n], 0, sizeof(s->c[s->n]));
-		s->c[s->n++].fd = fd;
+		c->fd = fd;
+		c->idx = s->n;
+		s->c[s->n++] = c;
+		watch_init(&c->w, 0, c, 0);
+		if (loop_watch(s->loop, &c->w, fd, svc_events(c)) != 0) {
+			fprintf(stderr, "bench service: watch: %s\n", strerror(errno));
+			_exit(1);
+		}
 	}
 }
 
@@ -549,46 +566,56 @@ static void
 svc_main(int lfd, int life)
 {
 	struct svc s;
-	size_t i;
+	struct sconn **done = NULL;
+	struct loop_event *ev;
+	int i, n, ndone;
 
+	/* DIALBACK_POLL picks the product's backend under test, not ours. */
+	unsetenv("DIALBACK_POLL");
 	memset(&s, 0, sizeof(s));
 	s.lfd = lfd;
 	s.life = life;
 	s.buf = calloc(1, IO_BUF);
-	s.pfd = calloc(2, sizeof(*s.pfd));
-	if (s.buf == NULL || s.pfd == NULL) {
+	s.loop = loop_new();
+	watch_init(&s.lw, 0, NULL, 0);
+	watch_init(&s.lifew, 0, NULL, 0);
+	if (s.buf == NULL || loop_watch(s.loop, &s.lw, lfd, POLLIN) != 0 ||
+	    loop_watch(s.loop, &s.lifew, life, POLLIN) != 0) {
 		_exit(1);
 	}
 	for (;;) {
-		s.pfd[0].fd = s.lfd;
-		s.pfd[0].events = POLLIN;
-		s.pfd[1].fd = s.life;
-		s.pfd[1].events = POLLIN;
-		for (i = 0; i < s.n; i++) {
-			s.pfd[2 + i].fd = s.c[i].fd;
-			s.pfd[2 + i].events = svc_events(&s.c[i]);
-			s.pfd[2 + i].revents = 0;
-		}
-		if (poll(s.pfd, (nfds_t)(s.n + 2), -1) < 0) {
-			if (errno == EINTR) {
-				continue;
-			}
+		int accepting = 0;
+
+		if ((n = loop_wait(s.loop, -1, &ev)) < 0) {
 			_exit(1);
 		}
-		if (s.pfd[1].revents) {
-			_exit(0);
+		if ((done = realloc(done, ((size_t)n + 1) * sizeof(*done))) == NULL) {
+			_exit(1);
 		}
-		/* Walk down, so that moving the last connection into a closed
-		 * one's slot moves one that was already handled. */
-		for (i = s.n; i-- > 0;) {
-			short rev = s.pfd[2 + i].revents;
+		ndone = 0;
+		for (i = 0; i < n; i++) {
+			struct watch *w = ev[i].w;
+			struct sconn *c = w->obj;
 
-			if (rev && svc_handle(&s, &s.c[i], rev) < 0) {
-				svc_close(&s, &s.c[i]);
-				s.c[i] = s.c[--s.n];
+			if (ev[i].fd != w->fd) {
+				continue;       /* closed earlier this turn */
+			}
+			if (w == &s.lifew) {
+				_exit(0);
+			}
+			if (w == &s.lw) {
+				accepting = 1;
+			} else if (svc_handle(&s, c, ev[i].revents) < 0) {
+				svc_close(&s, c);
+				done[ndone++] = c;
+			} else if (loop_watch(s.loop, &c->w, c->fd, svc_events(c)) != 0) {
+				_exit(1);
 			}
 		}
-		if (s.pfd[0].revents) {
+		for (i = 0; i < ndone; i++) {
+			free(done[i]);
+		}
+		if (accepting) {
 			svc_accept(&s);
 		}
 	}
@@ -1993,6 +2020,15 @@ run_held(struct bench *b)
 	b->result[M_CLI_WAKE_HELD][P_TUNNEL] =
 	    (double)(p1[1].ctxsw - p0[1].ctxsw) / b->o.idle_s;
 	rc = echo_all(fds, n, deadline);
+	if (rc == 0 && b->o.hold) {
+		/* They stay open through every phase; after each tunnel run the
+		 * sockets must come back to this count instead. */
+		b->held = fds;
+		b->nheld = dl.done;
+		b->base_socks[0] = count_sockets(b->server.pid);
+		b->base_socks[1] = count_sockets(b->client.pid);
+		return 0;
+	}
 out:
 	for (i = 0; i < dl.done; i++) {
 		close(fds[i]);
@@ -2002,6 +2038,25 @@ out:
 		rc = settle(b);
 	}
 	return rc;
+}
+
+/* release_held: close what -hold kept open; every socket must go. */
+static int
+release_held(struct bench *b)
+{
+	long i;
+
+	if (b->held == NULL) {
+		return 0;
+	}
+	for (i = 0; i < b->nheld; i++) {
+		close(b->held[i]);
+	}
+	free(b->held);
+	b->held = NULL;
+	b->base_socks[0] = b->idle_socks[0];
+	b->base_socks[1] = b->idle_socks[1];
+	return settle(b);
 }
 
 /* ==== the run ============================================================ */
@@ -2086,8 +2141,8 @@ run_all(struct bench *b)
 		return -1;
 	}
 	/* Attached, no user yet: this is idle. */
-	b->base_socks[0] = count_sockets(b->server.pid);
-	b->base_socks[1] = count_sockets(b->client.pid);
+	b->base_socks[0] = b->idle_socks[0] = count_sockets(b->server.pid);
+	b->base_socks[1] = b->idle_socks[1] = count_sockets(b->client.pid);
 	if (procs_stat(b, ps) < 0) {
 		return -1;
 	}
@@ -2118,7 +2173,7 @@ run_all(struct bench *b)
 			return -1;
 		}
 	}
-	if (check_alive(b) < 0 || procs_stat(b, ps) < 0) {
+	if (release_held(b) < 0 || check_alive(b) < 0 || procs_stat(b, ps) < 0) {
 		return -1;
 	}
 	b->result[M_SRV_RSS_END][P_TUNNEL] = (double)ps[0].rss_kib;
@@ -2188,9 +2243,11 @@ print_table(const struct bench *b, const char *commit, const char *date,
 
 	printf("\ndialback bench%s, commit %s, %s, %ld CPUs, %d repeats, "
 	       "%.2g s throughput runs, %.2g s others (medians), client -pool "
-	       "%d\n\n", complete ? "" : " (FAILED, incomplete)", commit, date,
+	       "%d%s\n\n", complete ? "" : " (FAILED, incomplete)", commit, date,
 	       sysconf(_SC_NPROCESSORS_ONLN), b->o.repeat, b->o.tput_s,
-	       b->o.short_s, b->o.pool);
+	       b->o.short_s, b->o.pool,
+	       b->o.hold ? ", the tunnel holding the idle connections throughout"
+	                 : "");
 	printf("%-42s %-7s %9s %9s %9s %6s %8s\n", "metric", "unit", "direct",
 	       "relay", "tunnel", "ratio", "vs relay");
 	for (m = 0; m < M_COUNT; m++) {
@@ -2289,7 +2346,7 @@ usage(FILE *f)
 	fprintf(f,
 	    "usage: tests/bench [-quick] [-conns N] [-repeat R] [-time SECONDS] "
 	    "[-csv FILE] [-only WORD]\n"
-	    "                   [-pool N]\n"
+	    "                   [-pool N] [-hold]\n"
 	    "  -quick          a smoke run of a few seconds (200 conns, 1 repeat)\n"
 	    "  -conns N        idle tunneled connections to hold (default 1000)\n"
 	    "  -repeat R       runs per metric and path, median kept (default 3)\n"
@@ -2297,7 +2354,9 @@ usage(FILE *f)
 	    "  -csv FILE       where the numbers go (default bench.csv)\n"
 	    "  -only WORD      only the phases whose name has WORD (upload,\n"
 	    "                  download, round trips, new connections)\n"
-	    "  -pool N         run the client with -pool N (default 0)\n");
+	    "  -pool N         run the client with -pool N (default 0)\n"
+	    "  -hold           keep the idle connections open while the rest\n"
+	    "                  is measured\n");
 }
 
 static void
@@ -2331,6 +2390,10 @@ parse_opts(int argc, char **argv, struct opts *o)
 
 		if (flag_is(a, "quick")) {
 			quick = 1;
+			continue;
+		}
+		if (flag_is(a, "hold")) {
+			o->hold = 1;
 			continue;
 		}
 		if (flag_is(a, "h") || flag_is(a, "help")) {
