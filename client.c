@@ -358,6 +358,10 @@ pool_joined(struct client *c, struct cuser *u)
 static void
 local_failed(struct client *c, struct cuser *u, const char *why)
 {
+	/* The next address's socket likely gets the same number: w[0] must
+	 * not still claim it, or watching it again looks like no change and
+	 * epoll never hears of the new socket. */
+	loop_forget(c->loop, &u->w[0]);
 	close_fd(&u->fd);
 	if (++u->local_idx < c->nlocal) {
 		local_connect(c, u);

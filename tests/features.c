@@ -4067,29 +4067,6 @@ out:
 #define EMFILE_CPU_MS 300      /* most CPU time it may use in the window */
 #define EMFILE_WINDOW 2000
 
-/* cpu_ms: user + system CPU time of pid so far, from /proc; -1 unknown. */
-static long
-cpu_ms(pid_t pid)
-{
-	unsigned long ut, st;
-	char path[64], *text, *p;
-	long hz = sysconf(_SC_CLK_TCK), ms = -1;
-
-	snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
-	if ((text = tl_read_file(path, NULL)) == NULL) {
-		return -1;
-	}
-	/* Fields 14 and 15, counted after the ")" that ends the name. */
-	p = strrchr(text, ')');
-	if (p != NULL && hz > 0 && sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u "
-	                                  "%*u %*u %*u %*u %lu %lu", &ut, &st)
-	                           == 2) {
-		ms = (long)((ut + st) * 1000 / (unsigned long)hz);
-	}
-	free(text);
-	return ms;
-}
-
 /* The server with a hard limit of 64 descriptors, exhausted by silent
  * tunnel connections: new connections are closed at once, the loop does
  * not spin, one warning is logged, and once descriptors are free again a
@@ -4194,7 +4171,7 @@ test_emfile(struct test *t)
 
 	/* Exhausted: every newcomer is closed at once, and the loop stays
 	 * idle between them. */
-	if ((cpu0 = cpu_ms(server->pid)) < 0) {
+	if ((cpu0 = tl_cpu_ms(server->pid)) < 0) {
 		t->skip = "no /proc/PID/stat";
 		goto out;
 	}
@@ -4216,7 +4193,7 @@ test_emfile(struct test *t)
 		pokes++;
 		tl_pause(40);
 	}
-	cpu1 = cpu_ms(server->pid);
+	cpu1 = tl_cpu_ms(server->pid);
 	if (expect_alive(t, server) < 0) {
 		goto out;
 	}

@@ -50,7 +50,8 @@ run e2e ./tests/e2e "$@"
 # the tests that move bytes, once more through it.
 # And the portable poll() loop, which Linux runs only when told.
 if [ $# -eq 0 ]; then
-	for t in echo download half_close concurrent no_fd_leak; do
+	run copy-unit env DIALBACK_NO_SPLICE=1 ./tests/unit
+	for t in echo download half_close concurrent no_fd_leak urgent_data; do
 		run "copy-$t" env DIALBACK_NO_SPLICE=1 ./tests/e2e "$t"
 	done
 	for t in echo concurrent user_flood garbage no_fd_leak local_down; do

@@ -592,6 +592,29 @@ tl_file_contains(const char *path, const char *s)
 	return tl_count_in_file(path, s) > 0;
 }
 
+/* tl_cpu_ms: user + system CPU time of pid so far, from /proc; -1 unknown. */
+static inline long
+tl_cpu_ms(pid_t pid)
+{
+	unsigned long ut, st;
+	char path[64], *text, *p;
+	long hz = sysconf(_SC_CLK_TCK), ms = -1;
+
+	snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
+	if ((text = tl_read_file(path, NULL)) == NULL) {
+		return -1;
+	}
+	/* Fields 14 and 15, counted after the ")" that ends the name. */
+	p = strrchr(text, ')');
+	if (p != NULL && hz > 0 && sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u "
+	                                  "%*u %*u %*u %*u %lu %lu", &ut, &st)
+	                           == 2) {
+		ms = (long)((ut + st) * 1000 / (unsigned long)hz);
+	}
+	free(text);
+	return ms;
+}
+
 /* tl_count_fds: open descriptors of pid, from /proc/PID/fd; -1 if unknown. */
 static inline int
 tl_count_fds(pid_t pid)

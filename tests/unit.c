@@ -1108,7 +1108,9 @@ static void test_relay_order(struct tally *t)
 	const uint64_t total = 16u << 20;
 	uint64_t sent = 0, got = 0, bad = UINT64_MAX;
 	size_t chunk = 0, left = sizes[0];
-	int a, b, c, d, turn = 0;
+	int a, b, c, d, turn = 0, eof = 0;
+	int seen_backlog = 0, seen_bulk = 0, seen_copy_again = 0;
+	int seen_piped_copy = 0;
 	time_t deadline = time(NULL) + 20;
 	struct relay r;
 
@@ -1117,7 +1119,7 @@ static void test_relay_order(struct tally *t)
 		return;
 	}
 	relay_init(&r, b, c);
-	while (got < total && time(NULL) < deadline) {
+	while (!eof && time(NULL) < deadline) {
 		struct pollfd pfd[4];
 		short ev[2], rev[2];
 		int reading = (turn++ / 50) % 3 != 0;   /* stalls a third */
@@ -1159,6 +1161,16 @@ static void test_relay_order(struct tally *t)
 			CHECKF(t, 0, "relay order: relay failed: %s", r.err_op);
 			break;
 		}
+		/* The states the order depends on: bulk mode, copy again
+		 * after bulk, and pipe bytes waiting while the direction
+		 * copies again (without splice: a copied backlog). */
+		seen_backlog |= r.dir[0].len > 0;
+		seen_bulk |= r.dir[0].bulk;
+		seen_copy_again |= seen_bulk && !r.dir[0].bulk;
+		seen_piped_copy |= r.dir[0].piped > 0 && !r.dir[0].bulk;
+		if (sent == total && pfd[0].events != 0) {
+			shutdown(a, SHUT_WR);       /* EOF behind the last byte */
+		}
 		if (pfd[3].revents & POLLIN) {
 			ssize_t k = read(d, buf, 4096 + (size_t)(turn % 7) * 9000);
 			ssize_t i;
@@ -1171,6 +1183,7 @@ static void test_relay_order(struct tally *t)
 			if (k > 0) {
 				got += (uint64_t)k;
 			}
+			eof = k == 0;
 		}
 		if (bad != UINT64_MAX) {
 			break;
@@ -1180,6 +1193,15 @@ static void test_relay_order(struct tally *t)
 	       (unsigned long long)bad);
 	CHECKF(t, got == total, "relay order: %llu of %llu bytes arrived",
 	       (unsigned long long)got, (unsigned long long)total);
+	CHECKF(t, eof && r.dir[0].shut, "relay order: the end was not passed on");
+	if (r.splice) {
+		CHECKF(t, seen_bulk && seen_copy_again && seen_piped_copy,
+		       "relay order: states not reached: bulk %d, copy again %d, "
+		       "pipe bytes while copying %d", seen_bulk, seen_copy_again,
+		       seen_piped_copy);
+	} else {
+		CHECKF(t, seen_backlog, "relay order: the sink never pushed back");
+	}
 	relay_close(&r);
 	close(a);
 	close(d);
