@@ -447,18 +447,22 @@ set_nonblock(int fd)
 int
 accept_nb(int lfd, struct sockaddr *sa, socklen_t *len)
 {
-#ifdef SOCK_NONBLOCK
-	/* One call instead of three per connection. */
-	return accept4(lfd, sa, len, SOCK_NONBLOCK);
-#else
-	int fd = accept(lfd, sa, len);
+	int fd;
 
+#if defined(__linux__) && defined(SOCK_NONBLOCK)
+	/* One call instead of three per connection; a kernel or sandbox
+	 * without accept4 gets the portable way. */
+	fd = accept4(lfd, sa, len, SOCK_NONBLOCK);
+	if (fd >= 0 || errno != ENOSYS) {
+		return fd;
+	}
+#endif
+	fd = accept(lfd, sa, len);
 	if (fd >= 0 && set_nonblock(fd) != 0) {
 		close(fd);
 		return -1;
 	}
 	return fd;
-#endif
 }
 
 void
@@ -618,7 +622,7 @@ local_port(int fd)
 int
 connect_start(const struct sockaddr *sa, socklen_t len)
 {
-#ifdef SOCK_NONBLOCK
+#if defined(__linux__) && defined(SOCK_NONBLOCK)
 	int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK, 0);
 
 	if (fd < 0) {
