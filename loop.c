@@ -140,6 +140,18 @@ to_epoll(short events)
 	return (events & POLLIN ? EPOLLIN : 0) | (events & POLLOUT ? EPOLLOUT : 0);
 }
 
+/* One epoll_ctl naming w as the owner of fd's events. */
+static int
+ep_ctl(struct loop *l, int op, int fd, short events, struct watch *w)
+{
+	struct epoll_event e;
+
+	memset(&e, 0, sizeof(e));
+	e.events = to_epoll(events);
+	e.data.ptr = w;
+	return epoll_ctl(l->epfd, op, fd, &e);
+}
+
 static short
 from_epoll(uint32_t e)
 {
@@ -159,13 +171,8 @@ loop_watch(struct loop *l, struct watch *w, int fd, short events)
 	}
 #ifdef __linux__
 	if (l->epfd >= 0) {
-		struct epoll_event e;
-
-		memset(&e, 0, sizeof(e));
-		e.events = to_epoll(events);
-		e.data.ptr = w;
-		if (epoll_ctl(l->epfd, w->fd < 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD,
-		              fd, &e) != 0) {
+		if (ep_ctl(l, w->fd < 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, events,
+		           w) != 0) {
 			return -1;
 		}
 		w->fd = fd;
@@ -241,12 +248,7 @@ loop_move(struct loop *l, struct watch *from, struct watch *to, short events)
 	}
 #ifdef __linux__
 	if (l->epfd >= 0) {
-		struct epoll_event e;
-
-		memset(&e, 0, sizeof(e));
-		e.events = to_epoll(events);
-		e.data.ptr = to;
-		if (epoll_ctl(l->epfd, EPOLL_CTL_MOD, fd, &e) != 0) {
+		if (ep_ctl(l, EPOLL_CTL_MOD, fd, events, to) != 0) {
 			loop_unwatch(l, from);
 			return -1;
 		}
