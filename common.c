@@ -1083,7 +1083,8 @@ fbuf_take(struct fbuf *b, struct msg *m)
  * socket -> pipe -> socket with splice(2), never entering this process,
  * until a splice brings less than a buffer's worth.  Short connections
  * thus never take a pipe (measured: a new connection cost each process a
- * pipe2, five fcntl and two close), and bulk costs half the CPU per GiB.
+ * pipe2, five fcntl and two close), and bulk costs a third less CPU than
+ * copying it would (0.30-0.36 s per GiB against 0.47-0.54, download).
  * Elsewhere, or with DIALBACK_NO_SPLICE set (how the tests cover the
  * copy-only path), everything is copied.
  */
