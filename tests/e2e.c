@@ -184,13 +184,6 @@ user_connect(struct test *t, int port)
 
 /* ---- processes ------------------------------------------------------------ */
 
-/* is_product: argv runs ./server or ./client (valgrind runs those). */
-static int
-is_product(const char *const argv[])
-{
-	return strcmp(argv[0], "./server") == 0 || strcmp(argv[0], "./client") == 0;
-}
-
 /*
  * start: run argv (NULL-ended) as a child named name.  Its stdout and
  * stderr go to DIR/name.log, or with split_out stdout to DIR/name.out and
@@ -211,7 +204,6 @@ start(struct test *t, const char *name, const char *const argv[],
 	const char *vg_argv[NOPTS + 40];
 	char vglog[300];
 	struct tl_proc *p;
-	char out[256];
 	int i, n = 0;
 
 	if (t->nprocs == MAX_PROCS) {
@@ -219,12 +211,8 @@ start(struct test *t, const char *name, const char *const argv[],
 		return NULL;
 	}
 	p = &t->procs[t->nprocs];
-	memset(p, 0, sizeof(*p));
-	snprintf(p->name, sizeof(p->name), "%s", name);
-	snprintf(p->log, sizeof(p->log), "%s/%s.log", t->dir, name);
-	snprintf(out, sizeof(out), "%s/%s.out", t->dir, name);
-	p->product = is_product(argv);
-	if (valgrind_path[0] != '\0' && is_product(argv)) {
+	tl_proc_init(p, t->dir, name, argv[0]);
+	if (valgrind_path[0] != '\0' && p->product) {
 		snprintf(p->vglog, sizeof(p->vglog), "%s/%s.vg", t->dir, name);
 		snprintf(vglog, sizeof(vglog), "--log-file=%s", p->vglog);
 		vg_argv[n++] = valgrind_path;
@@ -240,9 +228,7 @@ start(struct test *t, const char *name, const char *const argv[],
 		vg_argv[n] = NULL;
 		argv = vg_argv;
 	}
-	p->pid = tl_spawn((char *const *)argv, env, split_out ? out : p->log,
-	                  split_out ? p->log : NULL);
-	if (p->pid < 0) {
+	if (tl_proc_start(p, t->dir, (char *const *)argv, env, split_out) < 0) {
 		fail(t, "fork: %s", strerror(errno));
 		return NULL;
 	}
@@ -255,47 +241,29 @@ start(struct test *t, const char *name, const char *const argv[],
 static int
 wait_log(struct test *t, struct tl_proc *p, const char *s, int ms)
 {
-	char st[32];
-	int r = tl_wait_log(p, s, ms);
+	char why[512];
 
-	if (r == 1) {
-		return 0;
-	}
-	if (r < 0) {
-		return fail(t, "%s exited (%s) before logging \"%s\"", p->name,
-		            tl_status_str(p, st, sizeof(st)), s);
-	}
-	return fail(t, "%s did not log \"%s\" within %d ms", p->name, s, ms);
+	return tl_check_log(p, s, ms, why, sizeof(why)) < 0 ? fail(t, "%s", why)
+	                                                    : 0;
 }
 
 /* expect_exit: p must exit with status code within ms. */
 static int
 expect_exit(struct test *t, struct tl_proc *p, int code, int ms)
 {
-	char st[32];
+	char why[512];
 
-	if (!tl_proc_wait(p, ms)) {
-		return fail(t, "%s still running after %d ms (expected exit %d)",
-		            p->name, ms, code);
-	}
-	if (!WIFEXITED(p->status) || WEXITSTATUS(p->status) != code) {
-		return fail(t, "%s: %s, expected exit %d", p->name,
-		            tl_status_str(p, st, sizeof(st)), code);
-	}
-	return 0;
+	return tl_check_exit(p, code, ms, why, sizeof(why)) < 0
+	       ? fail(t, "%s", why) : 0;
 }
 
 /* expect_alive: p must still be running. */
 static int
 expect_alive(struct test *t, struct tl_proc *p)
 {
-	char st[32];
+	char why[512];
 
-	if (tl_proc_poll(p)) {
-		return fail(t, "%s is gone (%s)", p->name,
-		            tl_status_str(p, st, sizeof(st)));
-	}
-	return 0;
+	return tl_check_alive(p, why, sizeof(why)) < 0 ? fail(t, "%s", why) : 0;
 }
 
 /* kill_hard: SIGKILL p on purpose and reap it (teardown then expects no
@@ -309,18 +277,6 @@ kill_hard(struct tl_proc *p)
 	p->killed = 1;
 	kill(p->pid, SIGKILL);
 	tl_proc_wait(p, T(5000));
-}
-
-/* fmt_addr: "127.0.0.1:P" or "[::1]:P" into buf (64 bytes). */
-static const char *
-fmt_addr(char *buf, const char *host, int port)
-{
-	if (strchr(host, ':')) {
-		snprintf(buf, 64, "[%s]:%d", host, port);
-	} else {
-		snprintf(buf, 64, "%s:%d", host, port);
-	}
-	return buf;
 }
 
 /* pick_ports: fresh control, tunnel, public and local ports. */
@@ -347,9 +303,9 @@ start_server(struct test *t, const char *name, const char *token)
 {
 	char c[64], u[64], p[64];
 	const char *argv[16] = {
-		"./server", "-control", fmt_addr(c, t->host, t->ctl),
-		"-tunnel", fmt_addr(u, t->host, t->tun),
-		"-public", fmt_addr(p, t->host, t->pub),
+		"./server", "-control", tl_fmt_addr(c, t->host, t->ctl),
+		"-tunnel", tl_fmt_addr(u, t->host, t->tun),
+		"-public", tl_fmt_addr(p, t->host, t->pub),
 		"-heartbeat", "1", NULL
 	};
 	struct tl_proc *s;
@@ -374,8 +330,8 @@ start_client(struct test *t, const char *name, const char *token,
 {
 	char r[64], l[64];
 	const char *argv[16] = {
-		"./client", "-remote", fmt_addr(r, t->host, t->ctl),
-		"-local", fmt_addr(l, t->host, t->loc), NULL
+		"./client", "-remote", tl_fmt_addr(r, t->host, t->ctl),
+		"-local", tl_fmt_addr(l, t->host, t->loc), NULL
 	};
 	struct tl_proc *c;
 
@@ -401,7 +357,7 @@ start_svc(struct test *t, const char *name, const char *mode, int port,
           uint64_t nbytes)
 {
 	char a[64], n[32];
-	const char *argv[8] = { "tests/svc", mode, fmt_addr(a, t->host, port),
+	const char *argv[8] = { "tests/svc", mode, tl_fmt_addr(a, t->host, port),
 	                        NULL, NULL };
 	struct tl_proc *s;
 
@@ -427,21 +383,23 @@ expect_forwarding_line(struct test *t, struct tl_proc *c)
 	char pub[64], loc[64], want[160];
 
 	snprintf(want, sizeof(want), "forwarding %s -> %s",
-	         fmt_addr(pub, t->host, t->pub), fmt_addr(loc, t->host, t->loc));
+	         tl_fmt_addr(pub, t->host, t->pub),
+	         tl_fmt_addr(loc, t->host, t->loc));
 	if (!tl_file_contains(c->log, want)) {
 		return fail(t, "%s log lacks \"%s\"", c->name, want);
 	}
 	return 0;
 }
 
-/* setup: ports, svc echo, server, client attached.  0 or -1. */
+/* start_all: ports, tests/svc MODE [NBYTES] on the local port, server,
+ * client attached.  0 or -1. */
 static int
-setup(struct test *t)
+start_all(struct test *t, const char *mode, uint64_t nbytes)
 {
 	if (pick_ports(t) < 0) {
 		return -1;
 	}
-	t->svc = start_svc(t, "svc", "echo", t->loc, 0);
+	t->svc = start_svc(t, "svc", mode, t->loc, nbytes);
 	if (t->svc == NULL) {
 		return -1;
 	}
@@ -451,6 +409,17 @@ setup(struct test *t)
 	}
 	t->client = start_client(t, "client", NULL, NULL, 1);
 	if (t->client == NULL) {
+		return -1;
+	}
+	return 0;
+}
+
+/* setup: start_all with svc echo, and the client's "forwarding" line
+ * checked.  0 or -1. */
+static int
+setup(struct test *t)
+{
+	if (start_all(t, "echo", 0) < 0) {
 		return -1;
 	}
 	return expect_forwarding_line(t, t->client);
@@ -813,6 +782,25 @@ echo_once(struct test *t, int port, uint64_t size, uint32_t seed,
 	return rc;
 }
 
+/* download_once: one user on port takes size bytes of stream 1 (tests/svc
+ * source) and then EOF, sending nothing. */
+static int
+download_once(struct test *t, int port, uint64_t size, int ms,
+              const char *what)
+{
+	struct flow f;
+	int fd = user_connect(t, port), rc;
+
+	if (fd < 0) {
+		return -1;
+	}
+	flow_init(&f, fd, 0, 0, size, 1);
+	f.shut_after_send = 0;
+	rc = pump(t, &f, 1, ms, what);
+	user_close(t, fd);
+	return rc;
+}
+
 /* ---- the tests ------------------------------------------------------------ */
 
 static void
@@ -847,32 +835,10 @@ test_echo_32mib(struct test *t)
 static void
 test_download_64mib(struct test *t)
 {
-	struct flow f;
-	int fd;
-
-	if (pick_ports(t) < 0) {
+	if (start_all(t, "source", 64 * MIB) < 0) {
 		return;
 	}
-	t->svc = start_svc(t, "svc", "source", t->loc, 64 * MIB);
-	if (t->svc == NULL) {
-		return;
-	}
-	t->server = start_server(t, "server", NULL);
-	if (t->server == NULL) {
-		return;
-	}
-	t->client = start_client(t, "client", NULL, NULL, 1);
-	if (t->client == NULL) {
-		return;
-	}
-	fd = user_connect(t, t->pub);
-	if (fd < 0) {
-		return;
-	}
-	flow_init(&f, fd, 0, 0, 64 * MIB, 1);
-	f.shut_after_send = 0;
-	pump(t, &f, 1, BIG_MS, "download 64 MiB");
-	user_close(t, fd);
+	download_once(t, t->pub, 64 * MIB, BIG_MS, "download 64 MiB");
 }
 
 static void
@@ -1269,9 +1235,9 @@ test_port_in_use(struct test *t)
 		return;
 	}
 	track_fd(t, lfd);
-	argv[2] = fmt_addr(c, t->host, tl_local_port(lfd));
-	argv[4] = fmt_addr(u, t->host, t->tun);
-	argv[6] = fmt_addr(p, t->host, t->pub);
+	argv[2] = tl_fmt_addr(c, t->host, tl_local_port(lfd));
+	argv[4] = tl_fmt_addr(u, t->host, t->tun);
+	argv[6] = tl_fmt_addr(p, t->host, t->pub);
 	s = start(t, "server", argv, NULL, 1);
 	if (s == NULL || expect_exit(t, s, 1, T(5000)) < 0) {
 		return;
@@ -1381,7 +1347,7 @@ test_local_fallback(struct test *t)
 	    || (t->server = start_server(t, "server", NULL)) == NULL) {
 		return;
 	}
-	argv[2] = fmt_addr(r, t->host, t->ctl);
+	argv[2] = tl_fmt_addr(r, t->host, t->ctl);
 	snprintf(l, sizeof(l), "%s:%d", name, t->loc);
 	argv[4] = l;
 	t->client = start(t, "client", argv, NULL, 0);
@@ -1906,12 +1872,7 @@ test_local_killed(struct test *t)
 	const char *how = "";
 	int a, b;
 
-	if (pick_ports(t) < 0) {
-		return;
-	}
-	t->svc = start_svc(t, "svc", "echo-rst", t->loc, 0);
-	if (t->svc == NULL || (t->server = start_server(t, "server", NULL)) == NULL
-	    || (t->client = start_client(t, "client", NULL, NULL, 1)) == NULL) {
+	if (start_all(t, "echo-rst", 0) < 0) {
 		return;
 	}
 	a = user_connect(t, t->pub);
@@ -2300,12 +2261,7 @@ test_no_fd_leak_faults(struct test *t)
 	struct tl_fds base_s, base_c;
 	struct tl_proc *c2;
 
-	if (need_proc(t) < 0 || pick_ports(t) < 0) {
-		return;
-	}
-	t->svc = start_svc(t, "svc", "echo-rst", t->loc, 0);
-	if (t->svc == NULL || (t->server = start_server(t, "server", NULL)) == NULL
-	    || (t->client = start_client(t, "client", NULL, NULL, 1)) == NULL
+	if (need_proc(t) < 0 || start_all(t, "echo-rst", 0) < 0
 	    || base_fds(t, t->server, &base_s) < 0
 	    || base_fds(t, t->client, &base_c) < 0) {
 		return;
@@ -2469,9 +2425,7 @@ static void
 test_svc_direct(struct test *t)
 {
 	static const uint64_t sizes[] = { 0, 1, 65535, 65536, 65537, MIB };
-	struct flow f;
 	size_t i;
-	int fd;
 
 	if (pick_ports(t) < 0) {
 		return;
@@ -2495,14 +2449,7 @@ test_svc_direct(struct test *t)
 	if (start_svc(t, "svc-source", "source", t->tun, 64 * MIB) == NULL) {
 		return;
 	}
-	fd = user_connect(t, t->tun);
-	if (fd < 0) {
-		return;
-	}
-	flow_init(&f, fd, 0, 0, 64 * MIB, 1);
-	f.shut_after_send = 0;
-	pump(t, &f, 1, BIG_MS, "svc source 64 MiB");
-	user_close(t, fd);
+	download_once(t, t->tun, 64 * MIB, BIG_MS, "svc source 64 MiB");
 }
 
 /* ---- runner --------------------------------------------------------------- */
@@ -2544,57 +2491,14 @@ static const struct {
 	{ "svc_direct", test_svc_direct, 1, 0 },
 };
 
-/* print_tail: the last lines of a log, each prefixed with "# ". */
+/* print_tail: the last lines of a log, each prefixed with "# "; says so
+ * when there is no log. */
 static void
 print_tail(const char *label, const char *path)
 {
-	size_t len;
-	char *text = tl_read_file(path, &len), *p;
-	int lines = 0;
-
-	printf("# --- %s (%s)\n", label, path);
-	if (text == NULL) {
-		printf("#   (no log)\n");
-		return;
+	if (tl_print_tail(label, path, TAIL_LINES, 0) < 0) {
+		printf("# --- %s (%s)\n#   (no log)\n", label, path);
 	}
-	for (p = text + len; p > text; p--) {
-		if (p[-1] == '\n' && p != text + len && ++lines == TAIL_LINES) {
-			break;
-		}
-	}
-	while (*p) {
-		char *nl = strchr(p, '\n');
-
-		if (nl) {
-			*nl = '\0';
-		}
-		printf("#   %s\n", p);
-		if (nl == NULL) {
-			break;
-		}
-		p = nl + 1;
-	}
-	free(text);
-}
-
-static void
-remove_dir(const char *dir)
-{
-	DIR *d = opendir(dir);
-	struct dirent *e;
-	char path[512];
-
-	if (d == NULL) {
-		return;
-	}
-	while ((e = readdir(d)) != NULL) {
-		if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) {
-			snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-			unlink(path);
-		}
-	}
-	closedir(d);
-	rmdir(dir);
 }
 
 /* valgrind_clean: p's valgrind log reports nothing; else fail(). */
@@ -2685,7 +2589,7 @@ teardown(struct test *t)
 	}
 	if (!t->failed) {
 		if (getenv("E2E_KEEP") == NULL) {
-			remove_dir(t->dir);
+			tl_remove_tree(t->dir);
 		}
 		return;
 	}
@@ -2711,7 +2615,6 @@ static void
 run_test(const char *name, void (*fn)(struct test *t), int heavy)
 {
 	struct test t;
-	const char *tmp = getenv("TMPDIR");
 	int64_t t0 = tl_now_ms();
 
 	if (heavy && valgrind_path[0] != '\0') {
@@ -2722,9 +2625,7 @@ run_test(const char *name, void (*fn)(struct test *t), int heavy)
 	memset(&t, 0, sizeof(t));
 	t.name = name;
 	t.host = "127.0.0.1";
-	snprintf(t.dir, sizeof(t.dir), "%s/dialback-e2e-%s-XXXXXX",
-	         tmp && *tmp ? tmp : "/tmp", name);
-	if (mkdtemp(t.dir) == NULL) {
+	if (tl_test_dir(t.dir, sizeof(t.dir), "e2e", name) < 0) {
 		printf("FAIL - %s: mkdtemp %s: %s\n", name, t.dir, strerror(errno));
 		n_failed++;
 		return;
@@ -2735,18 +2636,11 @@ run_test(const char *name, void (*fn)(struct test *t), int heavy)
 	alarm(0);
 	teardown(&t);
 	current = NULL;
-	if (t.failed) {
-		printf("FAIL - %s: %s\n", name, t.why);
-		n_failed++;
-	} else if (t.skip) {
-		printf("ok - %s # skip: %s\n", name, t.skip);
+	if (tl_report(name, t.failed ? t.why : NULL, t.skip, t0)) {
 		n_passed++;
 	} else {
-		printf("ok - %s (%.1f s)\n", name,
-		       (double)(tl_now_ms() - t0) / 1000.0);
-		n_passed++;
+		n_failed++;
 	}
-	fflush(stdout);
 }
 
 /* find_in_path: the first executable name in $PATH, into buf.  0 or -1. */
@@ -2773,7 +2667,6 @@ int
 main(int argc, char **argv)
 {
 	const char *filter = argc > 1 ? argv[1] : NULL;
-	struct sigaction sa;
 	struct rlimit rl;
 	const char *vg;
 	size_t i;
@@ -2783,13 +2676,7 @@ main(int argc, char **argv)
 		printf("usage: tests/e2e [NAME-SUBSTRING]\n");
 		return strcmp(filter, "-h") == 0 ? 0 : 2;
 	}
-	setvbuf(stdout, NULL, _IOLBF, 0);
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = SIG_IGN;
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGPIPE, &sa, NULL);
-	sa.sa_handler = on_alarm;
-	sigaction(SIGALRM, &sa, NULL);
+	tl_harness_init(on_alarm);
 	/* Tests choose the token themselves. */
 	unsetenv("DIALBACK_TOKEN");
 	/* Floods hold thousands of sockets; children inherit the limit. */

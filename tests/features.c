@@ -136,18 +136,6 @@ on_alarm(int sig)
 
 /* ---- small helpers -------------------------------------------------------- */
 
-/* fmt_addr: "127.0.0.1:P" or "[::1]:P" into buf (64 bytes). */
-static const char *
-fmt_addr(char *buf, const char *host, int port)
-{
-	if (strchr(host, ':')) {
-		snprintf(buf, 64, "[%s]:%d", host, port);
-	} else {
-		snprintf(buf, 64, "%s:%d", host, port);
-	}
-	return buf;
-}
-
 /* sa_str: a socket address as "IP:PORT" or "[IP]:PORT" into buf (64). */
 static const char *
 sa_str(const struct sockaddr_storage *ss, char *buf)
@@ -252,34 +240,6 @@ missing_tool(struct test *t, const char *why)
 	}
 }
 
-/* remove_tree: rm -r dir (no symlinks followed). */
-static void
-remove_tree(const char *dir)
-{
-	DIR *d = opendir(dir);
-	struct dirent *e;
-	struct stat st;
-	char path[1024];
-
-	if (d == NULL) {
-		unlink(dir);
-		return;
-	}
-	while ((e = readdir(d)) != NULL) {
-		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) {
-			continue;
-		}
-		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-		if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
-			remove_tree(path);
-		} else {
-			unlink(path);
-		}
-	}
-	closedir(d);
-	rmdir(dir);
-}
-
 /* ---- ports ---------------------------------------------------------------- */
 
 /* pick_ports: n distinct ports on 127.0.0.1 that were free a moment ago. */
@@ -289,6 +249,20 @@ pick_ports(struct test *t, int *ports, int n)
 	if (tl_free_ports("127.0.0.1", ports, n) < 0) {
 		return fail(t, "picking free ports: %s", strerror(errno));
 	}
+	return 0;
+}
+
+/* pick_server_ports: n (3 or more) free ports: the first three become t's
+ * control, tunnel and public ports, the rest stay in p[3] on. */
+static int
+pick_server_ports(struct test *t, int *p, int n)
+{
+	if (pick_ports(t, p, n) < 0) {
+		return -1;
+	}
+	t->ctl = p[0];
+	t->tun = p[1];
+	t->pub = p[2];
 	return 0;
 }
 
@@ -353,7 +327,6 @@ start(struct test *t, const char *name, const char *const argv[],
 {
 	const char *gargv[48];
 	struct tl_proc *p;
-	char out[256];
 	int i, n = 0;
 
 	if (t->nprocs == MAX_PROCS) {
@@ -361,12 +334,7 @@ start(struct test *t, const char *name, const char *const argv[],
 		return NULL;
 	}
 	p = &t->procs[t->nprocs];
-	memset(p, 0, sizeof(*p));
-	snprintf(p->name, sizeof(p->name), "%s", name);
-	snprintf(p->log, sizeof(p->log), "%s/%s.log", t->dir, name);
-	snprintf(out, sizeof(out), "%s/%s.out", t->dir, name);
-	p->product = strcmp(argv[0], "./server") == 0
-	             || strcmp(argv[0], "./client") == 0;
+	tl_proc_init(p, t->dir, name, argv[0]);
 	if (group) {
 		/* We re-exec ourselves to call setpgid(0, 0) first. */
 		gargv[n++] = self_path;
@@ -377,9 +345,7 @@ start(struct test *t, const char *name, const char *const argv[],
 		gargv[n] = NULL;
 		argv = gargv;
 	}
-	p->pid = tl_spawn((char *const *)argv, env, split_out ? out : p->log,
-	                  split_out ? p->log : NULL);
-	if (p->pid < 0) {
+	if (tl_proc_start(p, t->dir, (char *const *)argv, env, split_out) < 0) {
 		fail(t, "fork: %s", strerror(errno));
 		return NULL;
 	}
@@ -393,17 +359,10 @@ start(struct test *t, const char *name, const char *const argv[],
 static int
 wait_log(struct test *t, struct tl_proc *p, const char *s, int ms)
 {
-	char st[32];
-	int r = tl_wait_log(p, s, ms);
+	char why[512];
 
-	if (r == 1) {
-		return 0;
-	}
-	if (r < 0) {
-		return fail(t, "%s exited (%s) before logging \"%s\"", p->name,
-		            tl_status_str(p, st, sizeof(st)), s);
-	}
-	return fail(t, "%s did not log \"%s\" within %d ms", p->name, s, ms);
+	return tl_check_log(p, s, ms, why, sizeof(why)) < 0 ? fail(t, "%s", why)
+	                                                    : 0;
 }
 
 static int
@@ -415,33 +374,23 @@ expect_log(struct test *t, struct tl_proc *p, const char *s)
 	return 0;
 }
 
+/* expect_alive: p must still be running. */
 static int
 expect_alive(struct test *t, struct tl_proc *p)
 {
-	char st[32];
+	char why[512];
 
-	if (tl_proc_poll(p)) {
-		return fail(t, "%s is gone (%s)", p->name,
-		            tl_status_str(p, st, sizeof(st)));
-	}
-	return 0;
+	return tl_check_alive(p, why, sizeof(why)) < 0 ? fail(t, "%s", why) : 0;
 }
 
 /* expect_exit: p must exit with code within ms. */
 static int
 expect_exit(struct test *t, struct tl_proc *p, int code, int ms)
 {
-	char st[32];
+	char why[512];
 
-	if (!tl_proc_wait(p, ms)) {
-		return fail(t, "%s still running after %d ms (expected exit %d)",
-		            p->name, ms, code);
-	}
-	if (!WIFEXITED(p->status) || WEXITSTATUS(p->status) != code) {
-		return fail(t, "%s: %s, expected exit %d", p->name,
-		            tl_status_str(p, st, sizeof(st)), code);
-	}
-	return 0;
+	return tl_check_exit(p, code, ms, why, sizeof(why)) < 0
+	       ? fail(t, "%s", why) : 0;
 }
 
 /* stop: SIGTERM p now; it must exit 0 within STOP_MS. */
@@ -486,9 +435,9 @@ start_server(struct test *t, const char *pub_host, const char *range)
 {
 	char c[64], u[64], p[64];
 	const char *argv[16] = {
-		"./server", "-control", fmt_addr(c, "127.0.0.1", t->ctl),
-		"-tunnel", fmt_addr(u, "127.0.0.1", t->tun),
-		"-public", fmt_addr(p, pub_host, t->pub), "-heartbeat", "1", NULL
+		"./server", "-control", tl_fmt_addr(c, "127.0.0.1", t->ctl),
+		"-tunnel", tl_fmt_addr(u, "127.0.0.1", t->tun),
+		"-public", tl_fmt_addr(p, pub_host, t->pub), "-heartbeat", "1", NULL
 	};
 	struct tl_proc *s;
 
@@ -515,8 +464,8 @@ start_client(struct test *t, const char *name, int loc, int port,
 {
 	char r[64], l[64], pn[16], pl[16], line[160];
 	const char *argv[16] = {
-		"./client", "-remote", fmt_addr(r, "127.0.0.1", t->ctl),
-		"-local", fmt_addr(l, "127.0.0.1", loc), NULL
+		"./client", "-remote", tl_fmt_addr(r, "127.0.0.1", t->ctl),
+		"-local", tl_fmt_addr(l, "127.0.0.1", loc), NULL
 	};
 	struct tl_proc *c;
 	int n = 5;
@@ -558,8 +507,8 @@ start_svc(struct test *t, const char *name, const char *mode, int port,
           const char *arg)
 {
 	char a[64];
-	const char *argv[6] = { "tests/svc", mode, fmt_addr(a, "127.0.0.1", port),
-	                        arg, NULL };
+	const char *argv[6] = { "tests/svc", mode,
+	                        tl_fmt_addr(a, "127.0.0.1", port), arg, NULL };
 	struct tl_proc *s = start(t, name, argv, NULL, 0, 0);
 
 	if (s == NULL || wait_log(t, s, "ready", START_MS) < 0) {
@@ -574,7 +523,7 @@ start_pp_service(struct test *t, int port)
 {
 	char a[64];
 	const char *argv[4] = { self_path, "--pp-service",
-	                        fmt_addr(a, "127.0.0.1", port), NULL };
+	                        tl_fmt_addr(a, "127.0.0.1", port), NULL };
 	struct tl_proc *s = start(t, "pp-service", argv, NULL, 0, 0);
 
 	if (s == NULL || wait_log(t, s, "ready", START_MS) < 0) {
@@ -1467,12 +1416,9 @@ test_nginx(struct test *t)
 		missing_tool(t, "nginx not installed");
 		return;
 	}
-	if (pick_ports(t, p, 4) < 0) {
+	if (pick_server_ports(t, p, 4) < 0) {
 		return;
 	}
-	t->ctl = p[0];
-	t->tun = p[1];
-	t->pub = p[2];
 	loc = p[3];
 	snprintf(conf, sizeof(conf), "%s/nginx.conf", t->dir);
 	snprintf(pid, sizeof(pid), "%s/nginx.pid", t->dir);
@@ -1565,12 +1511,9 @@ test_status(struct test *t)
 	int p[4], fd, i;
 	int64_t deadline;
 
-	if (pick_ports(t, p, 4) < 0) {
+	if (pick_server_ports(t, p, 4) < 0) {
 		return;
 	}
-	t->ctl = p[0];
-	t->tun = p[1];
-	t->pub = p[2];
 	if (start_svc(t, "svc", "echo", p[3], NULL) == NULL
 	    || (server = start_server(t, "127.0.0.1", NULL)) == NULL
 	    || (client = start_client(t, "client", p[3], 0, NULL, 0, 1, t->pub))
@@ -1897,12 +1840,9 @@ test_browser(struct test *t)
 		missing_tool(t, "chromium not installed");
 		return;
 	}
-	if (pick_ports(t, p, 4) < 0) {
+	if (pick_server_ports(t, p, 4) < 0) {
 		return;
 	}
-	t->ctl = p[0];
-	t->tun = p[1];
-	t->pub = p[2];
 
 	/* The page, a 4 MiB asset and an image, and what the page must find. */
 	snprintf(www, sizeof(www), "%s/www", t->dir);
@@ -1995,9 +1935,9 @@ start_server_ex(struct test *t, const char *name, const char *hb,
 {
 	char c[64], u[64], p[64];
 	const char *argv[16] = {
-		"./server", "-control", fmt_addr(c, "127.0.0.1", t->ctl),
-		"-tunnel", fmt_addr(u, "127.0.0.1", t->tun),
-		"-public", fmt_addr(p, "127.0.0.1", t->pub), "-heartbeat", hb, NULL
+		"./server", "-control", tl_fmt_addr(c, "127.0.0.1", t->ctl),
+		"-tunnel", tl_fmt_addr(u, "127.0.0.1", t->tun),
+		"-public", tl_fmt_addr(p, "127.0.0.1", t->pub), "-heartbeat", hb, NULL
 	};
 	struct tl_proc *s;
 	int n = 9;
@@ -2028,8 +1968,8 @@ start_client_ex(struct test *t, const char *name, int remote, int loc,
 {
 	char r[64], l[64], pl[16];
 	const char *argv[16] = {
-		"./client", "-remote", fmt_addr(r, "127.0.0.1", remote),
-		"-local", fmt_addr(l, "127.0.0.1", loc), NULL
+		"./client", "-remote", tl_fmt_addr(r, "127.0.0.1", remote),
+		"-local", tl_fmt_addr(l, "127.0.0.1", loc), NULL
 	};
 	int n = 5;
 
@@ -2351,12 +2291,9 @@ test_pool_serves(struct test *t)
 	int p[4], i, pooled;
 	char what[64];
 
-	if (pick_ports(t, p, 4) < 0) {
+	if (pick_server_ports(t, p, 4) < 0) {
 		return;
 	}
-	t->ctl = p[0];
-	t->tun = p[1];
-	t->pub = p[2];
 	if (start_svc(t, "svc", "echo", p[3], NULL) == NULL
 	    || (server = start_server_ex(t, "server", "1", NULL, 1)) == NULL
 	    || (client = start_client_ex(t, "client", t->ctl, p[3], 4, NULL, 1))
@@ -2458,12 +2395,9 @@ test_pool_local_down(struct test *t)
 	struct tl_proc *server, *client;
 	int p[4];
 
-	if (pick_ports(t, p, 4) < 0) {
+	if (pick_server_ports(t, p, 4) < 0) {
 		return;
 	}
-	t->ctl = p[0];
-	t->tun = p[1];
-	t->pub = p[2];
 	/* p[3]: nothing listens there. */
 	if ((server = start_server_ex(t, "server", "1", NULL, 1)) == NULL
 	    || (client = start_client_ex(t, "client", t->ctl, p[3], 2, NULL, 1))
@@ -2501,12 +2435,9 @@ test_pool_session_end(struct test *t)
 	int p[4], base, n;
 	int64_t deadline;
 
-	if (pick_ports(t, p, 4) < 0) {
+	if (pick_server_ports(t, p, 4) < 0) {
 		return;
 	}
-	t->ctl = p[0];
-	t->tun = p[1];
-	t->pub = p[2];
 	if (start_svc(t, "svc", "echo", p[3], NULL) == NULL
 	    || (server = start_server_ex(t, "server", "1", NULL, 1)) == NULL) {
 		return;
@@ -2572,12 +2503,9 @@ test_pool_control_drop(struct test *t)
 	int p[4], base;
 	int64_t deadline;
 
-	if (pick_ports(t, p, 4) < 0) {
+	if (pick_server_ports(t, p, 4) < 0) {
 		return;
 	}
-	t->ctl = p[0];
-	t->tun = p[1];
-	t->pub = p[2];
 	if (start_svc(t, "svc", "echo", p[3], NULL) == NULL
 	    || (s1 = start_server_ex(t, "server-1", "1", NULL, 1)) == NULL
 	    || (client = start_client_ex(t, "client", t->ctl, p[3], 3, NULL, 1))
@@ -2940,6 +2868,18 @@ expect_bytes(struct test *t, int fd, const void *data, size_t n,
 	return 0;
 }
 
+/* send_bytes: the n bytes of data go out on fd within IO_MS; who names
+ * the sender in the failure. */
+static int
+send_bytes(struct test *t, int fd, const void *data, size_t n,
+           const char *who)
+{
+	if (tl_write_all(fd, data, n, tl_now_ms() + IO_MS) < 0) {
+		return fail(t, "%s: send: %s", who, strerror(errno));
+	}
+	return 0;
+}
+
 /* user_addr: "127.0.0.1:PORT" of fd's own end, into buf (64). */
 static const char *
 user_addr(int fd, char *buf)
@@ -2961,12 +2901,9 @@ proto_server(struct test *t)
 {
 	int p[3];
 
-	if (pick_ports(t, p, 3) < 0) {
+	if (pick_server_ports(t, p, 3) < 0) {
 		return NULL;
 	}
-	t->ctl = p[0];
-	t->tun = p[1];
-	t->pub = p[2];
 	return start_server_ex(t, "server", "10", TOKEN, 1);
 }
 
@@ -3009,16 +2946,13 @@ test_replay_join(struct test *t)
 	if ((u = user_open(t, "127.0.0.1", t->pub)) < 0) {
 		return;
 	}
-	if (tl_write_all(u, hello, sizeof(hello) - 1, tl_now_ms() + IO_MS) < 0) {
-		fail(t, "user: send: %s", strerror(errno));
-		return;
-	}
-	if (expect_msg(t, t1, MSG_NEW_USER, &m, IO_MS, "pooled tunnel") < 0) {
+	if (send_bytes(t, u, hello, sizeof(hello) - 1, "user") < 0
+	    || expect_msg(t, t1, MSG_NEW_USER, &m, IO_MS, "pooled tunnel") < 0) {
 		return;
 	}
 	wire_addr_str(&m.src, src, sizeof(src));
 	wire_addr_str(&m.dst, dst, sizeof(dst));
-	fmt_addr(want_dst, "127.0.0.1", t->pub);
+	tl_fmt_addr(want_dst, "127.0.0.1", t->pub);
 	if (strcmp(src, user_addr(u, ua)) != 0 || strcmp(dst, want_dst) != 0) {
 		fail(t, "NEW_USER says %s -> %s, want %s -> %s", src, dst, ua,
 		     want_dst);
@@ -3028,12 +2962,10 @@ test_replay_join(struct test *t)
 	                 "user bytes on the pooled tunnel") < 0) {
 		return;
 	}
-	if (tl_write_all(t1, reply, sizeof(reply) - 1, tl_now_ms() + IO_MS) < 0) {
-		fail(t, "pooled tunnel: send: %s", strerror(errno));
-		return;
-	}
-	if (expect_bytes(t, u, reply, sizeof(reply) - 1, "the reply at the user")
-	    < 0 || expect_log(t, server, "joined to a pooled tunnel") < 0) {
+	if (send_bytes(t, t1, reply, sizeof(reply) - 1, "pooled tunnel") < 0
+	    || expect_bytes(t, u, reply, sizeof(reply) - 1,
+	                    "the reply at the user") < 0
+	    || expect_log(t, server, "joined to a pooled tunnel") < 0) {
 		return;
 	}
 	/* The used ticket is replaced. */
@@ -3115,11 +3047,8 @@ test_forged_join_real_user(struct test *t)
 	    || (u = user_open(t, "127.0.0.1", t->pub)) < 0) {
 		return;
 	}
-	if (tl_write_all(u, hello, sizeof(hello) - 1, tl_now_ms() + IO_MS) < 0) {
-		fail(t, "user: send: %s", strerror(errno));
-		return;
-	}
-	if (expect_msg(t, f.ctl, MSG_NEW_USER, &m, IO_MS, "control") < 0) {
+	if (send_bytes(t, u, hello, sizeof(hello) - 1, "user") < 0
+	    || expect_msg(t, f.ctl, MSG_NEW_USER, &m, IO_MS, "control") < 0) {
 		return;
 	}
 	wire_addr_str(&m.src, src, sizeof(src));
@@ -3141,12 +3070,10 @@ test_forged_join_real_user(struct test *t)
 	                    "the user's bytes on the joined tunnel") < 0) {
 		return;
 	}
-	if (tl_write_all(good, reply, sizeof(reply) - 1, tl_now_ms() + IO_MS) < 0) {
-		fail(t, "tunnel: send: %s", strerror(errno));
-		return;
-	}
-	if (expect_bytes(t, u, reply, sizeof(reply) - 1, "the reply at the user")
-	    < 0 || expect_log(t, server, "joined after") < 0) {
+	if (send_bytes(t, good, reply, sizeof(reply) - 1, "tunnel") < 0
+	    || expect_bytes(t, u, reply, sizeof(reply) - 1,
+	                    "the reply at the user") < 0
+	    || expect_log(t, server, "joined after") < 0) {
 		return;
 	}
 }
@@ -3336,11 +3263,8 @@ test_session_resume(struct test *t)
 	if ((u = user_open(t, "127.0.0.1", t->pub)) < 0) {
 		return;
 	}
-	if (tl_write_all(u, hello, sizeof(hello) - 1, tl_now_ms() + IO_MS) < 0) {
-		fail(t, "user: send: %s", strerror(errno));
-		return;
-	}
-	if (expect_msg(t, b.ctl, MSG_NEW_USER, &m, IO_MS, "session B") < 0) {
+	if (send_bytes(t, u, hello, sizeof(hello) - 1, "user") < 0
+	    || expect_msg(t, b.ctl, MSG_NEW_USER, &m, IO_MS, "session B") < 0) {
 		return;
 	}
 	wire_addr_str(&m.src, src, sizeof(src));
@@ -3354,12 +3278,10 @@ test_session_resume(struct test *t)
 	                    "the user's bytes on B's tunnel") < 0) {
 		return;
 	}
-	if (tl_write_all(tun, reply, sizeof(reply) - 1, tl_now_ms() + IO_MS) < 0) {
-		fail(t, "tunnel: send: %s", strerror(errno));
-		return;
-	}
-	if (expect_bytes(t, u, reply, sizeof(reply) - 1, "the reply at the user")
-	    < 0 || expect_alive(t, server) < 0) {
+	if (send_bytes(t, tun, reply, sizeof(reply) - 1, "tunnel") < 0
+	    || expect_bytes(t, u, reply, sizeof(reply) - 1,
+	                    "the reply at the user") < 0
+	    || expect_alive(t, server) < 0) {
 		return;
 	}
 }
@@ -3523,11 +3445,8 @@ test_pairs_survive_control_drop(struct test *t)
 	    || (u = user_open(t, "127.0.0.1", t->pub)) < 0) {
 		return;
 	}
-	if (tl_write_all(u, hello, sizeof(hello) - 1, tl_now_ms() + IO_MS) < 0) {
-		fail(t, "user: send: %s", strerror(errno));
-		return;
-	}
-	if (expect_msg(t, f.ctl, MSG_NEW_USER, &m, IO_MS, "control") < 0) {
+	if (send_bytes(t, u, hello, sizeof(hello) - 1, "user") < 0
+	    || expect_msg(t, f.ctl, MSG_NEW_USER, &m, IO_MS, "control") < 0) {
 		return;
 	}
 	join_n = join_frame(f.key, m.user_id, 0, join);
@@ -3536,12 +3455,10 @@ test_pairs_survive_control_drop(struct test *t)
 	                    "the user's bytes on the tunnel") < 0) {
 		return;
 	}
-	if (tl_write_all(tun, reply, sizeof(reply) - 1, tl_now_ms() + IO_MS) < 0) {
-		fail(t, "tunnel: send: %s", strerror(errno));
-		return;
-	}
-	if (expect_bytes(t, u, reply, sizeof(reply) - 1, "the reply at the user")
-	    < 0 || wait_log(t, server, "joined after", IO_MS) < 0) {
+	if (send_bytes(t, tun, reply, sizeof(reply) - 1, "tunnel") < 0
+	    || expect_bytes(t, u, reply, sizeof(reply) - 1,
+	                    "the reply at the user") < 0
+	    || wait_log(t, server, "joined after", IO_MS) < 0) {
 		return;
 	}
 
@@ -3730,12 +3647,9 @@ test_pairs_survive_control_drop_client(struct test *t)
 	struct lane l[1];
 	int p[5], u;
 
-	if (pick_ports(t, p, 5) < 0) {
+	if (pick_server_ports(t, p, 5) < 0) {
 		return;
 	}
-	t->ctl = p[0];
-	t->tun = p[1];
-	t->pub = p[2];
 	snprintf(pp, sizeof(pp), "%d", p[4]);
 	snprintf(cp, sizeof(cp), "%d", t->ctl);
 	if (start_svc(t, "svc", "echo", p[3], NULL) == NULL
@@ -4088,16 +4002,13 @@ test_emfile(struct test *t)
 	long cpu0, cpu1;
 	int64_t deadline, end;
 
-	if (pick_ports(t, p, 4) < 0) {
+	if (pick_server_ports(t, p, 4) < 0) {
 		return;
 	}
-	t->ctl = p[0];
-	t->tun = p[1];
-	t->pub = p[2];
 	snprintf(lim, sizeof(lim), "%d", EMFILE_LIMIT);
-	fmt_addr(c, "127.0.0.1", t->ctl);
-	fmt_addr(u, "127.0.0.1", t->tun);
-	fmt_addr(pb, "127.0.0.1", t->pub);
+	tl_fmt_addr(c, "127.0.0.1", t->ctl);
+	tl_fmt_addr(u, "127.0.0.1", t->tun);
+	tl_fmt_addr(pb, "127.0.0.1", t->pub);
 	if ((server = start(t, "server", argv, NULL, 0, 0)) == NULL) {
 		return;
 	}
@@ -4293,12 +4204,9 @@ test_keepalive(struct test *t)
 		t->skip = "no /proc/net/tcp";
 		return;
 	}
-	if (pick_ports(t, p, 4) < 0) {
+	if (pick_server_ports(t, p, 4) < 0) {
 		return;
 	}
-	t->ctl = p[0];
-	t->tun = p[1];
-	t->pub = p[2];
 	if (start_svc(t, "svc", "echo", p[3], NULL) == NULL
 	    || (server = start_server(t, "127.0.0.1", NULL)) == NULL
 	    || (client = start_client(t, "client", p[3], 0, NULL, 0, 1, t->pub))
@@ -4364,38 +4272,6 @@ static const struct {
 	{ "keepalive", test_keepalive },
 };
 
-/* print_tail: the last lines of a log, each prefixed with "# ". */
-static void
-print_tail(const char *label, const char *path)
-{
-	size_t len;
-	char *text = tl_read_file(path, &len), *p;
-	int lines = 0;
-
-	if (text == NULL) {
-		return;
-	}
-	printf("# --- %s (%s)\n", label, path);
-	for (p = text + len; p > text; p--) {
-		if (p[-1] == '\n' && p != text + len && ++lines == TAIL_LINES) {
-			break;
-		}
-	}
-	while (*p) {
-		char *nl = strchr(p, '\n');
-
-		if (nl) {
-			*nl = '\0';
-		}
-		printf("#   %.300s\n", p);
-		if (nl == NULL) {
-			break;
-		}
-		p = nl + 1;
-	}
-	free(text);
-}
-
 /*
  * stop_checked: stop p if it still runs; ./server and ./client must then
  * exit 0.  Ones in a group of their own take the group with them.  Only
@@ -4460,16 +4336,17 @@ teardown(struct test *t)
 	}
 	if (!t->failed) {
 		if (getenv("FEATURES_KEEP") == NULL) {
-			remove_tree(t->dir);
+			tl_remove_tree(t->dir);
 		}
 		return;
 	}
 	for (i = 0; i < t->nprocs; i++) {
 		snprintf(label, sizeof(label), "%s, %s", t->procs[i].name,
 		         tl_status_str(&t->procs[i], st, sizeof(st)));
-		print_tail(label, t->procs[i].log);
+		/* Lines cut short: chromium's and nginx's logs run long. */
+		tl_print_tail(label, t->procs[i].log, TAIL_LINES, 300);
 		snprintf(path, sizeof(path), "%s/%s.out", t->dir, t->procs[i].name);
-		print_tail(label, path);
+		tl_print_tail(label, path, TAIL_LINES, 300);
 	}
 	printf("# logs kept in %s\n", t->dir);
 }
@@ -4478,14 +4355,11 @@ static void
 run_test(const char *name, void (*fn)(struct test *t))
 {
 	struct test t;
-	const char *tmp = getenv("TMPDIR");
 	int64_t t0 = tl_now_ms();
 
 	memset(&t, 0, sizeof(t));
 	t.name = name;
-	snprintf(t.dir, sizeof(t.dir), "%s/dialback-features-%s-XXXXXX",
-	         tmp && *tmp ? tmp : "/tmp", name);
-	if (mkdtemp(t.dir) == NULL) {
+	if (tl_test_dir(t.dir, sizeof(t.dir), "features", name) < 0) {
 		printf("FAIL - %s: mkdtemp %s: %s\n", name, t.dir, strerror(errno));
 		n_failed++;
 		return;
@@ -4496,25 +4370,17 @@ run_test(const char *name, void (*fn)(struct test *t))
 	alarm(0);
 	teardown(&t);
 	current = NULL;
-	if (t.failed) {
-		printf("FAIL - %s: %s\n", name, t.why);
-		n_failed++;
-	} else if (t.skip) {
-		printf("ok - %s # skip: %s\n", name, t.skip);
+	if (tl_report(name, t.failed ? t.why : NULL, t.skip, t0)) {
 		n_passed++;
 	} else {
-		printf("ok - %s (%.1f s)\n", name,
-		       (double)(tl_now_ms() - t0) / 1000.0);
-		n_passed++;
+		n_failed++;
 	}
-	fflush(stdout);
 }
 
 int
 main(int argc, char **argv)
 {
 	const char *filter = argc > 1 ? argv[1] : NULL;
-	struct sigaction sa;
 	size_t i;
 	int ran = 0;
 
@@ -4551,13 +4417,8 @@ main(int argc, char **argv)
 	if (strchr(argv[0], '/') != NULL) {
 		self_path = argv[0];
 	}
-	setvbuf(stdout, NULL, _IOLBF, 0);
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = SIG_IGN;
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGPIPE, &sa, NULL);
-	sa.sa_handler = on_alarm;
-	sigaction(SIGALRM, &sa, NULL);
+	tl_harness_init(on_alarm);
+	/* Tests choose the token themselves. */
 	unsetenv("DIALBACK_TOKEN");
 
 	for (i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {

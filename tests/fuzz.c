@@ -39,8 +39,6 @@
 #include "../server.c"
 #undef main
 
-#include <signal.h>
-
 #include "fuzzlib.h"
 
 /* ==== mode 0: the codec ================================================== */
@@ -348,15 +346,7 @@ drive_ctl(struct run *r, struct ctl *c)
 {
 	int i;
 
-	for (i = 0; i < 64 && !c->dead; i++) {
-		struct pollfd p = { .fd = c->fd, .events = POLLIN };
-		int rc = poll(&p, 1, 0);
-		if (rc < 0 && errno == EINTR) {
-			continue;          /* libFuzzer's SIGALRM */
-		}
-		if (rc <= 0) {
-			break;
-		}
+	for (i = 0; i < 64 && !c->dead && fd_readable(c->fd); i++) {
 		ctl_readable(&r->s, c);
 		flush_controls(&r->s);
 	}
@@ -367,15 +357,7 @@ drive_tun(struct run *r, struct tun *t)
 {
 	int i;
 
-	for (i = 0; i < 64 && !t->dead; i++) {
-		struct pollfd p = { .fd = t->fd, .events = POLLIN };
-		int rc = poll(&p, 1, 0);
-		if (rc < 0 && errno == EINTR) {
-			continue;
-		}
-		if (rc <= 0) {
-			break;
-		}
+	for (i = 0; i < 64 && !t->dead && fd_readable(t->fd); i++) {
 		tun_readable(&r->s, t);
 	}
 }
@@ -804,17 +786,10 @@ free_port(void)
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-	uint8_t b;
-
 	(void)argc;
 	(void)argv;
-	signal(SIGPIPE, SIG_IGN);
-	log_set_level(getenv("DIALBACK_FUZZ_LOG") ? LOG_VERBOSE : LOG_QUIET);
 	lo_port = free_port();
-	/* random_bytes keeps /dev/urandom open from its first call; make
-	 * that call before the descriptor table is recorded. */
-	random_bytes(&b, 1);
-	fd_snapshot();
+	fuzz_init();
 	return 0;
 }
 

@@ -30,7 +30,6 @@
 #include "../client.c"
 #undef main
 
-#include <signal.h>
 #include <stddef.h>
 #include <sys/un.h>
 
@@ -221,15 +220,7 @@ drive(struct crun *r)
 {
 	int i;
 
-	for (i = 0; i < 64 && r->c.fd >= 0; i++) {
-		struct pollfd p = { .fd = r->c.fd, .events = POLLIN };
-		int rc = poll(&p, 1, 0);
-		if (rc < 0 && errno == EINTR) {
-			continue;          /* libFuzzer's SIGALRM */
-		}
-		if (rc <= 0) {
-			break;
-		}
+	for (i = 0; i < 64 && r->c.fd >= 0 && fd_readable(r->c.fd); i++) {
 		ctl_readable(&r->c);
 		flush_control(&r->c);
 		sweep(&r->c);
@@ -356,15 +347,10 @@ listeners_open(void)
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-	uint8_t b;
-
 	(void)argc;
 	(void)argv;
-	signal(SIGPIPE, SIG_IGN);
-	log_set_level(getenv("DIALBACK_FUZZ_LOG") ? LOG_VERBOSE : LOG_QUIET);
-	random_bytes(&b, 1);      /* opens /dev/urandom for good, up front */
 	listeners_open();
-	fd_snapshot();
+	fuzz_init();
 	return 0;
 }
 

@@ -9,6 +9,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,6 +82,36 @@ fd_check_unchanged(void)
 		      "run", fd, what, ss.ss_family, local_port(fd),
 		      fd_open_at_start[fd] ? "closed" : "still open");
 	}
+}
+
+/* The set-up both targets' LLVMFuzzerInitialize end with, once their own
+ * lasting descriptors are open: SIGPIPE ignored, the log quiet unless
+ * DIALBACK_FUZZ_LOG is set, and the descriptor table recorded. */
+static inline void
+fuzz_init(void)
+{
+	uint8_t b;
+
+	signal(SIGPIPE, SIG_IGN);
+	log_set_level(getenv("DIALBACK_FUZZ_LOG") ? LOG_VERBOSE : LOG_QUIET);
+	/* random_bytes keeps /dev/urandom open from its first call; make
+	 * that call before the descriptor table is recorded. */
+	random_bytes(&b, 1);
+	fd_snapshot();
+}
+
+/* Whether fd has bytes or an EOF to read right now.  poll() is retried
+ * on EINTR, which libFuzzer's SIGALRM brings. */
+static inline int
+fd_readable(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	int rc;
+
+	do {
+		rc = poll(&p, 1, 0);
+	} while (rc < 0 && errno == EINTR);
+	return rc > 0;
 }
 
 /* A connected pair, both ends non-blocking; *mine goes to the code under

@@ -1,9 +1,10 @@
 /*
- * Helpers shared by tests/e2e.c and tests/svc.c: clocks, sockets with
- * deadlines, a deterministic byte stream, child processes and their logs.
- * Header-only; every function is static inline so a file that uses only
- * some of them compiles warning-free.  Times are milliseconds; a "deadline"
- * is an absolute tl_now_ms() value.
+ * Helpers shared by the test programs (tests/e2e.c, tests/features.c,
+ * tests/svc.c, tests/bench.c): clocks, sockets with deadlines, a
+ * deterministic byte stream, child processes and their logs, and the
+ * harness around a test.  Header-only; every function is static inline so
+ * a file that uses only some of them compiles warning-free.  Times are
+ * milliseconds; a "deadline" is an absolute tl_now_ms() value.
  */
 #ifndef DIALBACK_TESTLIB_H
 #define DIALBACK_TESTLIB_H
@@ -152,6 +153,18 @@ tl_sockaddr(const char *ip, int port, struct sockaddr_storage *ss)
 	return 0;
 }
 
+/* tl_fmt_addr: "127.0.0.1:P" or "[::1]:P" into buf (64 bytes). */
+static inline const char *
+tl_fmt_addr(char *buf, const char *host, int port)
+{
+	if (strchr(host, ':')) {
+		snprintf(buf, 64, "[%s]:%d", host, port);
+	} else {
+		snprintf(buf, 64, "%s:%d", host, port);
+	}
+	return buf;
+}
+
 /* tl_listen: a listening socket on ip:port (port 0: any free one), or -1. */
 static inline int
 tl_listen(const char *ip, int port)
@@ -240,66 +253,6 @@ tl_free_ports(const char *ip, int *ports, int n)
 	return rc;
 }
 
-/* tl_connect: connect to ip:port before deadline.  Returns a connected,
- * non-blocking descriptor, or -1 with errno set (ETIMEDOUT on timeout). */
-static inline int
-tl_connect(const char *ip, int port, int64_t deadline)
-{
-	struct sockaddr_storage ss;
-	socklen_t len = tl_sockaddr(ip, port, &ss);
-	struct pollfd pfd;
-	int fd, err = 0, r;
-	socklen_t elen = sizeof(err);
-
-	if (len == 0) {
-		errno = EINVAL;
-		return -1;
-	}
-	fd = socket(ss.ss_family, SOCK_STREAM, 0);
-	if (fd < 0) {
-		return -1;
-	}
-	if (tl_set_nonblock(fd) < 0) {
-		goto fail;
-	}
-	if (connect(fd, (struct sockaddr *)&ss, len) == 0) {
-		return fd;
-	}
-	if (errno != EINPROGRESS && errno != EINTR) {
-		goto fail;
-	}
-	pfd.fd = fd;
-	pfd.events = POLLOUT;
-	for (;;) {
-		pfd.revents = 0;
-		r = poll(&pfd, 1, tl_left(deadline));
-		if (r < 0 && errno == EINTR) {
-			continue;
-		}
-		if (r < 0) {
-			goto fail;
-		}
-		if (r == 0) {
-			errno = ETIMEDOUT;
-			goto fail;
-		}
-		break;
-	}
-	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) < 0) {
-		goto fail;
-	}
-	if (err != 0) {
-		errno = err;
-		goto fail;
-	}
-	return fd;
-fail:
-	err = errno;
-	close(fd);
-	errno = err;
-	return -1;
-}
-
 /*
  * tl_connect_start: start a non-blocking connect to ip:port, from source
  * address src (NULL: the kernel's choice; on Linux any 127.x.y.z works as
@@ -377,6 +330,38 @@ tl_wait_fd(int fd, short events, int64_t deadline)
 	}
 }
 
+/* tl_await: tl_wait_fd, as 0 once ready or -1 with errno set (ETIMEDOUT
+ * on timeout). */
+static inline int
+tl_await(int fd, short events, int64_t deadline)
+{
+	int r = tl_wait_fd(fd, events, deadline);
+
+	if (r == 0) {
+		errno = ETIMEDOUT;
+	}
+	return r > 0 ? 0 : -1;
+}
+
+/* tl_connect: connect to ip:port before deadline.  Returns a connected,
+ * non-blocking descriptor, or -1 with errno set (ETIMEDOUT on timeout). */
+static inline int
+tl_connect(const char *ip, int port, int64_t deadline)
+{
+	int fd = tl_connect_start(NULL, ip, port), e;
+
+	if (fd < 0) {
+		return -1;
+	}
+	if (tl_await(fd, POLLOUT, deadline) < 0 || tl_connect_result(fd) < 0) {
+		e = errno;
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	return fd;
+}
+
 /* tl_write_all: send all n bytes before deadline.  0, or -1 with errno
  * (ETIMEDOUT on timeout, EPIPE/ECONNRESET if the peer went away). */
 static inline int
@@ -384,7 +369,6 @@ tl_write_all(int fd, const void *buf, size_t n, int64_t deadline)
 {
 	const uint8_t *p = buf;
 	ssize_t w;
-	int r;
 
 	while (n > 0) {
 		w = send(fd, p, n, MSG_NOSIGNAL);
@@ -399,12 +383,7 @@ tl_write_all(int fd, const void *buf, size_t n, int64_t deadline)
 		if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
 			return -1;
 		}
-		r = tl_wait_fd(fd, POLLOUT, deadline);
-		if (r < 0) {
-			return -1;
-		}
-		if (r == 0) {
-			errno = ETIMEDOUT;
+		if (tl_await(fd, POLLOUT, deadline) < 0) {
 			return -1;
 		}
 	}
@@ -419,7 +398,6 @@ tl_read_full(int fd, void *buf, size_t n, int64_t deadline)
 	uint8_t *p = buf;
 	size_t got = 0;
 	ssize_t r;
-	int w;
 
 	while (got < n) {
 		r = read(fd, p + got, n - got);
@@ -436,12 +414,7 @@ tl_read_full(int fd, void *buf, size_t n, int64_t deadline)
 		if (errno != EAGAIN && errno != EWOULDBLOCK) {
 			return -1;
 		}
-		w = tl_wait_fd(fd, POLLIN, deadline);
-		if (w < 0) {
-			return -1;
-		}
-		if (w == 0) {
-			errno = ETIMEDOUT;
+		if (tl_await(fd, POLLIN, deadline) < 0) {
 			return -1;
 		}
 	}
@@ -592,6 +565,78 @@ tl_file_contains(const char *path, const char *s)
 	return tl_count_in_file(path, s) > 0;
 }
 
+/*
+ * tl_print_tail: the last lines of the file at path, under a "# --- LABEL
+ * (PATH)" line, each as "#   LINE" cut at width characters (0: whole).
+ * Prints nothing and returns -1 if the file can't be read; else 0.
+ */
+static inline int
+tl_print_tail(const char *label, const char *path, int lines, int width)
+{
+	size_t len;
+	char *text = tl_read_file(path, &len), *p;
+	int n = 0;
+
+	if (text == NULL) {
+		return -1;
+	}
+	printf("# --- %s (%s)\n", label, path);
+	for (p = text + len; p > text; p--) {
+		if (p[-1] == '\n' && p != text + len && ++n == lines) {
+			break;
+		}
+	}
+	while (*p) {
+		char *nl = strchr(p, '\n');
+
+		if (nl) {
+			*nl = '\0';
+		}
+		if (width > 0) {
+			printf("#   %.*s\n", width, p);
+		} else {
+			printf("#   %s\n", p);
+		}
+		if (nl == NULL) {
+			break;
+		}
+		p = nl + 1;
+	}
+	free(text);
+	return 0;
+}
+
+/* tl_remove_tree: rm -r dir (no symlinks followed). */
+static inline void
+tl_remove_tree(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	struct stat st;
+	char path[1024];
+
+	if (d == NULL) {
+		unlink(dir);
+		return;
+	}
+	while ((e = readdir(d)) != NULL) {
+		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) {
+			continue;
+		}
+		if (snprintf(path, sizeof(path), "%s/%s", dir, e->d_name)
+		    >= (int)sizeof(path)) {
+			continue;     /* cut short, it would name another file */
+		}
+		if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+			tl_remove_tree(path);
+		} else {
+			unlink(path);
+		}
+	}
+	closedir(d);
+	rmdir(dir);
+}
+
 /* tl_cpu_ms: user + system CPU time of pid so far, from /proc; -1 unknown. */
 static inline long
 tl_cpu_ms(pid_t pid)
@@ -733,6 +778,19 @@ struct tl_proc {
 	char vglog[256];    /* valgrind's log; "" when not run under it */
 };
 
+/* tl_proc_init: p cleared and called name, logging to DIR/name.log;
+ * product set if argv0 is ./server or ./client. */
+static inline void
+tl_proc_init(struct tl_proc *p, const char *dir, const char *name,
+             const char *argv0)
+{
+	memset(p, 0, sizeof(*p));
+	snprintf(p->name, sizeof(p->name), "%s", name);
+	snprintf(p->log, sizeof(p->log), "%s/%s.log", dir, name);
+	p->product = strcmp(argv0, "./server") == 0
+	             || strcmp(argv0, "./client") == 0;
+}
+
 /*
  * tl_spawn: fork and execv argv[0] with stdin from /dev/null, stdout to
  * out and stderr to err (err NULL: the same file as out; both truncated).
@@ -798,6 +856,23 @@ tl_spawn(char *const argv[], const char *const env[], const char *out,
 	execv(argv[0], argv);
 	dprintf(2, "exec %s: %s\n", argv[0], strerror(errno));
 	_exit(127);
+}
+
+/*
+ * tl_proc_start: run argv as p (set up by tl_proc_init), env as for
+ * tl_spawn.  stdout and stderr go to p's log, or with split_out stdout to
+ * DIR/name.out and stderr to the log.  The pid (also in p->pid), or -1.
+ */
+static inline pid_t
+tl_proc_start(struct tl_proc *p, const char *dir, char *const argv[],
+              const char *const env[], int split_out)
+{
+	char out[256];
+
+	snprintf(out, sizeof(out), "%s/%s.out", dir, p->name);
+	p->pid = tl_spawn(argv, env, split_out ? out : p->log,
+	                  split_out ? p->log : NULL);
+	return p->pid;
 }
 
 /* tl_proc_poll: reap p if it has exited.  1 if it has (now or before). */
@@ -919,6 +994,113 @@ static inline int
 tl_wait_log(struct tl_proc *p, const char *s, int ms)
 {
 	return tl_wait_log_count(p, s, 1, ms);
+}
+
+/* ---- checks -------------------------------------------------------------- */
+
+/* Each check is 0 if it holds, else -1 with the reason, for the test's
+ * failure line, in why (len bytes). */
+
+/* tl_check_log: s shows up in p's log within ms. */
+static inline int
+tl_check_log(struct tl_proc *p, const char *s, int ms, char *why, size_t len)
+{
+	char st[32];
+	int r = tl_wait_log(p, s, ms);
+
+	if (r == 1) {
+		return 0;
+	}
+	if (r < 0) {
+		snprintf(why, len, "%s exited (%s) before logging \"%s\"", p->name,
+		         tl_status_str(p, st, sizeof(st)), s);
+	} else {
+		snprintf(why, len, "%s did not log \"%s\" within %d ms", p->name,
+		         s, ms);
+	}
+	return -1;
+}
+
+/* tl_check_exit: p exits with status code within ms. */
+static inline int
+tl_check_exit(struct tl_proc *p, int code, int ms, char *why, size_t len)
+{
+	char st[32];
+
+	if (!tl_proc_wait(p, ms)) {
+		snprintf(why, len, "%s still running after %d ms (expected exit %d)",
+		         p->name, ms, code);
+		return -1;
+	}
+	if (!WIFEXITED(p->status) || WEXITSTATUS(p->status) != code) {
+		snprintf(why, len, "%s: %s, expected exit %d", p->name,
+		         tl_status_str(p, st, sizeof(st)), code);
+		return -1;
+	}
+	return 0;
+}
+
+/* tl_check_alive: p is still running. */
+static inline int
+tl_check_alive(struct tl_proc *p, char *why, size_t len)
+{
+	char st[32];
+
+	if (tl_proc_poll(p)) {
+		snprintf(why, len, "%s is gone (%s)", p->name,
+		         tl_status_str(p, st, sizeof(st)));
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- the harness --------------------------------------------------------- */
+
+/* tl_harness_init: stdout line-buffered; SIGPIPE ignored, so that a peer
+ * gone away is an error from send, not the end of the run; SIGALRM to
+ * on_alarm, the watchdog. */
+static inline void
+tl_harness_init(void (*on_alarm)(int))
+{
+	struct sigaction sa;
+
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = SIG_IGN;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGPIPE, &sa, NULL);
+	sa.sa_handler = on_alarm;
+	sigaction(SIGALRM, &sa, NULL);
+}
+
+/* tl_test_dir: a fresh directory $TMPDIR/dialback-PROG-NAME-XXXXXX (/tmp
+ * without TMPDIR) into dir.  0, or -1 with errno set. */
+static inline int
+tl_test_dir(char *dir, size_t len, const char *prog, const char *name)
+{
+	const char *tmp = getenv("TMPDIR");
+
+	snprintf(dir, len, "%s/dialback-%s-%s-XXXXXX",
+	         tmp && *tmp ? tmp : "/tmp", prog, name);
+	return mkdtemp(dir) == NULL ? -1 : 0;
+}
+
+/* tl_report: a test's result line: "FAIL - NAME: WHY" when why is not
+ * NULL, else "ok - NAME # skip: SKIP" or "ok - NAME (S s)" from t0.
+ * 1 if it counts as passed, 0 if not. */
+static inline int
+tl_report(const char *name, const char *why, const char *skip, int64_t t0)
+{
+	if (why != NULL) {
+		printf("FAIL - %s: %s\n", name, why);
+	} else if (skip != NULL) {
+		printf("ok - %s # skip: %s\n", name, skip);
+	} else {
+		printf("ok - %s (%.1f s)\n", name,
+		       (double)(tl_now_ms() - t0) / 1000.0);
+	}
+	fflush(stdout);
+	return why == NULL;
 }
 
 #endif
