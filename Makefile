@@ -28,7 +28,7 @@ endif
 
 BINS  = server client
 TESTS = tests/unit tests/e2e tests/svc tests/features
-LIB   = common.o sha256.o loop.o
+LIB   = common.o net.o protocol.o relay.o loop.o sha256.o
 
 all: $(BINS)
 
@@ -39,9 +39,12 @@ client: client.o $(LIB)
 
 server.o: server.c common.h protocol.h sha256.h
 client.o: client.c common.h protocol.h sha256.h
-common.o: common.c common.h protocol.h sha256.h
-sha256.o: sha256.c sha256.h
+common.o: common.c common.h protocol.h
+net.o: net.c common.h protocol.h
+protocol.o: protocol.c protocol.h sha256.h
+relay.o: relay.c common.h protocol.h
 loop.o: loop.c common.h protocol.h
+sha256.o: sha256.c sha256.h
 
 tests/unit: tests/unit.c $(LIB) common.h protocol.h sha256.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/unit.c $(LIB)
@@ -75,7 +78,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_FLAGS    = -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -O1 -g \
                 -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer \
                 -fno-sanitize-recover=all
-FUZZ_SRCS     = common.c sha256.c loop.c
+FUZZ_SRCS     = common.c net.c protocol.c relay.c loop.c sha256.c
 FUZZ_DEPS     = tests/fuzzlib.h $(FUZZ_SRCS) common.h protocol.h sha256.h
 FUZZ_OPTS     = -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=10 \
                 -rss_limit_mb=2048 -print_final_stats=1

@@ -1,8 +1,8 @@
 /*
  * dialback client: runs next to the service.  Holds one control connection
  * to the server; for each NEW_USER it connects to the local service, dials
- * the server's tunnel port, sends a JOIN and relays.  One poll() loop;
- * every socket non-blocking, every connect asynchronous.
+ * the server's tunnel port, sends a JOIN and relays.  One event loop
+ * (loop.c); every socket non-blocking, every connect asynchronous.
  *
  * As in server.c, teardown marks objects dead and sweep() frees them
  * between turns; interest is registered as state changes (loop.c), and

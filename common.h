@@ -1,6 +1,11 @@
 /*
- * What server.c and client.c share: logging, time, randomness, address
- * parsing, sockets, the handshake's key derivation and the relay.
+ * What server.c and client.c share, beside the wire (protocol.h): each
+ * section names the file that implements it.
+ *
+ *   common.c  logging, time, randomness, limits, the command line, signals
+ *   net.c     addresses, the PROXY header, sockets
+ *   loop.c    the event loop (epoll, or poll elsewhere)
+ *   relay.c   bytes between two sockets, both ways
  */
 #ifndef DIALBACK_COMMON_H
 #define DIALBACK_COMMON_H
@@ -11,7 +16,7 @@
 
 #include "protocol.h"
 
-/* ---- logging ------------------------------------------------------------ */
+/* ---- logging (common.c) ------------------------------------------------- */
 
 enum log_level { LOG_QUIET = 0, LOG_NORMAL = 1, LOG_VERBOSE = 2 };
 
@@ -37,7 +42,7 @@ struct log_limit {
  * were held back since the last one); 0 if it is held back. */
 int log_limited(struct log_limit *l, int64_t now, unsigned long *held);
 
-/* ---- time and randomness ------------------------------------------------ */
+/* ---- time, randomness, memory (common.c) -------------------------------- */
 
 /* now_ms: a monotonic clock in milliseconds. */
 int64_t now_ms(void);
@@ -52,7 +57,11 @@ void random_bytes(void *buf, size_t len);
 /* raise_fd_limit: lift RLIMIT_NOFILE to its hard limit; returns the limit. */
 long raise_fd_limit(void);
 
-/* ---- addresses ---------------------------------------------------------- */
+/* heap_note: "; heap: N KiB in use" (malloc's live bytes) for a status
+ * line, or "" where the C library can't tell. */
+void heap_note(char *buf, size_t len);
+
+/* ---- addresses (net.c) -------------------------------------------------- */
 
 struct hostport {
 	char host[256];   /* "" = every interface (for listening) */
@@ -73,7 +82,8 @@ int addr_parse(const char *s, int default_port, int allow_zero,
 #define ADDR_STRLEN 64
 const char *addr_str(const struct sockaddr *sa, char *buf, size_t len);
 
-/* addr_to_wire / addr_from_wire: between sockaddr and the wire form. */
+/* addr_to_wire: a sockaddr in the wire form (family 0 if neither IPv4
+ * nor IPv6).  wire_addr_str: the wire form printed as addr_str does. */
 void addr_to_wire(const struct sockaddr *sa, struct wire_addr *w);
 const char *wire_addr_str(const struct wire_addr *w, char *buf, size_t len);
 
@@ -85,16 +95,14 @@ const char *wire_addr_str(const struct wire_addr *w, char *buf, size_t len);
 size_t proxy_header(int version, const struct wire_addr *src,
                     const struct wire_addr *dst, uint8_t *out);
 
-/* ---- sockets ------------------------------------------------------------ */
+/* ---- sockets (net.c) ---------------------------------------------------- */
 
-/* heap_note: "; heap: N KiB in use" (malloc's live bytes) for a status
- * line, or "" where the C library can't tell. */
-void heap_note(char *buf, size_t len);
-
-/* set_nonblock, set_nodelay, set_keepalive: 0 or -1 (errno set). */
+/* set_nonblock: 0 or -1 (errno set). */
 int set_nonblock(int fd);
 /* accept_nb: accept a connection as a non-blocking socket; -1 as accept. */
 int accept_nb(int lfd, struct sockaddr *sa, socklen_t *len);
+/* set_nodelay, set_keepalive: best effort; a socket that refuses works
+ * the same, only slower to send small messages or to notice a dead peer. */
 void set_nodelay(int fd);
 void set_keepalive(int fd);
 
@@ -120,7 +128,11 @@ int connect_start(const struct sockaddr *sa, socklen_t len);
  * errno set to why it failed. */
 int connect_done(int fd);
 
-/* ---- command line and signals ------------------------------------------ */
+/* send_some: send what the socket takes of p[0..n), without blocking;
+ * *sent says how much.  0 (EAGAIN included), or -1 with errno set. */
+int send_some(int fd, const uint8_t *p, size_t n, size_t *sent);
+
+/* ---- command line and signals (common.c) -------------------------------- */
 
 /* A flag takes a value (value set) or is a switch (is_set set).  Names are
  * given without dashes; "-name", "--name", "-name=v" and "-name v" all work. */
@@ -189,44 +201,7 @@ int loop_move(struct loop *l, struct watch *from, struct watch *to,
  * the next call.  Returns how many (0 on EINTR), or -1. */
 int loop_wait(struct loop *l, int timeout, struct loop_event **ev);
 
-/* ---- keys --------------------------------------------------------------- */
-
-/* The HMAC derivations of protocol.h; token may be "" (no token). */
-void key_auth_proof(const char *token, const uint8_t cn[NONCE_LEN],
-                    const uint8_t sn[NONCE_LEN], uint8_t out[PROOF_LEN]);
-void key_session(const char *token, const uint8_t cn[NONCE_LEN],
-                 const uint8_t sn[NONCE_LEN], uint8_t out[PROOF_LEN]);
-void key_join_proof(const uint8_t key[PROOF_LEN],
-                    const uint8_t id[USER_ID_LEN], uint8_t out[PROOF_LEN]);
-
-/* ---- frame buffers ------------------------------------------------------ */
-
-/* A buffer of frames to or from a peer (control and join traffic). */
-#define FBUF_SMALL 4096
-struct fbuf {
-	uint8_t *data;
-	size_t len, cap;
-};
-
-/* fbuf_init: give b room for cap bytes (at least one whole frame),
- * keeping what it holds; -1 if out of memory.  fbuf_free: release it. */
-int fbuf_init(struct fbuf *b, size_t cap);
-void fbuf_free(struct fbuf *b);
-
-/* send_now: one best-effort send of *m, for a last word before a close. */
-void send_now(int fd, const struct msg *m);
-
-/* fbuf_put: append the frame for *m; -1 if it doesn't fit (peer stalled). */
-int fbuf_put(struct fbuf *b, const struct msg *m);
-/* fbuf_flush: write as much as the socket takes.  0 or -1 (errno set). */
-int fbuf_flush(struct fbuf *b, int fd);
-/* fbuf_fill: read what the socket has.  1 read something, 0 EOF, -1 error;
- * EAGAIN counts as 1 with nothing added. */
-int fbuf_fill(struct fbuf *b, int fd);
-/* fbuf_take: decode the next frame, consuming it on FRAME_OK. */
-enum frame_result fbuf_take(struct fbuf *b, struct msg *m);
-
-/* ---- relay -------------------------------------------------------------- */
+/* ---- relay (relay.c) ---------------------------------------------------- */
 
 #define RELAY_BUF (64 * 1024)
 

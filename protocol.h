@@ -1,6 +1,7 @@
 /*
- * dialback wire protocol: message types, sizes, limits and the frame codec.
- * Only wire facts live here; README.md "Protocol" says the same in prose.
+ * dialback wire protocol: message types, sizes, limits, and what protocol.c
+ * implements: the frame codec, frame buffers and key derivation.
+ * README.md "Protocol" says the same in prose.
  *
  * Every message is a frame:
  *
@@ -161,5 +162,56 @@ size_t frame_encode(uint8_t *out, const struct msg *m);
 
 /* msg_name: "HELLO", "JOIN", ... or "unknown" for logs. */
 const char *msg_name(unsigned type);
+
+/* Big-endian, byte by byte: the wire's only integer helpers. */
+static inline void
+wire_put16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)(v >> 8);
+	p[1] = (uint8_t)v;
+}
+
+static inline uint16_t
+wire_get16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] << 8 | p[1]);
+}
+
+/* ---- keys (protocol.c) -------------------------------------------------- */
+
+/* The HMAC derivations of protocol.h; token may be "" (no token). */
+void key_auth_proof(const char *token, const uint8_t cn[NONCE_LEN],
+                    const uint8_t sn[NONCE_LEN], uint8_t out[PROOF_LEN]);
+void key_session(const char *token, const uint8_t cn[NONCE_LEN],
+                 const uint8_t sn[NONCE_LEN], uint8_t out[PROOF_LEN]);
+void key_join_proof(const uint8_t key[PROOF_LEN],
+                    const uint8_t id[USER_ID_LEN], uint8_t out[PROOF_LEN]);
+
+/* ---- frame buffers (protocol.c) ----------------------------------------- */
+
+/* A buffer of frames to or from a peer (control and join traffic). */
+#define FBUF_SMALL 4096
+struct fbuf {
+	uint8_t *data;
+	size_t len, cap;
+};
+
+/* fbuf_init: give b room for cap bytes (at least one whole frame),
+ * keeping what it holds; -1 if out of memory.  fbuf_free: release it. */
+int fbuf_init(struct fbuf *b, size_t cap);
+void fbuf_free(struct fbuf *b);
+
+/* send_now: one best-effort send of *m, for a last word before a close. */
+void send_now(int fd, const struct msg *m);
+
+/* fbuf_put: append the frame for *m; -1 if it doesn't fit (peer stalled). */
+int fbuf_put(struct fbuf *b, const struct msg *m);
+/* fbuf_flush: write as much as the socket takes.  0 or -1 (errno set). */
+int fbuf_flush(struct fbuf *b, int fd);
+/* fbuf_fill: read what the socket has.  1 read something, 0 EOF, -1 error;
+ * EAGAIN counts as 1 with nothing added. */
+int fbuf_fill(struct fbuf *b, int fd);
+/* fbuf_take: decode the next frame, consuming it on FRAME_OK. */
+enum frame_result fbuf_take(struct fbuf *b, struct msg *m);
 
 #endif

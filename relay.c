@@ -1,0 +1,489 @@
+/*
+ * The relay: bytes between two sockets, both ways, with backpressure,
+ * half-close and, on Linux, splice(2) for bulk.
+ */
+#ifdef __linux__
+#define _GNU_SOURCE     /* splice(2), before any system header */
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common.h"
+
+/* ==== relay ==============================================================
+ *
+ * Small messages are copied with read and send.  On Linux, once a read
+ * fills the scratch buffer, the direction turns "bulk" and its bytes go
+ * socket -> pipe -> socket with splice(2), never entering this process,
+ * until a splice brings less than a buffer's worth.  Short connections
+ * thus never pay for a pipe's system calls, and bulk costs less CPU than
+ * copying it would (README, "How it works").
+ * Elsewhere, or with DIALBACK_NO_SPLICE set (how the tests cover the
+ * copy-only path), everything is copied.
+ */
+
+/*
+ * Bytes move through one scratch buffer: read, then written straight to the
+ * sink.  A direction takes a buffer of its own only when the sink pushes
+ * back, and gives it back once drained, so an idle pair holds no buffer and
+ * steady traffic mallocs nothing (drained buffers wait in a small pool).
+ */
+#define RELAY_SPARE  16         /* drained buffers (and pipes) kept for reuse */
+#define RELAY_BURST  8          /* reads per direction per turn, at most */
+
+#define SPLICE_CHUNK (1 << 20)  /* ask for this much; the pipe limits it */
+
+static uint8_t relay_scratch[RELAY_BUF];
+static uint8_t *relay_spare[RELAY_SPARE];
+static int relay_nspare;
+static int pipe_spare[RELAY_SPARE][2];  /* empty pipes, kept for reuse */
+static int pipe_nspare;
+/* Pipes hold up to 1 MiB (the kernel's default pipe-max-size): fewer,
+ * larger splices cost less CPU per byte than 64 KiB ones.  Pages are only
+ * taken while bytes wait, i.e. while a sink pushes back.  Where the kernel
+ * refuses, pipes keep its default; pipe_size is what they really hold. */
+#define PIPE_WANT (1 << 20)
+static size_t pipe_size = RELAY_BUF;
+static int relay_live;                  /* relays between init and close */
+
+/* With no relay left, the spares go back to the system: an idle process
+ * holds exactly the descriptors and memory it started with. */
+static void
+spares_release(void)
+{
+	while (relay_nspare > 0) {
+		free(relay_spare[--relay_nspare]);
+	}
+	while (pipe_nspare > 0) {
+		pipe_nspare--;
+		close(pipe_spare[pipe_nspare][0]);
+		close(pipe_spare[pipe_nspare][1]);
+	}
+}
+
+#ifdef __linux__
+static ssize_t
+move_kernel(int from, int to, size_t n)
+{
+	ssize_t k;
+
+	do {
+		k = splice(from, NULL, to, NULL, n, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+	} while (k < 0 && errno == EINTR);
+	return k;
+}
+
+static int
+splice_wanted(void)
+{
+	return getenv("DIALBACK_NO_SPLICE") == NULL;
+}
+#else
+static ssize_t
+move_kernel(int from, int to, size_t n)
+{
+	(void)from;
+	(void)to;
+	(void)n;
+	errno = ENOSYS;
+	return -1;
+}
+
+static int
+splice_wanted(void)
+{
+	return 0;
+}
+#endif
+
+/* Pipes, like buffers, are held only while bytes are in them, so idle
+ * pairs cost no descriptors beyond their two sockets. */
+static int
+pipe_take(int p[2])
+{
+	if (pipe_nspare > 0) {
+		pipe_nspare--;
+		p[0] = pipe_spare[pipe_nspare][0];
+		p[1] = pipe_spare[pipe_nspare][1];
+		return 0;
+	}
+#ifdef __linux__
+	if (pipe2(p, O_NONBLOCK) != 0) {
+		return -1;
+	}
+#else
+	if (pipe(p) != 0) {
+		return -1;
+	}
+	if (set_nonblock(p[0]) != 0 || set_nonblock(p[1]) != 0) {
+		close(p[0]);
+		close(p[1]);
+		p[0] = p[1] = -1;
+		return -1;
+	}
+#endif
+#ifdef F_SETPIPE_SZ
+	{
+		int got = fcntl(p[1], F_SETPIPE_SZ, PIPE_WANT);
+		if (got > 0) {
+			pipe_size = (size_t)got;
+		}
+	}
+#endif
+	return 0;
+}
+
+/* Give back a pipe; an empty one is kept, one with bytes left is closed. */
+static void
+pipe_give(struct relay_dir *rd)
+{
+	if (rd->pipe[0] < 0) {
+		return;
+	}
+	if (rd->piped == 0 && pipe_nspare < RELAY_SPARE) {
+		pipe_spare[pipe_nspare][0] = rd->pipe[0];
+		pipe_spare[pipe_nspare][1] = rd->pipe[1];
+		pipe_nspare++;
+	} else {
+		close(rd->pipe[0]);
+		close(rd->pipe[1]);
+	}
+	rd->pipe[0] = rd->pipe[1] = -1;
+	rd->piped = 0;
+	rd->pipe_full = 0;
+}
+
+static uint8_t *
+buf_take(void)
+{
+	if (relay_nspare > 0) {
+		return relay_spare[--relay_nspare];
+	}
+	return malloc(RELAY_BUF);
+}
+
+static void
+buf_give(uint8_t *b)
+{
+	if (b == NULL) {
+		return;
+	}
+	if (relay_nspare < RELAY_SPARE) {
+		relay_spare[relay_nspare++] = b;
+	} else {
+		free(b);
+	}
+}
+
+void
+relay_init(struct relay *r, int fd0, int fd1)
+{
+	static int use_splice = -1;
+	int d;
+
+	if (use_splice < 0) {
+		use_splice = splice_wanted();
+	}
+	memset(r, 0, sizeof(*r));
+	r->fd[0] = fd0;
+	r->fd[1] = fd1;
+	r->splice = use_splice;
+	r->live = 1;
+	relay_live++;
+	for (d = 0; d < 2; d++) {
+		r->dir[d].pipe[0] = r->dir[d].pipe[1] = -1;
+	}
+}
+
+/* Keep n bytes that the sink didn't take; -1 if out of memory. */
+static int
+relay_keep(struct relay_dir *rd, const uint8_t *data, size_t n)
+{
+	if (rd->buf == NULL && (rd->buf = buf_take()) == NULL) {
+		errno = ENOMEM;
+		return -1;
+	}
+	memcpy(rd->buf + rd->off + rd->len, data, n);
+	rd->len += n;
+	return 0;
+}
+
+int
+relay_prefill(struct relay *r, int d, const void *data, size_t n)
+{
+	if (n == 0) {
+		return 0;
+	}
+	return relay_keep(&r->dir[d], data, n);
+}
+
+static int
+relay_can_read(const struct relay_dir *rd)
+{
+	return !rd->eof && !rd->pipe_full &&
+	       (rd->buf == NULL || rd->off + rd->len < RELAY_BUF);
+}
+
+void
+relay_events(const struct relay *r, short ev[2])
+{
+	int d;
+
+	ev[0] = ev[1] = 0;
+	for (d = 0; d < 2; d++) {
+		if (relay_can_read(&r->dir[d])) {
+			ev[d] |= POLLIN;
+		}
+		if (r->dir[d].len > 0 || r->dir[d].piped > 0) {
+			ev[1 - d] |= POLLOUT;
+		}
+	}
+}
+
+static enum relay_state
+relay_fail(struct relay *r, int side, const char *op)
+{
+	r->err_side = side;
+	r->err_op = op;
+	r->err_no = errno;
+	return RELAY_FAIL;
+}
+
+/* Move what the pipe of direction d holds to its sink.  -1 on an error. */
+static int
+pipe_drain(struct relay *r, int d)
+{
+	struct relay_dir *rd = &r->dir[d];
+
+	while (rd->piped > 0) {
+		ssize_t k = move_kernel(rd->pipe[0], r->fd[1 - d], rd->piped);
+		if (k < 0) {
+			return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
+		}
+		rd->piped -= (size_t)k;
+		rd->pipe_full = 0;
+	}
+	pipe_give(rd);
+	return 0;
+}
+
+/* Write direction d's kept bytes to its sink: the buffer (which only ever
+ * holds bytes older than any in the pipe) first.  The buffer goes back to
+ * the pool once empty.  -1 on an error. */
+static int
+relay_drain(struct relay *r, int d)
+{
+	struct relay_dir *rd = &r->dir[d];
+	size_t sent;
+
+	if (rd->len > 0) {
+		if (send_some(r->fd[1 - d], rd->buf + rd->off, rd->len, &sent) != 0) {
+			return -1;
+		}
+		rd->off += sent;
+		rd->len -= sent;
+		if (rd->len > 0) {
+			return 0;
+		}
+		buf_give(rd->buf);
+		rd->buf = NULL;
+		rd->off = 0;
+	}
+	return rd->piped > 0 ? pipe_drain(r, d) : 0;
+}
+
+/*
+ * The splice path of relay_move: source -> pipe -> sink, repeating while
+ * the sink keeps up, up to RELAY_BURST times.  A pipe the sink left bytes
+ * in is "full" for reading until it drains, so a readable source can't
+ * spin the loop.  Returns 0, or -1 with *op naming what failed.
+ */
+static int
+relay_splice(struct relay *r, int d, const char **op)
+{
+	struct relay_dir *rd = &r->dir[d];
+	int i;
+
+	for (i = 0; i < RELAY_BURST && relay_can_read(rd); i++) {
+		ssize_t n;
+
+		if (rd->pipe[0] < 0 && pipe_take(rd->pipe) != 0) {
+			rd->bulk = 0;     /* no descriptor for a pipe: copy */
+			break;
+		}
+		n = move_kernel(r->fd[d], rd->pipe[1], SPLICE_CHUNK);
+		if (n == 0) {
+			rd->eof = 1;
+			break;
+		}
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				rd->pipe_full = rd->piped > 0;
+				/* Into an empty pipe: the source had nothing, or
+				 * it stops at TCP urgent data, which splice never
+				 * moves past while poll keeps saying readable (a
+				 * user's one MSG_OOB byte spun the loop).  read()
+				 * steps over it: copy until reads fill up again. */
+				if (rd->piped == 0) {
+					rd->bulk = 0;
+				}
+				break;
+			}
+			*op = "read";
+			return -1;
+		}
+		rd->piped += (size_t)n;
+		rd->bytes += (uint64_t)n;
+		if ((size_t)n < RELAY_BUF) {
+			rd->bulk = 0;     /* small messages again: copy them */
+		}
+		if (pipe_drain(r, d) != 0) {
+			*op = "write";
+			return -1;
+		}
+		if (rd->piped > 0) {
+			break;        /* the sink is full */
+		}
+		/* Into an empty pipe a splice stops short of its capacity only
+		 * when the source had no more: don't ask again just to hear
+		 * EAGAIN (a third of all calls for small messages). */
+		if ((size_t)n < pipe_size) {
+			break;
+		}
+	}
+	if (rd->piped == 0) {
+		pipe_give(rd);
+	}
+	return 0;
+}
+
+/*
+ * Read from direction d's source and pass the bytes on at once.  With no
+ * backlog, bytes go through the scratch buffer and only what the sink
+ * refuses is kept; with a backlog, new bytes queue behind it.  Repeats while
+ * reads fill the buffer and the sink keeps up, up to RELAY_BURST times.
+ * Returns 0, or -1 with *op naming the failed call.
+ */
+static int
+relay_move(struct relay *r, int d, const char **op)
+{
+	struct relay_dir *rd = &r->dir[d];
+	int i;
+
+	for (i = 0; i < RELAY_BURST && relay_can_read(rd); i++) {
+		uint8_t *into = rd->buf ? rd->buf + rd->off + rd->len : relay_scratch;
+		size_t room = rd->buf ? RELAY_BUF - rd->off - rd->len : RELAY_BUF;
+		ssize_t n;
+		size_t sent = 0;
+
+		do {
+			n = read(r->fd[d], into, room);
+		} while (n < 0 && errno == EINTR);
+		if (n == 0) {
+			rd->eof = 1;
+			return 0;
+		}
+		if (n < 0) {
+			*op = "read";
+			return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
+		}
+		rd->bytes += (uint64_t)n;
+		*op = "write";
+		if (rd->buf != NULL) {
+			rd->len += (size_t)n;
+			if (relay_drain(r, d) != 0) {
+				return -1;
+			}
+		} else {
+			if (send_some(r->fd[1 - d], relay_scratch, (size_t)n, &sent) != 0) {
+				return -1;
+			}
+			if (sent < (size_t)n &&
+			    relay_keep(rd, relay_scratch + sent, (size_t)n - sent) != 0) {
+				*op = "buffer";
+				return -1;
+			}
+		}
+		if ((size_t)n < room || rd->len > 0) {
+			return 0;     /* drained the source, or the sink is full */
+		}
+		if (r->splice) {
+			rd->bulk = 1;     /* a full read: more is coming in bulk */
+			return relay_splice(r, d, op);
+		}
+	}
+	return 0;
+}
+
+enum relay_state
+relay_step(struct relay *r, const short revents[2])
+{
+	int d;
+	const char *op = "read";
+
+	for (d = 0; d < 2; d++) {
+		struct relay_dir *rd = &r->dir[d];
+		int src = d, dst = 1 - d, rc = 0;
+
+		if ((rd->len > 0 || rd->piped > 0) &&
+		    (revents[dst] & (POLLOUT | POLLHUP | POLLERR))) {
+			if (relay_drain(r, d) != 0) {
+				return relay_fail(r, dst, "write");
+			}
+		}
+		/* Order: bytes kept in the buffer (a prefill, a backlog) are
+		 * older than any in the pipe, so nothing is spliced while the
+		 * buffer holds some, and nothing copied while the pipe does. */
+		if (revents[src] & (POLLIN | POLLHUP | POLLERR)) {
+			rc = (rd->bulk || rd->piped > 0) && rd->len == 0
+			     ? relay_splice(r, d, &op) : relay_move(r, d, &op);
+		}
+		if (rc != 0) {
+			return relay_fail(r, strcmp(op, "read") == 0 ? src : dst, op);
+		}
+		if (rd->eof && rd->len == 0 && rd->piped == 0 && !rd->shut) {
+			/* ENOTCONN: the sink already went away, which its own
+			 * direction will report; nothing is lost here. */
+			if (shutdown(r->fd[dst], SHUT_WR) != 0 && errno != ENOTCONN) {
+				return relay_fail(r, dst, "shutdown");
+			}
+			rd->shut = 1;
+		}
+	}
+	return (r->dir[0].shut && r->dir[1].shut) ? RELAY_DONE : RELAY_OPEN;
+}
+
+void
+relay_abandon(struct relay *r)
+{
+	r->fd[0] = r->fd[1] = -1;
+	relay_close(r);
+}
+
+void
+relay_close(struct relay *r)
+{
+	int i;
+
+	for (i = 0; i < 2; i++) {
+		if (r->fd[i] >= 0) {
+			close(r->fd[i]);
+			r->fd[i] = -1;
+		}
+		buf_give(r->dir[i].buf);
+		r->dir[i].buf = NULL;
+		r->dir[i].len = 0;
+		pipe_give(&r->dir[i]);
+	}
+	if (r->live) {
+		r->live = 0;
+		if (--relay_live == 0) {
+			spares_release();
+		}
+	}
+}
