@@ -1,14 +1,19 @@
 /*
  * dialback server: runs on the public host.  Listens on the control port
  * (clients attach), the public port (users arrive) and the tunnel port
- * (clients dial back, one connection per user, and JOIN it).  One poll()
- * loop; every socket non-blocking; state in struct server.
+ * (clients dial back, one connection per user, and JOIN it).  One event
+ * loop (loop.c); every socket non-blocking; state in struct server.
+ *
+ * A user is one struct user from accept (or pool ticket) to close, moving
+ * through the states of enum user_state; a control connection is a struct
+ * ctl, and once attached a session; a tunnel connection is a struct tun
+ * until its JOIN hands it to the user it names.
  *
  * Objects are never freed while the loop walks its events: teardown
  * unwatches and closes descriptors and marks the object dead, and sweep()
  * frees the dead between turns, so a stale event can only see a dead flag.
  * Interest is registered when state changes (loop.c), not rebuilt each
- * turn, and nothing done per turn walks the relaying pairs: idle
+ * turn, and nothing done per turn walks the relaying users: idle
  * connections cost nothing.
  */
 #include <errno.h>
@@ -46,7 +51,7 @@ static const char usage_text[] =
 #define MAX_HANDSHAKES  64     /* control connections not yet attached */
 #define MAX_PER_SOURCE  8      /* ... of those, from one address */
 #define MAX_TUNNELS     4096   /* tunnel connections without their JOIN */
-#define RECENT_POOLED   16     /* ended pooled users remembered, see pair_fail */
+#define RECENT_POOLED   16     /* ended pooled users remembered, see pooled_failed */
 
 enum role { ROLE_CONTROL, ROLE_TUNNEL, ROLE_PUBLIC, ROLE_END };
 
@@ -76,6 +81,18 @@ struct pub {
 	struct ctl *owner;             /* NULL: no client attached */
 };
 
+/* A user's life.  Without a pool: accepted on the public port, it waits
+ * for the JOIN that names it, then relays.  With one: a ticket (an id
+ * issued, nothing dialed) becomes a pooled tunnel when the client JOINs
+ * with it, and relays once a user takes it.  Every ending leads to
+ * U_DEAD, where sweep() frees it. */
+enum user_state { U_TICKET, U_POOLED, U_WAITING, U_RELAYING, U_DEAD,
+                  U_STATE_END };
+
+/* The states a JOIN can name, each on a bounded list with a deadline. */
+static const enum user_state joinable[] = { U_TICKET, U_WAITING };
+#define NJOINABLE (sizeof(joinable) / sizeof(joinable[0]))
+
 struct ctl {
 	struct ctl *next;
 	int fd, dead;
@@ -88,18 +105,17 @@ struct ctl {
 	uint8_t key[PROOF_LEN];        /* session key, once attached */
 	int64_t deadline;              /* handshake must finish by then */
 	int64_t last_rx, next_ping;
-	int pending;                   /* users waiting for a join */
 	struct pub *pub;               /* the port it serves, once attached */
 	struct pub *own;               /* a -ports listener it opened */
 	int pool_want;                 /* tunnels the client keeps ready */
-	int tickets;                   /* of those, issued and not yet used */
-	int nparked;                   /* ... and dialed, waiting for users */
-	struct parked *parked;
+	int count[U_STATE_END];        /* its users in each state */
+	struct user *pooled;           /* its U_POOLED users */
 	int64_t attached_at;
 	uint64_t served;               /* users announced */
 };
 
-/* A tunnel connection that has not sent its JOIN yet. */
+/* A tunnel connection that has not sent its JOIN yet.  The JOIN hands
+ * its descriptor (and any bytes behind the JOIN) to the user it names. */
 struct tun {
 	struct tun *next;
 	int fd, dead;
@@ -109,46 +125,29 @@ struct tun {
 	int64_t deadline;
 };
 
-/* A user accepted on the public port, waiting for its tunnel.  Its bytes
- * stay in the kernel until the join: nothing reads fd before then. */
+/*
+ * One user, from accept (or, with a pool, from its ticket) to close.  The
+ * user's socket is relay.fd[0] and the tunnel relay.fd[1], each -1 until it
+ * exists; w[i] watches relay.fd[i].  Every change of state goes through
+ * user_set, which keeps the lists and counts; every ending through
+ * user_close.
+ */
 struct user {
-	struct user *next;
-	int fd, dead;
-	struct watch w;
-	int ticket;                    /* a pool ticket: no user, fd -1 */
-	uint64_t seq;                  /* for logs */
-	uint8_t id[USER_ID_LEN];
-	struct ctl *sess;
-	char peer[ADDR_STRLEN];
-	int64_t start, deadline;
-};
-
-/* A pooled tunnel, joined with a ticket, waiting for a user. */
-struct parked {
-	struct parked *next;
-	int fd, dead;
-	struct watch w;
-	struct ctl *sess;
-};
-
-/* A joined user: fd[0] is the user, fd[1] the tunnel.  Pairs are the
- * one list that grows with idle connections, so it is doubly linked: a
- * pair leaves it in O(1) when it ends. */
-struct pair {
-	struct pair *next, *prev;
-	int dead;
-	struct watch w[2];
-	int pooled;                    /* began on a parked tunnel */
+	struct user *next, *prev;      /* on the list of its state */
+	enum user_state state;
+	struct ctl *sess;              /* until relaying; NULL after */
+	int pooled;                    /* began on a pooled tunnel, */
 	uint8_t sess_run[RUN_ID_LEN];  /* ... of the session with this run id */
 	uint8_t id[USER_ID_LEN];
-	uint64_t seq;
+	uint64_t seq;                  /* for logs; 0 for a tunnel alone */
 	char peer[ADDR_STRLEN];
-	int64_t start;
-	struct relay relay;
+	int64_t start, deadline;
+	struct watch w[2];
+	struct relay relay;            /* live once relaying */
 };
 
 /* What a watch belongs to (struct watch's kind). */
-enum kind { K_SIGNAL, K_LISTEN, K_CTL, K_TUN, K_USER, K_PAIR, K_PARKED };
+enum kind { K_SIGNAL, K_LISTEN, K_CTL, K_TUN, K_USER };
 
 struct server {
 	struct hostport addr[ROLE_END];
@@ -170,9 +169,11 @@ struct server {
 	struct ctl *ctls;
 	struct tun *tuns;
 	int ntuns;                     /* live ones in tuns */
-	struct user *users;
-	struct pair *pairs;
-	struct pair *dead_pairs;       /* ended this turn, freed by sweep */
+	/* Users by state (U_POOLED ones hang off their session).  Only the
+	 * ticket and waiting lists, which are bounded, are ever walked per
+	 * turn; relaying users are not, so idle ones cost nothing. */
+	struct user *users[U_STATE_END];
+	int count[U_STATE_END];
 	struct {
 		uint8_t id[USER_ID_LEN];
 		uint64_t seq;
@@ -181,7 +182,7 @@ struct server {
 	unsigned recent_next;
 	uint64_t user_seq;
 	int64_t started;
-	uint64_t bytes_in, bytes_out;  /* of pairs already closed */
+	uint64_t bytes_in, bytes_out;  /* of users already closed */
 };
 
 static void
@@ -191,10 +192,10 @@ usage_exit(const char *why)
 	exit(2);
 }
 
-/* ==== teardown =========================================================== */
+/* ==== users: lists, counts, the one teardown ============================== */
 
 /* Stop watching fd and close it.  Every descriptor the loop watches is
- * closed through here (or relay_close after pair_unwatch). */
+ * closed through here (or relay_close after the watches are forgotten). */
 static void
 close_watched(struct server *s, struct watch *w, int *fd)
 {
@@ -205,36 +206,208 @@ close_watched(struct server *s, struct watch *w, int *fd)
 	}
 }
 
-static void
-user_close(struct server *s, struct user *u, const char *why)
+static struct user **
+user_list(struct server *s, const struct user *u)
 {
-	if (u->dead) {
-		return;
+	return u->state == U_POOLED ? &u->sess->pooled : &s->users[u->state];
+}
+
+static void
+user_link(struct server *s, struct user *u)
+{
+	struct user **head = user_list(s, u);
+
+	u->prev = NULL;
+	u->next = *head;
+	if (*head != NULL) {
+		(*head)->prev = u;
 	}
-	u->dead = 1;
-	if (u->ticket) {
-		u->sess->tickets--;
-		return;
-	}
-	log_info("user #%llu %s closed: %s", (unsigned long long)u->seq,
-	         u->peer, why);
-	close_watched(s, &u->w, &u->fd);
+	*head = u;
+	s->count[u->state]++;
 	if (u->sess != NULL) {
-		u->sess->pending--;
+		u->sess->count[u->state]++;
 	}
 }
 
 static void
-parked_close(struct server *s, struct parked *p, const char *why)
+user_unlink(struct server *s, struct user *u)
 {
-	if (p->dead) {
+	if (u->prev != NULL) {
+		u->prev->next = u->next;
+	} else {
+		*user_list(s, u) = u->next;
+	}
+	if (u->next != NULL) {
+		u->next->prev = u->prev;
+	}
+	s->count[u->state]--;
+	if (u->sess != NULL) {
+		u->sess->count[u->state]--;
+	}
+}
+
+/* user_set: the one way a user changes state.  From relaying on, a user
+ * no longer belongs to its session (which may end first). */
+static void
+user_set(struct server *s, struct user *u, enum user_state to)
+{
+	user_unlink(s, u);
+	u->state = to;
+	if (to >= U_RELAYING) {
+		u->sess = NULL;
+	}
+	user_link(s, u);
+}
+
+/* user_new: a user in state st for session c, id and deadline set. */
+static struct user *
+user_new(struct server *s, struct ctl *c, enum user_state st,
+         const uint8_t id[USER_ID_LEN], int64_t now)
+{
+	struct user *u = calloc(1, sizeof(*u));
+
+	if (u == NULL) {
+		return NULL;
+	}
+	u->relay.fd[0] = u->relay.fd[1] = -1;
+	watch_init(&u->w[0], K_USER, u, 0);
+	watch_init(&u->w[1], K_USER, u, 1);
+	u->state = st;
+	u->sess = c;
+	memcpy(u->id, id, USER_ID_LEN);
+	u->start = now;
+	u->deadline = now + JOIN_WAIT_MS;
+	user_link(s, u);
+	return u;
+}
+
+/*
+ * user_close: the end of every user, whatever its state.  why goes into
+ * the log line ("user #N ADDR closed: why"); NULL closes quietly.  The
+ * descriptors are closed, the bytes counted, and the user waits on the
+ * dead list for sweep(), since this turn's events may still name it.
+ */
+static void
+user_close(struct server *s, struct user *u, const char *why)
+{
+	int i;
+
+	if (u->state == U_DEAD) {
 		return;
 	}
-	log_debug("pooled tunnel of %s closed: %s", p->sess->peer, why);
-	close_watched(s, &p->w, &p->fd);
-	p->dead = 1;
-	p->sess->nparked--;
+	if (why != NULL && u->state == U_POOLED) {
+		log_debug("pooled tunnel of %s closed: %s", u->sess->peer, why);
+	} else if (why != NULL && u->state != U_TICKET) {
+		log_info("user #%llu %s closed: %s", (unsigned long long)u->seq,
+		         u->peer, why);
+	}
+	if (u->state == U_RELAYING) {
+		s->bytes_in += u->relay.dir[0].bytes;
+		s->bytes_out += u->relay.dir[1].bytes;
+		if (u->pooled) {
+			unsigned k = s->recent_next++ % RECENT_POOLED;
+			memcpy(s->recent[k].id, u->id, USER_ID_LEN);
+			s->recent[k].seq = u->seq;
+			memcpy(s->recent[k].peer, u->peer, ADDR_STRLEN);
+		}
+		loop_forget(s->loop, &u->w[0]);
+		loop_forget(s->loop, &u->w[1]);
+		relay_close(&u->relay);
+	} else {
+		for (i = 0; i < 2; i++) {
+			close_watched(s, &u->w[i], &u->relay.fd[i]);
+		}
+	}
+	user_set(s, u, U_DEAD);
 }
+
+/* user_finish: close a relaying user, saying how its relay ended. */
+static void
+user_finish(struct server *s, struct user *u, enum relay_state st)
+{
+	double secs = (double)(now_ms() - u->start) / 1000.0;
+	unsigned long long in = u->relay.dir[0].bytes;
+	unsigned long long out = u->relay.dir[1].bytes;
+	char why[192];
+
+	if (st == RELAY_DONE) {
+		snprintf(why, sizeof(why), "%llu bytes in, %llu out, %.1fs", in,
+		         out, secs);
+	} else {
+		snprintf(why, sizeof(why), "%s %s: %s; %llu bytes in, %llu out, "
+		         "%.1fs", u->relay.err_side == 0 ? "user" : "tunnel",
+		         u->relay.err_op, strerror(u->relay.err_no), in, out, secs);
+	}
+	user_close(s, u, why);
+}
+
+/* Watch a relaying user's two sockets for what its buffers allow; a side
+ * with no interest is left out entirely, so its hang-up can't wake us in a
+ * loop. */
+static void
+user_sync(struct server *s, struct user *u)
+{
+	short ev[2];
+	int i;
+
+	relay_events(&u->relay, ev);
+	for (i = 0; i < 2; i++) {
+		if (ev[i] == 0) {
+			loop_unwatch(s->loop, &u->w[i]);
+		} else if (loop_watch(s->loop, &u->w[i], u->relay.fd[i], ev[i]) != 0) {
+			u->relay.err_side = i;
+			u->relay.err_op = "watch";
+			u->relay.err_no = errno;
+			user_finish(s, u, RELAY_FAIL);
+			return;
+		}
+	}
+}
+
+/* user_start_relay: user u has both sockets; from now on bytes flow.  Bytes
+ * already queued go out as far as they will (when kick says which sides
+ * to try); interest follows. */
+static void
+user_start_relay(struct server *s, struct user *u, const short kick[2])
+{
+	user_set(s, u, U_RELAYING);
+	if (kick != NULL && relay_step(&u->relay, kick) == RELAY_FAIL) {
+		user_finish(s, u, RELAY_FAIL);
+		return;
+	}
+	user_sync(s, u);
+}
+
+/* A user on a pooled tunnel whose client could not reach the service.
+ * Only the session that took the user can say so (matched by run id, which
+ * also covers a session that replaced its own).  The client closes the
+ * tunnel too, and its reset may arrive first: then the user is among the
+ * recently ended, and the reason still gets said. */
+static void
+pooled_failed(struct server *s, const struct ctl *c,
+              const uint8_t id[USER_ID_LEN], const char *why)
+{
+	struct user *u;
+	unsigned i;
+
+	for (u = s->users[U_RELAYING]; u != NULL; u = u->next) {
+		if (u->pooled && memcmp(u->id, id, USER_ID_LEN) == 0 &&
+		    memcmp(u->sess_run, c->run_id, RUN_ID_LEN) == 0) {
+			user_close(s, u, why);
+			return;
+		}
+	}
+	for (i = 0; i < RECENT_POOLED; i++) {
+		if (memcmp(s->recent[i].id, id, USER_ID_LEN) == 0) {
+			log_info("user #%llu %s had been closed: %s",
+			         (unsigned long long)s->recent[i].seq,
+			         s->recent[i].peer, why);
+			return;
+		}
+	}
+}
+
+/* ==== sessions, tunnels and ports: teardown ============================== */
 
 /* Close a -ports listener; its memory goes with its session, at sweep,
  * since this turn's events may still name it. */
@@ -253,12 +426,29 @@ pub_close(struct server *s, struct pub *p)
 	log_info("public port %d closed", p->port);
 }
 
+/* Close the session's users that have not begun relaying. */
+static void
+ctl_close_users(struct server *s, struct ctl *c)
+{
+	struct user *u, *next;
+	int st;
+
+	for (st = U_TICKET; st <= U_WAITING; st++) {
+		struct user *head = st == U_POOLED ? c->pooled : s->users[st];
+
+		for (u = head; u != NULL; u = next) {
+			next = u->next;
+			if (u->sess == c) {
+				user_close(s, u, st == U_POOLED ? "its session ended"
+				               : "its client went away before the join");
+			}
+		}
+	}
+}
+
 static void
 ctl_close(struct server *s, struct ctl *c, const char *why)
 {
-	struct user *u;
-	struct parked *p;
-
 	if (c->dead) {
 		return;
 	}
@@ -267,14 +457,7 @@ ctl_close(struct server *s, struct ctl *c, const char *why)
 	} else if (why != NULL) {
 		log_info("control %s dropped: %s", c->peer, why);
 	}
-	for (u = s->users; u != NULL; u = u->next) {
-		if (u->sess == c && !u->dead) {
-			user_close(s, u, "its client went away before the join");
-		}
-	}
-	for (p = c->parked; p != NULL; p = p->next) {
-		parked_close(s, p, "its session ended");
-	}
+	ctl_close_users(s, c);
 	if (c->pub != NULL) {
 		c->pub->owner = NULL;
 		c->pub = NULL;
@@ -298,133 +481,6 @@ tun_close(struct server *s, struct tun *t, const char *why)
 	s->ntuns--;
 }
 
-static void
-pair_link(struct server *s, struct pair *p)
-{
-	p->prev = NULL;
-	p->next = s->pairs;
-	if (s->pairs != NULL) {
-		s->pairs->prev = p;
-	}
-	s->pairs = p;
-}
-
-static struct pair *
-pair_new(void)
-{
-	struct pair *p = calloc(1, sizeof(*p));
-
-	if (p != NULL) {
-		watch_init(&p->w[0], K_PAIR, p, 0);
-		watch_init(&p->w[1], K_PAIR, p, 1);
-	}
-	return p;
-}
-
-/* The end of every pair: counted, unwatched, closed, and moved from the
- * live list to the dead one, which sweep frees. */
-static void
-pair_end(struct server *s, struct pair *p)
-{
-	s->bytes_in += p->relay.dir[0].bytes;
-	s->bytes_out += p->relay.dir[1].bytes;
-	if (p->pooled) {
-		unsigned i = s->recent_next++ % RECENT_POOLED;
-		memcpy(s->recent[i].id, p->id, USER_ID_LEN);
-		s->recent[i].seq = p->seq;
-		memcpy(s->recent[i].peer, p->peer, ADDR_STRLEN);
-	}
-	loop_forget(s->loop, &p->w[0]);
-	loop_forget(s->loop, &p->w[1]);
-	relay_close(&p->relay);
-	p->dead = 1;
-	if (p->prev != NULL) {
-		p->prev->next = p->next;
-	} else {
-		s->pairs = p->next;
-	}
-	if (p->next != NULL) {
-		p->next->prev = p->prev;
-	}
-	p->next = s->dead_pairs;
-	s->dead_pairs = p;
-}
-
-static void
-pair_close(struct server *s, struct pair *p, enum relay_state st)
-{
-	double secs = (double)(now_ms() - p->start) / 1000.0;
-	unsigned long long in = p->relay.dir[0].bytes;
-	unsigned long long out = p->relay.dir[1].bytes;
-
-	if (p->dead) {
-		return;
-	}
-	if (st == RELAY_DONE) {
-		log_info("user #%llu %s closed: %llu bytes in, %llu out, %.1fs",
-		         (unsigned long long)p->seq, p->peer, in, out, secs);
-	} else {
-		log_info("user #%llu %s closed: %s %s: %s; %llu bytes in, %llu out, "
-		         "%.1fs", (unsigned long long)p->seq, p->peer,
-		         p->relay.err_side == 0 ? "user" : "tunnel",
-		         p->relay.err_op, strerror(p->relay.err_no), in, out, secs);
-	}
-	pair_end(s, p);
-}
-
-/* A user on a pooled tunnel whose client could not reach the service.
- * Only the session that took the user can say so (matched by run id, which
- * also covers a session that replaced its own).  The client closes the
- * tunnel too, and its reset may arrive first: then the user is among the
- * recently ended, and the reason still gets said. */
-static void
-pair_fail(struct server *s, const struct ctl *c, const uint8_t id[USER_ID_LEN],
-          const char *why)
-{
-	struct pair *p;
-	unsigned i;
-
-	for (p = s->pairs; p != NULL; p = p->next) {
-		if (p->pooled && memcmp(p->id, id, USER_ID_LEN) == 0 &&
-		    memcmp(p->sess_run, c->run_id, RUN_ID_LEN) == 0) {
-			log_info("user #%llu %s closed: %s", (unsigned long long)p->seq,
-			         p->peer, why);
-			pair_end(s, p);
-			return;
-		}
-	}
-	for (i = 0; i < RECENT_POOLED; i++) {
-		if (memcmp(s->recent[i].id, id, USER_ID_LEN) == 0) {
-			log_info("user #%llu %s had been closed: %s",
-			         (unsigned long long)s->recent[i].seq,
-			         s->recent[i].peer, why);
-			return;
-		}
-	}
-}
-
-/* Watch a pair's two sockets for what its buffers allow; a side with no
- * interest is left out entirely, so its hang-up can't wake us in a loop. */
-static void
-pair_sync(struct server *s, struct pair *p)
-{
-	short ev[2];
-	int i;
-
-	relay_events(&p->relay, ev);
-	for (i = 0; i < 2; i++) {
-		if (ev[i] == 0) {
-			loop_unwatch(s->loop, &p->w[i]);
-		} else if (loop_watch(s->loop, &p->w[i], p->relay.fd[i], ev[i]) != 0) {
-			p->relay.err_side = i;
-			p->relay.err_op = "watch";
-			p->relay.err_no = errno;
-			pair_close(s, p, RELAY_FAIL);
-			return;
-		}
-	}
-}
-
 /* Free what teardown marked dead.  Lists are singly linked; a pointer to
  * the link being examined makes unlinking one line. */
 #define SWEEP(head, type, free_one)                                     \
@@ -444,11 +500,6 @@ pair_sync(struct server *s, struct pair *p)
 static void
 ctl_free(struct ctl *c)
 {
-	while (c->parked != NULL) {
-		struct parked *p = c->parked;
-		c->parked = p->next;
-		free(p);
-	}
 	fbuf_free(&c->in);
 	fbuf_free(&c->out);
 	free(c->own);
@@ -462,23 +513,15 @@ tun_free(struct tun *t)
 	free(t);
 }
 
-/* The lists swept here are bounded (handshakes, users waiting for their
- * tunnel, parked tunnels); pairs, which are not, wait on their own list. */
 static void
 sweep(struct server *s)
 {
-	struct ctl *c;
-
-	for (c = s->ctls; c != NULL; c = c->next) {
-		SWEEP(c->parked, struct parked, free);
-	}
 	SWEEP(s->ctls, struct ctl, ctl_free);
 	SWEEP(s->tuns, struct tun, tun_free);
-	SWEEP(s->users, struct user, free);
-	while (s->dead_pairs != NULL) {
-		struct pair *p = s->dead_pairs;
-		s->dead_pairs = p->next;
-		free(p);
+	while (s->users[U_DEAD] != NULL) {
+		struct user *u = s->users[U_DEAD];
+		user_unlink(s, u);
+		free(u);
 	}
 }
 
@@ -660,14 +703,18 @@ on_auth(struct server *s, struct ctl *c, const struct msg *m)
 	         c->pub->port);
 }
 
+/* The ticket or waiting user a JOIN names, or NULL. */
 static struct user *
 user_find(struct server *s, const uint8_t id[USER_ID_LEN])
 {
 	struct user *u;
+	size_t i;
 
-	for (u = s->users; u != NULL; u = u->next) {
-		if (!u->dead && memcmp(u->id, id, USER_ID_LEN) == 0) {
-			return u;
+	for (i = 0; i < NJOINABLE; i++) {
+		for (u = s->users[joinable[i]]; u != NULL; u = u->next) {
+			if (memcmp(u->id, id, USER_ID_LEN) == 0) {
+				return u;
+			}
 		}
 	}
 	return NULL;
@@ -692,10 +739,10 @@ on_session_msg(struct server *s, struct ctl *c, const struct msg *m)
 		snprintf(why, sizeof(why), "client could not reach its local "
 		         "service: %s", m->text);
 		u = user_find(s, m->user_id);
-		if (u != NULL && u->sess == c && !u->ticket) {
+		if (u != NULL && u->sess == c && u->state == U_WAITING) {
 			user_close(s, u, why);
 		} else {
-			pair_fail(s, c, m->user_id, why);
+			pooled_failed(s, c, m->user_id, why);
 		}
 		break;
 	default:
@@ -753,54 +800,39 @@ ctl_writable(struct server *s, struct ctl *c)
 
 /* ==== users and tunnels ================================================== */
 
-/* Hand a new user straight to a parked tunnel: NEW_USER goes down that
- * tunnel ahead of the user's bytes.  0, or -1 if none is parked. */
-/* A pair is born: listed, its queued bytes sent as far as they go (when
- * kick says which sides to try), and watched. */
-static void
-pair_start(struct server *s, struct pair *p, const short kick[2])
-{
-	pair_link(s, p);
-	if (kick != NULL && relay_step(&p->relay, kick) == RELAY_FAIL) {
-		pair_close(s, p, RELAY_FAIL);
-		return;
-	}
-	pair_sync(s, p);
-}
-
+/* Hand a new user straight to one of c's pooled tunnels: NEW_USER goes
+ * down that tunnel ahead of the user's bytes.  0, or -1 if none is
+ * pooled (fd is still the caller's then). */
 static int
-user_bind(struct server *s, struct ctl *c, int fd, const struct msg *m,
+pool_take(struct server *s, struct ctl *c, int fd, const struct msg *m,
           const char *peer)
 {
 	static const short now[2] = { 0, POLLOUT };
-	struct parked *k;
-	struct pair *p;
+	struct user *u = c->pooled;
 	uint8_t frame[FRAME_HDR + FRAME_MAX];
 
-	for (k = c->parked; k != NULL && k->dead; k = k->next) {
-		;
-	}
-	if (k == NULL || (p = pair_new()) == NULL) {
+	int tfd;
+
+	if (u == NULL) {
 		return -1;
 	}
-	relay_init(&p->relay, fd, k->fd);
-	if (relay_prefill(&p->relay, 0, frame, frame_encode(frame, m)) != 0) {
-		relay_abandon(&p->relay);
-		free(p);
+	tfd = u->relay.fd[1];
+	relay_init(&u->relay, fd, tfd);
+	if (relay_prefill(&u->relay, 0, frame, frame_encode(frame, m)) != 0) {
+		relay_abandon(&u->relay);
+		u->relay.fd[1] = tfd;
 		return -1;
 	}
-	k->fd = -1;
-	parked_close(s, k, "taken by a user");
-	p->pooled = 1;
-	memcpy(p->sess_run, c->run_id, RUN_ID_LEN);
-	memcpy(p->id, m->user_id, USER_ID_LEN);
-	p->seq = ++s->user_seq;
-	p->start = now_ms();
-	memcpy(p->peer, peer, sizeof(p->peer));
+	u->pooled = 1;
+	memcpy(u->sess_run, c->run_id, RUN_ID_LEN);
+	memcpy(u->id, m->user_id, USER_ID_LEN);
+	u->seq = ++s->user_seq;
+	u->start = now_ms();
+	memcpy(u->peer, peer, sizeof(u->peer));
 	log_info("user #%llu %s accepted on port %d, joined to a pooled tunnel",
-	         (unsigned long long)p->seq, peer, c->pub->port);
+	         (unsigned long long)u->seq, peer, c->pub->port);
 	/* Send the NEW_USER now rather than a poll turn later. */
-	pair_start(s, p, now);
+	user_start_relay(s, u, now);
 	return 0;
 }
 
@@ -818,7 +850,7 @@ user_arrive(struct server *s, int fd, const struct sockaddr *sa,
 	int64_t now = now_ms();
 
 	addr_str(sa, peer, sizeof(peer));
-	if (c == NULL || c->pending >= MAX_PENDING) {
+	if (c == NULL || c->count[U_WAITING] >= MAX_PENDING) {
 		if (c == NULL && log_limited(&s->log_no_client, now, &held)) {
 			log_info("user %s closed: no client attached (%lu more since "
 			         "the last such line)", peer, held);
@@ -838,31 +870,22 @@ user_arrive(struct server *s, int fd, const struct sockaddr *sa,
 		addr_to_wire((struct sockaddr *)&here, &m.dst);
 	}
 	c->served++;
-	if (user_bind(s, c, fd, &m, peer) == 0) {
+	if (pool_take(s, c, fd, &m, peer) == 0) {
 		return;
 	}
-	u = calloc(1, sizeof(*u));
-	if (u == NULL) {
+	if ((u = user_new(s, c, U_WAITING, m.user_id, now)) == NULL) {
 		log_warn("user %s closed: out of memory", peer);
 		close(fd);
 		return;
 	}
-	u->fd = fd;
+	u->relay.fd[0] = fd;
 	u->seq = ++s->user_seq;
-	u->sess = c;
-	u->start = now;
-	u->deadline = now + JOIN_WAIT_MS;
 	memcpy(u->peer, peer, sizeof(peer));
-	memcpy(u->id, m.user_id, USER_ID_LEN);
-	u->next = s->users;
-	s->users = u;
-	c->pending++;
 	log_info("user #%llu %s accepted on port %d", (unsigned long long)u->seq,
 	         peer, pub->port);
 	/* Watched for nothing: a reset still shows as a hang-up, while the
 	 * user's bytes wait in the kernel for the tunnel. */
-	watch_init(&u->w, K_USER, u, 0);
-	if (loop_watch(s->loop, &u->w, fd, 0) != 0) {
+	if (loop_watch(s->loop, &u->w[0], fd, 0) != 0) {
 		user_close(s, u, strerror(errno));
 		return;
 	}
@@ -872,69 +895,58 @@ user_arrive(struct server *s, int fd, const struct sockaddr *sa,
 }
 
 /* Keep the client's pool full: a TICKET for each tunnel it asked for that
- * is neither issued nor parked.  Runs every turn; a full control queue
+ * is neither issued nor pooled.  Runs every turn; a full control queue
  * just defers it. */
 static void
 pool_refill(struct server *s, struct ctl *c)
 {
 	int64_t now = now_ms();
-	struct user *u;
 	struct msg m;
 
-	while (c->tickets + c->nparked < c->pool_want &&
+	while (c->count[U_TICKET] + c->count[U_POOLED] < c->pool_want &&
 	       c->out.cap - c->out.len >= FRAME_HDR + USER_ID_LEN) {
-		if ((u = calloc(1, sizeof(*u))) == NULL) {
-			return;
-		}
-		u->fd = -1;
-		watch_init(&u->w, K_USER, u, 0);
-		u->ticket = 1;
-		u->sess = c;
-		u->start = now;
-		u->deadline = now + JOIN_WAIT_MS;
-		random_bytes(u->id, USER_ID_LEN);
-		u->next = s->users;
-		s->users = u;
-		c->tickets++;
 		memset(&m, 0, sizeof(m));
 		m.type = MSG_TICKET;
-		memcpy(m.user_id, u->id, USER_ID_LEN);
+		random_bytes(m.user_id, USER_ID_LEN);
+		if (user_new(s, c, U_TICKET, m.user_id, now) == NULL) {
+			return;
+		}
 		fbuf_put(&c->out, &m);
 	}
 }
 
-/* A tunnel joined with a pool ticket waits, parked, for a user. */
+/* tun_give: the JOIN named u; u takes the tunnel's descriptor and watch,
+ * and the tunnel's record ends. */
 static void
-tun_park(struct server *s, struct tun *t, struct user *ticket)
+tun_give(struct server *s, struct tun *t, struct user *u, short events)
 {
-	struct ctl *c = ticket->sess;
-	struct parked *k;
+	u->relay.fd[1] = t->fd;
+	loop_move(s->loop, &t->w, &u->w[1], events);
+	t->fd = -1;
+	tun_close(s, t, NULL);
+}
+
+/* A tunnel joined with a pool ticket waits, pooled, for a user. */
+static void
+tun_pool(struct server *s, struct tun *t, struct user *u)
+{
+	struct ctl *c = u->sess;
 
 	if (t->in.len > 0) {
 		tun_close(s, t, "bytes behind a pool JOIN");
 		return;
 	}
-	if ((k = calloc(1, sizeof(*k))) == NULL) {
-		tun_close(s, t, "out of memory");
-		return;
-	}
-	k->fd = t->fd;
-	k->sess = c;
-	t->fd = -1;
-	tun_close(s, t, NULL);
-	user_close(s, ticket, NULL);
-	k->next = c->parked;
-	c->parked = k;
-	c->nparked++;
-	/* A parked tunnel says nothing until it is used: anything it sends,
+	/* A pooled tunnel says nothing until it is used: anything it sends,
 	 * even EOF, ends it. */
-	watch_init(&k->w, K_PARKED, k, 0);
-	if (loop_watch(s->loop, &k->w, k->fd, POLLIN) != 0) {
-		parked_close(s, k, strerror(errno));
+	tun_give(s, t, u, POLLIN);
+	user_set(s, u, U_POOLED);
+	if (u->w[1].fd < 0 &&
+	    loop_watch(s->loop, &u->w[1], u->relay.fd[1], POLLIN) != 0) {
+		user_close(s, u, strerror(errno));
 		return;
 	}
 	log_debug("tunnel %s parked for %s (%d of %d)", t->peer, c->peer,
-	          c->nparked, c->pool_want);
+	          c->count[U_POOLED], c->pool_want);
 }
 
 static void
@@ -942,8 +954,8 @@ tun_join(struct server *s, struct tun *t, const struct msg *m)
 {
 	struct user *u = user_find(s, m->user_id);
 	uint8_t want[PROOF_LEN];
-	struct pair *p;
 	short ev[2];
+	int ufd;
 
 	if (u == NULL) {
 		tun_close(s, t, "JOIN names no waiting user");
@@ -955,44 +967,28 @@ tun_join(struct server *s, struct tun *t, const struct msg *m)
 		tun_close(s, t, "JOIN with a wrong proof");
 		return;
 	}
-	if (u->ticket) {
-		tun_park(s, t, u);
+	if (u->state == U_TICKET) {
+		tun_pool(s, t, u);
 		return;
 	}
-	p = pair_new();
-	if (p != NULL) {
-		relay_init(&p->relay, u->fd, t->fd);
-	}
+	ufd = u->relay.fd[0];
+	relay_init(&u->relay, ufd, t->fd);
 	/* Bytes the client sent right behind its JOIN are the service's. */
-	if (p == NULL || relay_prefill(&p->relay, 1, t->in.data, t->in.len) != 0) {
-		if (p != NULL) {
-			relay_abandon(&p->relay);
-		}
-		free(p);
+	if (relay_prefill(&u->relay, 1, t->in.data, t->in.len) != 0) {
+		relay_abandon(&u->relay);
+		u->relay.fd[0] = ufd;
 		tun_close(s, t, "out of memory");
 		user_close(s, u, "out of memory");
 		return;
 	}
-	p->relay.dir[1].bytes += t->in.len;
-	memcpy(p->id, u->id, USER_ID_LEN);
-	p->seq = u->seq;
-	p->start = u->start;
-	memcpy(p->peer, u->peer, sizeof(p->peer));
+	u->relay.dir[1].bytes += t->in.len;
 	log_info("user #%llu %s joined after %lldms", (unsigned long long)u->seq,
 	         u->peer, (long long)(now_ms() - u->start));
-	/* The pair owns both descriptors now: the old owners let go of
-	 * them, watches first (handed over; pair_start's sync makes up for
-	 * a failed hand-over). */
-	relay_events(&p->relay, ev);
-	loop_move(s->loop, &u->w, &p->w[0], ev[0]);
-	loop_move(s->loop, &t->w, &p->w[1], ev[1]);
-	u->fd = -1;
-	t->fd = -1;
-	tun_close(s, t, NULL);
-	u->sess->pending--;
-	u->sess = NULL;
-	u->dead = 1;
-	pair_start(s, p, NULL);
+	/* The tunnel's watch is handed over; the sync in user_start_relay
+	 * sets the user's side and makes up for a failed hand-over. */
+	relay_events(&u->relay, ev);
+	tun_give(s, t, u, ev[1]);
+	user_start_relay(s, u, NULL);
 }
 
 static void
@@ -1271,12 +1267,13 @@ timeout_why(struct server *s, int64_t now, const char *what, char *buf,
 static int64_t
 run_timers(struct server *s, int64_t now)
 {
-	int64_t next = -1, dead_ms = (int64_t)s->heartbeat_s * 1000 *
+	int64_t due = -1, dead_ms = (int64_t)s->heartbeat_s * 1000 *
 	                             DEAD_AFTER_BEATS;
 	struct ctl *c;
 	struct tun *t;
-	struct user *u;
+	struct user *u, *next;
 	char why[128];
+	size_t i;
 
 	for (c = s->ctls; c != NULL; c = c->next) {
 		if (c->dead) {
@@ -1287,7 +1284,7 @@ run_timers(struct server *s, int64_t now)
 				ctl_close(s, c, timeout_why(s, now, "handshake timed out",
 				                            why, sizeof(why)));
 			} else {
-				next = earliest(next, c->deadline);
+				due = earliest(due, c->deadline);
 			}
 			continue;
 		}
@@ -1304,22 +1301,25 @@ run_timers(struct server *s, int64_t now)
 			ctl_send(s, c, &m);
 			c->next_ping = now + s->heartbeat_s * 1000;
 		}
-		next = earliest(next, c->next_ping);
-		next = earliest(next, c->last_rx + dead_ms);
+		due = earliest(due, c->next_ping);
+		due = earliest(due, c->last_rx + dead_ms);
 	}
 	for (t = s->tuns; t != NULL; t = t->next) {
 		if (!t->dead && now >= t->deadline) {
 			tun_close(s, t, timeout_why(s, now, "no JOIN in time", why,
 			                            sizeof(why)));
 		} else if (!t->dead) {
-			next = earliest(next, t->deadline);
+			due = earliest(due, t->deadline);
 		}
 	}
-	for (u = s->users; u != NULL; u = u->next) {
-		if (!u->dead && now >= u->deadline) {
-			user_close(s, u, "the client did not dial back in time");
-		} else if (!u->dead) {
-			next = earliest(next, u->deadline);
+	for (i = 0; i < NJOINABLE; i++) {
+		for (u = s->users[joinable[i]]; u != NULL; u = next) {
+			next = u->next;
+			if (now >= u->deadline) {
+				user_close(s, u, "the client did not dial back in time");
+			} else {
+				due = earliest(due, u->deadline);
+			}
 		}
 	}
 	for (c = s->ctls; c != NULL; c = c->next) {
@@ -1328,9 +1328,9 @@ run_timers(struct server *s, int64_t now)
 		}
 	}
 	if (s->accept_paused_until > now) {
-		next = earliest(next, s->accept_paused_until);
+		due = earliest(due, s->accept_paused_until);
 	}
-	return next;
+	return due;
 }
 
 /* ==== the loop =========================================================== */
@@ -1354,8 +1354,8 @@ pub_sync(struct server *s, struct pub *p, int open)
 
 /* Interest that follows state changed outside any one event: the
  * listeners, and each control connection's POLLOUT while its queue holds
- * bytes.  They are few and bounded; pairs keep their own interest as they
- * step, so idle connections are never visited. */
+ * bytes.  They are few and bounded; relaying users keep their own interest
+ * as they step, so idle connections are never visited. */
 static void
 sync_few(struct server *s, int64_t now)
 {
@@ -1387,18 +1387,33 @@ sync_few(struct server *s, int64_t now)
 	}
 }
 
+/* An event on one of a user's sockets.  Before it relays, a user's
+ * socket is watched only for hang-ups (waiting) or for anything at all
+ * (pooled), and either ends it. */
 static void
-pair_event(struct server *s, struct pair *p, int side, short rev)
+user_event(struct server *s, struct user *u, int side, short rev)
 {
 	short both[2] = { 0, 0 };
 	enum relay_state st;
 
-	both[side] = rev;
-	st = relay_step(&p->relay, both);
-	if (st != RELAY_OPEN) {
-		pair_close(s, p, st);
-	} else {
-		pair_sync(s, p);
+	switch (u->state) {
+	case U_WAITING:
+		user_close(s, u, "reset before its tunnel was ready");
+		break;
+	case U_POOLED:
+		user_close(s, u, "the client closed it or sent bytes");
+		break;
+	case U_RELAYING:
+		both[side] = rev;
+		st = relay_step(&u->relay, both);
+		if (st != RELAY_OPEN) {
+			user_finish(s, u, st);
+		} else {
+			user_sync(s, u);
+		}
+		break;
+	default:
+		break;
 	}
 }
 
@@ -1408,19 +1423,14 @@ log_status(struct server *s)
 {
 	int64_t now = now_ms();
 	unsigned long long in = s->bytes_in, out = s->bytes_out;
-	int sessions = 0, relaying = 0, waiting = 0;
+	int sessions = 0;
 	char heap[64];
 	struct ctl *c;
 	struct user *u;
-	struct pair *p;
 
-	for (p = s->pairs; p != NULL; p = p->next) {
-		relaying++;
-		in += p->relay.dir[0].bytes;
-		out += p->relay.dir[1].bytes;
-	}
-	for (u = s->users; u != NULL; u = u->next) {
-		waiting += !u->dead;
+	for (u = s->users[U_RELAYING]; u != NULL; u = u->next) {
+		in += u->relay.dir[0].bytes;
+		out += u->relay.dir[1].bytes;
 	}
 	for (c = s->ctls; c != NULL; c = c->next) {
 		if (c->dead || c->state != CTL_ATTACHED) {
@@ -1430,14 +1440,16 @@ log_status(struct server *s)
 		log_info("status: session %s serves port %d for %llds: %d users "
 		         "waiting, %llu announced, %d of %d pooled tunnels parked",
 		         c->peer, c->pub->port,
-		         (long long)(now - c->attached_at) / 1000, c->pending,
-		         (unsigned long long)c->served, c->nparked, c->pool_want);
+		         (long long)(now - c->attached_at) / 1000,
+		         c->count[U_WAITING], (unsigned long long)c->served,
+		         c->count[U_POOLED], c->pool_want);
 	}
 	heap_note(heap, sizeof(heap));
 	log_info("status: up %llds; sessions: %d; users: %d relaying, %d waiting, "
 	         "%llu in all; bytes: %llu in, %llu out%s",
-	         (long long)(now - s->started) / 1000, sessions, relaying,
-	         waiting, (unsigned long long)s->user_seq, in, out, heap);
+	         (long long)(now - s->started) / 1000, sessions,
+	         s->count[U_RELAYING], s->count[U_WAITING],
+	         (unsigned long long)s->user_seq, in, out, heap);
 }
 
 static int
@@ -1477,13 +1489,7 @@ dispatch(struct server *s, const struct loop_event *ev, int n)
 			tun_readable(s, w->obj);
 			break;
 		case K_USER:
-			user_close(s, w->obj, "reset before its tunnel was ready");
-			break;
-		case K_PAIR:
-			pair_event(s, w->obj, w->side, rev);
-			break;
-		case K_PARKED:
-			parked_close(s, w->obj, "the client closed it or sent bytes");
+			user_event(s, w->obj, w->side, rev);
 			break;
 		}
 	}
@@ -1533,13 +1539,11 @@ server_free(struct server *s)
 {
 	struct ctl *c;
 	struct tun *t;
-	struct user *u;
 	int r, i;
 
 	for (c = s->ctls; c != NULL; c = c->next) {
-		struct parked *k;
-		for (k = c->parked; k != NULL; k = k->next) {
-			close_watched(s, &k->w, &k->fd);
+		while (c->pooled != NULL) {
+			user_close(s, c->pooled, NULL);
 		}
 		pub_close(s, c->own);
 		close_watched(s, &c->w, &c->fd);
@@ -1549,12 +1553,10 @@ server_free(struct server *s)
 		close_watched(s, &t->w, &t->fd);
 		t->dead = 1;
 	}
-	for (u = s->users; u != NULL; u = u->next) {
-		close_watched(s, &u->w, &u->fd);
-		u->dead = 1;
-	}
-	while (s->pairs != NULL) {
-		pair_end(s, s->pairs);
+	for (r = U_TICKET; r < U_DEAD; r++) {
+		while (s->users[r] != NULL) {
+			user_close(s, s->users[r], NULL);
+		}
 	}
 	sweep(s);
 	for (r = 0; r < ROLE_END; r++) {

@@ -329,10 +329,13 @@ users_new(struct run *r, int n, struct pub *pub)
 		CHECK(r->nusers < MAX_USERS, "too many users");
 		fd_pair(&fd, &r->user_peer[r->nusers]);
 		user_arrive(&r->s, fd, run_sa(r), pub);
-		if (r->s.users != NULL && r->s.users->fd == fd) {
-			user_id(r->nusers, r->s.users->id);
-		} else if (r->s.pairs != NULL && r->s.pairs->relay.fd[0] == fd) {
-			user_id(r->nusers, r->s.pairs->id);
+		struct user *w = r->s.users[U_WAITING];
+		struct user *p = r->s.users[U_RELAYING];
+
+		if (w != NULL && w->relay.fd[0] == fd) {
+			user_id(r->nusers, w->id);
+		} else if (p != NULL && p->relay.fd[0] == fd) {
+			user_id(r->nusers, p->id);
 		}
 		r->nusers++;
 	}
@@ -562,16 +565,16 @@ pool_setup(struct run *r, struct ctl *c, const uint8_t key[PROOF_LEN])
 	flush_controls(&r->s);
 	CHECK(peer_recv_msgs(r->ctl_peer, m, POOL_ASK) == POOL_ASK &&
 	      m[0].type == MSG_TICKET && m[1].type == MSG_TICKET &&
-	      c->tickets == POOL_ASK, "a pool of %d got %d tickets", POOL_ASK,
-	      c->tickets);
+	      c->count[U_TICKET] == POOL_ASK, "a pool of %d got %d tickets", POOL_ASK,
+	      c->count[U_TICKET]);
 	t = join_new(r, &r->park_peer[0], m[0].user_id, key, "");
-	CHECK(t->dead && c->nparked == 1 && c->tickets == POOL_ASK - 1,
-	      "a ticket's JOIN did not park: %d parked", c->nparked);
+	CHECK(t->dead && c->count[U_POOLED] == 1 && c->count[U_TICKET] == POOL_ASK - 1,
+	      "a ticket's JOIN did not park: %d parked", c->count[U_POOLED]);
 	t = join_new(r, &r->park_peer[1], m[1].user_id, key, "early");
-	CHECK(t->dead && c->nparked == 1 && c->tickets == POOL_ASK - 1,
+	CHECK(t->dead && c->count[U_POOLED] == 1 && c->count[U_TICKET] == POOL_ASK - 1,
 	      "a pool JOIN with bytes behind it parked");
 	users_new(r, 1, c->pub);
-	CHECK(c->nparked == 0 && r->s.pairs != NULL,
+	CHECK(c->count[U_POOLED] == 0 && r->s.users[U_RELAYING] != NULL,
 	      "a user did not take the parked tunnel");
 }
 
@@ -580,7 +583,7 @@ fuzz_session(unsigned flags, unsigned opts, const uint8_t *data, size_t len)
 {
 	struct run r;
 	struct ctl *c, *owner = NULL;
-	struct pair *theirs = NULL;
+	struct user *theirs = NULL;
 	struct pub *owner_own = NULL;
 	struct msg m;
 	uint8_t key[PROOF_LEN];
@@ -598,8 +601,8 @@ fuzz_session(unsigned flags, unsigned opts, const uint8_t *data, size_t len)
 			users_new(&r, 2, owner->pub);  /* gone if it's replaced */
 			user_id(0, id);
 			t = join_new(&r, &r.join_peer, id, owner->key, "");
-			CHECK(t->dead && r.s.pairs != NULL, "the owner's JOIN failed");
-			theirs = r.s.pairs;
+			CHECK(t->dead && r.s.users[U_RELAYING] != NULL, "the owner's JOIN failed");
+			theirs = r.s.users[U_RELAYING];
 		}
 		if (owner != NULL) {
 			owner_own = owner->own;
@@ -683,7 +686,7 @@ fuzz_session(unsigned flags, unsigned opts, const uint8_t *data, size_t len)
 	drive_ctl(&r, c);
 	/* Another client may name the owner's user, but not end it. */
 	if (!KNOWN_BUG_PAIR_FAIL && theirs != NULL && (flags & F_OTHER_RUN)) {
-		CHECK(!theirs->dead, "a USER_FAILED from another session closed "
+		CHECK(theirs->state == U_RELAYING, "a USER_FAILED from another session closed "
 		      "the owner's user");
 	}
 	tunnel_feed(&r, data, len, flags);
@@ -725,8 +728,8 @@ fuzz_relay(unsigned flags, const uint8_t *data, size_t len)
 	run_init(&r, "secret", 0);
 	owner = owner_new(&r, MAIN_PORT);
 	users_new(&r, 1, owner->pub);
-	u = r.s.users;
-	CHECK(u != NULL && !u->dead && u->sess == owner, "no waiting user");
+	u = r.s.users[U_WAITING];
+	CHECK(u != NULL && u->sess == owner, "no waiting user");
 
 	fd_pair(&fd, &r.tun_peer);
 	tun_arrive(&r.s, fd, run_sa(&r));
@@ -747,10 +750,10 @@ fuzz_relay(unsigned flags, const uint8_t *data, size_t len)
 	}
 	drive_tun(&r, t);
 	CHECK(t->dead, "the tunnel is still waiting after its JOIN");
-	CHECK(good ? u->dead && r.s.pairs != NULL
-	           : !u->dead && r.s.pairs == NULL && owner->pending == 1,
-	      "a %s JOIN: user %s, %s pair", good ? "valid" : "wrong",
-	      u->dead ? "gone" : "waiting", r.s.pairs ? "a" : "no");
+	CHECK(good ? u->state == U_RELAYING
+	           : u->state == U_WAITING && owner->count[U_WAITING] == 1,
+	      "a %s JOIN: user %s", good ? "valid" : "wrong",
+	      u->state == U_RELAYING ? "relaying" : "not relaying");
 	pump(&r);
 	if (good) {
 		check_relayed(r.user_peer[0], data, len, flags & F_EOF, "user");
