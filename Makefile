@@ -32,12 +32,16 @@ LIB   = common.o net.o protocol.o relay.o loop.o sha256.o
 
 all: $(BINS)
 
-server: server.o $(LIB)
-	$(CC) $(LDFLAGS) -o $@ server.o $(LIB)
+SERVER = server.o server_ctl.o server_user.o
+
+server: $(SERVER) $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $(SERVER) $(LIB)
 client: client.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ client.o $(LIB)
 
-server.o: server.c common.h protocol.h sha256.h
+server.o: server.c server.h common.h protocol.h
+server_ctl.o: server_ctl.c server.h common.h protocol.h sha256.h
+server_user.o: server_user.c server.h common.h protocol.h sha256.h
 client.o: client.c common.h protocol.h sha256.h
 common.o: common.c common.h protocol.h
 net.o: net.c common.h protocol.h
@@ -70,7 +74,7 @@ test-valgrind: all tests/e2e tests/svc tests/unit
 bench: all tests/bench
 	./tests/bench $(BENCH_ARGS)
 
-# The fuzzers compile server.c (tests/fuzz.c) and client.c
+# The fuzzers compile the server's files (tests/fuzz.c) and client.c
 # (tests/fuzz_client.c) into themselves, and the library from source, so
 # all of it is instrumented.
 FUZZ_CC      ?= clang
@@ -83,7 +87,7 @@ FUZZ_DEPS     = tests/fuzzlib.h $(FUZZ_SRCS) common.h protocol.h sha256.h
 FUZZ_OPTS     = -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=10 \
                 -rss_limit_mb=2048 -print_final_stats=1
 
-tests/fuzz: tests/fuzz.c server.c $(FUZZ_DEPS)
+tests/fuzz: tests/fuzz.c server.c server_ctl.c server_user.c server.h $(FUZZ_DEPS)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ tests/fuzz.c $(FUZZ_SRCS)
 tests/fuzz_client: tests/fuzz_client.c client.c $(FUZZ_DEPS)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ tests/fuzz_client.c $(FUZZ_SRCS)

@@ -38,6 +38,8 @@
 #define main server_main
 #include "../server.c"
 #undef main
+#include "../server_ctl.c"
+#include "../server_user.c"
 
 #include "fuzzlib.h"
 

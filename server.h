@@ -1,0 +1,218 @@
+/*
+ * The server's objects, shared by its three files:
+ *
+ *   server.c       main, flags, the event loop, accepting, timers, status
+ *   server_ctl.c   control connections: handshake, sessions, public ports
+ *   server_user.c  users and tunnels, from accept (or pool ticket) to close
+ *
+ * A user is one struct user from accept (or pool ticket) to close, moving
+ * through the states of enum user_state; a control connection is a struct
+ * ctl, and once attached a session; a tunnel connection is a struct tun
+ * until its JOIN hands it to the user it names.
+ */
+#ifndef DIALBACK_SERVER_H
+#define DIALBACK_SERVER_H
+
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "common.h"
+
+#define MAX_LISTEN      4      /* addresses per role (0.0.0.0 and ::) */
+#define ACCEPT_BATCH    64     /* accepts per listener per turn */
+#define MAX_PENDING     4096   /* users waiting for their join, per session */
+#define SESSION_OUT     (64 * 1024)  /* control output queue once attached */
+#define NEW_USER_SIZE   (FRAME_HDR + USER_ID_LEN + 2 * WIRE_ADDR_LEN)
+#define MAX_HANDSHAKES  64     /* control connections not yet attached */
+#define MAX_PER_SOURCE  8      /* ... of those, from one address */
+#define MAX_TUNNELS     4096   /* tunnel connections without their JOIN */
+#define RECENT_POOLED   16     /* ended pooled users remembered, see pooled_failed */
+
+enum role { ROLE_CONTROL, ROLE_TUNNEL, ROLE_PUBLIC, ROLE_END };
+
+/* A control connection.  Once attached it is a session: it owns the
+ * public port and the users waiting for their joins. */
+enum ctl_state { CTL_HELLO, CTL_AUTH, CTL_ATTACHED };
+
+/* A public port and the session serving it.  The -public port listens
+ * from start to stop; a port from -ports only while its session lasts. */
+struct pub {
+	int port;
+	int fd[MAX_LISTEN];
+	struct watch w[MAX_LISTEN];
+	int nfd;                       /* 0 once closed */
+	struct ctl *owner;             /* NULL: no client attached */
+};
+
+/* A user's life.  Without a pool: accepted on the public port, it waits
+ * for the JOIN that names it, then relays.  With one: a ticket (an id
+ * issued, nothing dialed) becomes a pooled tunnel when the client JOINs
+ * with it, and relays once a user takes it.  Every ending leads to
+ * U_DEAD, where sweep() frees it. */
+enum user_state { U_TICKET, U_POOLED, U_WAITING, U_RELAYING, U_DEAD,
+                  U_STATE_END };
+
+struct ctl {
+	struct ctl *next;
+	int fd, dead;
+	struct watch w;
+	enum ctl_state state;
+	char peer[ADDR_STRLEN];
+	struct wire_addr from;         /* peer address, to count per source */
+	struct fbuf in, out;
+	uint8_t cn[NONCE_LEN], sn[NONCE_LEN], run_id[RUN_ID_LEN];
+	uint8_t key[PROOF_LEN];        /* session key, once attached */
+	int64_t deadline;              /* handshake must finish by then */
+	int64_t last_rx, next_ping;
+	struct pub *pub;               /* the port it serves, once attached */
+	struct pub *own;               /* a -ports listener it opened */
+	int pool_want;                 /* tunnels the client keeps ready */
+	int count[U_STATE_END];        /* its users in each state */
+	struct user *pooled;           /* its U_POOLED users */
+	int64_t attached_at;
+	uint64_t served;               /* users announced */
+};
+
+/* A tunnel connection that has not sent its JOIN yet.  The JOIN hands
+ * its descriptor (and any bytes behind the JOIN) to the user it names. */
+struct tun {
+	struct tun *next;
+	int fd, dead;
+	struct watch w;
+	char peer[ADDR_STRLEN];
+	struct fbuf in;
+	int64_t deadline;
+};
+
+/*
+ * One user, from accept (or, with a pool, from its ticket) to close.  The
+ * user's socket is relay.fd[0] and the tunnel relay.fd[1], each -1 until it
+ * exists; w[i] watches relay.fd[i].  Every change of state goes through
+ * user_set, which keeps the lists and counts; every ending through
+ * user_close.
+ */
+struct user {
+	struct user *next, *prev;      /* on the list of its state */
+	enum user_state state;
+	struct ctl *sess;              /* until relaying; NULL after */
+	int pooled;                    /* began on a pooled tunnel, */
+	uint8_t sess_run[RUN_ID_LEN];  /* ... of the session with this run id */
+	uint8_t id[USER_ID_LEN];
+	uint64_t seq;                  /* for logs; 0 for a tunnel alone */
+	char peer[ADDR_STRLEN];
+	int64_t start, deadline;
+	struct watch w[2];
+	struct relay relay;            /* live once relaying */
+};
+
+/* What a watch belongs to (struct watch's kind). */
+enum kind { K_SIGNAL, K_LISTEN, K_CTL, K_TUN, K_USER };
+
+struct server {
+	struct hostport addr[ROLE_END];
+	const char *token;             /* "" = no token */
+	int heartbeat_s;
+	int ports_lo, ports_hi;        /* -ports; 0 = none */
+	int lfd[ROLE_END][MAX_LISTEN]; /* control and tunnel */
+	struct watch lw[ROLE_END][MAX_LISTEN];
+	int nlfd[ROLE_END];
+	int port[ROLE_END];
+	struct pub main_pub;           /* -public */
+	int sig_fd;
+	struct watch sig_w;
+	struct loop *loop;
+	int spare_fd;                  /* given up to accept-and-close at EMFILE */
+	int64_t accept_paused_until;
+	struct log_limit log_fds, log_no_client, log_pending, log_handshakes,
+	                 log_tunnels, log_timeouts;
+	struct ctl *ctls;
+	struct tun *tuns;
+	int ntuns;                     /* live ones in tuns */
+	/* Users by state (U_POOLED ones hang off their session).  Only the
+	 * ticket and waiting lists, which are bounded, are ever walked per
+	 * turn; relaying users are not, so idle ones cost nothing. */
+	struct user *users[U_STATE_END];
+	int count[U_STATE_END];
+	struct {
+		uint8_t id[USER_ID_LEN];
+		uint64_t seq;
+		char peer[ADDR_STRLEN];
+	} recent[RECENT_POOLED];       /* a ring of ended pooled users */
+	unsigned recent_next;
+	uint64_t user_seq;
+	int64_t started;
+	uint64_t bytes_in, bytes_out;  /* of users already closed */
+};
+
+/* Free what teardown marked dead.  Lists are singly linked; a pointer to
+ * the link being examined makes unlinking one line. */
+#define SWEEP(head, type, free_one)                                     \
+	do {                                                            \
+		type **pp = &(head);                                    \
+		while (*pp != NULL) {                                   \
+			type *o = *pp;                                  \
+			if (o->dead) {                                  \
+				*pp = o->next;                          \
+				free_one(o);                            \
+			} else {                                        \
+				pp = &o->next;                          \
+			}                                               \
+		}                                                       \
+	} while (0)
+
+/* ---- server.c: the loop, accepting, timers, start-up --------------------- */
+
+/* close_watched: stop watching *fd and close it (then -1).  Every
+ * descriptor the loop watches is closed through here, or by relay_close
+ * once its watches are forgotten. */
+void close_watched(struct server *s, struct watch *w, int *fd);
+/* pub_accepting: 1 while users may be accepted on p (see server.c). */
+int pub_accepting(const struct pub *p);
+
+/* ---- server_ctl.c: control connections and sessions ---------------------- */
+
+/* ctl_arrive: a new control connection, admitted or refused. */
+void ctl_arrive(struct server *s, int fd, const struct sockaddr *sa);
+/* ctl_readable, ctl_writable: the loop's events on it. */
+void ctl_readable(struct server *s, struct ctl *c);
+void ctl_writable(struct server *s, struct ctl *c);
+/* ctl_send: queue m; a full queue (a client not reading) ends c. */
+void ctl_send(struct server *s, struct ctl *c, const struct msg *m);
+/* ctl_close: end c, its users not yet relaying and its -ports listener;
+ * why goes into the log line (NULL: quietly, before attaching). */
+void ctl_close(struct server *s, struct ctl *c, const char *why);
+void ctl_free(struct ctl *c);
+/* pub_close: close a -ports listener (its memory goes with its session). */
+void pub_close(struct server *s, struct pub *p);
+
+/* ---- server_user.c: users and tunnels ----------------------------------- */
+
+/* user_arrive: a user accepted on pub; fd is the user's from here on. */
+void user_arrive(struct server *s, int fd, const struct sockaddr *sa,
+                 struct pub *pub);
+/* user_event: the loop's event on one of u's sockets (side 0 user, 1
+ * tunnel). */
+void user_event(struct server *s, struct user *u, int side, short rev);
+/* user_find: the ticket or waiting user a JOIN or USER_FAILED names. */
+struct user *user_find(struct server *s, const uint8_t id[USER_ID_LEN]);
+/* user_close: the one ending of every user; why for the log, NULL for
+ * none. */
+void user_close(struct server *s, struct user *u, const char *why);
+/* pooled_failed: c's client could not serve the pooled user named id. */
+void pooled_failed(struct server *s, const struct ctl *c,
+                   const uint8_t id[USER_ID_LEN], const char *why);
+/* ctl_close_users: close session c's users that do not relay yet. */
+void ctl_close_users(struct server *s, struct ctl *c);
+/* pool_refill: issue TICKETs until c's pool is full or its queue is. */
+void pool_refill(struct server *s, struct ctl *c);
+/* user_timers: expire late JOINs; the next deadline, or -1. */
+int64_t user_timers(struct server *s, int64_t now);
+/* user_sweep: free the users and tunnels teardown marked dead. */
+void user_sweep(struct server *s);
+/* tun_arrive, tun_readable, tun_close: a tunnel connection before its
+ * JOIN. */
+void tun_arrive(struct server *s, int fd, const struct sockaddr *sa);
+void tun_readable(struct server *s, struct tun *t);
+void tun_close(struct server *s, struct tun *t, const char *why);
+
+#endif
