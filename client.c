@@ -119,6 +119,11 @@ struct client {
 
 enum kind { K_SIGNAL, K_CTL, K_USER };
 
+static void ctl_send(struct client *c, const struct msg *m);
+
+/* What a user's relay.fd[0] and fd[1] are, for its error lines. */
+static const char *const relay_sides[2] = { "tunnel", "local" };
+
 static void
 usage_exit(const char *why)
 {
@@ -168,18 +173,15 @@ pooled(const struct cuser *u)
 	return u->state == U_POOL_DIAL || u->state == U_POOL_IDLE;
 }
 
-/* One teardown for every stage.  fmt == NULL: a quiet close (a pooled
- * tunnel no user ever used). */
+/* One teardown for every stage.  why goes into the log line; NULL is a
+ * quiet close (a pooled tunnel no user ever used). */
 static void
-user_close(struct client *c, struct cuser *u, const char *fmt, const char *arg)
+user_close(struct client *c, struct cuser *u, const char *why)
 {
-	char why[256];
-
 	if (u->dead) {
 		return;
 	}
-	if (fmt != NULL) {
-		snprintf(why, sizeof(why), fmt, arg);
+	if (why != NULL) {
 		log_info("user %s closed: %s", u->peer, why);
 	}
 	if (pooled(u)) {
@@ -196,6 +198,17 @@ user_close(struct client *c, struct cuser *u, const char *fmt, const char *arg)
 	u->dead = 1;
 	ulist_del(u->state == U_RELAY ? &c->relaying : &c->users, u);
 	ulist_add(&c->dead, u);
+}
+
+/* user_fail: close u with "what: detail" as the reason. */
+static void
+user_fail(struct client *c, struct cuser *u, const char *what,
+          const char *detail)
+{
+	char why[TEXT_MAX + 128];
+
+	snprintf(why, sizeof(why), "%s: %s", what, detail);
+	user_close(c, u, why);
 }
 
 static void
@@ -234,7 +247,7 @@ user_sync(struct client *c, struct cuser *u)
 		if (ev[i] == 0) {
 			loop_unwatch(c->loop, &u->w[i]);
 		} else if (loop_watch(c->loop, &u->w[i], fd[i], ev[i]) != 0) {
-			user_close(c, u, "watch: %s", strerror(errno));
+			user_fail(c, u, "watch", strerror(errno));
 			return;
 		}
 	}
@@ -251,7 +264,7 @@ report_failure(struct client *c, struct cuser *u, const char *why)
 		m.type = MSG_USER_FAILED;
 		memcpy(m.user_id, u->id, USER_ID_LEN);
 		snprintf(m.text, sizeof(m.text), "%s %s", c->local_arg, why);
-		fbuf_put(&c->out, &m);
+		ctl_send(c, &m);
 	}
 }
 
@@ -268,7 +281,7 @@ local_connect(struct client *c, struct cuser *u)
 		u->local_idx++;
 	}
 	report_failure(c, u, strerror(errno));
-	user_close(c, u, "local service %s: cannot connect", c->local_arg);
+	user_fail(c, u, "cannot connect to local service", c->local_arg);
 }
 
 static void
@@ -283,7 +296,7 @@ tunnel_dial(struct client *c, struct cuser *u)
 	}
 	u->fd = connect_start((struct sockaddr *)&sa, c->server_len);
 	if (u->fd < 0) {
-		user_close(c, u, "tunnel dial: %s", strerror(errno));
+		user_fail(c, u, "tunnel dial", strerror(errno));
 	}
 }
 
@@ -311,6 +324,7 @@ relay_begin(struct client *c, struct cuser *u, int tunnel, int local,
 {
 	uint8_t frame[FRAME_HDR + FRAME_MAX], proxy[PROXY_MAX];
 	static const short now[2] = { POLLOUT, POLLOUT };
+	char why[160];
 	int fail;
 
 	relay_init(&u->relay, tunnel, local);
@@ -329,9 +343,9 @@ relay_begin(struct client *c, struct cuser *u, int tunnel, int local,
 	}
 	fbuf_free(&u->in);
 	if (fail) {
-		user_close(c, u, "%s", "out of memory");
+		user_close(c, u, "out of memory");
 	} else if (relay_step(&u->relay, now) == RELAY_FAIL) {
-		user_close(c, u, "tunnel: %s", strerror(u->relay.err_no));
+		user_close(c, u, relay_why(&u->relay, relay_sides, why, sizeof(why)));
 	}
 }
 
@@ -345,7 +359,7 @@ pool_joined(struct client *c, struct cuser *u)
 	/* A fresh socket always has room for one small frame. */
 	if (send(u->fd, frame, n, MSG_NOSIGNAL) != (ssize_t)n ||
 	    fbuf_init(&u->in, FBUF_SMALL) != 0) {
-		user_close(c, u, NULL, NULL);
+		user_close(c, u, NULL);
 		return;
 	}
 	u->held = u->fd;
@@ -368,7 +382,7 @@ local_failed(struct client *c, struct cuser *u, const char *why)
 		return;
 	}
 	report_failure(c, u, why);
-	user_close(c, u, "local service refused: %s", why);
+	user_fail(c, u, "local service refused", why);
 }
 
 /* A connect finished (POLLOUT): move the user to its next stage. */
@@ -381,9 +395,9 @@ user_connected(struct client *c, struct cuser *u)
 			local_failed(c, u, why);
 		} else if (u->state == U_POOL_DIAL) {
 			log_debug("pooled tunnel dial: %s", why);
-			user_close(c, u, NULL, NULL);
+			user_close(c, u, NULL);
 		} else {
-			user_close(c, u, "tunnel dial: %s", why);
+			user_fail(c, u, "tunnel dial", why);
 		}
 		return;
 	}
@@ -491,7 +505,7 @@ pool_readable(struct client *c, struct cuser *u)
 		local_connect(c, u);
 	} else if (fr != FRAME_MORE || rc <= 0) {
 		log_debug("pooled tunnel closed by the server");
-		user_close(c, u, NULL, NULL);
+		user_close(c, u, NULL);
 	}
 }
 
@@ -510,11 +524,9 @@ user_relay(struct client *c, struct cuser *u, const short rev[2])
 		         (unsigned long long)u->relay.dir[1].bytes,
 		         (double)(now_ms() - u->start) / 1000.0);
 	} else {
-		snprintf(why, sizeof(why), "%s %s: %s",
-		         u->relay.err_side == 0 ? "tunnel" : "local",
-		         u->relay.err_op, strerror(u->relay.err_no));
+		relay_why(&u->relay, relay_sides, why, sizeof(why));
 	}
-	user_close(c, u, "%s", why);
+	user_close(c, u, why);
 }
 
 /* ==== control ============================================================ */
@@ -529,7 +541,7 @@ ctl_reset(struct client *c)
 	for (u = c->users; u != NULL; u = next) {
 		next = u->next;
 		if (pooled(u)) {
-			user_close(c, u, NULL, NULL);
+			user_close(c, u, NULL);
 		}
 	}
 	loop_unwatch(c->loop, &c->ctl_w);
@@ -555,10 +567,21 @@ ctl_retry(struct client *c, const char *what)
 	                                                   : c->backoff_ms * 2;
 }
 
+/* ctl_send: queue m for the server.  A full queue means the server is not
+ * reading: the connection is dropped and retried, as the server drops a
+ * client that does not read. */
 static void
-ctl_fail(struct client *c, int status, const char *fmt, const char *arg)
+ctl_send(struct client *c, const struct msg *m)
 {
-	log_warn(fmt, arg);
+	if (fbuf_put(&c->out, m) != 0) {
+		ctl_retry(c, "the server is not reading its control messages");
+	}
+}
+
+static void
+ctl_fail(struct client *c, int status, const char *why)
+{
+	log_warn("%s", why);
 	ctl_reset(c);
 	c->exit_status = status;
 }
@@ -620,7 +643,7 @@ ctl_connected(struct client *c)
 	m.type = MSG_HELLO;
 	memcpy(m.nonce, c->cn, NONCE_LEN);
 	memcpy(m.run_id, c->run_id, RUN_ID_LEN);
-	fbuf_put(&c->out, &m);
+	ctl_send(c, &m);
 	c->state = C_HELLO_SENT;
 }
 
@@ -636,17 +659,19 @@ on_error_msg(struct client *c, const struct msg *m)
 		ctl_retry(c, what);
 		break;
 	case ERR_AUTH:
-		ctl_fail(c, 1, "server refused: %s — check -token or "
-		         "DIALBACK_TOKEN against the server's", m->text);
+		snprintf(what, sizeof(what), "server refused: %s — check -token "
+		         "or DIALBACK_TOKEN against the server's", m->text);
+		ctl_fail(c, 1, what);
 		break;
 	case ERR_PORT:
-		ctl_fail(c, 1, "server refused: %s — pick another -port",
-		         m->text);
+		snprintf(what, sizeof(what), "server refused: %s — pick another "
+		         "-port", m->text);
+		ctl_fail(c, 1, what);
 		break;
 	default:
 		snprintf(what, sizeof(what), "server %s refused: %s", c->server,
 		         m->text);
-		ctl_fail(c, 1, "%s", what);
+		ctl_fail(c, 1, what);
 		break;
 	}
 }
@@ -655,7 +680,7 @@ static void
 on_ctl_msg(struct client *c, const struct msg *m)
 {
 	struct msg r;
-	char host[300];
+	char host[300], why[ADDR_STRLEN + 128];
 
 	memset(&r, 0, sizeof(r));
 	if (m->type == MSG_ERROR) {
@@ -665,11 +690,12 @@ on_ctl_msg(struct client *c, const struct msg *m)
 	switch (c->state) {
 	case C_HELLO_SENT:
 		if (m->type != MSG_CHALLENGE || m->version != PROTO_VERSION) {
-			ctl_fail(c, 1, m->type == MSG_CHALLENGE
+			snprintf(why, sizeof(why), m->type == MSG_CHALLENGE
 			         ? "%s speaks another protocol version; run the same "
 			           "dialback release on both sides"
 			         : "%s is not a dialback control port (check -remote)",
 			         c->server);
+			ctl_fail(c, 1, why);
 			return;
 		}
 		memcpy(c->sn, m->nonce, NONCE_LEN);
@@ -677,13 +703,14 @@ on_ctl_msg(struct client *c, const struct msg *m)
 		r.public_port = (uint16_t)c->want_port;
 		r.pool = (uint16_t)c->pool_want;
 		key_auth_proof(c->token, c->cn, c->sn, r.proof);
-		fbuf_put(&c->out, &r);
+		ctl_send(c, &r);
 		c->state = C_AUTH_SENT;
 		break;
 	case C_AUTH_SENT:
 		if (m->type != MSG_WELCOME || m->heartbeat_s == 0) {
-			ctl_fail(c, 1, "%s sent an unexpected reply to AUTH",
-			         c->server);
+			snprintf(why, sizeof(why), "%s sent an unexpected reply to "
+			         "AUTH", c->server);
+			ctl_fail(c, 1, why);
 			return;
 		}
 		key_session(c->token, c->cn, c->sn, c->key);
@@ -705,7 +732,7 @@ on_ctl_msg(struct client *c, const struct msg *m)
 			ticket_new(c, m);
 		} else if (m->type == MSG_PING) {
 			r.type = MSG_PONG;
-			fbuf_put(&c->out, &r);
+			ctl_send(c, &r);
 		} else if (m->type != MSG_PONG) {
 			ctl_retry(c, "unexpected message from server");
 		}
@@ -732,8 +759,9 @@ ctl_readable(struct client *c)
 	}
 	if (fr == FRAME_BAD) {
 		if (c->state == C_HELLO_SENT) {
-			ctl_fail(c, 1, "%s is not a dialback control port (check "
-			         "-remote)", c->server);
+			snprintf(what, sizeof(what), "%s is not a dialback control "
+			         "port (check -remote)", c->server);
+			ctl_fail(c, 1, what);
 		} else {
 			ctl_retry(c, "malformed message from server");
 		}
@@ -787,7 +815,7 @@ run_timers(struct client *c, int64_t now)
 			struct msg m;
 			memset(&m, 0, sizeof(m));
 			m.type = MSG_PING;
-			fbuf_put(&c->out, &m);
+			ctl_send(c, &m);
 			c->next_ping = now + c->heartbeat_s * 1000;
 		}
 		next = earliest(c->next_ping, c->last_rx + dead_ms);
@@ -807,9 +835,8 @@ run_timers(struct client *c, int64_t now)
 			if (local) {
 				report_failure(c, u, "timed out");
 			}
-			user_close(c, u, "%s", local
-			           ? "local service did not answer in time"
-			           : "tunnel dial timed out");
+			user_close(c, u, local ? "local service did not answer in time"
+			                       : "tunnel dial timed out");
 		} else {
 			next = earliest(next, u->deadline);
 		}
@@ -984,11 +1011,11 @@ resolve_local(struct client *c, const struct hostport *hp)
 static void
 parse_args(struct client *c, int argc, char **argv)
 {
-	const char *remote = NULL, *local = "127.0.0.1:8080", *token = NULL, *why;
+	const char *remote = NULL, *local = "127.0.0.1:8080", *token = NULL;
 	const char *port = NULL, *proxy = NULL, *pool = NULL;
 	int help = 0, verbose = 0, quiet = 0;
 	struct hostport lhp;
-	char err[128];
+	char err[128], why[64];
 	struct flag flags[] = {
 		{ "remote", &remote, NULL },
 		{ "local", &local, NULL },
@@ -1017,22 +1044,23 @@ parse_args(struct client *c, int argc, char **argv)
 	if (remote == NULL) {
 		usage_exit("-remote HOST is required");
 	}
-	if (addr_parse(remote, DEFAULT_CONTROL_PORT, 0, &c->remote, &why) != 0 ||
+	if (addr_parse(remote, DEFAULT_CONTROL_PORT, 0, &c->remote, why,
+	               sizeof(why)) != 0 ||
 	    c->remote.host[0] == '\0') {
 		snprintf(err, sizeof(err), "-remote %s: %s", remote,
-		         why ? why : "missing host");
+		         why[0] ? why : "missing host");
 		usage_exit(err);
 	}
-	if (addr_parse(local, -1, 0, &lhp, &why) != 0 || lhp.host[0] == '\0') {
+	if (addr_parse(local, -1, 0, &lhp, why, sizeof(why)) != 0 || lhp.host[0] == '\0') {
 		snprintf(err, sizeof(err), "-local %s: %s", local,
-		         why ? why : "missing host");
+		         why[0] ? why : "missing host");
 		usage_exit(err);
 	}
 	if (port != NULL) {
 		struct hostport php;
-		if (addr_parse(port, -1, 0, &php, &why) != 0 || php.host[0] != '\0') {
+		if (addr_parse(port, -1, 0, &php, why, sizeof(why)) != 0 || php.host[0] != '\0') {
 			snprintf(err, sizeof(err), "-port %s: %s", port,
-			         why ? why : "want a port number");
+			         why[0] ? why : "want a port number");
 			usage_exit(err);
 		}
 		c->want_port = atoi(php.port);
@@ -1071,10 +1099,10 @@ static void
 client_free(struct client *c)
 {
 	while (c->users != NULL) {
-		user_close(c, c->users, NULL, NULL);
+		user_close(c, c->users, NULL);
 	}
 	while (c->relaying != NULL) {
-		user_close(c, c->relaying, NULL, NULL);
+		user_close(c, c->relaying, NULL);
 	}
 	sweep(c);
 	loop_unwatch(c->loop, &c->ctl_w);

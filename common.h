@@ -6,6 +6,12 @@
  *   net.c     addresses, the PROXY header, sockets
  *   loop.c    the event loop (epoll, or poll elsewhere)
  *   relay.c   bytes between two sockets, both ways
+ *
+ * Errors, in both programs, are phrases for a person: a function that can
+ * fail returns -1 and writes its phrase into the caller's buffer (why,
+ * len); a teardown takes the phrase (why; NULL closes quietly) and logs
+ * "... closed: why" once; a relay keeps errno and the side and says them
+ * through relay_why.  die() is for start-up only.
  */
 #ifndef DIALBACK_COMMON_H
 #define DIALBACK_COMMON_H
@@ -73,10 +79,10 @@ struct hostport {
  * With default_port >= 0 the port may be left out ("HOST", "[IPv6]", or a
  * bare IPv6 address such as "::1"); with -1 it is required.  Ports run
  * 1..65535, and 0 too when allow_zero (listen on any free port).  Returns 0,
- * or -1 with *why set to a phrase for the user.
+ * or -1 with a phrase for the user in why (len bytes).
  */
 int addr_parse(const char *s, int default_port, int allow_zero,
-               struct hostport *hp, const char **why);
+               struct hostport *hp, char *why, size_t len);
 
 /* addr_str: "1.2.3.4:80" or "[::1]:80" into buf (ADDR_STRLEN bytes). */
 #define ADDR_STRLEN 64
@@ -248,6 +254,14 @@ void relay_events(const struct relay *r, short ev[2]);
 /* relay_step: do the I/O that revents allow.  RELAY_DONE once both
  * directions ended and were shut down; RELAY_FAIL on an error (r->err_*). */
 enum relay_state relay_step(struct relay *r, const short revents[2]);
+
+/* relay_fail: record that the caller's own work for side failed (doing
+ * op, with errno), as relay_step records its errors; returns RELAY_FAIL.
+ * relay_why: "SIDE OP: strerror" for a failed relay, side naming fd[0]
+ * and fd[1], into buf. */
+enum relay_state relay_fail(struct relay *r, int side, const char *op);
+const char *relay_why(const struct relay *r, const char *const side[2],
+                      char *buf, size_t len);
 
 /* relay_abandon: undo relay_init after a failed start; the descriptors
  * stay open and the caller's. */

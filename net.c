@@ -23,27 +23,27 @@
 /* ==== addresses ========================================================== */
 
 static int
-port_parse(const char *s, int allow_zero, const char **why)
+port_parse(const char *s, int allow_zero, char *why, size_t len)
 {
 	long v = 0;
 
 	if (*s == '\0') {
-		*why = "missing port";
+		snprintf(why, len, "%s", "missing port");
 		return -1;
 	}
 	for (; *s; s++) {
 		if (*s < '0' || *s > '9') {
-			*why = "port is not a number";
+			snprintf(why, len, "%s", "port is not a number");
 			return -1;
 		}
 		v = v * 10 + (*s - '0');
 		if (v > 65535) {
-			*why = "port out of range (1-65535)";
+			snprintf(why, len, "%s", "port out of range (1-65535)");
 			return -1;
 		}
 	}
 	if (v == 0 && !allow_zero) {
-		*why = "port out of range (1-65535)";
+		snprintf(why, len, "%s", "port out of range (1-65535)");
 		return -1;
 	}
 	return (int)v;
@@ -51,17 +51,16 @@ port_parse(const char *s, int allow_zero, const char **why)
 
 int
 addr_parse(const char *s, int default_port, int allow_zero,
-           struct hostport *hp, const char **why)
+           struct hostport *hp, char *why, size_t len)
 {
 	const char *host = s, *port = NULL, *colon;
 	size_t hostlen;
 	int p;
 
-	*why = NULL;
 	if (*s == '[') {
 		const char *end = strchr(s, ']');
 		if (end == NULL) {
-			*why = "missing ']' after IPv6 address";
+			snprintf(why, len, "%s", "missing ']' after IPv6 address");
 			return -1;
 		}
 		host = s + 1;
@@ -69,7 +68,7 @@ addr_parse(const char *s, int default_port, int allow_zero,
 		if (end[1] == ':') {
 			port = end + 2;
 		} else if (end[1] != '\0') {
-			*why = "expected ':PORT' after ']'";
+			snprintf(why, len, "%s", "expected ':PORT' after ']'");
 			return -1;
 		}
 	} else if ((colon = strchr(s, ':')) != NULL && strchr(colon + 1, ':') == NULL) {
@@ -84,19 +83,19 @@ addr_parse(const char *s, int default_port, int allow_zero,
 		hostlen = strlen(s);    /* a host alone */
 	}
 	if (hostlen >= sizeof(hp->host)) {
-		*why = "host name too long";
+		snprintf(why, len, "%s", "host name too long");
 		return -1;
 	}
 	if (port == NULL && default_port < 0) {
-		*why = "missing port";
+		snprintf(why, len, "%s", "missing port");
 		return -1;
 	}
 	if (hostlen == 0 && port == NULL) {
-		*why = "empty address";
+		snprintf(why, len, "%s", "empty address");
 		return -1;
 	}
 	if (port != NULL) {
-		if ((p = port_parse(port, allow_zero, why)) < 0) {
+		if ((p = port_parse(port, allow_zero, why, len)) < 0) {
 			return -1;
 		}
 	} else {

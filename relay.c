@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -245,13 +246,22 @@ relay_events(const struct relay *r, short ev[2])
 	}
 }
 
-static enum relay_state
+enum relay_state
 relay_fail(struct relay *r, int side, const char *op)
 {
 	r->err_side = side;
 	r->err_op = op;
 	r->err_no = errno;
 	return RELAY_FAIL;
+}
+
+const char *
+relay_why(const struct relay *r, const char *const side[2], char *buf,
+          size_t len)
+{
+	snprintf(buf, len, "%s %s: %s", side[r->err_side != 0], r->err_op,
+	         strerror(r->err_no));
+	return buf;
 }
 
 /* Move what the pipe of direction d holds to its sink.  -1 on an error. */

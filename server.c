@@ -475,9 +475,9 @@ static void
 parse_args(struct server *s, int argc, char **argv)
 {
 	const char *addr[ROLE_END] = { "8009", "8008", "8007" };
-	const char *token = NULL, *heartbeat = "10", *ports = NULL, *why;
+	const char *token = NULL, *heartbeat = "10", *ports = NULL;
 	int help = 0, verbose = 0, quiet = 0, r;
-	char err[128];
+	char err[128], why[64];
 	char *end;
 	long hb;
 	struct flag flags[] = {
@@ -506,7 +506,7 @@ parse_args(struct server *s, int argc, char **argv)
 	}
 	log_set_level(verbose ? LOG_VERBOSE : quiet ? LOG_QUIET : LOG_NORMAL);
 	for (r = 0; r < ROLE_END; r++) {
-		if (addr_parse(addr[r], -1, 1, &s->addr[r], &why) != 0) {
+		if (addr_parse(addr[r], -1, 1, &s->addr[r], why, sizeof(why)) != 0) {
 			snprintf(err, sizeof(err), "-%s %s: %s", role_names[r],
 			         addr[r], why);
 			usage_exit(err);

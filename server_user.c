@@ -142,15 +142,16 @@ user_finish(struct server *s, struct user *u, enum relay_state st)
 	double secs = (double)(now_ms() - u->start) / 1000.0;
 	unsigned long long in = u->relay.dir[0].bytes;
 	unsigned long long out = u->relay.dir[1].bytes;
-	char why[192];
+	static const char *const side[2] = { "user", "tunnel" };
+	char why[192], err[128];
 
 	if (st == RELAY_DONE) {
 		snprintf(why, sizeof(why), "%llu bytes in, %llu out, %.1fs", in,
 		         out, secs);
 	} else {
-		snprintf(why, sizeof(why), "%s %s: %s; %llu bytes in, %llu out, "
-		         "%.1fs", u->relay.err_side == 0 ? "user" : "tunnel",
-		         u->relay.err_op, strerror(u->relay.err_no), in, out, secs);
+		snprintf(why, sizeof(why), "%s; %llu bytes in, %llu out, %.1fs",
+		         relay_why(&u->relay, side, err, sizeof(err)), in, out,
+		         secs);
 	}
 	user_close(s, u, why);
 }
@@ -169,10 +170,7 @@ user_sync(struct server *s, struct user *u)
 		if (ev[i] == 0) {
 			loop_unwatch(s->loop, &u->w[i]);
 		} else if (loop_watch(s->loop, &u->w[i], u->relay.fd[i], ev[i]) != 0) {
-			u->relay.err_side = i;
-			u->relay.err_op = "watch";
-			u->relay.err_no = errno;
-			user_finish(s, u, RELAY_FAIL);
+			user_finish(s, u, relay_fail(&u->relay, i, "watch"));
 			return;
 		}
 	}

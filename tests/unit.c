@@ -773,22 +773,22 @@ static void test_addr_parse(struct tally *t)
 	};
 	char longhost[300];
 	struct hostport hp;
-	const char *why;
+	char why[128];
 	size_t i;
 	int r;
 
 	for (i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
 		memset(&hp, 0x55, sizeof(hp));
-		why = NULL;
-		r = addr_parse(v[i].in, v[i].def, v[i].zero, &hp, &why);
+		why[0] = '\0';
+		r = addr_parse(v[i].in, v[i].def, v[i].zero, &hp, why, sizeof(why));
 		if (v[i].host == NULL) {
-			CHECKF(t, r == -1 && why != NULL,
+			CHECKF(t, r == -1 && why[0] != '\0',
 			       "addr_parse(\"%s\", %d, %d): got %d, want -1 with why",
 			       v[i].in, v[i].def, v[i].zero, r);
 			continue;
 		}
 		CHECKF(t, r == 0, "addr_parse(\"%s\", %d, %d): got %d (%s)",
-		       v[i].in, v[i].def, v[i].zero, r, why ? why : "no why");
+		       v[i].in, v[i].def, v[i].zero, r, why[0] ? why : "no why");
 		if (r == 0) {
 			CHECKF(t, memchr(hp.host, '\0', sizeof(hp.host)) != NULL &&
 			          memchr(hp.port, '\0', sizeof(hp.port)) != NULL &&
@@ -805,18 +805,18 @@ static void test_addr_parse(struct tally *t)
 	/* 255 characters fit hp.host; 256 do not. */
 	memset(longhost, 'h', 255);
 	strcpy(longhost + 255, ":80");
-	r = addr_parse(longhost, -1, 0, &hp, &why);
+	r = addr_parse(longhost, -1, 0, &hp, why, sizeof(why));
 	CHECKF(t, r == 0 && strlen(hp.host) == 255,
 	       "255-character host: got %d", r);
 	memset(longhost, 'h', 256);
 	strcpy(longhost + 256, ":80");
-	why = NULL;
-	r = addr_parse(longhost, -1, 0, &hp, &why);
-	CHECKF(t, r == -1 && why != NULL, "256-character host: got %d", r);
+	why[0] = '\0';
+	r = addr_parse(longhost, -1, 0, &hp, why, sizeof(why));
+	CHECKF(t, r == -1 && why[0] != '\0', "256-character host: got %d", r);
 	longhost[256] = '\0';
-	why = NULL;
-	r = addr_parse(longhost, 8009, 0, &hp, &why);
-	CHECKF(t, r == -1 && why != NULL,
+	why[0] = '\0';
+	r = addr_parse(longhost, 8009, 0, &hp, why, sizeof(why));
+	CHECKF(t, r == -1 && why[0] != '\0',
 	       "256-character host, default port: got %d", r);
 }
 
