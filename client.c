@@ -22,6 +22,8 @@
 #include "common.h"
 #include "sha256.h"
 
+#define PROG "client"        /* as usage errors name it */
+
 static const char usage_text[] =
 "usage: ./client -remote HOST[:PORT] [-local HOST:PORT] [-port N] [-pool N]\n"
 "                [-token SECRET] [-proxy-protocol v1|v2] [-v | -q]\n"
@@ -123,13 +125,6 @@ static void ctl_send(struct client *c, const struct msg *m);
 
 /* What a user's relay.fd[0] and fd[1] are, for its error lines. */
 static const char *const relay_sides[2] = { "tunnel", "local" };
-
-static void
-usage_exit(const char *why)
-{
-	fprintf(stderr, "client: %s (see ./client -h)\n", why);
-	exit(2);
-}
 
 static void
 ulist_add(struct cuser **head, struct cuser *u)
@@ -1013,7 +1008,6 @@ parse_args(struct client *c, int argc, char **argv)
 {
 	const char *remote = NULL, *local = "127.0.0.1:8080", *token = NULL;
 	const char *port = NULL, *proxy = NULL, *pool = NULL;
-	int help = 0, verbose = 0, quiet = 0;
 	struct hostport lhp;
 	char err[128], why[64];
 	struct flag flags[] = {
@@ -1023,45 +1017,31 @@ parse_args(struct client *c, int argc, char **argv)
 		{ "port", &port, NULL },
 		{ "pool", &pool, NULL },
 		{ "proxy-protocol", &proxy, NULL },
-		{ "v", NULL, &verbose },
-		{ "q", NULL, &quiet },
-		{ "h", NULL, &help },
-		{ "help", NULL, &help },
 		{ NULL, NULL, NULL },
 	};
 
-	if (flags_parse(argc, argv, flags, err, sizeof(err)) != 0) {
-		usage_exit(err);
-	}
-	if (help) {
-		fputs(usage_text, stdout);
-		exit(0);
-	}
-	if (verbose && quiet) {
-		usage_exit("-v and -q exclude each other");
-	}
-	log_set_level(verbose ? LOG_VERBOSE : quiet ? LOG_QUIET : LOG_NORMAL);
+	flags_apply(argc, argv, flags, PROG, usage_text);
 	if (remote == NULL) {
-		usage_exit("-remote HOST is required");
+		usage_exit(PROG, "-remote HOST is required");
 	}
 	if (addr_parse(remote, DEFAULT_CONTROL_PORT, 0, &c->remote, why,
 	               sizeof(why)) != 0 ||
 	    c->remote.host[0] == '\0') {
 		snprintf(err, sizeof(err), "-remote %s: %s", remote,
 		         why[0] ? why : "missing host");
-		usage_exit(err);
+		usage_exit(PROG, err);
 	}
 	if (addr_parse(local, -1, 0, &lhp, why, sizeof(why)) != 0 || lhp.host[0] == '\0') {
 		snprintf(err, sizeof(err), "-local %s: %s", local,
 		         why[0] ? why : "missing host");
-		usage_exit(err);
+		usage_exit(PROG, err);
 	}
 	if (port != NULL) {
 		struct hostport php;
 		if (addr_parse(port, -1, 0, &php, why, sizeof(why)) != 0 || php.host[0] != '\0') {
 			snprintf(err, sizeof(err), "-port %s: %s", port,
 			         why[0] ? why : "want a port number");
-			usage_exit(err);
+			usage_exit(PROG, err);
 		}
 		c->want_port = atoi(php.port);
 	}
@@ -1071,7 +1051,7 @@ parse_args(struct client *c, int argc, char **argv)
 		if (*pool == '\0' || *end != '\0' || n < 0 || n > POOL_MAX) {
 			snprintf(err, sizeof(err), "-pool %s: want a number from 0 to "
 			         "%d", pool, POOL_MAX);
-			usage_exit(err);
+			usage_exit(PROG, err);
 		}
 		c->pool_want = (int)n;
 	}
@@ -1083,7 +1063,7 @@ parse_args(struct client *c, int argc, char **argv)
 		} else {
 			snprintf(err, sizeof(err), "-proxy-protocol %s: want v1 or v2",
 			         proxy);
-			usage_exit(err);
+			usage_exit(PROG, err);
 		}
 	}
 	c->remote_arg = remote;

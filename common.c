@@ -247,6 +247,45 @@ flags_parse(int argc, char **argv, const struct flag *flags, char *err,
 	return 0;
 }
 
+void
+usage_exit(const char *prog, const char *why)
+{
+	fprintf(stderr, "%s: %s (see ./%s -h)\n", prog, why, prog);
+	exit(2);
+}
+
+void
+flags_apply(int argc, char **argv, const struct flag *own, const char *prog,
+            const char *usage)
+{
+	int help = 0, verbose = 0, quiet = 0;
+	const struct flag common[] = {
+		{ "v", NULL, &verbose }, { "q", NULL, &quiet },
+		{ "h", NULL, &help }, { "help", NULL, &help }, { NULL, NULL, NULL },
+	};
+	struct flag all[FLAGS_MAX + sizeof(common) / sizeof(common[0])];
+	size_t n = 0, i;
+	char err[128];
+
+	for (; own[n].name != NULL && n < FLAGS_MAX; n++) {
+		all[n] = own[n];
+	}
+	for (i = 0; i < sizeof(common) / sizeof(common[0]); i++) {
+		all[n + i] = common[i];
+	}
+	if (flags_parse(argc, argv, all, err, sizeof(err)) != 0) {
+		usage_exit(prog, err);
+	}
+	if (help) {
+		fputs(usage, stdout);
+		exit(0);
+	}
+	if (verbose && quiet) {
+		usage_exit(prog, "-v and -q exclude each other");
+	}
+	log_set_level(verbose ? LOG_VERBOSE : quiet ? LOG_QUIET : LOG_NORMAL);
+}
+
 static int sig_pipe_wr = -1;
 
 static void

@@ -153,6 +153,16 @@ struct flag {
 int flags_parse(int argc, char **argv, const struct flag *flags, char *err,
                 size_t errlen);
 
+/* flags_apply: flags_parse with the switches every program has added to
+ * the table (at most FLAGS_MAX entries of its own): -h and -help print
+ * usage and exit 0, -v and -q set the log level; a bad argument is a usage
+ * error.  usage_exit: "PROG: why (see ./PROG -h)" on stderr, exit 2. */
+#define FLAGS_MAX 32
+void flags_apply(int argc, char **argv, const struct flag *own,
+                 const char *prog, const char *usage);
+void usage_exit(const char *prog, const char *why)
+	__attribute__((noreturn));
+
 /* signals_setup: ignore SIGPIPE; make SIGINT, SIGTERM and SIGUSR1 write
  * their number to a pipe whose (non-blocking) read end is returned, for the
  * poll loop.  signal_take: the next signal number from it, or 0. */

@@ -24,6 +24,8 @@
 
 #include "server.h"
 
+#define PROG "server"        /* as usage errors name it */
+
 static const char usage_text[] =
 "usage: ./server [-control ADDR] [-tunnel ADDR] [-public ADDR] [-ports LO-HI]\n"
 "                [-token SECRET] [-heartbeat SECONDS] [-v | -q]\n"
@@ -42,13 +44,6 @@ static const char *const role_names[ROLE_END] = {
 	[ROLE_TUNNEL] = "tunnel",
 	[ROLE_PUBLIC] = "public",
 };
-
-static void
-usage_exit(const char *why)
-{
-	fprintf(stderr, "server: %s (see ./server -h)\n", why);
-	exit(2);
-}
 
 /* Stop watching fd and close it.  Every descriptor the loop watches is
  * closed through here (or relay_close after the watches are forgotten). */
@@ -476,7 +471,7 @@ parse_args(struct server *s, int argc, char **argv)
 {
 	const char *addr[ROLE_END] = { "8009", "8008", "8007" };
 	const char *token = NULL, *heartbeat = "10", *ports = NULL;
-	int help = 0, verbose = 0, quiet = 0, r;
+	int r;
 	char err[128], why[64];
 	char *end;
 	long hb;
@@ -487,42 +482,28 @@ parse_args(struct server *s, int argc, char **argv)
 		{ "token", &token, NULL },
 		{ "heartbeat", &heartbeat, NULL },
 		{ "ports", &ports, NULL },
-		{ "v", NULL, &verbose },
-		{ "q", NULL, &quiet },
-		{ "h", NULL, &help },
-		{ "help", NULL, &help },
 		{ NULL, NULL, NULL },
 	};
 
-	if (flags_parse(argc, argv, flags, err, sizeof(err)) != 0) {
-		usage_exit(err);
-	}
-	if (help) {
-		fputs(usage_text, stdout);
-		exit(0);
-	}
-	if (verbose && quiet) {
-		usage_exit("-v and -q exclude each other");
-	}
-	log_set_level(verbose ? LOG_VERBOSE : quiet ? LOG_QUIET : LOG_NORMAL);
+	flags_apply(argc, argv, flags, PROG, usage_text);
 	for (r = 0; r < ROLE_END; r++) {
 		if (addr_parse(addr[r], -1, 1, &s->addr[r], why, sizeof(why)) != 0) {
 			snprintf(err, sizeof(err), "-%s %s: %s", role_names[r],
 			         addr[r], why);
-			usage_exit(err);
+			usage_exit(PROG, err);
 		}
 	}
 	hb = strtol(heartbeat, &end, 10);
 	if (*heartbeat == '\0' || *end != '\0' || hb < 1 || hb > 3600) {
 		snprintf(err, sizeof(err), "-heartbeat %s: want whole seconds "
 		         "from 1 to 3600", heartbeat);
-		usage_exit(err);
+		usage_exit(PROG, err);
 	}
 	s->heartbeat_s = (int)hb;
 	if (ports != NULL && parse_range(ports, &s->ports_lo, &s->ports_hi) != 0) {
 		snprintf(err, sizeof(err), "-ports %s: want LO-HI, two ports from "
 		         "1 to 65535 with LO <= HI", ports);
-		usage_exit(err);
+		usage_exit(PROG, err);
 	}
 	if (token == NULL) {
 		token = getenv("DIALBACK_TOKEN");
