@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "crypto.h"
 #include "protocol.h"
 #include "sha256.h"
 
@@ -240,6 +241,92 @@ static void test_hmac(struct tally *t)
 		CHECKF(t, memcmp(got, want, v[i].maclen) == 0,
 		       "RFC 4231 test case %zu: incremental HMAC differs", i + 1);
 	}
+}
+
+/* ---- HKDF-SHA256 (RFC 5869) --------------------------------------------- */
+
+/* fill_range: first, first+1, ... as the RFC writes its inputs. */
+static void fill_range(uint8_t *p, size_t n, unsigned first)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		p[i] = (uint8_t)(first + i);
+	}
+}
+
+static void test_hkdf(struct tally *t)
+{
+	/* A.1 to A.3 are the SHA-256 cases; A.4 to A.7 are the same shapes
+	 * with SHA-1, which dialback does not have.  Inputs are runs of
+	 * bytes: length, first value, and whether the run counts up. */
+	static const struct {
+		size_t ikmlen, saltlen, infolen, len;
+		unsigned ikm0, salt0, info0;
+		int count_ikm;
+		const char *prk, *okm;
+	} v[] = {
+		{ 22, 13, 10, 42, 0x0b, 0x00, 0xf0, 0,
+		  "077709362c2e32df0ddc3f0dc47bba6390b6c73bb50f9c3122ec844ad7c2b3e5",
+		  "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf"
+		  "34007208d5b887185865" },
+		{ 80, 80, 80, 82, 0x00, 0x60, 0xb0, 1,
+		  "06a6b88c5853361a06104c9ceb35b45cef760014904671014a193f40c15fc244",
+		  "b11e398dc80327a1c8e7f78c596a49344f012eda2d4efad8a050cc4c19afa97c"
+		  "59045a99cac7827271cb41c65e590e09da3275600c2f09b8367793a9aca3db71"
+		  "cc30c58179ec3e87c14c01d5c1f3434f1d87" },
+		{ 22, 0, 0, 42, 0x0b, 0, 0, 0,
+		  "19ef24a32c717b167f33a91d6f648bdf96596776afdb6377ac434c1c293ccb04",
+		  "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d"
+		  "9d201395faa4b61a96c8" },
+	};
+	static uint8_t big[HKDF_MAX_OUT + 1];
+	uint8_t ikm[80], salt[80], info[80], prk[SHA256_LEN], zeros[SHA256_LEN];
+	uint8_t want[SHA256_LEN * 3], got[SHA256_LEN * 3];
+	size_t i, n;
+
+	for (i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		if (v[i].count_ikm) {
+			fill_range(ikm, v[i].ikmlen, v[i].ikm0);
+		} else {
+			memset(ikm, (int)v[i].ikm0, v[i].ikmlen);
+		}
+		fill_range(salt, v[i].saltlen, v[i].salt0);
+		fill_range(info, v[i].infolen, v[i].info0);
+		hkdf_extract(prk, v[i].saltlen > 0 ? salt : NULL, v[i].saltlen,
+		             ikm, v[i].ikmlen);
+		unhex(v[i].prk, want);
+		CHECKF(t, memcmp(prk, want, SHA256_LEN) == 0,
+		       "RFC 5869 A.%zu: wrong PRK", i + 1);
+		n = unhex(v[i].okm, want);
+		CHECK_INT(t, n, v[i].len);
+		memset(got, 0xee, sizeof(got));
+		CHECK_INT(t, hkdf_expand(got, n, prk, info, v[i].infolen), 0);
+		CHECKF(t, memcmp(got, want, n) == 0,
+		       "RFC 5869 A.%zu: wrong OKM", i + 1);
+		CHECKF(t, got[n] == 0xee, "RFC 5869 A.%zu: wrote past L", i + 1);
+	}
+
+	/* A.7 (SHA-1) leaves the salt out altogether: that must equal a salt
+	 * of HashLen zero bytes, as RFC 5869 §2.2 says. */
+	memset(ikm, 0x0c, 22);
+	memset(zeros, 0, sizeof(zeros));
+	hkdf_extract(prk, NULL, 0, ikm, 22);
+	hkdf_extract(want, zeros, sizeof(zeros), ikm, 22);
+	CHECK_MEM(t, prk, want, SHA256_LEN);
+
+	/* Every length is a prefix of a longer output, up to the limit. */
+	CHECK_INT(t, hkdf_expand(big, HKDF_MAX_OUT, prk, "ctx", 3), 0);
+	for (n = 0; n <= 65; n++) {
+		memset(got, 0, sizeof(got));
+		hkdf_expand(got, n, prk, "ctx", 3);
+		CHECKF(t, memcmp(got, big, n) == 0 && got[n] == 0,
+		       "hkdf_expand of %zu bytes is not a prefix", n);
+	}
+	big[HKDF_MAX_OUT] = 0x5a;
+	CHECK_INT(t, hkdf_expand(big, HKDF_MAX_OUT + 1, prk, "ctx", 3), -1);
+	CHECK(t, big[HKDF_MAX_OUT] == 0x5a);
+	CHECK_INT(t, hkdf_expand(big, 0, prk, NULL, 0), 0);
 }
 
 static void test_equal_ct(struct tally *t)
@@ -1213,6 +1300,7 @@ int main(void)
 
 	test_sha256(&t);
 	test_hmac(&t);
+	test_hkdf(&t);
 	test_equal_ct(&t);
 	test_frame_types(&t);
 	test_frame_bad(&t);
