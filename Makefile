@@ -28,7 +28,7 @@ endif
 
 BINS  = server client
 TESTS = tests/unit tests/e2e tests/svc tests/features
-LIB   = common.o sha256.o loop.o
+LIB   = common.o sha256.o loop.o chacha20poly1305.o
 
 all: $(BINS)
 
@@ -41,6 +41,7 @@ server.o: server.c common.h protocol.h sha256.h
 client.o: client.c common.h protocol.h sha256.h
 common.o: common.c common.h protocol.h sha256.h
 sha256.o: sha256.c sha256.h crypto.h
+chacha20poly1305.o: chacha20poly1305.c crypto.h sha256.h
 loop.o: loop.c common.h protocol.h
 
 tests/unit: tests/unit.c $(LIB) common.h protocol.h sha256.h crypto.h
@@ -75,7 +76,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_FLAGS    = -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -O1 -g \
                 -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer \
                 -fno-sanitize-recover=all
-FUZZ_SRCS     = common.c sha256.c loop.c
+FUZZ_SRCS     = common.c sha256.c loop.c chacha20poly1305.c
 FUZZ_DEPS     = tests/fuzzlib.h $(FUZZ_SRCS) common.h protocol.h sha256.h crypto.h
 FUZZ_OPTS     = -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=10 \
                 -rss_limit_mb=2048 -print_final_stats=1
