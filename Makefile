@@ -28,7 +28,7 @@ endif
 
 BINS  = server client
 TESTS = tests/unit tests/e2e tests/svc tests/features
-LIB   = common.o net.o protocol.o relay.o loop.o sha256.o
+LIB   = common.o net.o protocol.o relay.o loop.o sha256.o chacha20poly1305.o
 
 all: $(BINS)
 
@@ -48,9 +48,10 @@ net.o: net.c common.h protocol.h
 protocol.o: protocol.c protocol.h sha256.h
 relay.o: relay.c common.h protocol.h
 loop.o: loop.c common.h protocol.h
-sha256.o: sha256.c sha256.h
+sha256.o: sha256.c sha256.h crypto.h
+chacha20poly1305.o: chacha20poly1305.c crypto.h sha256.h
 
-tests/unit: tests/unit.c $(LIB) common.h protocol.h sha256.h
+tests/unit: tests/unit.c $(LIB) common.h protocol.h sha256.h crypto.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/unit.c $(LIB)
 tests/e2e: tests/e2e.c tests/testlib.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/e2e.c
@@ -82,8 +83,10 @@ FUZZ_SECONDS ?= 60
 FUZZ_FLAGS    = -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -O1 -g \
                 -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer \
                 -fno-sanitize-recover=all
-FUZZ_SRCS     = common.c net.c protocol.c relay.c loop.c sha256.c
-FUZZ_DEPS     = tests/fuzzlib.h $(FUZZ_SRCS) common.h protocol.h sha256.h
+FUZZ_SRCS     = common.c net.c protocol.c relay.c loop.c sha256.c \
+                chacha20poly1305.c
+FUZZ_DEPS     = tests/fuzzlib.h $(FUZZ_SRCS) common.h protocol.h sha256.h \
+                crypto.h
 FUZZ_OPTS     = -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=10 \
                 -rss_limit_mb=2048 -print_final_stats=1
 

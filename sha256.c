@@ -1,10 +1,12 @@
 /*
- * SHA-256 (FIPS 180-4) and HMAC-SHA256 (RFC 2104).  Words are loaded and
- * stored byte by byte, so nothing depends on the host's endianness or on
- * the alignment of the caller's buffers.
+ * SHA-256 (FIPS 180-4), HMAC-SHA256 (RFC 2104), HKDF-SHA256 (RFC 5869) and
+ * the constant-time helpers for secrets.  Words are loaded and stored byte
+ * by byte, so nothing depends on the host's endianness or on the alignment
+ * of the caller's buffers.
  */
 #include <string.h>
 
+#include "crypto.h"
 #include "sha256.h"
 
 static const uint32_t k[64] = {
@@ -128,7 +130,7 @@ void sha256_final(struct sha256 *s, uint8_t out[SHA256_LEN])
 	for (i = 0; i < 8; i++) {
 		store32(out + 4 * i, s->h[i]);
 	}
-	memset(s, 0, sizeof(*s));
+	crypto_wipe(s, sizeof(*s));
 }
 
 void sha256(const void *data, size_t len, uint8_t out[SHA256_LEN])
@@ -160,8 +162,8 @@ void hmac_sha256_init(struct hmac_sha256 *h, const void *key, size_t keylen)
 	}
 	sha256_init(&h->outer);
 	sha256_update(&h->outer, pad, sizeof(pad));
-	memset(k0, 0, sizeof(k0));
-	memset(pad, 0, sizeof(pad));
+	crypto_wipe(k0, sizeof(k0));
+	crypto_wipe(pad, sizeof(pad));
 }
 
 void hmac_sha256_update(struct hmac_sha256 *h, const void *data, size_t len)
@@ -176,7 +178,7 @@ void hmac_sha256_final(struct hmac_sha256 *h, uint8_t out[SHA256_LEN])
 	sha256_final(&h->inner, ih);
 	sha256_update(&h->outer, ih, sizeof(ih));
 	sha256_final(&h->outer, out);
-	memset(ih, 0, sizeof(ih));
+	crypto_wipe(ih, sizeof(ih));
 }
 
 void hmac_sha256(const void *key, size_t keylen, const void *data, size_t len,
@@ -201,4 +203,63 @@ int equal_ct(const void *a, const void *b, size_t n)
 		diff |= x[i] ^ y[i];
 	}
 	return diff == 0;
+}
+
+int crypto_is_zero(const uint8_t *p, size_t n)
+{
+	uint8_t acc = 0;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		acc |= p[i];
+	}
+	return acc == 0;
+}
+
+void crypto_wipe(void *p, size_t n)
+{
+	volatile uint8_t *v = p;
+	size_t i;
+
+	/* Each store through a volatile pointer must happen, where a memset
+	 * of a buffer about to die may be removed as a dead store. */
+	for (i = 0; i < n; i++) {
+		v[i] = 0;
+	}
+}
+
+void hkdf_extract(uint8_t prk[SHA256_LEN], const void *salt, size_t saltlen,
+                  const void *ikm, size_t ikmlen)
+{
+	hmac_sha256(salt, saltlen, ikm, ikmlen, prk);
+}
+
+int hkdf_expand(uint8_t *out, size_t outlen, const uint8_t prk[SHA256_LEN],
+                const void *info, size_t infolen)
+{
+	struct hmac_sha256 h;
+	uint8_t t[SHA256_LEN], i;
+	size_t n;
+
+	if (outlen > HKDF_MAX_OUT) {
+		return -1;
+	}
+	/* T(i) = HMAC(prk, T(i-1) | info | i), with T(0) empty; the one-byte
+	 * counter is why the output stops at 255 blocks. */
+	for (i = 1; outlen > 0; i++) {
+		hmac_sha256_init(&h, prk, SHA256_LEN);
+		if (i > 1) {
+			hmac_sha256_update(&h, t, sizeof(t));
+		}
+		hmac_sha256_update(&h, info, infolen);
+		hmac_sha256_update(&h, &i, 1);
+		hmac_sha256_final(&h, t);
+		n = outlen < SHA256_LEN ? outlen : SHA256_LEN;
+		memcpy(out, t, n);
+		out += n;
+		outlen -= n;
+	}
+	crypto_wipe(t, sizeof(t));
+	crypto_wipe(&h, sizeof(h));
+	return 0;
 }

@@ -1,6 +1,6 @@
 /*
- * SHA-256 (FIPS 180-4) and HMAC-SHA256 (RFC 2104), checked against the
- * published vectors in tests/unit.c.
+ * SHA-256 (FIPS 180-4), HMAC-SHA256 (RFC 2104) and HKDF-SHA256 (RFC 5869),
+ * checked against the published vectors in tests/unit.c.
  */
 #ifndef DIALBACK_SHA256_H
 #define DIALBACK_SHA256_H
@@ -34,6 +34,20 @@ void hmac_sha256_update(struct hmac_sha256 *h, const void *data, size_t len);
 void hmac_sha256_final(struct hmac_sha256 *h, uint8_t out[SHA256_LEN]);
 void hmac_sha256(const void *key, size_t keylen, const void *data, size_t len,
                  uint8_t out[SHA256_LEN]);
+
+#define HKDF_MAX_OUT (255 * SHA256_LEN)
+
+/* hkdf_extract: the pseudorandom key PRK = HMAC(salt, ikm) of RFC 5869
+ * §2.2.  An empty salt (saltlen 0, salt may be NULL) means 32 zero bytes,
+ * which HMAC's zero padding of short keys gives for free. */
+void hkdf_extract(uint8_t prk[SHA256_LEN], const void *salt, size_t saltlen,
+                  const void *ikm, size_t ikmlen);
+
+/* hkdf_expand: outlen bytes of output keying material from prk and the
+ * context info (RFC 5869 §2.3).  outlen must be at most HKDF_MAX_OUT;
+ * a larger request writes nothing and returns -1, else 0. */
+int hkdf_expand(uint8_t *out, size_t outlen, const uint8_t prk[SHA256_LEN],
+                const void *info, size_t infolen);
 
 /* equal_ct: 1 if a and b hold the same n bytes; takes the same time
  * whatever the contents, for comparing secrets. */

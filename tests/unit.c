@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "crypto.h"
 #include "protocol.h"
 #include "sha256.h"
 
@@ -239,6 +240,538 @@ static void test_hmac(struct tally *t)
 		hmac_sha256_final(&h, got);
 		CHECKF(t, memcmp(got, want, v[i].maclen) == 0,
 		       "RFC 4231 test case %zu: incremental HMAC differs", i + 1);
+	}
+}
+
+/* ---- HKDF-SHA256 (RFC 5869) --------------------------------------------- */
+
+/* fill_range: first, first+1, ... as the RFC writes its inputs. */
+static void fill_range(uint8_t *p, size_t n, unsigned first)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		p[i] = (uint8_t)(first + i);
+	}
+}
+
+static void test_hkdf(struct tally *t)
+{
+	/* A.1 to A.3 are the SHA-256 cases; A.4 to A.7 are the same shapes
+	 * with SHA-1, which dialback does not have.  Inputs are runs of
+	 * bytes: length, first value, and whether the run counts up. */
+	static const struct {
+		size_t ikmlen, saltlen, infolen, len;
+		unsigned ikm0, salt0, info0;
+		int count_ikm;
+		const char *prk, *okm;
+	} v[] = {
+		{ 22, 13, 10, 42, 0x0b, 0x00, 0xf0, 0,
+		  "077709362c2e32df0ddc3f0dc47bba6390b6c73bb50f9c3122ec844ad7c2b3e5",
+		  "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf"
+		  "34007208d5b887185865" },
+		{ 80, 80, 80, 82, 0x00, 0x60, 0xb0, 1,
+		  "06a6b88c5853361a06104c9ceb35b45cef760014904671014a193f40c15fc244",
+		  "b11e398dc80327a1c8e7f78c596a49344f012eda2d4efad8a050cc4c19afa97c"
+		  "59045a99cac7827271cb41c65e590e09da3275600c2f09b8367793a9aca3db71"
+		  "cc30c58179ec3e87c14c01d5c1f3434f1d87" },
+		{ 22, 0, 0, 42, 0x0b, 0, 0, 0,
+		  "19ef24a32c717b167f33a91d6f648bdf96596776afdb6377ac434c1c293ccb04",
+		  "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d"
+		  "9d201395faa4b61a96c8" },
+	};
+	static uint8_t big[HKDF_MAX_OUT + 1];
+	uint8_t ikm[80], salt[80], info[80], prk[SHA256_LEN], zeros[SHA256_LEN];
+	uint8_t want[SHA256_LEN * 3], got[SHA256_LEN * 3];
+	size_t i, n;
+
+	for (i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		if (v[i].count_ikm) {
+			fill_range(ikm, v[i].ikmlen, v[i].ikm0);
+		} else {
+			memset(ikm, (int)v[i].ikm0, v[i].ikmlen);
+		}
+		fill_range(salt, v[i].saltlen, v[i].salt0);
+		fill_range(info, v[i].infolen, v[i].info0);
+		hkdf_extract(prk, v[i].saltlen > 0 ? salt : NULL, v[i].saltlen,
+		             ikm, v[i].ikmlen);
+		unhex(v[i].prk, want);
+		CHECKF(t, memcmp(prk, want, SHA256_LEN) == 0,
+		       "RFC 5869 A.%zu: wrong PRK", i + 1);
+		n = unhex(v[i].okm, want);
+		CHECK_INT(t, n, v[i].len);
+		memset(got, 0xee, sizeof(got));
+		CHECK(t, hkdf_expand(got, n, prk, info, v[i].infolen) == 0);
+		CHECKF(t, memcmp(got, want, n) == 0,
+		       "RFC 5869 A.%zu: wrong OKM", i + 1);
+		CHECKF(t, got[n] == 0xee, "RFC 5869 A.%zu: wrote past L", i + 1);
+	}
+
+	/* A.7 (SHA-1) leaves the salt out altogether: that must equal a salt
+	 * of HashLen zero bytes, as RFC 5869 §2.2 says. */
+	memset(ikm, 0x0c, 22);
+	memset(zeros, 0, sizeof(zeros));
+	hkdf_extract(prk, NULL, 0, ikm, 22);
+	hkdf_extract(want, zeros, sizeof(zeros), ikm, 22);
+	CHECK_MEM(t, prk, want, SHA256_LEN);
+
+	/* Every length is a prefix of a longer output, up to the limit. */
+	CHECK(t, hkdf_expand(big, HKDF_MAX_OUT, prk, "ctx", 3) == 0);
+	for (n = 0; n <= 65; n++) {
+		memset(got, 0, sizeof(got));
+		hkdf_expand(got, n, prk, "ctx", 3);
+		CHECKF(t, memcmp(got, big, n) == 0 && got[n] == 0,
+		       "hkdf_expand of %zu bytes is not a prefix", n);
+	}
+	big[HKDF_MAX_OUT] = 0x5a;
+	CHECK(t, hkdf_expand(big, HKDF_MAX_OUT + 1, prk, "ctx", 3) == -1);
+	CHECK(t, big[HKDF_MAX_OUT] == 0x5a);
+	CHECK(t, hkdf_expand(big, 0, prk, NULL, 0) == 0);
+}
+
+/* ---- ChaCha20 and Poly1305 (RFC 8439) ----------------------------------- */
+
+/* The RFC's plaintexts that are text, as text. */
+static const char sunscreen[] =
+	"Ladies and Gentlemen of the class of '99: If I could offer you only "
+	"one tip for the future, sunscreen would be it.";
+static const char ietf_text[] =
+	"Any submission to the IETF intended by the Contributor for "
+	"publication as all or part of an IETF Internet-Draft or RFC and any "
+	"statement made within the context of an IETF activity is considered "
+	"an \"IETF Contribution\". Such statements include oral statements in "
+	"IETF sessions, as well as written and electronic communications made "
+	"at any time or place, which are addressed to";
+static const char jabberwocky[] =
+	"'Twas brillig, and the slithy toves\nDid gyre and gimble in the "
+	"wabe:\nAll mimsy were the borogoves,\nAnd the mome raths outgrabe.";
+
+static void test_chacha20(struct tally *t)
+{
+	/* §2.3.2 and A.1 are key stream: the cipher over zeros. */
+	static const struct {
+		const char *name, *key, *nonce;
+		uint32_t counter;
+		const char *text;       /* the plaintext; NULL for zeros */
+		const char *out;
+	} v[] = {
+		{ "2.3.2",
+		  "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+		  "000000090000004a00000000", 1, NULL,
+		  "10f1e7e4d13b5915500fdd1fa32071c4c7d1f4c733c068030422aa9ac3d46c4e"
+		  "d2826446079faa0914c2d705d98b02a2b5129cd1de164eb9cbd083e8a2503c4e" },
+		{ "2.4.2",
+		  "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+		  "000000000000004a00000000", 1, sunscreen,
+		  "6e2e359a2568f98041ba0728dd0d6981e97e7aec1d4360c20a27afccfd9fae0b"
+		  "f91b65c5524733ab8f593dabcd62b3571639d624e65152ab8f530c359f0861d8"
+		  "07ca0dbf500d6a6156a38e088a22b65e52bc514d16ccf806818ce91ab7793736"
+		  "5af90bbf74a35be6b40b8eedf2785e42874d" },
+		{ "A.1 #1",
+		  "0000000000000000000000000000000000000000000000000000000000000000",
+		  "000000000000000000000000", 0, NULL,
+		  "76b8e0ada0f13d90405d6ae55386bd28bdd219b8a08ded1aa836efcc8b770dc7"
+		  "da41597c5157488d7724e03fb8d84a376a43b8f41518a11cc387b669b2ee6586" },
+		{ "A.1 #2",
+		  "0000000000000000000000000000000000000000000000000000000000000000",
+		  "000000000000000000000000", 1, NULL,
+		  "9f07e7be5551387a98ba977c732d080dcb0f29a048e3656912c6533e32ee7aed"
+		  "29b721769ce64e43d57133b074d839d531ed1f28510afb45ace10a1f4b794d6f" },
+		{ "A.1 #3",
+		  "0000000000000000000000000000000000000000000000000000000000000001",
+		  "000000000000000000000000", 1, NULL,
+		  "3aeb5224ecf849929b9d828db1ced4dd832025e8018b8160b82284f3c949aa5a"
+		  "8eca00bbb4a73bdad192b5c42f73f2fd4e273644c8b36125a64addeb006c13a0" },
+		{ "A.1 #4",
+		  "00ff000000000000000000000000000000000000000000000000000000000000",
+		  "000000000000000000000000", 2, NULL,
+		  "72d54dfbf12ec44b362692df94137f328fea8da73990265ec1bbbea1ae9af0ca"
+		  "13b25aa26cb4a648cb9b9d1be65b2c0924a66c54d545ec1b7374f4872e99f096" },
+		{ "A.1 #5",
+		  "0000000000000000000000000000000000000000000000000000000000000000",
+		  "000000000000000000000002", 0, NULL,
+		  "c2c64d378cd536374ae204b9ef933fcd1a8b2288b3dfa49672ab765b54ee27c7"
+		  "8a970e0e955c14f3a88e741b97c286f75f8fc299e8148362fa198a39531bed6d" },
+		{ "A.2 #1",
+		  "0000000000000000000000000000000000000000000000000000000000000000",
+		  "000000000000000000000000", 0, NULL,
+		  "76b8e0ada0f13d90405d6ae55386bd28bdd219b8a08ded1aa836efcc8b770dc7"
+		  "da41597c5157488d7724e03fb8d84a376a43b8f41518a11cc387b669b2ee6586" },
+		{ "A.2 #2",
+		  "0000000000000000000000000000000000000000000000000000000000000001",
+		  "000000000000000000000002", 1, ietf_text,
+		  "a3fbf07df3fa2fde4f376ca23e82737041605d9f4f4f57bd8cff2c1d4b7955ec"
+		  "2a97948bd3722915c8f3d337f7d370050e9e96d647b7c39f56e031ca5eb6250d"
+		  "4042e02785ececfa4b4bb5e8ead0440e20b6e8db09d881a7c6132f420e527950"
+		  "42bdfa7773d8a9051447b3291ce1411c680465552aa6c405b7764d5e87bea85a"
+		  "d00f8449ed8f72d0d662ab052691ca66424bc86d2df80ea41f43abf937d3259d"
+		  "c4b2d0dfb48a6c9139ddd7f76966e928e635553ba76c5c879d7b35d49eb2e62b"
+		  "0871cdac638939e25e8a1e0ef9d5280fa8ca328b351c3c765989cbcf3daa8b6c"
+		  "cc3aaf9f3979c92b3720fc88dc95ed84a1be059c6499b9fda236e7e818b04b0b"
+		  "c39c1e876b193bfe5569753f88128cc08aaa9b63d1a16f80ef2554d7189c411f"
+		  "5869ca52c5b83fa36ff216b9c1d30062bebcfd2dc5bce0911934fda79a86f6e6"
+		  "98ced759c3ff9b6477338f3da4f9cd8514ea9982ccafb341b2384dd902f3d1ab"
+		  "7ac61dd29c6f21ba5b862f3730e37cfdc4fd806c22f221" },
+		{ "A.2 #3",
+		  "1c9240a5eb55d38af333888604f6b5f0473917c1402b80099dca5cbc207075c0",
+		  "000000000000000000000002", 42, jabberwocky,
+		  "62e6347f95ed87a45ffae7426f27a1df5fb69110044c0d73118effa95b01e5cf"
+		  "166d3df2d721caf9b21e5fb14c616871fd84c54f9d65b283196c7fe4f60553eb"
+		  "f39c6402c42234e32a356b3e764312a61a5532055716ead6962568f87d3f3f77"
+		  "04c6a8d1bcd1bf4d50d6154b6da731b187b58dfd728afa36757a797ac188d1" },
+	};
+	static const uint32_t state[16] = {
+		0x879531e0, 0xc5ecf37d, 0x516461b1, 0xc9a62f8a,
+		0x44c20ef3, 0x3390af7f, 0xd9fc690b, 0x2a5f714c,
+		0x53372767, 0xb00a5631, 0x974c541a, 0x359e9963,
+		0x5c971061, 0x3d631689, 0x2098d9d6, 0x91dbd320,
+	};
+	static const size_t lens[] = {
+		0, 1, 63, 64, 65, 255, 256, 257, 319, 320, 511, 512, 513, 1100,
+	};
+	uint8_t key[32], nonce[12], in[1100], want[1100], got[1100];
+	uint32_t x[16];
+	size_t i, j, n, m;
+
+	/* §2.1.1, the quarter round alone, and §2.2.1, on a state. */
+	memset(x, 0, sizeof(x));
+	x[0] = 0x11111111;
+	x[1] = 0x01020304;
+	x[2] = 0x9b8d6f43;
+	x[3] = 0x01234567;
+	chacha20_quarter_round(x, 0, 1, 2, 3);
+	CHECK(t, x[0] == 0xea2a92f4 && x[1] == 0xcb1cf8ce &&
+	         x[2] == 0x4581472e && x[3] == 0x5881c4bb);
+	memcpy(x, state, sizeof(x));
+	chacha20_quarter_round(x, 2, 7, 8, 13);
+	CHECK(t, x[2] == 0xbdb886dc && x[7] == 0xcfacafd2 &&
+	         x[8] == 0xe46bea80 && x[13] == 0xccc07c79);
+	x[2] = state[2]; x[7] = state[7]; x[8] = state[8]; x[13] = state[13];
+	CHECK(t, memcmp(x, state, sizeof(x)) == 0);
+
+	for (i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		unhex(v[i].key, key);
+		unhex(v[i].nonce, nonce);
+		n = unhex(v[i].out, want);
+		if (v[i].text != NULL) {
+			CHECK_INT(t, strlen(v[i].text), n);
+			memcpy(in, v[i].text, n);
+		} else {
+			memset(in, 0, n);
+		}
+		chacha20_xor(got, in, n, key, nonce, v[i].counter);
+		CHECKF(t, memcmp(got, want, n) == 0,
+		       "RFC 8439 %s: wrong ChaCha20 output", v[i].name);
+
+		/* In place, and in 64-byte calls that step the counter. */
+		memcpy(got, in, n);
+		chacha20_xor(got, got, n, key, nonce, v[i].counter);
+		CHECKF(t, memcmp(got, want, n) == 0,
+		       "RFC 8439 %s: wrong output in place", v[i].name);
+		for (j = 0; j < n; j += 64) {
+			m = n - j < 64 ? n - j : 64;
+			chacha20_xor(got + j, in + j, m, key, nonce,
+			             v[i].counter + (uint32_t)(j / 64));
+		}
+		CHECKF(t, memcmp(got, want, n) == 0,
+		       "RFC 8439 %s: wrong output block by block", v[i].name);
+	}
+
+	/* Long messages take the four-block path where there is one; it
+	 * must agree with single blocks, across a counter wrap too. */
+	for (i = 0; i < sizeof(in); i++) {
+		in[i] = (uint8_t)(i * 31 + 7);
+		key[i % 32] = (uint8_t)(i * 5);
+	}
+	for (i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+		n = lens[i];
+		for (j = 0; j < n; j += 64) {
+			m = n - j < 64 ? n - j : 64;
+			chacha20_xor(want + j, in + j, m, key, nonce,
+			             0xfffffffeU + (uint32_t)(j / 64));
+		}
+		memset(got, 0, sizeof(got));
+		chacha20_xor(got, in, n, key, nonce, 0xfffffffeU);
+		CHECKF(t, memcmp(got, want, n) == 0 && (n == 1100 || got[n] == 0),
+		       "chacha20_xor of %zu bytes differs by block", n);
+	}
+}
+
+static void test_poly1305(struct tally *t)
+{
+	static const struct {
+		const char *name, *key;
+		const char *text;       /* the message as text, or NULL */
+		const char *msg;        /* else in hex */
+		const char *tag;
+	} v[] = {
+		{ "2.5.2",
+		  "85d6be7857556d337f4452fe42d506a80103808afb0db2fd4abff6af4149f51b",
+		  "Cryptographic Forum Research Group",
+		  NULL,
+		  "a8061dc1305136c6c22b8baf0c0127a9" },
+		{ "A.3 #1",
+		  "0000000000000000000000000000000000000000000000000000000000000000",
+		  NULL,
+		  "0000000000000000000000000000000000000000000000000000000000000000"
+		  "0000000000000000000000000000000000000000000000000000000000000000",
+		  "00000000000000000000000000000000" },
+		{ "A.3 #2",
+		  "0000000000000000000000000000000036e5f6b5c5e06070f0efca96227a863e",
+		  ietf_text,
+		  NULL,
+		  "36e5f6b5c5e06070f0efca96227a863e" },
+		{ "A.3 #3",
+		  "36e5f6b5c5e06070f0efca96227a863e00000000000000000000000000000000",
+		  ietf_text,
+		  NULL,
+		  "f3477e7cd95417af89a6b8794c310cf0" },
+		{ "A.3 #4",
+		  "1c9240a5eb55d38af333888604f6b5f0473917c1402b80099dca5cbc207075c0",
+		  jabberwocky,
+		  NULL,
+		  "4541669a7eaaee61e708dc7cbcc5eb62" },
+		{ "A.3 #5",
+		  "0200000000000000000000000000000000000000000000000000000000000000",
+		  NULL,
+		  "ffffffffffffffffffffffffffffffff",
+		  "03000000000000000000000000000000" },
+		{ "A.3 #6",
+		  "02000000000000000000000000000000ffffffffffffffffffffffffffffffff",
+		  NULL,
+		  "02000000000000000000000000000000",
+		  "03000000000000000000000000000000" },
+		{ "A.3 #7",
+		  "0100000000000000000000000000000000000000000000000000000000000000",
+		  NULL,
+		  "fffffffffffffffffffffffffffffffff0ffffffffffffffffffffffffffffff"
+		  "11000000000000000000000000000000",
+		  "05000000000000000000000000000000" },
+		{ "A.3 #8",
+		  "0100000000000000000000000000000000000000000000000000000000000000",
+		  NULL,
+		  "fffffffffffffffffffffffffffffffffbfefefefefefefefefefefefefefefe"
+		  "01010101010101010101010101010101",
+		  "00000000000000000000000000000000" },
+		{ "A.3 #9",
+		  "0200000000000000000000000000000000000000000000000000000000000000",
+		  NULL,
+		  "fdffffffffffffffffffffffffffffff",
+		  "faffffffffffffffffffffffffffffff" },
+		{ "A.3 #10",
+		  "0100000000000000040000000000000000000000000000000000000000000000",
+		  NULL,
+		  "e33594d7505e43b900000000000000003394d7505e4379cd0100000000000000"
+		  "0000000000000000000000000000000001000000000000000000000000000000",
+		  "14000000000000005500000000000000" },
+		{ "A.3 #11",
+		  "0100000000000000040000000000000000000000000000000000000000000000",
+		  NULL,
+		  "e33594d7505e43b900000000000000003394d7505e4379cd0100000000000000"
+		  "00000000000000000000000000000000",
+		  "13000000000000000000000000000000" },
+	};
+	uint8_t key[32], msg[400], want[16], got[16];
+	size_t i, n;
+
+	for (i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		unhex(v[i].key, key);
+		if (v[i].text != NULL) {
+			n = strlen(v[i].text);
+			memcpy(msg, v[i].text, n);
+		} else {
+			n = unhex(v[i].msg, msg);
+		}
+		unhex(v[i].tag, want);
+		poly1305(got, msg, n, key);
+		CHECKF(t, memcmp(got, want, 16) == 0,
+		       "RFC 8439 %s: wrong Poly1305 tag", v[i].name);
+	}
+}
+
+/* ---- AEAD_CHACHA20_POLY1305 (RFC 8439 §2.8) ----------------------------- */
+
+/* flip_rejected: flip one bit of each byte of p in turn and check that
+ * aead_open refuses the message and leaves out zeroed; returns the first
+ * byte whose flip was accepted, or n if none. */
+static size_t flip_rejected(uint8_t *p, size_t n, const uint8_t *key,
+                            const uint8_t *nonce, const uint8_t *ad,
+                            size_t adlen, const uint8_t *ct, size_t len,
+                            const uint8_t *tag)
+{
+	uint8_t out[128];
+	size_t i, j;
+
+	for (i = 0; i < n; i++) {
+		p[i] ^= (uint8_t)(1u << (i % 8));
+		memset(out, 0xaa, sizeof(out));
+		if (aead_open(out, key, nonce, ad, adlen, ct, len, tag) != -1) {
+			p[i] ^= (uint8_t)(1u << (i % 8));
+			return i;
+		}
+		p[i] ^= (uint8_t)(1u << (i % 8));
+		for (j = 0; j < len; j++) {
+			if (out[j] != 0) {
+				return i;
+			}
+		}
+	}
+	return n;
+}
+
+static void test_aead(struct tally *t)
+{
+	/* The one-time Poly1305 key is the start of block 0 (§2.6). */
+	static const struct {
+		const char *name, *key, *nonce, *otk;
+	} kg[] = {
+		{ "2.6.2",
+		  "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f",
+		  "000000000001020304050607",
+		  "8ad5a08b905f81cc815040274ab29471a833b637e3fd0da508dbb8e2fdd1a646" },
+		{ "A.4 #1",
+		  "0000000000000000000000000000000000000000000000000000000000000000",
+		  "000000000000000000000000",
+		  "76b8e0ada0f13d90405d6ae55386bd28bdd219b8a08ded1aa836efcc8b770dc7" },
+		{ "A.4 #2",
+		  "0000000000000000000000000000000000000000000000000000000000000001",
+		  "000000000000000000000002",
+		  "ecfa254f845f647473d3cb140da9e87606cb33066c447b87bc2666dde3fbb739" },
+		{ "A.4 #3",
+		  "1c9240a5eb55d38af333888604f6b5f0473917c1402b80099dca5cbc207075c0",
+		  "000000000000000000000002",
+		  "965e3bc6f9ec7ed9560808f4d229f94b137ff275ca9b3fcbdd59deaad23310ae" },
+	};
+	static const char a5_text[] =
+		"Internet-Drafts are draft documents valid for a maximum of "
+		"six months and may be updated, replaced, or obsoleted by other "
+		"documents at any time. It is inappropriate to use "
+		"Internet-Drafts as reference material or to cite them other "
+		"than as "
+		"/\xe2\x80\x9cwork in progress./\xe2\x80\x9d";
+	static const size_t lens[] = {
+		0, 1, 15, 16, 17, 63, 64, 65, 255, 256, 257, 16384, 16385,
+	};
+	static const size_t adlens[] = { 0, 1, 13, 16, 17 };
+	static uint8_t pt[16385], ct[16385], buf[16385], mac[16385 + 64];
+	uint8_t key[32], nonce[12], ad[32], want[300], got[300];
+	uint8_t in[300], tag[16], tag2[16], otk[64];
+	size_t i, j, n, adlen, m, bad;
+	int r;
+
+	for (i = 0; i < sizeof(kg) / sizeof(kg[0]); i++) {
+		unhex(kg[i].key, key);
+		unhex(kg[i].nonce, nonce);
+		unhex(kg[i].otk, want);
+		memset(got, 0, 32);
+		chacha20_xor(got, got, 32, key, nonce, 0);
+		CHECKF(t, memcmp(got, want, 32) == 0,
+		       "RFC 8439 %s: wrong one-time key", kg[i].name);
+	}
+
+	/* §2.8.2: seal, then open again, out of place and in place. */
+	unhex("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f", key);
+	unhex("070000004041424344454647", nonce);
+	adlen = unhex("50515253c0c1c2c3c4c5c6c7", ad);
+	n = unhex("d31a8d34648e60db7b86afbc53ef7ec2a4aded51296e08fea9e2b5a736ee62d6"
+		"3dbea45e8ca9671282fafb69da92728b1a71de0a9e060b2905d6a5b67ecd3b36"
+		"92ddbd7f2d778b8c9803aee328091b58fab324e4fad675945585808b4831d7bc"
+		"3ff4def08e4b7a9de576d26586cec64b6116", want);
+	CHECK_INT(t, n, strlen(sunscreen));
+	memcpy(in, sunscreen, n);
+	aead_seal(got, tag, key, nonce, ad, adlen, in, n);
+	CHECK_MEM(t, got, want, n);
+	unhex("1ae10b594f09e26a7e902ecbd0600691", tag2);
+	CHECK_MEM(t, tag, tag2, 16);
+	CHECK(t, aead_open(got, key, nonce, ad, adlen, got, n, tag) == 0);
+	CHECK_MEM(t, got, sunscreen, n);
+
+	/* A single flipped bit anywhere, or a wrong key, nonce or length,
+	 * and the message is refused. */
+	bad = flip_rejected(want, n, key, nonce, ad, adlen, want, n, tag);
+	CHECKF(t, bad == n, "aead_open took a flipped text byte %zu", bad);
+	bad = flip_rejected(tag, 16, key, nonce, ad, adlen, want, n, tag);
+	CHECKF(t, bad == 16, "aead_open took a flipped tag byte %zu", bad);
+	bad = flip_rejected(ad, adlen, key, nonce, ad, adlen, want, n, tag);
+	CHECKF(t, bad == adlen, "aead_open took a flipped AD byte %zu", bad);
+	bad = flip_rejected(nonce, 12, key, nonce, ad, adlen, want, n, tag);
+	CHECKF(t, bad == 12, "aead_open took a flipped nonce byte %zu", bad);
+	bad = flip_rejected(key, 32, key, nonce, ad, adlen, want, n, tag);
+	CHECKF(t, bad == 32, "aead_open took a flipped key byte %zu", bad);
+	CHECK(t, aead_open(got, key, nonce, ad, adlen, want, n - 1, tag) == -1);
+	CHECK(t, aead_open(got, key, nonce, ad, adlen - 1, want, n, tag) == -1);
+	CHECK(t, aead_open(got, key, nonce, ad, adlen, want, n, tag) == 0);
+
+	/* A.5: open a message sealed elsewhere. */
+	unhex("1c9240a5eb55d38af333888604f6b5f0473917c1402b80099dca5cbc207075c0", key);
+	unhex("000000000102030405060708", nonce);
+	adlen = unhex("f33388860000000000004e91", ad);
+	n = unhex("64a0861575861af460f062c79be643bd5e805cfd345cf389f108670ac76c8cb2"
+		"4c6cfc18755d43eea09ee94e382d26b0bdb7b73c321b0100d4f03b7f355894cf"
+		"332f830e710b97ce98c8a84abd0b948114ad176e008d33bd60f982b1ff37c855"
+		"9797a06ef4f0ef61c186324e2b3506383606907b6a7c02b0f9f6157b53c867e4"
+		"b9166c767b804d46a59b5216cde7a4e99040c5a40433225ee282a1b0a06c523e"
+		"af4534d7f83fa1155b0047718cbc546a0d072b04b3564eea1b422273f548271a"
+		"0bb2316053fa76991955ebd63159434ecebb4e466dae5a1073a6727627097a10"
+		"49e617d91d361094fa68f0ff77987130305beaba2eda04df997b714d6c6f2c29"
+		"a6ad5cb4022b02709b", want);
+	unhex("eead9d67890cbb22392336fea1851f38", tag);
+	CHECK_INT(t, n, strlen(a5_text));
+	memset(got, 0, sizeof(got));
+	CHECK(t, aead_open(got, key, nonce, ad, adlen, want, n, tag) == 0);
+	CHECK_MEM(t, got, a5_text, n);
+
+	/* Round trips at block edges and past the four-block path, checked
+	 * against ChaCha20 and Poly1305 used as §2.8 says. */
+	for (i = 0; i < sizeof(pt); i++) {
+		pt[i] = (uint8_t)(i * 13 + 1);
+	}
+	for (i = 0; i < sizeof(ad); i++) {
+		ad[i] = (uint8_t)(0xa0 + i);
+	}
+	for (i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+		n = lens[i];
+		adlen = adlens[i % (sizeof(adlens) / sizeof(adlens[0]))];
+		nonce[0] = (uint8_t)i;
+		aead_seal(ct, tag, key, nonce, ad, adlen, pt, n);
+
+		chacha20_xor(buf, pt, n, key, nonce, 1);
+		CHECKF(t, memcmp(buf, ct, n) == 0,
+		       "aead_seal of %zu bytes: not ChaCha20 from block 1", n);
+		memset(otk, 0, sizeof(otk));
+		chacha20_xor(otk, otk, sizeof(otk), key, nonce, 0);
+		memset(mac, 0, sizeof(mac));
+		memcpy(mac, ad, adlen);
+		m = (adlen + 15) / 16 * 16;
+		memcpy(mac + m, ct, n);
+		m += (n + 15) / 16 * 16;
+		mac[m] = (uint8_t)adlen;
+		mac[m + 8] = (uint8_t)n;
+		mac[m + 9] = (uint8_t)(n >> 8);
+		poly1305(tag2, mac, m + 16, otk);
+		CHECKF(t, memcmp(tag, tag2, 16) == 0,
+		       "aead_seal of %zu bytes: wrong tag", n);
+
+		memcpy(buf, pt, n);
+		aead_seal(buf, tag2, key, nonce, ad, adlen, buf, n);
+		CHECKF(t, memcmp(buf, ct, n) == 0 && memcmp(tag, tag2, 16) == 0,
+		       "aead_seal of %zu bytes in place differs", n);
+		r = aead_open(buf, key, nonce, ad, adlen, buf, n, tag);
+		CHECKF(t, r == 0 && memcmp(buf, pt, n) == 0,
+		       "aead_open of %zu bytes in place failed", n);
+		memset(buf, 0, n);
+		r = aead_open(buf, key, nonce, ad, adlen, ct, n, tag);
+		CHECKF(t, r == 0 && memcmp(buf, pt, n) == 0,
+		       "aead_open of %zu bytes failed", n);
+		if (n > 0) {
+			ct[n - 1] ^= 0x80;
+			memset(buf, 0xaa, n);
+			r = aead_open(buf, key, nonce, ad, adlen, ct, n, tag);
+			for (j = 0; j < n && buf[j] == 0; j++) {
+			}
+			CHECKF(t, r == -1 && j == n,
+			       "aead_open of %zu bytes took a flipped last byte", n);
+		}
 	}
 }
 
@@ -1213,6 +1746,10 @@ int main(void)
 
 	test_sha256(&t);
 	test_hmac(&t);
+	test_hkdf(&t);
+	test_chacha20(&t);
+	test_poly1305(&t);
+	test_aead(&t);
 	test_equal_ct(&t);
 	test_frame_types(&t);
 	test_frame_bad(&t);

@@ -1,0 +1,73 @@
+/*
+ * The primitives of protocol 2: X25519 for the key exchange, ChaCha20-
+ * Poly1305 for the records, and the helpers for handling secrets.  Each
+ * section names the file that implements it; HKDF is in sha256.h.  All of
+ * it runs in time independent of secret data, and is checked against every
+ * published RFC vector in tests/unit.c.
+ */
+#ifndef DIALBACK_CRYPTO_H
+#define DIALBACK_CRYPTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- secrets (sha256.c, beside equal_ct) ------------------------------- */
+
+/* crypto_wipe: zero n bytes at p in a way the compiler may not drop, for
+ * keys and key streams on the stack just before they go out of scope. */
+void crypto_wipe(void *p, size_t n);
+
+/* crypto_is_zero: 1 if all n bytes at p are zero, else 0, in time that
+ * depends only on n.  X25519 callers reject an all-zero shared secret,
+ * the sign of a peer's low-order point. */
+int crypto_is_zero(const uint8_t *p, size_t n);
+
+/* ---- ChaCha20, Poly1305 and their AEAD (chacha20poly1305.c) ----------- */
+
+#define CHACHA20_KEY_LEN   32
+#define CHACHA20_NONCE_LEN 12
+#define POLY1305_KEY_LEN   32
+#define AEAD_TAG_LEN       16
+
+/* chacha20_quarter_round: the quarter round of RFC 8439 §2.1 on words
+ * a, b, c and d of the state x.  It is here, and not static in the .c
+ * file, so that the unit test checks the very one the cipher runs. */
+static inline void chacha20_quarter_round(uint32_t x[16], int a, int b,
+                                          int c, int d)
+{
+	x[a] += x[b]; x[d] ^= x[a]; x[d] = x[d] << 16 | x[d] >> 16;
+	x[c] += x[d]; x[b] ^= x[c]; x[b] = x[b] << 12 | x[b] >> 20;
+	x[a] += x[b]; x[d] ^= x[a]; x[d] = x[d] << 8 | x[d] >> 24;
+	x[c] += x[d]; x[b] ^= x[c]; x[b] = x[b] << 7 | x[b] >> 25;
+}
+
+/* chacha20_xor: out = in XOR the ChaCha20 key stream for key and nonce,
+ * starting at block counter (RFC 8439 §2.4).  out == in is fine; other
+ * overlaps are not.  The 32-bit counter wraps after 256 GiB, so callers
+ * keep one (key, nonce) well below that. */
+void chacha20_xor(uint8_t *out, const uint8_t *in, size_t len,
+                  const uint8_t key[CHACHA20_KEY_LEN],
+                  const uint8_t nonce[CHACHA20_NONCE_LEN], uint32_t counter);
+
+/* poly1305: the one-time authenticator of RFC 8439 §2.5 over len bytes.
+ * A key must never authenticate two different messages. */
+void poly1305(uint8_t tag[AEAD_TAG_LEN], const uint8_t *msg, size_t len,
+              const uint8_t key[POLY1305_KEY_LEN]);
+
+/* aead_seal: AEAD_CHACHA20_POLY1305 (RFC 8439 §2.8): encrypt len bytes
+ * of in to out (out == in is fine) and write the tag over ad and the
+ * ciphertext.  A nonce must never be used twice with one key. */
+void aead_seal(uint8_t *out, uint8_t tag[AEAD_TAG_LEN],
+               const uint8_t key[CHACHA20_KEY_LEN],
+               const uint8_t nonce[CHACHA20_NONCE_LEN],
+               const uint8_t *ad, size_t adlen, const uint8_t *in, size_t len);
+
+/* aead_open: check tag over ad and the ciphertext in, in constant time,
+ * and only then decrypt it to out (out == in is fine).  Returns 0, or -1
+ * for a bad tag, when out is zeroed rather than left with plaintext. */
+int aead_open(uint8_t *out, const uint8_t key[CHACHA20_KEY_LEN],
+              const uint8_t nonce[CHACHA20_NONCE_LEN],
+              const uint8_t *ad, size_t adlen, const uint8_t *in, size_t len,
+              const uint8_t tag[AEAD_TAG_LEN]);
+
+#endif
