@@ -27,8 +27,9 @@ CFLAGS  += -Werror
 endif
 
 BINS  = server client
-TESTS = tests/unit tests/e2e tests/svc tests/features
-LIB   = common.o net.o protocol.o relay.o loop.o sha256.o chacha20poly1305.o
+TESTS = tests/unit tests/unit-portable tests/e2e tests/svc tests/features
+LIB   = common.o net.o protocol.o relay.o loop.o sha256.o chacha20poly1305.o \
+        x25519.o
 
 all: $(BINS)
 
@@ -50,9 +51,16 @@ relay.o: relay.c common.h protocol.h
 loop.o: loop.c common.h protocol.h
 sha256.o: sha256.c sha256.h crypto.h
 chacha20poly1305.o: chacha20poly1305.c crypto.h sha256.h
+x25519.o: x25519.c crypto.h
 
 tests/unit: tests/unit.c $(LIB) common.h protocol.h sha256.h crypto.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/unit.c $(LIB)
+# The unit test again with only the plain C of the crypto: no SSE2 ChaCha
+# and no unsigned __int128, so the code other machines run is tested here.
+tests/unit-portable: tests/unit.c $(LIB:.o=.c) common.h protocol.h sha256.h \
+                     crypto.h
+	$(CC) $(CFLAGS) -DDIALBACK_PORTABLE_CRYPTO -I. $(LDFLAGS) -o $@ \
+		tests/unit.c $(LIB:.o=.c)
 tests/e2e: tests/e2e.c tests/testlib.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/e2e.c
 tests/svc: tests/svc.c tests/testlib.h
@@ -84,7 +92,7 @@ FUZZ_FLAGS    = -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -O1 -g \
                 -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer \
                 -fno-sanitize-recover=all
 FUZZ_SRCS     = common.c net.c protocol.c relay.c loop.c sha256.c \
-                chacha20poly1305.c
+                chacha20poly1305.c x25519.c
 FUZZ_DEPS     = tests/fuzzlib.h $(FUZZ_SRCS) common.h protocol.h sha256.h \
                 crypto.h
 FUZZ_OPTS     = -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=10 \

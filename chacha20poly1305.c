@@ -89,57 +89,65 @@ static void chacha20_block(uint32_t x[16], const uint32_t s[16])
 	c = _mm_add_epi32(c, d); b = ROTL4(_mm_xor_si128(b, c), 7); \
 } while (0)
 
-/* chacha20_xor4: four blocks, counters s[12] to s[12]+3, with lane k of
- * vector i holding word i of block k; a 4x4 transpose per row of the
- * state puts the words back in block order for the XOR. */
-static void chacha20_xor4(uint8_t *out, const uint8_t *in,
-                          const uint32_t s[16])
+/* chacha20_xor4: as many whole runs of four blocks as len holds, with
+ * lane k of vector i holding word i of block k; a 4x4 transpose per row
+ * of the state puts the words back in block order for the XOR.  Returns
+ * the bytes done, and steps the counter s[12] past them. */
+static size_t chacha20_xor4(uint8_t *out, const uint8_t *in, size_t len,
+                            uint32_t s[16])
 {
 	__m128i x[16], o[16];
-	int i;
+	size_t done = 0;
+	int i, k;
 
 	for (i = 0; i < 16; i++) {
 		o[i] = _mm_set1_epi32((int)s[i]);
 	}
 	o[12] = _mm_add_epi32(o[12], _mm_set_epi32(3, 2, 1, 0));
-	memcpy(x, o, sizeof(x));
-	for (i = 0; i < 10; i++) {
-		QR4(x[0], x[4], x[8], x[12]);
-		QR4(x[1], x[5], x[9], x[13]);
-		QR4(x[2], x[6], x[10], x[14]);
-		QR4(x[3], x[7], x[11], x[15]);
-		QR4(x[0], x[5], x[10], x[15]);
-		QR4(x[1], x[6], x[11], x[12]);
-		QR4(x[2], x[7], x[8], x[13]);
-		QR4(x[3], x[4], x[9], x[14]);
-	}
-	for (i = 0; i < 16; i += 4) {
-		__m128i a = _mm_add_epi32(x[i], o[i]);
-		__m128i b = _mm_add_epi32(x[i + 1], o[i + 1]);
-		__m128i c = _mm_add_epi32(x[i + 2], o[i + 2]);
-		__m128i d = _mm_add_epi32(x[i + 3], o[i + 3]);
-		__m128i ab0 = _mm_unpacklo_epi32(a, b);
-		__m128i cd0 = _mm_unpacklo_epi32(c, d);
-		__m128i ab1 = _mm_unpackhi_epi32(a, b);
-		__m128i cd1 = _mm_unpackhi_epi32(c, d);
-		__m128i w[4];
-		int k;
-
-		w[0] = _mm_unpacklo_epi64(ab0, cd0);
-		w[1] = _mm_unpackhi_epi64(ab0, cd0);
-		w[2] = _mm_unpacklo_epi64(ab1, cd1);
-		w[3] = _mm_unpackhi_epi64(ab1, cd1);
-		for (k = 0; k < 4; k++) {
-			const uint8_t *ip = in + k * CHACHA_BLOCK + 4 * i;
-			uint8_t *op = out + k * CHACHA_BLOCK + 4 * i;
-
-			_mm_storeu_si128((__m128i *)op, _mm_xor_si128(w[k],
-			                 _mm_loadu_si128((const __m128i *)ip)));
+	for (; len >= 4 * CHACHA_BLOCK; len -= 4 * CHACHA_BLOCK) {
+		memcpy(x, o, sizeof(x));
+		for (i = 0; i < 10; i++) {
+			QR4(x[0], x[4], x[8], x[12]);
+			QR4(x[1], x[5], x[9], x[13]);
+			QR4(x[2], x[6], x[10], x[14]);
+			QR4(x[3], x[7], x[11], x[15]);
+			QR4(x[0], x[5], x[10], x[15]);
+			QR4(x[1], x[6], x[11], x[12]);
+			QR4(x[2], x[7], x[8], x[13]);
+			QR4(x[3], x[4], x[9], x[14]);
 		}
+		for (i = 0; i < 16; i += 4) {
+			__m128i a = _mm_add_epi32(x[i], o[i]);
+			__m128i b = _mm_add_epi32(x[i + 1], o[i + 1]);
+			__m128i c = _mm_add_epi32(x[i + 2], o[i + 2]);
+			__m128i d = _mm_add_epi32(x[i + 3], o[i + 3]);
+			__m128i ab0 = _mm_unpacklo_epi32(a, b);
+			__m128i cd0 = _mm_unpacklo_epi32(c, d);
+			__m128i ab1 = _mm_unpackhi_epi32(a, b);
+			__m128i cd1 = _mm_unpackhi_epi32(c, d);
+			__m128i w[4];
+
+			w[0] = _mm_unpacklo_epi64(ab0, cd0);
+			w[1] = _mm_unpackhi_epi64(ab0, cd0);
+			w[2] = _mm_unpacklo_epi64(ab1, cd1);
+			w[3] = _mm_unpackhi_epi64(ab1, cd1);
+			for (k = 0; k < 4; k++) {
+				int at = k * CHACHA_BLOCK + 4 * i;
+				__m128i m = _mm_loadu_si128((const __m128i *)(in + at));
+
+				_mm_storeu_si128((__m128i *)(out + at),
+				                 _mm_xor_si128(w[k], m));
+			}
+		}
+		o[12] = _mm_add_epi32(o[12], _mm_set1_epi32(4));
+		in += 4 * CHACHA_BLOCK;
+		out += 4 * CHACHA_BLOCK;
+		done += 4 * CHACHA_BLOCK;
 	}
-	/* The key stream was in registers and in x and o only. */
+	s[12] += (uint32_t)(done / CHACHA_BLOCK);
+	/* Spilled rounds may have left key stream in x. */
 	crypto_wipe(x, sizeof(x));
-	crypto_wipe(o, sizeof(o));
+	return done;
 }
 #endif
 
@@ -153,12 +161,10 @@ void chacha20_xor(uint8_t *out, const uint8_t *in, size_t len,
 
 	chacha20_init(s, key, nonce, counter);
 #ifdef CHACHA_SSE2
-	for (; len >= 4 * CHACHA_BLOCK; len -= 4 * CHACHA_BLOCK) {
-		chacha20_xor4(out, in, s);
-		s[12] += 4;
-		out += 4 * CHACHA_BLOCK;
-		in += 4 * CHACHA_BLOCK;
-	}
+	i = chacha20_xor4(out, in, len, s);
+	out += i;
+	in += i;
+	len -= i;
 #endif
 	for (; len >= CHACHA_BLOCK; len -= CHACHA_BLOCK) {
 		chacha20_block(x, s);

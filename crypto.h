@@ -22,6 +22,21 @@ void crypto_wipe(void *p, size_t n);
  * the sign of a peer's low-order point. */
 int crypto_is_zero(const uint8_t *p, size_t n);
 
+/* ---- X25519 (x25519.c) ------------------------------------------------- */
+
+#define X25519_LEN 32
+
+/* x25519: out = the u-coordinate of scalar times the point u (RFC 7748
+ * §5), the scalar clamped and the top bit of point ignored as the RFC
+ * says.  An all-zero out means the peer sent a low-order point; callers
+ * check with crypto_is_zero and drop the connection. */
+void x25519(uint8_t out[X25519_LEN], const uint8_t scalar[X25519_LEN],
+            const uint8_t point[X25519_LEN]);
+
+/* x25519_public: the public key for 32 random secret bytes, which is
+ * x25519 of the base point u = 9. */
+void x25519_public(uint8_t pub[X25519_LEN], const uint8_t secret[X25519_LEN]);
+
 /* ---- ChaCha20, Poly1305 and their AEAD (chacha20poly1305.c) ----------- */
 
 #define CHACHA20_KEY_LEN   32

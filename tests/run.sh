@@ -45,6 +45,7 @@ run() {
 }
 
 run unit ./tests/unit
+run unit-portable ./tests/unit-portable
 run e2e ./tests/e2e "$@"
 # The relay's portable read/write path, which Linux runs only when told:
 # the tests that move bytes, once more through it.

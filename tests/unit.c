@@ -775,6 +775,127 @@ static void test_aead(struct tally *t)
 	}
 }
 
+/* ---- X25519 (RFC 7748) -------------------------------------------------- */
+
+static void test_x25519(struct tally *t)
+{
+	/* §5.2: scalar, u-coordinate, result. */
+	static const struct {
+		const char *k, *u, *out;
+	} v[] = {
+		{ "a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4",
+		  "e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c",
+		  "c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552" },
+		{ "4b66e9d4d1b4673c5ad22691957d6af5c11b6421e0ea01d42ca4169e7918ba0d",
+		  "e5210f12786811d3f4b7959d0538ae2c31dbe7106fc03c3efc4cd549c715a493",
+		  "95cbde9476e8907d7aade45cb4b873f88b595a68799fa152e6f8f7647aac7957" },
+	};
+	/* Points of order 1, 2, 4 and 8, some of them written as u + p:
+	 * each takes any scalar to zero. */
+	static const char *const low[] = {
+		"0000000000000000000000000000000000000000000000000000000000000000",
+		"0100000000000000000000000000000000000000000000000000000000000000",
+		"e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+		"5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+		"ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+		"edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+		"eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+		"0000000000000000000000000000000000000000000000000000000000000080",
+	};
+	uint8_t k[32], u[32], want[32], got[32], a_pub[32], b_pub[32], a[32];
+	uint8_t b[32];
+	const char *slow = getenv("DIALBACK_SLOW_TESTS");
+	long i, n;
+
+	for (i = 0; i < (long)(sizeof(v) / sizeof(v[0])); i++) {
+		unhex(v[i].k, k);
+		unhex(v[i].u, u);
+		unhex(v[i].out, want);
+		x25519(got, k, u);
+		CHECKF(t, memcmp(got, want, 32) == 0,
+		       "RFC 7748 5.2 vector %ld: wrong result", i + 1);
+		/* The top bit of u is ignored, so flipping it changes nothing;
+		 * the scalar's clamped bits likewise. */
+		u[31] ^= 0x80;
+		k[0] ^= 7;
+		k[31] ^= 0xc0;
+		x25519(got, k, u);
+		CHECKF(t, memcmp(got, want, 32) == 0,
+		       "RFC 7748 5.2 vector %ld: top bit or clamping", i + 1);
+	}
+
+	/* §5.2 iterated: k = X25519(k, u), u = the old k, from k = u = 9.
+	 * The 1,000,000th takes a minute or more, so it is only checked when
+	 * DIALBACK_SLOW_TESTS=1. */
+	memset(k, 0, sizeof(k));
+	k[0] = 9;
+	memcpy(u, k, sizeof(u));
+	n = slow != NULL && strcmp(slow, "1") == 0 ? 1000000 : 1000;
+	for (i = 1; i <= n; i++) {
+		x25519(got, k, u);
+		memcpy(u, k, sizeof(u));
+		memcpy(k, got, sizeof(k));
+		if (i == 1) {
+			unhex("422c8e7a6227d7bca1350b3e2bb7279f"
+			      "7897b87bb6854b783c60e80311ae3079", want);
+			CHECK_MEM(t, k, want, 32);
+		} else if (i == 1000) {
+			unhex("684cf59ba83309552800ef566f2f4d3c"
+			      "1c3887c49360e3875f2eb94d99532c51", want);
+			CHECK_MEM(t, k, want, 32);
+		} else if (i == 1000000) {
+			unhex("7c3911e0ab2586fd864497297e575e6f"
+			      "3bc601c0883c30df5f4dd2d24f665424", want);
+			CHECK_MEM(t, k, want, 32);
+		}
+	}
+
+	/* §6.1: both public keys, and the secret each side computes. */
+	unhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a",
+	      a);
+	unhex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb",
+	      b);
+	x25519_public(a_pub, a);
+	unhex("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a",
+	      want);
+	CHECK_MEM(t, a_pub, want, 32);
+	x25519_public(b_pub, b);
+	unhex("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f",
+	      want);
+	CHECK_MEM(t, b_pub, want, 32);
+	unhex("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742",
+	      want);
+	x25519(got, a, b_pub);
+	CHECK_MEM(t, got, want, 32);
+	CHECK(t, !crypto_is_zero(got, 32));
+	x25519(got, b, a_pub);
+	CHECK_MEM(t, got, want, 32);
+
+	/* u at or above p is reduced first: 9 + p gives what 9 gives. */
+	memset(u, 0xff, sizeof(u));
+	u[0] = 0xf6;
+	u[31] = 0x7f;
+	x25519(got, a, u);
+	CHECK_MEM(t, got, a_pub, 32);
+
+	/* A low-order point gives zero, which is how callers spot it. */
+	for (i = 0; i < (long)(sizeof(low) / sizeof(low[0])); i++) {
+		unhex(low[i], u);
+		memset(got, 0xaa, sizeof(got));
+		x25519(got, a, u);
+		CHECKF(t, crypto_is_zero(got, 32),
+		       "low-order point %ld: secret not zero", i);
+	}
+	memset(got, 0, sizeof(got));
+	CHECK(t, crypto_is_zero(got, 32));
+	CHECK(t, crypto_is_zero(got, 0));
+	for (i = 0; i < 32; i++) {
+		got[i] = 0x80;
+		CHECKF(t, !crypto_is_zero(got, 32), "crypto_is_zero: %ld", i);
+		got[i] = 0;
+	}
+}
+
 static void test_equal_ct(struct tally *t)
 {
 	uint8_t a[32], b[32];
@@ -1750,6 +1871,7 @@ int main(void)
 	test_chacha20(&t);
 	test_poly1305(&t);
 	test_aead(&t);
+	test_x25519(&t);
 	test_equal_ct(&t);
 	test_frame_types(&t);
 	test_frame_bad(&t);
