@@ -28,8 +28,8 @@ endif
 
 BINS  = server client
 TESTS = tests/unit tests/unit-portable tests/e2e tests/svc tests/features
-LIB   = common.o net.o protocol.o relay.o loop.o sha256.o chacha20poly1305.o \
-        x25519.o
+LIB   = common.o net.o protocol.o keys.o relay.o loop.o sha256.o \
+        chacha20poly1305.o x25519.o
 
 all: $(BINS)
 
@@ -46,7 +46,8 @@ server_user.o: server_user.c server.h common.h protocol.h sha256.h
 client.o: client.c common.h protocol.h sha256.h
 common.o: common.c common.h protocol.h
 net.o: net.c common.h protocol.h
-protocol.o: protocol.c protocol.h sha256.h
+protocol.o: protocol.c common.h protocol.h
+keys.o: keys.c common.h protocol.h crypto.h sha256.h
 relay.o: relay.c common.h protocol.h
 loop.o: loop.c common.h protocol.h
 sha256.o: sha256.c sha256.h crypto.h
@@ -91,7 +92,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_FLAGS    = -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -O1 -g \
                 -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer \
                 -fno-sanitize-recover=all
-FUZZ_SRCS     = common.c net.c protocol.c relay.c loop.c sha256.c \
+FUZZ_SRCS     = common.c net.c protocol.c keys.c relay.c loop.c sha256.c \
                 chacha20poly1305.c x25519.c
 FUZZ_DEPS     = tests/fuzzlib.h $(FUZZ_SRCS) common.h protocol.h sha256.h \
                 crypto.h

@@ -20,18 +20,19 @@
 #include <unistd.h>
 
 #include "common.h"
-#include "sha256.h"
+#include "crypto.h"
 
 #define PROG "client"        /* as usage errors name it */
 
 static const char usage_text[] =
 "usage: ./client -remote HOST[:PORT] [-local HOST:PORT] [-port N] [-pool N]\n"
-"                [-token SECRET] [-proxy-protocol v1|v2] [-v | -q]\n"
+"                [-token SECRET] [-plaintext] [-proxy-protocol v1|v2] [-v | -q]\n"
 "  -remote HOST[:PORT]  the server's control address (port default 8009)\n"
 "  -local HOST:PORT     the service to expose (default 127.0.0.1:8080)\n"
 "  -port N              ask for public port N (in the server's -ports range)\n"
 "  -pool N              keep N tunnels dialed ahead for new users (0-64, default 0)\n"
 "  -token SECRET        the server's token (or DIALBACK_TOKEN)\n"
+"  -plaintext           tunnels carry raw bytes, unencrypted (server must allow)\n"
 "  -proxy-protocol v1|v2\n"
 "                       tell the service each user's address (PROXY protocol)\n"
 "  -v, -q               more logging / warnings only\n";
@@ -70,7 +71,9 @@ struct cuser {
 	int held;                      /* the connection made before it */
 	int local_idx;                 /* which local address is being tried */
 	uint8_t id[USER_ID_LEN];
-	uint8_t key[PROOF_LEN];        /* the session that announced it */
+	unsigned session;              /* the session that announced it */
+	int sealed;                    /* its tunnel carries records */
+	struct seal tun_tx, tun_rx;    /* ... under these keys (from its id) */
 	struct wire_addr src, dst;     /* user, and the public address it reached */
 	char peer[ADDR_STRLEN];
 	int64_t start, deadline;
@@ -101,7 +104,10 @@ struct client {
 	socklen_t server_len;
 	char server[ADDR_STRLEN];
 	struct fbuf in, out;
-	uint8_t cn[NONCE_LEN], sn[NONCE_LEN], key[PROOF_LEN];
+	struct handshake hs;                 /* HELLO until REPLY */
+	struct session_keys keys;            /* once attached */
+	unsigned session;                    /* attachments so far */
+	int plaintext;                       /* -plaintext: raw tunnels */
 	int tunnel_port, public_port, heartbeat_s;
 	int64_t deadline;                    /* handshake, or next attempt */
 	int64_t last_rx, next_ping;
@@ -212,6 +218,7 @@ sweep(struct client *c)
 	while (c->dead != NULL) {
 		struct cuser *u = c->dead;
 		ulist_del(&c->dead, u);
+		crypto_wipe(u, sizeof(*u));
 		free(u);
 	}
 }
@@ -254,7 +261,7 @@ report_failure(struct client *c, struct cuser *u, const char *why)
 	struct msg m;
 
 	/* Only the session that announced the user can speak for it. */
-	if (c->state == C_ATTACHED && memcmp(c->key, u->key, PROOF_LEN) == 0) {
+	if (c->state == C_ATTACHED && c->session == u->session) {
 		memset(&m, 0, sizeof(m));
 		m.type = MSG_USER_FAILED;
 		memcpy(m.user_id, u->id, USER_ID_LEN);
@@ -296,14 +303,14 @@ tunnel_dial(struct client *c, struct cuser *u)
 }
 
 static size_t
-join_frame(const struct cuser *u, uint8_t *frame)
+join_frame(struct cuser *u, uint8_t *frame)
 {
 	struct msg m;
 
 	memset(&m, 0, sizeof(m));
 	m.type = MSG_JOIN;
 	memcpy(m.user_id, u->id, USER_ID_LEN);
-	key_join_proof(u->key, u->id, m.proof);
+	join_proof(&u->tun_tx, u->id, m.proof);
 	return frame_encode(frame, &m);
 }
 
@@ -323,6 +330,9 @@ relay_begin(struct client *c, struct cuser *u, int tunnel, int local,
 	int fail;
 
 	relay_init(&u->relay, tunnel, local);
+	if (u->sealed) {
+		relay_seal(&u->relay, 0, &u->tun_tx, &u->tun_rx);
+	}
 	u->fd = u->held = -1;
 	ulist_del(&c->users, u);
 	ulist_add(&c->relaying, u);
@@ -333,8 +343,7 @@ relay_begin(struct client *c, struct cuser *u, int tunnel, int local,
 		                     c->proxy_version, &u->src, &u->dst, proxy));
 	}
 	if (!fail && u->in.len > 0) {
-		fail = relay_prefill(&u->relay, 0, u->in.data, u->in.len);
-		u->relay.dir[0].bytes += u->in.len;
+		fail = relay_feed(&u->relay, 0, u->in.data, u->in.len);
 	}
 	fbuf_free(&u->in);
 	if (fail) {
@@ -359,6 +368,7 @@ pool_joined(struct client *c, struct cuser *u)
 	}
 	u->held = u->fd;
 	u->fd = -1;
+	u->in.seal = u->sealed ? &u->tun_rx : NULL;
 	u->state = U_POOL_IDLE;
 }
 
@@ -431,7 +441,9 @@ user_add(struct client *c, enum user_state state, const uint8_t id[USER_ID_LEN])
 	watch_init(&u->w[1], K_USER, u, 1);
 	u->state = state;
 	memcpy(u->id, id, USER_ID_LEN);
-	memcpy(u->key, c->key, PROOF_LEN);
+	u->session = c->session;
+	u->sealed = !c->plaintext;
+	tunnel_keys(c->keys.tunnel, id, 1, &u->tun_tx, &u->tun_rx);
 	snprintf(u->peer, sizeof(u->peer), "?");
 	u->start = now_ms();
 	u->deadline = u->start + JOIN_WAIT_MS;
@@ -542,6 +554,9 @@ ctl_reset(struct client *c)
 	loop_unwatch(c->loop, &c->ctl_w);
 	close_fd(&c->fd);
 	c->in.len = c->out.len = 0;
+	c->in.seal = c->out.seal = NULL;
+	crypto_wipe(&c->hs, sizeof(c->hs));
+	crypto_wipe(&c->keys, sizeof(c->keys));
 	c->state = C_IDLE;
 }
 
@@ -633,11 +648,12 @@ ctl_connected(struct client *c)
 		return;
 	}
 	set_keepalive(c->fd);
-	random_bytes(c->cn, NONCE_LEN);
+	hs_init(&c->hs);
 	memset(&m, 0, sizeof(m));
 	m.type = MSG_HELLO;
-	memcpy(m.nonce, c->cn, NONCE_LEN);
-	memcpy(m.run_id, c->run_id, RUN_ID_LEN);
+	m.public_port = (uint16_t)c->want_port;
+	memcpy(m.pub, c->hs.e_pub, KEY_LEN);
+	hs_mix_msg(&c->hs, &m);
 	ctl_send(c, &m);
 	c->state = C_HELLO_SENT;
 }
@@ -671,6 +687,51 @@ on_error_msg(struct client *c, const struct msg *m)
 	}
 }
 
+/* CHALLENGE: finish the key exchange and prove the secret in AUTH. */
+static void
+on_challenge(struct client *c, const struct msg *m)
+{
+	uint8_t frame[FRAME_HDR + FRAME_MAX], psk[KEY_LEN];
+	struct msg a, r;
+	size_t n;
+
+	hs_mix_msg(&c->hs, m);
+	if (hs_mix_dh(&c->hs, m->pub) != 0) {
+		ctl_retry(c, "the server sent a low-order key");
+		return;
+	}
+	psk_derive(c->token, strlen(c->token), psk);
+	hs_mix_psk(&c->hs, psk);
+	crypto_wipe(psk, sizeof(psk));
+	memset(&a, 0, sizeof(a));
+	a.type = MSG_ATTACH;
+	memcpy(a.run_id, c->run_id, RUN_ID_LEN);
+	a.pool = (uint16_t)c->pool_want;
+	a.flags = c->plaintext ? FLAG_PLAINTEXT : 0;
+	n = frame_encode(frame, &a);
+	memset(&r, 0, sizeof(r));
+	r.type = MSG_AUTH;
+	hs_seal(&c->hs, frame, n, r.sealed);
+	r.sealed_len = (uint16_t)(n + TAG_LEN);
+	ctl_send(c, &r);
+	c->state = C_AUTH_SENT;
+}
+
+/* REPLY: open it into the WELCOME or ERROR inside; -1 if it does not
+ * open (the server does not hold the secret) or holds anything else. */
+static int
+reply_open(struct client *c, const struct msg *m, struct msg *inner)
+{
+	uint8_t plain[SEALED_MAX];
+	size_t n = m->sealed_len - TAG_LEN, used = 0;
+
+	if (hs_open(&c->hs, m->sealed, m->sealed_len, plain) != 0 ||
+	    frame_decode(plain, n, inner, &used) != FRAME_OK || used != n) {
+		return -1;
+	}
+	return 0;
+}
+
 static void
 on_ctl_msg(struct client *c, const struct msg *m)
 {
@@ -684,31 +745,43 @@ on_ctl_msg(struct client *c, const struct msg *m)
 	}
 	switch (c->state) {
 	case C_HELLO_SENT:
-		if (m->type != MSG_CHALLENGE || m->version != PROTO_VERSION) {
-			snprintf(why, sizeof(why), m->type == MSG_CHALLENGE
-			         ? "%s speaks another protocol version; run the same "
-			           "dialback release on both sides"
-			         : "%s is not a dialback control port (check -remote)",
-			         c->server);
+		if (m->type != MSG_CHALLENGE) {
+			snprintf(why, sizeof(why), "%s is not a dialback control "
+			         "port (check -remote)", c->server);
 			ctl_fail(c, 1, why);
 			return;
 		}
-		memcpy(c->sn, m->nonce, NONCE_LEN);
-		r.type = MSG_AUTH;
-		r.public_port = (uint16_t)c->want_port;
-		r.pool = (uint16_t)c->pool_want;
-		key_auth_proof(c->token, c->cn, c->sn, r.proof);
-		ctl_send(c, &r);
-		c->state = C_AUTH_SENT;
+		if (m->version != PROTO_VERSION) {
+			snprintf(why, sizeof(why), "%s speaks protocol version %d, "
+			         "this client %d; run the same dialback release on "
+			         "both sides", c->server, m->version, PROTO_VERSION);
+			ctl_fail(c, 1, why);
+			return;
+		}
+		on_challenge(c, m);
 		break;
 	case C_AUTH_SENT:
-		if (m->type != MSG_WELCOME || m->heartbeat_s == 0) {
+		if (m->type != MSG_REPLY || reply_open(c, m, &r) != 0) {
+			ctl_fail(c, 1, "server could not prove it knows the token: "
+			         "wrong server or wrong token");
+			return;
+		}
+		if (r.type == MSG_ERROR) {
+			on_error_msg(c, &r);
+			return;
+		}
+		if (r.type != MSG_WELCOME || r.heartbeat_s == 0 ||
+		    (r.flags & FLAG_PLAINTEXT) != (c->plaintext ? FLAG_PLAINTEXT : 0)) {
 			snprintf(why, sizeof(why), "%s sent an unexpected reply to "
 			         "AUTH", c->server);
 			ctl_fail(c, 1, why);
 			return;
 		}
-		key_session(c->token, c->cn, c->sn, c->key);
+		m = &r;
+		hs_split(&c->hs, 1, &c->keys);
+		c->in.seal = &c->keys.rx;
+		c->out.seal = &c->keys.tx;
+		c->session++;
 		c->tunnel_port = m->tunnel_port;
 		c->public_port = m->public_port;
 		c->heartbeat_s = m->heartbeat_s;
@@ -1014,6 +1087,7 @@ parse_args(struct client *c, int argc, char **argv)
 		{ "remote", &remote, NULL },
 		{ "local", &local, NULL },
 		{ "token", &token, NULL },
+		{ "plaintext", NULL, &c->plaintext },
 		{ "port", &port, NULL },
 		{ "pool", &pool, NULL },
 		{ "proxy-protocol", &proxy, NULL },

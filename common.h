@@ -233,6 +233,8 @@ struct relay_dir {
 	int bulk;            /* reads fill buffers: splice, not copy */
 	int eof, shut;
 	uint64_t bytes;
+	uint8_t *rbuf;       /* sealed source: records not yet opened */
+	size_t rlen;
 };
 
 /* A relayed pair.  dir[0] carries fd[0] -> fd[1], dir[1] fd[1] -> fd[0]. */
@@ -244,6 +246,9 @@ struct relay {
 	int err_side;        /* on RELAY_FAIL: which fd, */
 	const char *err_op;  /* doing what ("read", "write", "shutdown") */
 	int err_no;          /* and errno */
+	int sealed;          /* fd[sealed] carries records; -1: none does */
+	struct seal *tx, *rx;  /* ... sealed toward it, opened from it */
+	const char *broke;   /* how the sealed stream broke, or NULL */
 };
 
 enum relay_state { RELAY_OPEN, RELAY_DONE, RELAY_FAIL };
@@ -255,6 +260,18 @@ void relay_init(struct relay *r, int fd0, int fd1);
  * from its source; used for a JOIN and for bytes read past it.  -1 if out
  * of memory. */
 int relay_prefill(struct relay *r, int d, const void *data, size_t n);
+
+/* relay_seal: fd[side] carries records (protocol.h): what goes to it is
+ * sealed with tx, what comes from it opened with rx; splice is off.  An
+ * end of stream travels as an empty record; a FIN without it, or a record
+ * that does not open, fails the relay and resets the other side.
+ * relay_put_record: queue data as one record toward the sealed side.
+ * relay_feed: bytes already read from direction d's source (records, when
+ * it is the sealed side); with relay_prefill, what is queued for d's sink
+ * as it is.  -1 if out of memory (or too large). */
+void relay_seal(struct relay *r, int side, struct seal *tx, struct seal *rx);
+int relay_put_record(struct relay *r, int d, const void *data, size_t n);
+int relay_feed(struct relay *r, int d, const void *data, size_t n);
 
 /* relay_events: the poll interest for fd[0] and fd[1], derived from the
  * buffers: room to fill means POLLIN, bytes to send mean POLLOUT.  0 means

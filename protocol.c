@@ -1,6 +1,6 @@
 /*
- * What protocol.h declares: the frame codec, the frame buffers of the
- * control and join traffic, and the handshake's key derivation.
+ * The frame codec and the frame buffers of the control and join traffic,
+ * clear or inside records (keys.c).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -12,51 +12,13 @@
 #include "common.h"
 #include "sha256.h"
 
-/* ==== keys =============================================================== */
-
-static void
-mac3(const void *key, size_t keylen, const char *label, const void *a,
-     size_t alen, const void *b, size_t blen, uint8_t out[PROOF_LEN])
-{
-	struct hmac_sha256 h;
-
-	hmac_sha256_init(&h, key, keylen);
-	hmac_sha256_update(&h, label, strlen(label));
-	hmac_sha256_update(&h, a, alen);
-	hmac_sha256_update(&h, b, blen);
-	hmac_sha256_final(&h, out);
-}
-
-void
-key_auth_proof(const char *token, const uint8_t cn[NONCE_LEN],
-               const uint8_t sn[NONCE_LEN], uint8_t out[PROOF_LEN])
-{
-	mac3(token, strlen(token), "dialback auth", cn, NONCE_LEN, sn,
-	     NONCE_LEN, out);
-}
-
-void
-key_session(const char *token, const uint8_t cn[NONCE_LEN],
-            const uint8_t sn[NONCE_LEN], uint8_t out[PROOF_LEN])
-{
-	mac3(token, strlen(token), "dialback session", cn, NONCE_LEN, sn,
-	     NONCE_LEN, out);
-}
-
-void
-key_join_proof(const uint8_t key[PROOF_LEN], const uint8_t id[USER_ID_LEN],
-               uint8_t out[PROOF_LEN])
-{
-	mac3(key, PROOF_LEN, "dialback join", id, USER_ID_LEN, "", 0, out);
-}
-
 /* ==== frame codec ======================================================== */
 
 static const char *const msg_names[MSG_TYPE_END] = {
 	[MSG_HELLO] = "HELLO",
 	[MSG_CHALLENGE] = "CHALLENGE",
 	[MSG_AUTH] = "AUTH",
-	[MSG_WELCOME] = "WELCOME",
+	[MSG_REPLY] = "REPLY",
 	[MSG_ERROR] = "ERROR",
 	[MSG_PING] = "PING",
 	[MSG_PONG] = "PONG",
@@ -64,21 +26,27 @@ static const char *const msg_names[MSG_TYPE_END] = {
 	[MSG_USER_FAILED] = "USER_FAILED",
 	[MSG_JOIN] = "JOIN",
 	[MSG_TICKET] = "TICKET",
+	[MSG_ATTACH] = "ATTACH",
+	[MSG_WELCOME] = "WELCOME",
 };
 
 /* Payload sizes: [min, max]; fixed-size types have min == max. */
 static const struct { uint16_t min, max; } msg_len[MSG_TYPE_END] = {
-	[MSG_HELLO] = { 29, 29 },
-	[MSG_CHALLENGE] = { 21, 21 },
-	[MSG_AUTH] = { PROOF_LEN + 4, PROOF_LEN + 4 },
-	[MSG_WELCOME] = { 6, 6 },
+	[MSG_HELLO] = { PROTO_MAGIC_LEN + 1 + 2 + KEY_LEN,
+	                PROTO_MAGIC_LEN + 1 + 2 + KEY_LEN },
+	[MSG_CHALLENGE] = { PROTO_MAGIC_LEN + 1 + KEY_LEN,
+	                    PROTO_MAGIC_LEN + 1 + KEY_LEN },
+	[MSG_AUTH] = { TAG_LEN, SEALED_MAX },
+	[MSG_REPLY] = { TAG_LEN, SEALED_MAX },
+	[MSG_ATTACH] = { RUN_ID_LEN + 3, RUN_ID_LEN + 3 },
+	[MSG_WELCOME] = { 7, 7 },
 	[MSG_ERROR] = { 2, 1 + TEXT_MAX },
 	[MSG_PING] = { 0, 0 },
 	[MSG_PONG] = { 0, 0 },
 	[MSG_NEW_USER] = { USER_ID_LEN + 2 * WIRE_ADDR_LEN,
 	                   USER_ID_LEN + 2 * WIRE_ADDR_LEN },
 	[MSG_USER_FAILED] = { USER_ID_LEN, USER_ID_LEN + TEXT_MAX },
-	[MSG_JOIN] = { USER_ID_LEN + PROOF_LEN, USER_ID_LEN + PROOF_LEN },
+	[MSG_JOIN] = { USER_ID_LEN + TAG_LEN, USER_ID_LEN + TAG_LEN },
 	[MSG_TICKET] = { USER_ID_LEN, USER_ID_LEN },
 };
 
@@ -186,21 +154,27 @@ frame_decode(const uint8_t *buf, size_t len, struct msg *m, size_t *used)
 	}
 	switch (type) {
 	case MSG_HELLO:
-		memcpy(m->nonce, p, NONCE_LEN);
-		memcpy(m->run_id, p + NONCE_LEN, RUN_ID_LEN);
+		m->public_port = wire_get16(p);
+		memcpy(m->pub, p + 2, KEY_LEN);
 		break;
 	case MSG_CHALLENGE:
-		memcpy(m->nonce, p, NONCE_LEN);
+		memcpy(m->pub, p, KEY_LEN);
 		break;
 	case MSG_AUTH:
-		memcpy(m->proof, p, PROOF_LEN);
-		m->public_port = wire_get16(p + PROOF_LEN);
-		m->pool = wire_get16(p + PROOF_LEN + 2);
+	case MSG_REPLY:
+		memcpy(m->sealed, p, plen);
+		m->sealed_len = plen;
+		break;
+	case MSG_ATTACH:
+		memcpy(m->run_id, p, RUN_ID_LEN);
+		m->pool = wire_get16(p + RUN_ID_LEN);
+		m->flags = p[RUN_ID_LEN + 2];
 		break;
 	case MSG_WELCOME:
 		m->tunnel_port = wire_get16(p);
 		m->public_port = wire_get16(p + 2);
 		m->heartbeat_s = wire_get16(p + 4);
+		m->flags = p[6];
 		break;
 	case MSG_ERROR:
 		m->code = p[0];
@@ -219,7 +193,7 @@ frame_decode(const uint8_t *buf, size_t len, struct msg *m, size_t *used)
 		break;
 	case MSG_JOIN:
 		memcpy(m->user_id, p, USER_ID_LEN);
-		memcpy(m->proof, p + USER_ID_LEN, PROOF_LEN);
+		memcpy(m->proof, p + USER_ID_LEN, TAG_LEN);
 		break;
 	case MSG_TICKET:
 		memcpy(m->user_id, p, USER_ID_LEN);
@@ -243,25 +217,31 @@ frame_encode(uint8_t *out, const struct msg *m)
 	}
 	switch (m->type) {
 	case MSG_HELLO:
-		memcpy(p, m->nonce, NONCE_LEN);
-		memcpy(p + NONCE_LEN, m->run_id, RUN_ID_LEN);
-		p += NONCE_LEN + RUN_ID_LEN;
+		wire_put16(p, m->public_port);
+		memcpy(p + 2, m->pub, KEY_LEN);
+		p += 2 + KEY_LEN;
 		break;
 	case MSG_CHALLENGE:
-		memcpy(p, m->nonce, NONCE_LEN);
-		p += NONCE_LEN;
+		memcpy(p, m->pub, KEY_LEN);
+		p += KEY_LEN;
 		break;
 	case MSG_AUTH:
-		memcpy(p, m->proof, PROOF_LEN);
-		wire_put16(p + PROOF_LEN, m->public_port);
-		wire_put16(p + PROOF_LEN + 2, m->pool);
-		p += PROOF_LEN + 4;
+	case MSG_REPLY:
+		memcpy(p, m->sealed, m->sealed_len);
+		p += m->sealed_len;
+		break;
+	case MSG_ATTACH:
+		memcpy(p, m->run_id, RUN_ID_LEN);
+		wire_put16(p + RUN_ID_LEN, m->pool);
+		p[RUN_ID_LEN + 2] = m->flags;
+		p += RUN_ID_LEN + 3;
 		break;
 	case MSG_WELCOME:
 		wire_put16(p, m->tunnel_port);
 		wire_put16(p + 2, m->public_port);
 		wire_put16(p + 4, m->heartbeat_s);
-		p += 6;
+		p[6] = m->flags;
+		p += 7;
 		break;
 	case MSG_ERROR:
 		p[0] = m->code;
@@ -279,8 +259,8 @@ frame_encode(uint8_t *out, const struct msg *m)
 		break;
 	case MSG_JOIN:
 		memcpy(p, m->user_id, USER_ID_LEN);
-		memcpy(p + USER_ID_LEN, m->proof, PROOF_LEN);
-		p += USER_ID_LEN + PROOF_LEN;
+		memcpy(p + USER_ID_LEN, m->proof, TAG_LEN);
+		p += USER_ID_LEN + TAG_LEN;
 		break;
 	case MSG_TICKET:
 		memcpy(p, m->user_id, USER_ID_LEN);
@@ -302,8 +282,8 @@ fbuf_init(struct fbuf *b, size_t cap)
 {
 	uint8_t *data;
 
-	if (cap < FRAME_HDR + FRAME_MAX) {
-		cap = FRAME_HDR + FRAME_MAX;
+	if (cap < FBUF_UNIT) {
+		cap = FBUF_UNIT;
 	}
 	if ((data = realloc(b->data, cap)) == NULL) {
 		return -1;
@@ -338,11 +318,15 @@ fbuf_put(struct fbuf *b, const struct msg *m)
 	uint8_t frame[FRAME_HDR + FRAME_MAX];
 	size_t n = frame_encode(frame, m);
 
-	if (b->len + n > b->cap) {
+	if (b->len + n + (b->seal ? RECORD_HDR + TAG_LEN : 0) > b->cap) {
 		return -1;
 	}
-	memcpy(b->data + b->len, frame, n);
-	b->len += n;
+	if (b->seal != NULL) {
+		b->len += record_seal(b->seal, frame, n, b->data + b->len);
+	} else {
+		memcpy(b->data + b->len, frame, n);
+		b->len += n;
+	}
 	return 0;
 }
 
@@ -384,9 +368,21 @@ fbuf_fill(struct fbuf *b, int fd)
 enum frame_result
 fbuf_take(struct fbuf *b, struct msg *m)
 {
-	size_t used = 0;
-	enum frame_result r = frame_decode(b->data, b->len, m, &used);
+	size_t used = 0, plen, fused = 0;
+	enum frame_result r;
 
+	if (b->seal == NULL) {
+		r = frame_decode(b->data, b->len, m, &used);
+	} else if (b->len >= RECORD_HDR &&
+	           wire_get16(b->data) > FRAME_HDR + FRAME_MAX) {
+		r = FRAME_BAD;  /* no frame is that long: don't wait for it */
+	} else if ((r = record_open(b->seal, b->data, b->len, &used,
+	                            &plen)) == FRAME_OK) {
+		r = frame_decode(b->data + RECORD_HDR, plen, m, &fused);
+		if (r != FRAME_OK || fused != plen) {
+			r = FRAME_BAD;
+		}
+	}
 	if (r == FRAME_OK) {
 		memmove(b->data, b->data + used, b->len - used);
 		b->len -= used;

@@ -194,6 +194,7 @@ relay_init(struct relay *r, int fd0, int fd1)
 	r->fd[0] = fd0;
 	r->fd[1] = fd1;
 	r->splice = use_splice;
+	r->sealed = -1;
 	r->live = 1;
 	relay_live++;
 	for (d = 0; d < 2; d++) {
@@ -223,9 +224,63 @@ relay_prefill(struct relay *r, int d, const void *data, size_t n)
 	return relay_keep(&r->dir[d], data, n);
 }
 
-static int
-relay_can_read(const struct relay_dir *rd)
+void
+relay_seal(struct relay *r, int side, struct seal *tx, struct seal *rx)
 {
+	r->sealed = side;
+	r->splice = 0;
+	r->tx = tx;
+	r->rx = rx;
+}
+
+int
+relay_put_record(struct relay *r, int d, const void *data, size_t n)
+{
+	uint8_t rec[RECORD_HDR + FRAME_HDR + FRAME_MAX + TAG_LEN];
+
+	if (n > FRAME_HDR + FRAME_MAX) {
+		errno = EMSGSIZE;
+		return -1;
+	}
+	return relay_keep(&r->dir[d], rec, record_seal(r->tx, data, n, rec));
+}
+
+int
+relay_feed(struct relay *r, int d, const void *data, size_t n)
+{
+	struct relay_dir *rd = &r->dir[d];
+
+	if (r->sealed != d) {
+		rd->bytes += n;
+		return relay_prefill(r, d, data, n);
+	}
+	if (n == 0) {
+		return 0;
+	}
+	if (n > RELAY_BUF || (rd->rbuf == NULL && (rd->rbuf = buf_take()) == NULL)) {
+		errno = ENOMEM;
+		return -1;
+	}
+	memcpy(rd->rbuf, data, n);
+	rd->rlen = n;
+	return 0;
+}
+
+/* A whole record waits in direction d's records from its sealed source. */
+static int
+record_ready(const struct relay_dir *rd)
+{
+	return rd->rlen >= RECORD_HDR &&
+	       rd->rlen >= RECORD_HDR + (size_t)wire_get16(rd->rbuf) + TAG_LEN;
+}
+
+static int
+relay_can_read(const struct relay *r, const struct relay_dir *rd)
+{
+	if (r->sealed >= 0) {
+		/* Sealed: one record (or its plaintext) in hand at a time. */
+		return !rd->eof && rd->len == 0 && !record_ready(rd);
+	}
 	return !rd->eof && !rd->pipe_full &&
 	       (rd->buf == NULL || rd->off + rd->len < RELAY_BUF);
 }
@@ -237,10 +292,12 @@ relay_events(const struct relay *r, short ev[2])
 
 	ev[0] = ev[1] = 0;
 	for (d = 0; d < 2; d++) {
-		if (relay_can_read(&r->dir[d])) {
+		const struct relay_dir *rd = &r->dir[d];
+
+		if (relay_can_read(r, rd)) {
 			ev[d] |= POLLIN;
 		}
-		if (r->dir[d].len > 0 || r->dir[d].piped > 0) {
+		if (rd->len > 0 || rd->piped > 0 || record_ready(rd)) {
 			ev[1 - d] |= POLLOUT;
 		}
 	}
@@ -255,12 +312,25 @@ relay_fail(struct relay *r, int side, const char *op)
 	return RELAY_FAIL;
 }
 
+/* A sealed stream broke: op says how (err_no 0: no errno to add). */
+static int
+seal_broke(struct relay *r, const char *op)
+{
+	r->broke = op;
+	errno = EPROTO;
+	return -1;
+}
+
 const char *
 relay_why(const struct relay *r, const char *const side[2], char *buf,
           size_t len)
 {
-	snprintf(buf, len, "%s %s: %s", side[r->err_side != 0], r->err_op,
-	         strerror(r->err_no));
+	if (r->broke != NULL) {
+		snprintf(buf, len, "%s %s", side[r->sealed != 0], r->broke);
+	} else {
+		snprintf(buf, len, "%s %s: %s", side[r->err_side != 0], r->err_op,
+		         strerror(r->err_no));
+	}
 	return buf;
 }
 
@@ -319,7 +389,7 @@ relay_splice(struct relay *r, int d, const char **op)
 	struct relay_dir *rd = &r->dir[d];
 	int i;
 
-	for (i = 0; i < RELAY_BURST && relay_can_read(rd); i++) {
+	for (i = 0; i < RELAY_BURST && relay_can_read(r, rd); i++) {
 		ssize_t n;
 
 		if (rd->pipe[0] < 0 && pipe_take(rd->pipe) != 0) {
@@ -385,7 +455,7 @@ relay_move(struct relay *r, int d, const char **op)
 	struct relay_dir *rd = &r->dir[d];
 	int i;
 
-	for (i = 0; i < RELAY_BURST && relay_can_read(rd); i++) {
+	for (i = 0; i < RELAY_BURST && relay_can_read(r, rd); i++) {
 		uint8_t *into = rd->buf ? rd->buf + rd->off + rd->len : relay_scratch;
 		size_t room = rd->buf ? RELAY_BUF - rd->off - rd->len : RELAY_BUF;
 		ssize_t n;
@@ -430,6 +500,136 @@ relay_move(struct relay *r, int d, const char **op)
 	return 0;
 }
 
+/*
+ * Sealed relaying, toward the sealed side: read at most a record's worth
+ * into the scratch buffer behind room for its header, seal it in place and
+ * send it; what the sink refuses waits in the buffer, and nothing more is
+ * read until it has gone.  The source's EOF becomes the empty end record.
+ */
+static int
+seal_move(struct relay *r, int d, const char **op)
+{
+	struct relay_dir *rd = &r->dir[d];
+	int i;
+
+	for (i = 0; i < RELAY_BURST && relay_can_read(r, rd); i++) {
+		ssize_t n;
+		size_t sent = 0, len;
+
+		do {
+			n = read(r->fd[d], relay_scratch + RECORD_HDR, RECORD_MAX);
+		} while (n < 0 && errno == EINTR);
+		if (n < 0) {
+			*op = "read";
+			return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
+		}
+		rd->bytes += (uint64_t)n;
+		rd->eof = n == 0;
+		len = record_seal(r->tx, relay_scratch + RECORD_HDR, (size_t)n,
+		                  relay_scratch);
+		*op = "write";
+		if (send_some(r->fd[1 - d], relay_scratch, len, &sent) != 0) {
+			return -1;
+		}
+		if (sent < len && relay_keep(rd, relay_scratch + sent, len - sent) != 0) {
+			*op = "buffer";
+			return -1;
+		}
+		if (n < RECORD_MAX) {
+			return 0;
+		}
+	}
+	return 0;
+}
+
+/* Open the records waiting in direction d and pass their bytes on, while
+ * the sink takes them.  An empty record ends the direction; one that does
+ * not open, or anything after the end, breaks the stream. */
+static int
+open_pending(struct relay *r, int d)
+{
+	struct relay_dir *rd = &r->dir[d];
+	size_t used, plen, sent;
+
+	while (rd->len == 0 && rd->rlen > 0) {
+		enum frame_result fr = rd->eof ? FRAME_BAD
+		                       : record_open(r->rx, rd->rbuf, rd->rlen,
+		                                     &used, &plen);
+		if (fr == FRAME_MORE) {
+			break;
+		}
+		if (fr == FRAME_BAD) {
+			return seal_broke(r, rd->eof ? "sent bytes after its end"
+			                  : "sent a record that does not open "
+			                    "(tampered, replayed or cut)");
+		}
+		rd->eof = plen == 0;
+		rd->bytes += plen;
+		if (send_some(r->fd[1 - d], rd->rbuf + RECORD_HDR, plen, &sent) != 0 ||
+		    (sent < plen &&
+		     relay_keep(rd, rd->rbuf + RECORD_HDR + sent, plen - sent) != 0)) {
+			return -1;
+		}
+		memmove(rd->rbuf, rd->rbuf + used, rd->rlen - used);
+		rd->rlen -= used;
+	}
+	if (rd->rlen == 0) {
+		buf_give(rd->rbuf);
+		rd->rbuf = NULL;
+	}
+	return 0;
+}
+
+/* Sealed relaying, from the sealed side: read records, then open them. */
+static int
+open_move(struct relay *r, int d, const char **op)
+{
+	struct relay_dir *rd = &r->dir[d];
+	ssize_t n;
+
+	if (!relay_can_read(r, rd)) {
+		return 0;
+	}
+	if (rd->rbuf == NULL && (rd->rbuf = buf_take()) == NULL) {
+		*op = "buffer";
+		errno = ENOMEM;
+		return -1;
+	}
+	do {
+		n = read(r->fd[d], rd->rbuf + rd->rlen, RELAY_BUF - rd->rlen);
+	} while (n < 0 && errno == EINTR);
+	if (n == 0) {
+		/* A FIN before the end record: someone cut the stream. */
+		return seal_broke(r, "closed without its end record (cut?)");
+	}
+	if (n < 0) {
+		*op = "read";
+		return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
+	}
+	rd->rlen += (size_t)n;
+	*op = "write";
+	return open_pending(r, d);
+}
+
+/* One direction's reading, by the kind of relay. */
+static int
+relay_read(struct relay *r, int d, const char **op)
+{
+	struct relay_dir *rd = &r->dir[d];
+
+	if (r->sealed == d) {
+		return open_move(r, d, op);
+	}
+	if (r->sealed >= 0) {
+		return seal_move(r, d, op);
+	}
+	/* Order: bytes kept in the buffer (a prefill, a backlog) are older
+	 * than any in the pipe, so nothing is spliced while the buffer holds
+	 * some, and nothing copied while the pipe does. */
+	return (rd->bulk || rd->piped > 0) && rd->len == 0
+	       ? relay_splice(r, d, op) : relay_move(r, d, op);
+}
+
 enum relay_state
 relay_step(struct relay *r, const short revents[2])
 {
@@ -440,20 +640,22 @@ relay_step(struct relay *r, const short revents[2])
 		struct relay_dir *rd = &r->dir[d];
 		int src = d, dst = 1 - d, rc = 0;
 
-		if ((rd->len > 0 || rd->piped > 0) &&
+		if ((rd->len > 0 || rd->piped > 0 || rd->rlen > 0) &&
 		    (revents[dst] & (POLLOUT | POLLHUP | POLLERR))) {
 			if (relay_drain(r, d) != 0) {
 				return relay_fail(r, dst, "write");
 			}
+			if (r->sealed == d && open_pending(r, d) != 0) {
+				rc = -1;
+			}
 		}
-		/* Order: bytes kept in the buffer (a prefill, a backlog) are
-		 * older than any in the pipe, so nothing is spliced while the
-		 * buffer holds some, and nothing copied while the pipe does. */
-		if (revents[src] & (POLLIN | POLLHUP | POLLERR)) {
-			rc = (rd->bulk || rd->piped > 0) && rd->len == 0
-			     ? relay_splice(r, d, &op) : relay_move(r, d, &op);
+		if (rc == 0 && (revents[src] & (POLLIN | POLLHUP | POLLERR))) {
+			rc = relay_read(r, d, &op);
 		}
 		if (rc != 0) {
+			if (r->broke != NULL) {
+				return relay_fail(r, src, "records");
+			}
 			return relay_fail(r, strcmp(op, "read") == 0 ? src : dst, op);
 		}
 		if (rd->eof && rd->len == 0 && rd->piped == 0 && !rd->shut) {
@@ -480,6 +682,14 @@ relay_close(struct relay *r)
 {
 	int i;
 
+	/* A sealed stream that broke resets the other side rather than
+	 * ending it cleanly: its peer must not take a cut for an end. */
+	if (r->sealed >= 0 && r->err_side == r->sealed && r->fd[1 - r->sealed] >= 0 &&
+	    (r->broke != NULL || r->err_op != NULL)) {
+		struct linger lg = { 1, 0 };
+		setsockopt(r->fd[1 - r->sealed], SOL_SOCKET, SO_LINGER, &lg,
+		           sizeof(lg));
+	}
 	for (i = 0; i < 2; i++) {
 		if (r->fd[i] >= 0) {
 			close(r->fd[i]);
@@ -488,6 +698,9 @@ relay_close(struct relay *r)
 		buf_give(r->dir[i].buf);
 		r->dir[i].buf = NULL;
 		r->dir[i].len = 0;
+		buf_give(r->dir[i].rbuf);
+		r->dir[i].rbuf = NULL;
+		r->dir[i].rlen = 0;
 		pipe_give(&r->dir[i]);
 	}
 	if (r->live) {

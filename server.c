@@ -28,12 +28,13 @@
 
 static const char usage_text[] =
 "usage: ./server [-control ADDR] [-tunnel ADDR] [-public ADDR] [-ports LO-HI]\n"
-"                [-token SECRET] [-heartbeat SECONDS] [-v | -q]\n"
+"                [-token SECRET] [-plaintext] [-heartbeat SECONDS] [-v | -q]\n"
 "  -control ADDR        where clients attach (default 8009)\n"
 "  -tunnel ADDR         where clients dial back for each user (default 8008)\n"
 "  -public ADDR         where users connect (default 8007)\n"
 "  -ports LO-HI         more public ports, for clients that ask with -port\n"
 "  -token SECRET        shared secret clients must prove (or DIALBACK_TOKEN)\n"
+"  -plaintext           allow clients' -plaintext tunnels (raw bytes, splice)\n"
 "  -heartbeat SECONDS   ping interval; 3 silent intervals = dead (default 10)\n"
 "  -v, -q               more logging / warnings only\n"
 "ADDR is PORT, :PORT, HOST:PORT or [IPv6]:PORT; no HOST = all interfaces.\n"
@@ -480,6 +481,7 @@ parse_args(struct server *s, int argc, char **argv)
 		{ "tunnel", &addr[ROLE_TUNNEL], NULL },
 		{ "public", &addr[ROLE_PUBLIC], NULL },
 		{ "token", &token, NULL },
+		{ "plaintext", NULL, &s->plaintext },
 		{ "heartbeat", &heartbeat, NULL },
 		{ "ports", &ports, NULL },
 		{ NULL, NULL, NULL },

@@ -60,8 +60,13 @@ struct ctl {
 	char peer[ADDR_STRLEN];
 	struct wire_addr from;         /* peer address, to count per source */
 	struct fbuf in, out;
-	uint8_t cn[NONCE_LEN], sn[NONCE_LEN], run_id[RUN_ID_LEN];
-	uint8_t key[PROOF_LEN];        /* session key, once attached */
+	int asked;                     /* the public port HELLO asked for */
+	struct handshake hs;           /* until attached */
+	int opened;                    /* AUTH opened: REPLY is sealed */
+	uint8_t psk[KEY_LEN];          /* the secret it proved, for -secrets */
+	struct session_keys keys;      /* once attached */
+	int plaintext;                 /* its tunnels carry raw bytes */
+	uint8_t run_id[RUN_ID_LEN];
 	int64_t deadline;              /* handshake must finish by then */
 	int64_t last_rx, next_ping;
 	struct pub *pub;               /* the port it serves, once attached */
@@ -102,6 +107,8 @@ struct user {
 	char peer[ADDR_STRLEN];
 	int64_t start, deadline;
 	struct watch w[2];
+	int sealed;                    /* the tunnel carries records */
+	struct seal tun_tx, tun_rx;    /* ... under these keys, from its JOIN */
 	struct relay relay;            /* live once relaying */
 };
 
@@ -111,6 +118,7 @@ enum kind { K_SIGNAL, K_LISTEN, K_CTL, K_TUN, K_USER };
 struct server {
 	struct hostport addr[ROLE_END];
 	const char *token;             /* "" = no token */
+	int plaintext;                 /* -plaintext: raw tunnels allowed */
 	int heartbeat_s;
 	int ports_lo, ports_hi;        /* -ports; 0 = none */
 	int lfd[ROLE_END][MAX_LISTEN]; /* control and tunnel */
@@ -182,6 +190,10 @@ void ctl_send(struct server *s, struct ctl *c, const struct msg *m);
  * why goes into the log line (NULL: quietly, before attaching). */
 void ctl_close(struct server *s, struct ctl *c, const char *why);
 void ctl_free(struct ctl *c);
+/* port_secret: the -secrets entry for port, or NULL (then -token holds).
+ * port_psk: the pre-shared key a client asking for port must prove. */
+const char *port_secret(struct server *s, int port);
+void port_psk(struct server *s, int port, uint8_t psk[KEY_LEN]);
 /* pub_close: close a -ports listener (its memory goes with its session). */
 void pub_close(struct server *s, struct pub *p);
 

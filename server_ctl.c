@@ -11,8 +11,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "crypto.h"
 #include "server.h"
-#include "sha256.h"
 
 static const char *const ctl_state_names[] = {
 	[CTL_HELLO] = "hello",
@@ -64,6 +64,7 @@ ctl_free(struct ctl *c)
 	fbuf_free(&c->in);
 	fbuf_free(&c->out);
 	free(c->own);
+	crypto_wipe(c, sizeof(*c));
 	free(c);
 }
 
@@ -75,7 +76,24 @@ ctl_send(struct server *s, struct ctl *c, const struct msg *m)
 	}
 }
 
-/* ctl_refuse: tell the peer why in an ERROR, then drop it. */
+/* ctl_reply: the REPLY to an AUTH that opened: m (WELCOME or ERROR)
+ * sealed under the handshake. */
+static void
+ctl_reply(struct server *s, struct ctl *c, const struct msg *m)
+{
+	uint8_t frame[FRAME_HDR + FRAME_MAX];
+	size_t n = frame_encode(frame, m);
+	struct msg r;
+
+	memset(&r, 0, sizeof(r));
+	r.type = MSG_REPLY;
+	hs_seal(&c->hs, frame, n, r.sealed);
+	r.sealed_len = (uint16_t)(n + TAG_LEN);
+	ctl_send(s, c, &r);
+}
+
+/* ctl_refuse: tell the peer why in an ERROR (sealed once it can be),
+ * then drop it. */
 static void
 ctl_refuse(struct server *s, struct ctl *c, enum err_code code,
            const char *why)
@@ -87,7 +105,14 @@ ctl_refuse(struct server *s, struct ctl *c, enum err_code code,
 	m.code = (uint8_t)code;
 	snprintf(m.text, sizeof(m.text), "%s", why);
 	fbuf_flush(&c->out, c->fd);
-	send_now(c->fd, &m);
+	if (c->opened) {
+		ctl_reply(s, c, &m);
+	} else if (c->dead == 0) {
+		ctl_send(s, c, &m);
+	}
+	if (c->dead == 0) {
+		fbuf_flush(&c->out, c->fd);
+	}
 	ctl_close(s, c, why);
 }
 
@@ -108,14 +133,40 @@ on_hello(struct server *s, struct ctl *c, const struct msg *m)
 		ctl_refuse(s, c, ERR_VERSION, why);
 		return;
 	}
-	memcpy(c->cn, m->nonce, NONCE_LEN);
-	memcpy(c->run_id, m->run_id, RUN_ID_LEN);
-	random_bytes(c->sn, NONCE_LEN);
+	c->asked = m->public_port ? m->public_port : s->main_pub.port;
+	hs_init(&c->hs);
 	memset(&r, 0, sizeof(r));
 	r.type = MSG_CHALLENGE;
-	memcpy(r.nonce, c->sn, NONCE_LEN);
+	memcpy(r.pub, c->hs.e_pub, KEY_LEN);
+	hs_mix_msg(&c->hs, m);
+	hs_mix_msg(&c->hs, &r);
+	if (hs_mix_dh(&c->hs, m->pub) != 0) {
+		ctl_close(s, c, "a low-order key in HELLO");
+		return;
+	}
+	port_psk(s, c->asked, c->psk);
+	hs_mix_psk(&c->hs, c->psk);
 	c->state = CTL_AUTH;
 	ctl_send(s, c, &r);
+}
+
+const char *
+port_secret(struct server *s, int port)
+{
+	(void)s;
+	(void)port;
+	return NULL;
+}
+
+void
+port_psk(struct server *s, int port, uint8_t psk[KEY_LEN])
+{
+	const char *secret = port_secret(s, port);
+
+	if (secret == NULL) {
+		secret = s->token;
+	}
+	psk_derive(secret, strlen(secret), psk);
 }
 
 /* The session serving port, if any. */
@@ -198,37 +249,67 @@ port_claim(struct server *s, struct ctl *c, int port, enum err_code *code,
 	return 0;
 }
 
+/* Open AUTH into its ATTACH; -1 (with the client refused) if it does not
+ * open, which means the client does not hold the port's secret. */
+static int
+auth_open(struct server *s, struct ctl *c, const struct msg *m,
+          struct msg *a)
+{
+	uint8_t plain[SEALED_MAX];
+	size_t n = m->sealed_len - TAG_LEN, used = 0;
+	char why[TEXT_MAX];
+
+	if (hs_open(&c->hs, m->sealed, m->sealed_len, plain) != 0) {
+		if (port_secret(s, c->asked) != NULL) {
+			snprintf(why, sizeof(why), "wrong secret for public port %d",
+			         c->asked);
+		} else {
+			snprintf(why, sizeof(why), "wrong token");
+		}
+		ctl_refuse(s, c, ERR_AUTH, why);
+		return -1;
+	}
+	c->opened = 1;
+	if (frame_decode(plain, n, a, &used) != FRAME_OK ||
+	    a->type != MSG_ATTACH || used != n) {
+		ctl_refuse(s, c, ERR_PROTO, "malformed AUTH");
+		return -1;
+	}
+	return 0;
+}
+
 static void
 on_auth(struct server *s, struct ctl *c, const struct msg *m)
 {
-	struct msg r;
-	uint8_t want[PROOF_LEN];
+	struct msg a, r;
 	char why[TEXT_MAX];
 	enum err_code code;
-	int port = m->public_port ? m->public_port : s->main_pub.port;
 
 	if (m->type != MSG_AUTH) {
 		ctl_refuse(s, c, ERR_PROTO, "expected AUTH");
 		return;
 	}
-	if (s->token[0] != '\0') {
-		key_auth_proof(s->token, c->cn, c->sn, want);
-		if (!equal_ct(want, m->proof, PROOF_LEN)) {
-			ctl_refuse(s, c, ERR_AUTH, "wrong token");
-			return;
-		}
+	if (auth_open(s, c, m, &a) != 0) {
+		return;
+	}
+	memcpy(c->run_id, a.run_id, RUN_ID_LEN);
+	if ((a.flags & FLAG_PLAINTEXT) && !s->plaintext) {
+		ctl_refuse(s, c, ERR_PLAINTEXT, "this server does not allow "
+		           "plaintext tunnels: drop -plaintext on the client, or "
+		           "give the server -plaintext");
+		return;
 	}
 	/* Room for a burst of NEW_USERs; see pub_accepting(). */
 	if (fbuf_init(&c->out, SESSION_OUT) != 0) {
 		ctl_close(s, c, "out of memory");
 		return;
 	}
-	if (port_claim(s, c, port, &code, why, sizeof(why)) != 0) {
+	if (port_claim(s, c, c->asked, &code, why, sizeof(why)) != 0) {
 		ctl_refuse(s, c, code, why);
 		return;
 	}
-	key_session(s->token, c->cn, c->sn, c->key);
-	c->pool_want = m->pool < POOL_MAX ? m->pool : POOL_MAX;
+	c->plaintext = (a.flags & FLAG_PLAINTEXT) != 0;
+	c->pool_want = a.pool < POOL_MAX ? a.pool : POOL_MAX;
 	c->state = CTL_ATTACHED;
 	c->attached_at = now_ms();
 	c->next_ping = c->attached_at + s->heartbeat_s * 1000;
@@ -238,9 +319,15 @@ on_auth(struct server *s, struct ctl *c, const struct msg *m)
 	r.tunnel_port = (uint16_t)s->port[ROLE_TUNNEL];
 	r.public_port = (uint16_t)c->pub->port;
 	r.heartbeat_s = (uint16_t)s->heartbeat_s;
-	ctl_send(s, c, &r);
-	log_info("client %s attached: serving public port %d", c->peer,
-	         c->pub->port);
+	r.flags = c->plaintext ? FLAG_PLAINTEXT : 0;
+	ctl_reply(s, c, &r);
+	/* From here on both directions travel in records. */
+	hs_split(&c->hs, 0, &c->keys);
+	c->opened = 0;
+	c->in.seal = &c->keys.rx;
+	c->out.seal = &c->keys.tx;
+	log_info("client %s attached: serving public port %d%s", c->peer,
+	         c->pub->port, c->plaintext ? " (plaintext tunnels)" : "");
 }
 
 static void

@@ -13,8 +13,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "crypto.h"
 #include "server.h"
-#include "sha256.h"
 
 /* The states a JOIN can name, each on a bounded list with a deadline. */
 static const enum user_state joinable[] = { U_TICKET, U_WAITING };
@@ -266,7 +266,7 @@ pool_take(struct server *s, struct ctl *c, int fd, const struct msg *m,
 	static const short now[2] = { 0, POLLOUT };
 	struct user *u = c->pooled;
 	uint8_t frame[FRAME_HDR + FRAME_MAX];
-
+	size_t n;
 	int tfd;
 
 	if (u == NULL) {
@@ -274,7 +274,12 @@ pool_take(struct server *s, struct ctl *c, int fd, const struct msg *m,
 	}
 	tfd = u->relay.fd[1];
 	relay_init(&u->relay, fd, tfd);
-	if (relay_prefill(&u->relay, 0, frame, frame_encode(frame, m)) != 0) {
+	if (u->sealed) {
+		relay_seal(&u->relay, 1, &u->tun_tx, &u->tun_rx);
+	}
+	n = frame_encode(frame, m);
+	if ((u->sealed ? relay_put_record(&u->relay, 0, frame, n)
+	               : relay_prefill(&u->relay, 0, frame, n)) != 0) {
 		relay_abandon(&u->relay);
 		u->relay.fd[1] = tfd;
 		return -1;
@@ -460,7 +465,7 @@ static void
 tun_join(struct server *s, struct tun *t, const struct msg *m)
 {
 	struct user *u = user_find(s, m->user_id);
-	uint8_t want[PROOF_LEN];
+	struct seal tx, rx;
 	short ev[2];
 	int ufd;
 
@@ -468,27 +473,34 @@ tun_join(struct server *s, struct tun *t, const struct msg *m)
 		tun_close(s, t, "JOIN names no waiting user");
 		return;
 	}
-	key_join_proof(u->sess->key, u->id, want);
-	if (!equal_ct(want, m->proof, PROOF_LEN)) {
+	tunnel_keys(u->sess->keys.tunnel, u->id, 0, &tx, &rx);
+	if (join_check(&rx, u->id, m->proof) != 0) {
 		/* The user stays: whoever forged this may have seen its id. */
 		tun_close(s, t, "JOIN with a wrong proof");
 		return;
 	}
+	u->sealed = !u->sess->plaintext;
+	u->tun_tx = tx;
+	u->tun_rx = rx;
+	crypto_wipe(&tx, sizeof(tx));
+	crypto_wipe(&rx, sizeof(rx));
 	if (u->state == U_TICKET) {
 		tun_pool(s, t, u);
 		return;
 	}
 	ufd = u->relay.fd[0];
 	relay_init(&u->relay, ufd, t->fd);
+	if (u->sealed) {
+		relay_seal(&u->relay, 1, &u->tun_tx, &u->tun_rx);
+	}
 	/* Bytes the client sent right behind its JOIN are the service's. */
-	if (relay_prefill(&u->relay, 1, t->in.data, t->in.len) != 0) {
+	if (relay_feed(&u->relay, 1, t->in.data, t->in.len) != 0) {
 		relay_abandon(&u->relay);
 		u->relay.fd[0] = ufd;
 		tun_close(s, t, "out of memory");
 		user_close(s, u, "out of memory");
 		return;
 	}
-	u->relay.dir[1].bytes += t->in.len;
 	log_info("user #%llu %s joined after %lldms", (unsigned long long)u->seq,
 	         u->peer, (long long)(now_ms() - u->start));
 	/* The tunnel's watch is handed over; the sync in user_start_relay
@@ -608,6 +620,7 @@ user_sweep(struct server *s)
 	while (s->users[U_DEAD] != NULL) {
 		struct user *u = s->users[U_DEAD];
 		user_unlink(s, u);
+		crypto_wipe(u, sizeof(*u));
 		free(u);
 	}
 }

@@ -960,13 +960,17 @@ static void fill_msg(struct msg *m, uint8_t type)
 	memset(m, 0, sizeof(*m));
 	m->type = type;
 	m->version = PROTO_VERSION;
-	for (i = 0; i < NONCE_LEN; i++) {
-		m->nonce[i] = (uint8_t)(0x10 + i);
+	for (i = 0; i < KEY_LEN; i++) {
+		m->pub[i] = (uint8_t)(0x10 + i);
 	}
+	for (i = 0; i < 40; i++) {
+		m->sealed[i] = (uint8_t)(0x60 + i);
+	}
+	m->sealed_len = 40;
 	for (i = 0; i < RUN_ID_LEN; i++) {
 		m->run_id[i] = (uint8_t)(0xa0 + i);
 	}
-	for (i = 0; i < PROOF_LEN; i++) {
+	for (i = 0; i < TAG_LEN; i++) {
 		m->proof[i] = (uint8_t)(0x40 + i);
 	}
 	for (i = 0; i < USER_ID_LEN; i++) {
@@ -976,6 +980,7 @@ static void fill_msg(struct msg *m, uint8_t type)
 	m->public_port = 0xabcd;
 	m->pool = 0x0102;
 	m->heartbeat_s = 0x0102;
+	m->flags = FLAG_PLAINTEXT;
 	m->code = ERR_BUSY;
 	m->src.family = 4;
 	m->src.addr[0] = 10;
@@ -1001,18 +1006,22 @@ static void expect_frame(const struct msg *m, struct wbuf *w)
 	case MSG_HELLO:
 		put(w, PROTO_MAGIC, PROTO_MAGIC_LEN);
 		put8(w, m->version);
-		put(w, m->nonce, NONCE_LEN);
-		put(w, m->run_id, RUN_ID_LEN);
+		put16(w, m->public_port);
+		put(w, m->pub, KEY_LEN);
 		break;
 	case MSG_CHALLENGE:
 		put(w, PROTO_MAGIC, PROTO_MAGIC_LEN);
 		put8(w, m->version);
-		put(w, m->nonce, NONCE_LEN);
+		put(w, m->pub, KEY_LEN);
 		break;
 	case MSG_AUTH:
-		put(w, m->proof, PROOF_LEN);
-		put16(w, m->public_port);
+	case MSG_REPLY:
+		put(w, m->sealed, m->sealed_len);
+		break;
+	case MSG_ATTACH:
+		put(w, m->run_id, RUN_ID_LEN);
 		put16(w, m->pool);
+		put8(w, m->flags);
 		break;
 	case MSG_TICKET:
 		put(w, m->user_id, USER_ID_LEN);
@@ -1021,6 +1030,7 @@ static void expect_frame(const struct msg *m, struct wbuf *w)
 		put16(w, m->tunnel_port);
 		put16(w, m->public_port);
 		put16(w, m->heartbeat_s);
+		put8(w, m->flags);
 		break;
 	case MSG_ERROR:
 		put8(w, m->code);
@@ -1037,7 +1047,7 @@ static void expect_frame(const struct msg *m, struct wbuf *w)
 		break;
 	case MSG_JOIN:
 		put(w, m->user_id, USER_ID_LEN);
-		put(w, m->proof, PROOF_LEN);
+		put(w, m->proof, TAG_LEN);
 		break;
 	}
 	seal(w);
@@ -1053,21 +1063,25 @@ static void check_fields(struct tally *t, const struct msg *got,
 	       got->type);
 	switch (want->type) {
 	case MSG_HELLO:
-		CHECKF(t, memcmp(got->run_id, want->run_id, RUN_ID_LEN) == 0,
-		       "%s: run_id differs", name);
+		CHECKF(t, got->public_port == want->public_port,
+		       "%s: public_port %u", name, got->public_port);
 		/* fall through */
 	case MSG_CHALLENGE:
 		CHECKF(t, got->version == want->version, "%s: version", name);
-		CHECKF(t, memcmp(got->nonce, want->nonce, NONCE_LEN) == 0,
-		       "%s: nonce differs", name);
+		CHECKF(t, memcmp(got->pub, want->pub, KEY_LEN) == 0,
+		       "%s: key differs", name);
 		break;
 	case MSG_AUTH:
-		CHECKF(t, memcmp(got->proof, want->proof, PROOF_LEN) == 0,
-		       "%s: proof differs", name);
-		CHECKF(t, got->public_port == want->public_port &&
-		          got->pool == want->pool,
-		       "%s: public_port %u pool %u", name, got->public_port,
-		       got->pool);
+	case MSG_REPLY:
+		CHECKF(t, got->sealed_len == want->sealed_len &&
+		          memcmp(got->sealed, want->sealed, want->sealed_len) == 0,
+		       "%s: sealed bytes differ", name);
+		break;
+	case MSG_ATTACH:
+		CHECKF(t, memcmp(got->run_id, want->run_id, RUN_ID_LEN) == 0 &&
+		          got->pool == want->pool && got->flags == want->flags,
+		       "%s: run_id, pool %u or flags %u differ", name, got->pool,
+		       got->flags);
 		break;
 	case MSG_TICKET:
 		CHECKF(t, memcmp(got->user_id, want->user_id, USER_ID_LEN) == 0,
@@ -1076,9 +1090,10 @@ static void check_fields(struct tally *t, const struct msg *got,
 	case MSG_WELCOME:
 		CHECKF(t, got->tunnel_port == want->tunnel_port &&
 		          got->public_port == want->public_port &&
-		          got->heartbeat_s == want->heartbeat_s,
-		       "%s: ports %u %u %u", name, got->tunnel_port,
-		       got->public_port, got->heartbeat_s);
+		          got->heartbeat_s == want->heartbeat_s &&
+		          got->flags == want->flags,
+		       "%s: ports %u %u %u flags %u", name, got->tunnel_port,
+		       got->public_port, got->heartbeat_s, got->flags);
 		break;
 	case MSG_ERROR:
 		CHECKF(t, got->code == want->code, "%s: code %u", name, got->code);
@@ -1101,7 +1116,7 @@ static void check_fields(struct tally *t, const struct msg *got,
 	case MSG_JOIN:
 		CHECKF(t, memcmp(got->user_id, want->user_id, USER_ID_LEN) == 0,
 		       "%s: user_id differs", name);
-		CHECKF(t, memcmp(got->proof, want->proof, PROOF_LEN) == 0,
+		CHECKF(t, memcmp(got->proof, want->proof, TAG_LEN) == 0,
 		       "%s: proof differs", name);
 		break;
 	}
@@ -1118,10 +1133,11 @@ static enum frame_result decode(const uint8_t *buf, size_t len,
 static void test_frame_types(struct tally *t)
 {
 	static const size_t payload[MSG_TYPE_END] = {
-		[MSG_HELLO] = 29, [MSG_CHALLENGE] = 21, [MSG_AUTH] = 36,
-		[MSG_WELCOME] = 6, [MSG_ERROR] = 1 + 8, [MSG_PING] = 0,
+		[MSG_HELLO] = 39, [MSG_CHALLENGE] = 37, [MSG_AUTH] = 40,
+		[MSG_REPLY] = 40, [MSG_ERROR] = 1 + 8, [MSG_PING] = 0,
 		[MSG_PONG] = 0, [MSG_NEW_USER] = 54, [MSG_USER_FAILED] = 16 + 8,
-		[MSG_JOIN] = 48, [MSG_TICKET] = 16,
+		[MSG_JOIN] = 32, [MSG_TICKET] = 16, [MSG_ATTACH] = 11,
+		[MSG_WELCOME] = 7,
 	};
 	uint8_t out[FRAME_HDR + FRAME_MAX + 16];
 	struct msg m, got;
@@ -1185,8 +1201,8 @@ static enum frame_result decode_raw(unsigned type, size_t len,
 static void test_frame_bad(struct tally *t)
 {
 	static const uint8_t fixed[] = {
-		MSG_HELLO, MSG_CHALLENGE, MSG_AUTH, MSG_WELCOME, MSG_PING,
-		MSG_PONG, MSG_NEW_USER, MSG_JOIN, MSG_TICKET,
+		MSG_HELLO, MSG_CHALLENGE, MSG_WELCOME, MSG_PING, MSG_PONG,
+		MSG_NEW_USER, MSG_JOIN, MSG_TICKET, MSG_ATTACH,
 	};
 	static const uint8_t unknown[] = { 0, MSG_TYPE_END, 255 };
 	static const uint8_t families[] = { 1, 2, 5, 10, 255 };
@@ -1244,15 +1260,16 @@ static void test_frame_bad(struct tally *t)
 	CHECK(t, decode(frame, n, &got, &used) == FRAME_BAD);
 
 	/* Another version: OK, with only the version to go on, whatever the
-	 * length.  Version 1 with that length is simply wrong. */
-	memcpy(payload, "DLBK\x02", 5);
-	r = decode_raw(MSG_HELLO, 5, payload, &got);
-	CHECKF(t, r == FRAME_OK && got.type == MSG_HELLO && got.version == 2,
-	       "HELLO version 2, 5 bytes: got %d, type %u version %u", r,
+	 * length (version 1's HELLO had 29 bytes).  Version 2 with that
+	 * length is simply wrong. */
+	memcpy(payload, "DLBK\x01", 5);
+	r = decode_raw(MSG_HELLO, 29, payload, &got);
+	CHECKF(t, r == FRAME_OK && got.type == MSG_HELLO && got.version == 1,
+	       "HELLO version 1, 29 bytes: got %d, type %u version %u", r,
 	       got.type, got.version);
 	r = decode_raw(MSG_CHALLENGE, 5, payload, &got);
-	CHECKF(t, r == FRAME_OK && got.type == MSG_CHALLENGE && got.version == 2,
-	       "CHALLENGE version 2, 5 bytes: got %d, type %u version %u", r,
+	CHECKF(t, r == FRAME_OK && got.type == MSG_CHALLENGE && got.version == 1,
+	       "CHALLENGE version 1, 5 bytes: got %d, type %u version %u", r,
 	       got.type, got.version);
 	/* Built by hand: frame_encode always writes PROTO_VERSION. */
 	fill_msg(&m, MSG_HELLO);
@@ -1264,6 +1281,14 @@ static void test_frame_bad(struct tally *t)
 	       got.version);
 	payload[4] = PROTO_VERSION;
 	CHECK(t, decode_raw(MSG_HELLO, 5, payload, &got) == FRAME_BAD);
+
+	/* AUTH and REPLY carry TAG_LEN..SEALED_MAX sealed bytes. */
+	CHECK(t, decode_raw(MSG_AUTH, TAG_LEN - 1, payload, &got) == FRAME_BAD);
+	CHECK(t, decode_raw(MSG_REPLY, SEALED_MAX + 1, payload, &got) ==
+	         FRAME_BAD);
+	r = decode_raw(MSG_REPLY, SEALED_MAX, payload, &got);
+	CHECKF(t, r == FRAME_OK && got.sealed_len == SEALED_MAX,
+	       "REPLY of %d sealed bytes: got %d", SEALED_MAX, r);
 
 	/* ERROR needs 1..TEXT_MAX bytes of text; USER_FAILED 0..TEXT_MAX. */
 	memset(payload, 'x', sizeof(payload));
@@ -1374,6 +1399,7 @@ static void test_msg_name(struct tally *t)
 		[MSG_ERROR] = "ERROR", [MSG_PING] = "PING", [MSG_PONG] = "PONG",
 		[MSG_NEW_USER] = "NEW_USER", [MSG_USER_FAILED] = "USER_FAILED",
 		[MSG_JOIN] = "JOIN", [MSG_TICKET] = "TICKET",
+		[MSG_REPLY] = "REPLY", [MSG_ATTACH] = "ATTACH",
 	};
 	unsigned type;
 
@@ -1513,89 +1539,242 @@ static void test_addr_str(struct tally *t)
 
 /* ---- keys --------------------------------------------------------------- */
 
-static void test_keys(struct tally *t)
+/* Run a whole handshake in memory: client and server, psk_c and psk_s.
+ * Returns what went wrong (0: all opened), with the split keys. */
+static int handshake_pair(const char *psk_c, const char *psk_s,
+                          struct session_keys *ck, struct session_keys *sk,
+                          int flip)
 {
-	static const char *const tokens[] = { "s3cret", "" };
-	uint8_t cn[NONCE_LEN], sn[NONCE_LEN], id[USER_ID_LEN];
-	uint8_t a[PROOF_LEN], b[PROOF_LEN], want[PROOF_LEN], k[PROOF_LEN];
-	struct hmac_sha256 h;
+	struct handshake c, s;
+	struct msg hello, chal;
+	uint8_t psk[KEY_LEN], frame[FRAME_HDR + FRAME_MAX];
+	uint8_t sealed[SEALED_MAX], plain[SEALED_MAX];
+	size_t n;
+
+	hs_init(&c);
+	hs_init(&s);
+	memset(&hello, 0, sizeof(hello));
+	hello.type = MSG_HELLO;
+	hello.public_port = 9001;
+	memcpy(hello.pub, c.e_pub, KEY_LEN);
+	memset(&chal, 0, sizeof(chal));
+	chal.type = MSG_CHALLENGE;
+	memcpy(chal.pub, s.e_pub, KEY_LEN);
+	hs_mix_msg(&c, &hello);
+	hs_mix_msg(&s, &hello);
+	hs_mix_msg(&c, &chal);
+	hs_mix_msg(&s, &chal);
+	if (hs_mix_dh(&c, s.e_pub) != 0 || hs_mix_dh(&s, c.e_pub) != 0) {
+		return 1;
+	}
+	psk_derive(psk_c, strlen(psk_c), psk);
+	hs_mix_psk(&c, psk);
+	psk_derive(psk_s, strlen(psk_s), psk);
+	hs_mix_psk(&s, psk);
+	n = 14;
+	memcpy(frame, "\x0c\x00\x0b" "runid123\x00\x02\x01", n);
+	hs_seal(&c, frame, n, sealed);
+	if (flip > 0) {
+		sealed[(size_t)(flip - 1) % (n + TAG_LEN)] ^= 0x20;
+	}
+	if (hs_open(&s, sealed, n + TAG_LEN, plain) != 0) {
+		return 2;
+	}
+	if (memcmp(plain, frame, n) != 0) {
+		return 3;
+	}
+	hs_seal(&s, frame, n, sealed);
+	if (hs_open(&c, sealed, n + TAG_LEN, plain) != 0) {
+		return 4;
+	}
+	hs_split(&c, 1, ck);
+	hs_split(&s, 0, sk);
+	return 0;
+}
+
+static void test_handshake(struct tally *t)
+{
+	struct session_keys ck, sk, ck2, sk2;
+	struct handshake hs;
+	uint8_t zero[KEY_LEN];
+	size_t i;
+	int r;
+
+	r = handshake_pair("s3cret", "s3cret", &ck, &sk, 0);
+	CHECKF(t, r == 0, "handshake with one token: step %d failed", r);
+	CHECK(t, memcmp(ck.tx.key, sk.rx.key, KEY_LEN) == 0);
+	CHECK(t, memcmp(ck.rx.key, sk.tx.key, KEY_LEN) == 0);
+	CHECK(t, memcmp(ck.tunnel, sk.tunnel, KEY_LEN) == 0);
+	CHECK(t, memcmp(ck.tx.key, ck.rx.key, KEY_LEN) != 0);
+	CHECK(t, memcmp(ck.tx.key, ck.tunnel, KEY_LEN) != 0);
+	CHECK(t, ck.tx.n == 0 && sk.tx.n == 0);
+	/* Fresh ephemeral keys: another run, other keys. */
+	r = handshake_pair("s3cret", "s3cret", &ck2, &sk2, 0);
+	CHECK(t, r == 0 && memcmp(ck.tx.key, ck2.tx.key, KEY_LEN) != 0);
+	r = handshake_pair("", "", &ck, &sk, 0);
+	CHECKF(t, r == 0, "handshake with no token: step %d failed", r);
+	/* The server can't open a client's AUTH made with another secret. */
+	r = handshake_pair("s3cret", "s3creT", &ck, &sk, 0);
+	CHECKF(t, r == 2, "handshake with two tokens: got %d, want 2", r);
+	r = handshake_pair("", "s3cret", &ck, &sk, 0);
+	CHECKF(t, r == 2, "no token against a token: got %d, want 2", r);
+	/* Any byte of AUTH flipped: it does not open. */
+	for (i = 1; i <= 14 + TAG_LEN; i++) {
+		r = handshake_pair("k", "k", &ck, &sk, (int)i);
+		CHECKF(t, r == 2, "AUTH byte %zu flipped: got %d, want 2", i - 1,
+		       r);
+	}
+	/* A low-order point gives an all-zero secret: refused. */
+	memset(zero, 0, sizeof(zero));
+	hs_init(&hs);
+	CHECK(t, hs_mix_dh(&hs, zero) == -1);
+	zero[0] = 1;
+	hs_init(&hs);
+	CHECK(t, hs_mix_dh(&hs, zero) == -1);
+}
+
+static void test_records(struct tally *t)
+{
+	static uint8_t rec[RECORD_HDR + RECORD_MAX + TAG_LEN + 8];
+	static uint8_t copy[sizeof(rec)], data[RECORD_MAX];
+	struct seal tx, rx, rx2;
+	size_t n, used, plen, i, sizes[] = { 0, 1, 100, RECORD_MAX };
+	enum frame_result r;
+	int bad;
+
+	memset(&tx, 0, sizeof(tx));
+	for (i = 0; i < KEY_LEN; i++) {
+		tx.key[i] = (uint8_t)(i * 7);
+	}
+	rx = tx;
+	for (i = 0; i < sizeof(data); i++) {
+		data[i] = (uint8_t)(i * 13 + 5);
+	}
+	for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		n = record_seal(&tx, data, sizes[i], rec);
+		CHECKF(t, n == RECORD_HDR + sizes[i] + TAG_LEN,
+		       "record of %zu: %zu bytes", sizes[i], n);
+		CHECKF(t, record_open(&rx, rec, n - 1, &used, &plen) == FRAME_MORE,
+		       "record of %zu, one byte short: not MORE", sizes[i]);
+		r = record_open(&rx, rec, n, &used, &plen);
+		CHECKF(t, r == FRAME_OK && used == n && plen == sizes[i] &&
+		          memcmp(rec + RECORD_HDR, data, plen) == 0,
+		       "record of %zu does not open back", sizes[i]);
+	}
+	CHECK(t, tx.n == 4 && rx.n == 4);
+	/* Every byte of a record flipped: it does not open. */
+	n = record_seal(&tx, data, 100, rec);
+	memcpy(copy, rec, n);
+	bad = 0;
+	for (i = 0; i < n; i++) {
+		rx2 = rx;
+		memcpy(rec, copy, n);
+		rec[i] ^= 0x01;
+		r = record_open(&rx2, rec, n, &used, &plen);
+		bad += r != FRAME_OK && r != FRAME_MORE && rx2.n == rx.n;
+		if (i < RECORD_HDR && r == FRAME_MORE) {
+			bad++;     /* a longer length waits: the read then fails */
+		}
+	}
+	CHECKF(t, bad == (int)n, "%d of %zu flipped bytes were refused", bad,
+	       n);
+	memcpy(rec, copy, n);
+	CHECK(t, record_open(&rx, rec, n, &used, &plen) == FRAME_OK);
+	/* Replayed, or out of order: refused. */
+	memcpy(rec, copy, n);
+	CHECK(t, record_open(&rx, rec, n, &used, &plen) == FRAME_BAD);
+	n = record_seal(&tx, data, 10, rec);
+	n = record_seal(&tx, data, 10, rec);
+	CHECK(t, record_open(&rx, rec, n, &used, &plen) == FRAME_BAD);
+	/* Longer than RECORD_MAX: refused from the header alone. */
+	rec[0] = (RECORD_MAX + 1) >> 8;
+	rec[1] = (RECORD_MAX + 1) & 0xff;
+	CHECK(t, record_open(&rx, rec, 2, &used, &plen) == FRAME_BAD);
+}
+
+static void test_tunnel_keys(struct tally *t)
+{
+	uint8_t master[KEY_LEN], id[USER_ID_LEN], id2[USER_ID_LEN];
+	uint8_t proof[TAG_LEN];
+	struct seal ctx, crx, stx, srx, x, y;
 	size_t i;
 
-	for (i = 0; i < NONCE_LEN; i++) {
-		cn[i] = (uint8_t)(i + 1);
-		sn[i] = (uint8_t)(0x80 + i);
-		id[i] = (uint8_t)(0x30 + i);
+	for (i = 0; i < KEY_LEN; i++) {
+		master[i] = (uint8_t)(0x55 ^ i);
 	}
-	for (i = 0; i < sizeof(tokens) / sizeof(tokens[0]); i++) {
-		const char *tok = tokens[i];
+	memset(id, 0x11, sizeof(id));
+	memcpy(id2, id, sizeof(id));
+	id2[15] ^= 1;
+	tunnel_keys(master, id, 1, &ctx, &crx);
+	tunnel_keys(master, id, 0, &stx, &srx);
+	CHECK(t, memcmp(ctx.key, srx.key, KEY_LEN) == 0);
+	CHECK(t, memcmp(crx.key, stx.key, KEY_LEN) == 0);
+	CHECK(t, memcmp(ctx.key, crx.key, KEY_LEN) != 0);
+	tunnel_keys(master, id2, 1, &x, &y);
+	CHECK(t, memcmp(ctx.key, x.key, KEY_LEN) != 0);
+	CHECK(t, memcmp(crx.key, y.key, KEY_LEN) != 0);
+	join_proof(&ctx, id, proof);
+	CHECK(t, ctx.n == 1);
+	x = srx;
+	CHECK(t, join_check(&x, id2, proof) == -1 && x.n == 0);
+	proof[3] ^= 4;
+	CHECK(t, join_check(&x, id, proof) == -1 && x.n == 0);
+	proof[3] ^= 4;
+	CHECK(t, join_check(&srx, id, proof) == 0 && srx.n == 1);
+}
 
-		key_auth_proof(tok, cn, sn, a);
-		key_auth_proof(tok, cn, sn, b);
-		CHECKF(t, memcmp(a, b, PROOF_LEN) == 0,
-		       "token \"%s\": key_auth_proof not deterministic", tok);
-		hmac_sha256_init(&h, tok, strlen(tok));
-		hmac_sha256_update(&h, "dialback auth", 13);
-		hmac_sha256_update(&h, cn, NONCE_LEN);
-		hmac_sha256_update(&h, sn, NONCE_LEN);
-		hmac_sha256_final(&h, want);
-		CHECKF(t, memcmp(a, want, PROOF_LEN) == 0,
-		       "token \"%s\": key_auth_proof is not "
-		       "HMAC(token, \"dialback auth\" cn sn)", tok);
+/* Frames inside records, through a frame buffer. */
+static void test_fbuf_sealed(struct tally *t)
+{
+	struct fbuf out, in;
+	struct seal tx, rx;
+	struct msg m, got;
+	size_t i;
 
-		key_session(tok, cn, sn, k);
-		key_session(tok, cn, sn, b);
-		CHECKF(t, memcmp(k, b, PROOF_LEN) == 0,
-		       "token \"%s\": key_session not deterministic", tok);
-		CHECKF(t, memcmp(k, a, PROOF_LEN) != 0,
-		       "token \"%s\": key_session equals key_auth_proof", tok);
-		hmac_sha256_init(&h, tok, strlen(tok));
-		hmac_sha256_update(&h, "dialback session", 16);
-		hmac_sha256_update(&h, cn, NONCE_LEN);
-		hmac_sha256_update(&h, sn, NONCE_LEN);
-		hmac_sha256_final(&h, want);
-		CHECKF(t, memcmp(k, want, PROOF_LEN) == 0,
-		       "token \"%s\": key_session is not "
-		       "HMAC(token, \"dialback session\" cn sn)", tok);
-
-		/* Swapping or changing a nonce changes both. */
-		key_auth_proof(tok, sn, cn, b);
-		CHECKF(t, memcmp(a, b, PROOF_LEN) != 0,
-		       "token \"%s\": auth proof ignores nonce order", tok);
-		sn[0] ^= 1;
-		key_auth_proof(tok, cn, sn, b);
-		CHECKF(t, memcmp(a, b, PROOF_LEN) != 0,
-		       "token \"%s\": auth proof ignores server nonce", tok);
-		key_session(tok, cn, sn, b);
-		CHECKF(t, memcmp(k, b, PROOF_LEN) != 0,
-		       "token \"%s\": session key ignores server nonce", tok);
-		sn[0] ^= 1;
-		cn[15] ^= 1;
-		key_auth_proof(tok, cn, sn, b);
-		CHECKF(t, memcmp(a, b, PROOF_LEN) != 0,
-		       "token \"%s\": auth proof ignores client nonce", tok);
-		cn[15] ^= 1;
-
-		key_join_proof(k, id, a);
-		key_join_proof(k, id, b);
-		CHECKF(t, memcmp(a, b, PROOF_LEN) == 0,
-		       "token \"%s\": key_join_proof not deterministic", tok);
-		hmac_sha256_init(&h, k, PROOF_LEN);
-		hmac_sha256_update(&h, "dialback join", 13);
-		hmac_sha256_update(&h, id, USER_ID_LEN);
-		hmac_sha256_final(&h, want);
-		CHECKF(t, memcmp(a, want, PROOF_LEN) == 0,
-		       "token \"%s\": key_join_proof is not "
-		       "HMAC(K, \"dialback join\" user_id)", tok);
-		id[3] ^= 0x10;
-		key_join_proof(k, id, b);
-		CHECKF(t, memcmp(a, b, PROOF_LEN) != 0,
-		       "token \"%s\": join proof ignores user_id", tok);
-		id[3] ^= 0x10;
+	memset(&out, 0, sizeof(out));
+	memset(&in, 0, sizeof(in));
+	memset(&tx, 0, sizeof(tx));
+	tx.key[0] = 9;
+	rx = tx;
+	CHECK(t, fbuf_init(&out, FBUF_SMALL) == 0 &&
+	         fbuf_init(&in, FBUF_SMALL) == 0);
+	out.seal = &tx;
+	in.seal = &rx;
+	fill_msg(&m, MSG_NEW_USER);
+	CHECK(t, fbuf_put(&out, &m) == 0);
+	fill_msg(&m, MSG_PING);
+	CHECK(t, fbuf_put(&out, &m) == 0);
+	CHECK(t, out.len == 2 * (RECORD_HDR + TAG_LEN + FRAME_HDR) + 54);
+	/* No frame is in clear on the wire. */
+	for (i = 0; i + 3 <= out.len; i++) {
+		if (memcmp(out.data + i, "\x08\x00\x36", 3) == 0) {
+			break;
+		}
 	}
-
-	key_auth_proof("s3cret", cn, sn, a);
-	key_auth_proof("s3creT", cn, sn, b);
-	CHECK(t, memcmp(a, b, PROOF_LEN) != 0);
+	CHECKF(t, i + 3 > out.len, "a NEW_USER header in clear at %zu", i);
+	for (i = 0; i + 1 < out.len; i++) {
+		memcpy(in.data, out.data, i);
+		in.len = i;
+		if (fbuf_take(&in, &got) != FRAME_MORE) {
+			break;
+		}
+	}
+	CHECKF(t, i == RECORD_HDR + TAG_LEN + FRAME_HDR + 54,
+	       "sealed NEW_USER: a %zu-byte prefix is not MORE", i);
+	rx = tx;               /* that last take opened the first record */
+	rx.n = 0;
+	memcpy(in.data, out.data, out.len);
+	in.len = out.len;
+	CHECK(t, fbuf_take(&in, &got) == FRAME_OK && got.type == MSG_NEW_USER);
+	CHECK(t, fbuf_take(&in, &got) == FRAME_OK && got.type == MSG_PING);
+	CHECK(t, in.len == 0 && fbuf_take(&in, &got) == FRAME_MORE);
+	/* A record longer than any frame is refused at once. */
+	in.data[0] = 0x10;
+	in.data[1] = 0x00;
+	in.len = 2;
+	CHECK(t, fbuf_take(&in, &got) == FRAME_BAD);
+	fbuf_free(&out);
+	fbuf_free(&in);
 }
 
 /* ---- PROXY protocol header ---------------------------------------------- */
@@ -1879,7 +2058,10 @@ int main(void)
 	test_msg_name(&t);
 	test_addr_parse(&t);
 	test_addr_str(&t);
-	test_keys(&t);
+	test_handshake(&t);
+	test_records(&t);
+	test_tunnel_keys(&t);
+	test_fbuf_sealed(&t);
 	test_proxy_header(&t);
 	test_relay_order(&t);
 	printf("unit: %d passed, %d failed\n", t.pass, t.fail);
