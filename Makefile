@@ -43,7 +43,7 @@ common.o: common.c common.h protocol.h sha256.h
 sha256.o: sha256.c sha256.h
 loop.o: loop.c common.h protocol.h
 
-tests/unit: tests/unit.c $(LIB) common.h protocol.h sha256.h
+tests/unit: tests/unit.c tests/testlib.h $(LIB) common.h protocol.h sha256.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/unit.c $(LIB)
 tests/e2e: tests/e2e.c tests/testlib.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/e2e.c

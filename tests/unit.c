@@ -1,13 +1,13 @@
 /*
  * Unit tests for the crypto, the frame codec, address parsing, key
- * derivation and the relay's byte order.  No framework: each CHECK counts a pass or prints one line
- * for a failure, and the last line is "unit: N passed, N failed".
+ * derivation and the relay's byte order.  The checks are tests/testlib.h's:
+ * each CHECK counts a pass or prints one line for a failure, and the last
+ * line is "unit: N passed, N failed, N skipped".
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,75 +15,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "tests/testlib.h"
 #include "common.h"
 #include "protocol.h"
 #include "sha256.h"
-
-/* ---- checking ----------------------------------------------------------- */
-
-struct tally {
-	int pass, fail;
-};
-
-static void check(struct tally *t, int ok, const char *file, int line,
-                  const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-
-static void check(struct tally *t, int ok, const char *file, int line,
-                  const char *fmt, ...)
-{
-	va_list ap;
-
-	if (ok) {
-		t->pass++;
-		return;
-	}
-	t->fail++;
-	printf("%s:%d: ", file, line);
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-	printf("\n");
-}
-
-static void hex(const uint8_t *p, size_t n, char *out)
-{
-	size_t i;
-
-	for (i = 0; i < n; i++) {
-		snprintf(out + 2 * i, 3, "%02x", p[i]);
-	}
-	out[2 * n] = '\0';
-}
-
-static void check_mem(struct tally *t, const void *got, const void *want,
-                      size_t n, const char *file, int line, const char *what)
-{
-	char g[2 * 64 + 1], w[2 * 64 + 1];
-	size_t shown = n < 64 ? n : 64;
-
-	if (memcmp(got, want, n) == 0) {
-		check(t, 1, file, line, "%s", what);
-		return;
-	}
-	hex(got, shown, g);
-	hex(want, shown, w);
-	check(t, 0, file, line, "%s: got %s%s, want %s%s", what,
-	      g, shown < n ? "..." : "", w, shown < n ? "..." : "");
-}
-
-#define CHECK(t, cond) \
-	check((t), !!(cond), __FILE__, __LINE__, "%s", #cond)
-#define CHECKF(t, cond, ...) \
-	check((t), !!(cond), __FILE__, __LINE__, __VA_ARGS__)
-#define CHECK_INT(t, got, want) \
-	check((t), (long long)(got) == (long long)(want), __FILE__, __LINE__, \
-	      "%s: got %lld, want %lld", #got, (long long)(got), \
-	      (long long)(want))
-#define CHECK_STR(t, got, want) \
-	check((t), strcmp((got), (want)) == 0, __FILE__, __LINE__, \
-	      "%s: got \"%s\", want \"%s\"", #got, (got), (want))
-#define CHECK_MEM(t, got, want, n) \
-	check_mem((t), (got), (want), (n), __FILE__, __LINE__, #got)
 
 /* unhex: decode a hex string of a known vector; returns its byte count. */
 static size_t unhex(const char *s, uint8_t *out)
@@ -973,14 +908,14 @@ static void proxy_check(struct tally *t, int version, struct wire_addr src,
 
 	memset(out, 0xee, sizeof(out));
 	len = proxy_header(version, &src, &dst, out);
-	check(t, len == n, __FILE__, line, "%s: length %zu, want %zu", what,
-	      len, n);
-	check_mem(t, out, want, n, __FILE__, line, what);
+	tally_check(t, len == n, __FILE__, line, "%s: length %zu, want %zu",
+	            what, len, n);
+	tally_check_mem(t, out, want, n, __FILE__, line, what);
 	for (i = PROXY_MAX; i < sizeof(out); i++) {
 		clean &= out[i] == 0xee;
 	}
-	check(t, clean && len <= PROXY_MAX, __FILE__, line,
-	      "%s: wrote past PROXY_MAX", what);
+	tally_check(t, clean && len <= PROXY_MAX, __FILE__, line,
+	            "%s: wrote past PROXY_MAX", what);
 }
 
 #define PROXY_TEXT(t, v, s, d, text) \
@@ -1209,7 +1144,7 @@ static void test_relay_order(struct tally *t)
 
 int main(void)
 {
-	struct tally t = { 0, 0 };
+	struct tally t = { 0, 0, 0 };
 
 	test_sha256(&t);
 	test_hmac(&t);
@@ -1223,6 +1158,5 @@ int main(void)
 	test_keys(&t);
 	test_proxy_header(&t);
 	test_relay_order(&t);
-	printf("unit: %d passed, %d failed\n", t.pass, t.fail);
-	return t.fail > 0 ? 1 : 0;
+	return tally_report(&t, "unit");
 }
