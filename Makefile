@@ -45,7 +45,7 @@ loop.o: loop.c common.h protocol.h
 
 tests/unit: tests/unit.c tests/testlib.h $(LIB) common.h protocol.h sha256.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/unit.c $(LIB)
-tests/e2e: tests/e2e.c tests/testlib.h
+tests/e2e: tests/e2e.c tests/testlib.h protocol.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/e2e.c
 tests/svc: tests/svc.c tests/testlib.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/svc.c
