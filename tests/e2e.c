@@ -981,26 +981,137 @@ test_ipv6(struct test *t)
 }
 
 /*
- * -local NAME where NAME resolves to ::1 and 127.0.0.1: the service
- * listens on the second address only, so the first connect is refused
- * (after EINPROGRESS) and the client must go on to the second.  It once
- * closed the refused socket without telling the event loop, got the same
+ * -local NAME where NAME resolves to two loopback addresses: the service
+ * listens on the second only, so the first connect is refused (after
+ * EINPROGRESS) and the client must go on to the second.  It once closed
+ * the refused socket without telling the event loop, got the same
  * descriptor number for the next one, and never heard it connect: the
- * user timed out.  Needs such a name (most systems' "localhost" is one);
- * skipped where there is none.
+ * user timed out.
+ *
+ * The name is DUAL_NAME, given to ::1 (127.0.0.2 without IPv6) and
+ * 127.0.0.1 by a hosts file of the test's own that only the client sees:
+ * it runs in a private mount namespace (unshare -m, or -r -m without
+ * root) with that file bound over /etc/hosts; the machine's stays as it
+ * is.  Where no such namespace is allowed, a system name that resolves to
+ * both ::1 and 127.0.0.1 does ("localhost" on many systems); with neither
+ * the test is skipped, except with CI=true, where it fails.  Either way
+ * the first address is seen to refuse before the client starts.
  */
-static void
-test_local_fallback(struct test *t)
+#define DUAL_NAME "dialback-dual.test"
+
+/* The order of a name's addresses, as the client's getaddrinfo sees it. */
+struct dual {
+	char first[64], second[64];
+	const char *wrap[12];        /* runs a command in the namespace */
+	char unshare[256], hosts[256];
+};
+
+/* print_addrs: tests/e2e --resolve NAME: NAME's addresses, numeric, one a
+ * line, in getaddrinfo's order and with the client's hints. */
+static int
+print_addrs(const char *name)
+{
+	struct addrinfo hints, *res, *ai;
+	char ip[INET6_ADDRSTRLEN];
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	if (getaddrinfo(name, "1", &hints, &res) != 0) {
+		return 1;
+	}
+	for (ai = res; ai != NULL; ai = ai->ai_next) {
+		if (getnameinfo(ai->ai_addr, ai->ai_addrlen, ip, sizeof(ip), NULL,
+		                0, NI_NUMERICHOST) == 0) {
+			printf("addr %s\n", ip);
+		}
+	}
+	freeaddrinfo(res);
+	return 0;
+}
+
+/* dual_read: the first two "addr" lines of a --resolve log, if their
+ * addresses differ.  0 or -1. */
+static int
+dual_read(const char *log, struct dual *d)
+{
+	char *text = tl_read_file(log, NULL);
+	int n = text ? sscanf(text, "addr %63s addr %63s", d->first,
+	                      d->second) : 0;
+
+	free(text);
+	return n == 2 && strcmp(d->first, d->second) != 0 ? 0 : -1;
+}
+
+/* dual_namespace: a hosts file naming DUAL_NAME, and a way to run a
+ * command that sees it (d->wrap, ending where the command goes); 0, or -1
+ * if no unshare here will do. */
+static int
+dual_namespace(struct test *t, struct dual *d)
+{
+	static const char script[] = "mount --bind \"$0\" /etc/hosts && "
+	                             "exec \"$@\"";
+	static const char *const modes[][2] = { { "-m", NULL }, { "-r", "-m" } };
+	char text[128];
+	size_t m;
+
+	if (tl_find_prog("unshare", d->unshare, sizeof(d->unshare)) < 0) {
+		return -1;
+	}
+	snprintf(d->hosts, sizeof(d->hosts), "%s/hosts", t->dir);
+	snprintf(text, sizeof(text), "%s %s\n127.0.0.1 %s\n",
+	         tl_ipv6_ok() ? "::1" : "127.0.0.2", DUAL_NAME, DUAL_NAME);
+	if (tl_write_file(d->hosts, text, strlen(text)) < 0) {
+		return fail(t, "writing %s: %s", d->hosts, strerror(errno));
+	}
+	for (m = 0; m < sizeof(modes) / sizeof(modes[0]); m++) {
+		const char *argv[16];
+		struct tl_proc *p;
+		int n = 0, k;
+
+		/* Private propagation: the bind mount never reaches the
+		 * machine's own mount namespace. */
+		d->wrap[n++] = d->unshare;
+		d->wrap[n++] = "--propagation";
+		d->wrap[n++] = "private";
+		d->wrap[n++] = modes[m][0];
+		if (modes[m][1] != NULL) {
+			d->wrap[n++] = modes[m][1];
+		}
+		d->wrap[n++] = "sh";
+		d->wrap[n++] = "-c";
+		d->wrap[n++] = script;
+		d->wrap[n++] = d->hosts;
+		d->wrap[n] = NULL;
+		for (k = 0; k < n; k++) {
+			argv[k] = d->wrap[k];
+		}
+		argv[n++] = tl_h.self;
+		argv[n++] = "--resolve";
+		argv[n++] = DUAL_NAME;
+		argv[n] = NULL;
+		p = start(t, m == 0 ? "resolve" : "resolve-userns", argv, NULL, 0);
+		if (p == NULL) {
+			return -1;
+		}
+		if (tl_proc_wait(p, T(5000)) && WIFEXITED(p->status)
+		    && WEXITSTATUS(p->status) == 0 && dual_read(p->log, d) == 0) {
+			return 0;
+		}
+	}
+	return -1;
+}
+
+/* dual_system: a name of this machine's that resolves to ::1 and
+ * 127.0.0.1 (in either order) into *name.  0 or -1. */
+static int
+dual_system(struct dual *d, const char **name)
 {
 	static const char *const names[] = { "localhost", "ip6-localhost",
 	                                     "localhost6", "ip6-loopback" };
-	char r[64], l[96];
-	const char *argv[8] = { "./client", "-remote", NULL, "-local", NULL,
-	                        NULL };
-	const char *name = NULL;
 	size_t i;
 
-	for (i = 0; i < sizeof(names) / sizeof(names[0]) && name == NULL; i++) {
+	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
 		struct addrinfo hints, *res = NULL;
 
 		memset(&hints, 0, sizeof(hints));
@@ -1011,27 +1122,75 @@ test_local_fallback(struct test *t)
 		}
 		if (res->ai_next != NULL &&
 		    res->ai_family != res->ai_next->ai_family) {
-			name = names[i];
-			t->host = res->ai_next->ai_family == AF_INET6 ? "::1"
-			                                              : "127.0.0.1";
+			snprintf(d->first, sizeof(d->first), "%s",
+			         res->ai_family == AF_INET6 ? "::1" : "127.0.0.1");
+			snprintf(d->second, sizeof(d->second), "%s",
+			         res->ai_family == AF_INET6 ? "127.0.0.1" : "::1");
+			*name = names[i];
 		}
 		freeaddrinfo(res);
+		if (*name != NULL) {
+			return 0;
+		}
 	}
-	if (name == NULL) {
-		t->skip = "no name here resolves to both ::1 and 127.0.0.1";
+	return -1;
+}
+
+static void
+test_local_fallback(struct test *t)
+{
+	struct dual d;
+	const char *name = NULL, *argv[32];
+	char r[64], l[96];
+	int n = 0, k, fd;
+
+	memset(&d, 0, sizeof(d));
+	if (dual_namespace(t, &d) == 0) {
+		name = DUAL_NAME;
+	} else if (t->failed || dual_system(&d, &name) < 0) {
+		missing_tool(t, "no private mount namespace (unshare -m) for a "
+		             "name with two addresses, and no system name with "
+		             "both ::1 and 127.0.0.1");
 		return;
 	}
+	t->host = d.second;
 	if (pick_server_ports(t, NULL, 4) < 0
 	    || (t->svc = start_svc(t, "svc", "echo", t->loc, NULL)) == NULL
 	    || (t->server = start_server(t, "server", NULL)) == NULL) {
 		return;
 	}
-	argv[2] = tl_fmt_addr(r, t->host, t->ctl);
+	/* The client's first connect must be refused, or this proves
+	 * nothing. */
+	fd = tl_connect(d.first, t->loc, tl_now_ms() + T(5000));
+	if (fd >= 0 || errno != ECONNREFUSED) {
+		fail(t, "%s port %d, %s's first address, does not refuse (%s)",
+		     d.first, t->loc, name, fd >= 0 ? "it accepts"
+		                                    : strerror(errno));
+		if (fd >= 0) {
+			close(fd);
+		}
+		return;
+	}
+	for (k = 0; d.wrap[k] != NULL; k++) {
+		argv[n++] = d.wrap[k];
+	}
+	argv[n++] = "./client";
+	argv[n++] = "-remote";
+	argv[n++] = tl_fmt_addr(r, t->host, t->ctl);
+	argv[n++] = "-local";
 	snprintf(l, sizeof(l), "%s:%d", name, t->loc);
-	argv[4] = l;
+	argv[n++] = l;
+	argv[n] = NULL;
 	t->client = start(t, "client", argv, NULL, 0);
-	if (t->client == NULL || wait_log(t, t->client, "forwarding",
-	                                  START_MS) < 0) {
+	if (t->client == NULL) {
+		return;
+	}
+	/* Through unshare and sh, it becomes ./client by exec: judge it as
+	 * one. */
+	t->client->product = 1;
+	t->client->tool = 0;
+	if (wait_log(t, t->client, "forwarding", START_MS) < 0
+	    || expect_log(t, t->client, l) < 0) {
 		return;
 	}
 	echo_once(t, t->pub, 4096, 61, 0, SMALL_MS, "echo via the second address");
@@ -2154,6 +2313,9 @@ main(int argc, char **argv)
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (argc == 3 && strcmp(argv[1], "--resolve") == 0) {
+		return print_addrs(argv[2]);
 	}
 	if (tl_use_valgrind() < 0) {
 		return 1;

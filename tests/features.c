@@ -84,19 +84,6 @@ fnv1a(const uint8_t *p, size_t n)
 	return h;
 }
 
-static int
-write_file(const char *path, const void *data, size_t n)
-{
-	FILE *f = fopen(path, "wb");
-	int ok;
-
-	if (f == NULL) {
-		return -1;
-	}
-	ok = fwrite(data, 1, n, f) == n;
-	return fclose(f) == 0 && ok ? 0 : -1;
-}
-
 /* ---- ports ---------------------------------------------------------------- */
 
 /*
@@ -1097,7 +1084,7 @@ test_nginx(struct test *t)
 	         "    }\n"
 	         "}\n", pid, t->dir, t->dir, t->dir, t->dir, t->dir, t->dir, alog,
 	         loc);
-	if (write_file(conf, text, strlen(text)) < 0) {
+	if (tl_write_file(conf, text, strlen(text)) < 0) {
 		fail(t, "writing %s: %s", conf, strerror(errno));
 		return;
 	}
@@ -1517,7 +1504,7 @@ test_browser(struct test *t)
 			                 png_n };
 
 			snprintf(path, sizeof(path), "%s/%s", www, files[i].name);
-			if (write_file(path, data[files[i].which],
+			if (tl_write_file(path, data[files[i].which],
 			               len[files[i].which]) < 0) {
 				fail(t, "writing %s: %s", path, strerror(errno));
 				goto out;

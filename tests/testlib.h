@@ -545,6 +545,20 @@ tl_read_file(const char *path, size_t *len)
 	return buf;
 }
 
+/* tl_write_file: the file at path holds the n bytes of data.  0 or -1. */
+static inline int
+tl_write_file(const char *path, const void *data, size_t n)
+{
+	FILE *f = fopen(path, "wb");
+	int ok;
+
+	if (f == NULL) {
+		return -1;
+	}
+	ok = fwrite(data, 1, n, f) == n;
+	return fclose(f) == 0 && ok ? 0 : -1;
+}
+
 /* tl_count_in_file: how many times s occurs in the file (0 if unreadable). */
 static inline int
 tl_count_in_file(const char *path, const char *s)
