@@ -1155,6 +1155,24 @@ tally_check_mem(struct tally *t, const void *got, const void *want, size_t n,
 	            g, shown < n ? "..." : "", w, shown < n ? "..." : "");
 }
 
+/* CHECK_INT and CHECK_STR: got is evaluated once, so it may be a call. */
+static inline void
+tally_check_int(struct tally *t, long long got, long long want,
+                const char *file, int line, const char *what)
+{
+	tally_check(t, got == want, file, line, "%s: got %lld, want %lld", what,
+	            got, want);
+}
+
+static inline void
+tally_check_str(struct tally *t, const char *got, const char *want,
+                const char *file, int line, const char *what)
+{
+	tally_check(t, got != NULL && strcmp(got, want) == 0, file, line,
+	            "%s: got \"%s\", want \"%s\"", what, got ? got : "(null)",
+	            want);
+}
+
 static inline void
 tally_skip(struct tally *t, const char *what, const char *why)
 {
@@ -1175,12 +1193,10 @@ tally_report(const struct tally *t, const char *prog)
 #define CHECKF(t, cond, ...) \
 	tally_check((t), !!(cond), __FILE__, __LINE__, __VA_ARGS__)
 #define CHECK_INT(t, got, want) \
-	tally_check((t), (long long)(got) == (long long)(want), __FILE__, \
-	            __LINE__, "%s: got %lld, want %lld", #got, \
-	            (long long)(got), (long long)(want))
+	tally_check_int((t), (long long)(got), (long long)(want), __FILE__, \
+	                __LINE__, #got)
 #define CHECK_STR(t, got, want) \
-	tally_check((t), strcmp((got), (want)) == 0, __FILE__, __LINE__, \
-	            "%s: got \"%s\", want \"%s\"", #got, (got), (want))
+	tally_check_str((t), (got), (want), __FILE__, __LINE__, #got)
 #define CHECK_MEM(t, got, want, n) \
 	tally_check_mem((t), (got), (want), (n), __FILE__, __LINE__, #got)
 
