@@ -54,15 +54,16 @@ sha256.o: sha256.c sha256.h crypto.h
 chacha20poly1305.o: chacha20poly1305.c crypto.h sha256.h
 x25519.o: x25519.c crypto.h
 
-tests/unit: tests/unit.c $(LIB) common.h protocol.h sha256.h crypto.h
+tests/unit: tests/unit.c tests/testlib.h $(LIB) common.h protocol.h sha256.h \
+            crypto.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/unit.c $(LIB)
 # The unit test again with only the plain C of the crypto: no SSE2 ChaCha
 # and no unsigned __int128, so the code other machines run is tested here.
-tests/unit-portable: tests/unit.c $(LIB:.o=.c) common.h protocol.h sha256.h \
-                     crypto.h
+tests/unit-portable: tests/unit.c tests/testlib.h $(LIB:.o=.c) common.h \
+                     protocol.h sha256.h crypto.h
 	$(CC) $(CFLAGS) -DDIALBACK_PORTABLE_CRYPTO -I. $(LDFLAGS) -o $@ \
 		tests/unit.c $(LIB:.o=.c)
-tests/e2e: tests/e2e.c tests/testlib.h
+tests/e2e: tests/e2e.c tests/testlib.h protocol.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/e2e.c
 tests/svc: tests/svc.c tests/testlib.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/svc.c

@@ -40,7 +40,7 @@
 
 #define IO_BUF       (256 * 1024) /* each read and write, bench and service */
 #define IO_TIMEOUT_S 5            /* one blocking socket call, at most */
-#define START_MS     10000        /* "listening" / "forwarding" show up */
+#define READY_MS     10000        /* "listening" / "forwarding" show up */
 #define SETTLE_MS    10000        /* sockets return to their idle count */
 #define SLACK_S      20.0         /* a run's deadline, past its window */
 #define MAX_REPEAT   15
@@ -140,10 +140,10 @@ struct bench {
 
 /* ==== small helpers ====================================================== */
 
-/* fail: print "bench: ..." (with strerror(errno) when fmt ends in ':')
+/* bench_fail: print "bench: ..." (with strerror(errno) when fmt ends in ':')
  * and return -1. */
 static int
-fail(const char *fmt, ...)
+bench_fail(const char *fmt, ...)
 {
 	int e = errno;
 	size_t n = strlen(fmt);
@@ -226,7 +226,7 @@ samples_add(struct samples *s, double x)
 		double *v = realloc(s->v, cap * sizeof(*v));
 
 		if (v == NULL) {
-			return fail("out of memory");
+			return bench_fail("out of memory");
 		}
 		s->v = v;
 		s->cap = cap;
@@ -958,7 +958,7 @@ pstat_read(pid_t pid, struct pstat *ps)
 	p = text ? strrchr(text, ')') : NULL;
 	if (p == NULL) {
 		free(text);
-		return fail("read %s:", path);
+		return bench_fail("read %s:", path);
 	}
 	for (field = 2; *p != '\0' && field < 15; p++) {
 		if (*p == ' ') {
@@ -976,14 +976,14 @@ pstat_read(pid_t pid, struct pstat *ps)
 	snprintf(path, sizeof(path), "/proc/%ld/status", (long)pid);
 	text = tl_read_file(path, NULL);
 	if (text == NULL) {
-		return fail("read %s:", path);
+		return bench_fail("read %s:", path);
 	}
 	ps->rss_kib = status_field(text, "VmRSS:");
 	v = status_field(text, "\nvoluntary_ctxt_switches:");
 	nv = status_field(text, "nonvoluntary_ctxt_switches:");
 	free(text);
 	if (field != 15 || ps->rss_kib < 0 || v < 0 || nv < 0) {
-		return fail("can't parse /proc/%ld/stat or status", (long)pid);
+		return bench_fail("can't parse /proc/%ld/stat or status", (long)pid);
 	}
 	ps->ctxsw = v + nv;
 	return 0;
@@ -1012,12 +1012,12 @@ check_alive(struct bench *b)
 
 	for (i = 0; i < 5; i++) {
 		if (tl_proc_poll(p[i])) {
-			return fail("%s exited (%s)", p[i]->name,
+			return bench_fail("%s exited (%s)", p[i]->name,
 			            tl_status_str(p[i], st, sizeof(st)));
 		}
 	}
 	if (stop_flag) {
-		return fail("interrupted");
+		return bench_fail("interrupted");
 	}
 	return 0;
 }
@@ -1075,7 +1075,7 @@ settle(struct bench *b)
 		}
 		tl_pause(5);
 	}
-	return fail("connections leaked: %d ms after the last one closed, the "
+	return bench_fail("connections leaked: %d ms after the last one closed, the "
 	            "server holds %d sockets (%d when idle), the client %d (%d)",
 	            SETTLE_MS, s, b->base_socks[0], c, b->base_socks[1]);
 }
@@ -1087,11 +1087,11 @@ start_service(struct bench *b)
 	pid_t pid;
 
 	if (lfd < 0 || tl_set_nonblock(lfd) < 0) {
-		return fail("service listen:");
+		return bench_fail("service listen:");
 	}
 	if (pipe(life) < 0) {
 		close(lfd);
-		return fail("pipe:");
+		return bench_fail("pipe:");
 	}
 	b->svc_port = tl_local_port(lfd);
 	fflush(stdout);
@@ -1101,7 +1101,7 @@ start_service(struct bench *b)
 		close(lfd);
 		close(life[0]);
 		close(life[1]);
-		return fail("fork:");
+		return bench_fail("fork:");
 	}
 	if (pid == 0) {
 		signal(SIGINT, SIG_DFL);
@@ -1125,13 +1125,13 @@ start_relays(struct bench *b)
 	pid_t pid;
 
 	if (pipe(life) < 0) {
-		return fail("pipe:");
+		return bench_fail("pipe:");
 	}
 	b->relay_life = life[1];
 	for (i = 1; i >= 0; i--) {
 		lfd = tl_listen("127.0.0.1", 0);
 		if (lfd < 0 || tl_set_nonblock(lfd) < 0) {
-			fail("%s listen:", b->relay[i].name);
+			bench_fail("%s listen:", b->relay[i].name);
 			if (lfd >= 0) {
 				close(lfd);
 			}
@@ -1144,7 +1144,7 @@ start_relays(struct bench *b)
 		if (pid < 0) {
 			close(lfd);
 			close(life[0]);
-			return fail("fork:");
+			return bench_fail("fork:");
 		}
 		if (pid == 0) {
 			signal(SIGINT, SIG_DFL);
@@ -1164,11 +1164,11 @@ start_relays(struct bench *b)
 	return 0;
 }
 
-/* start: run argv as p, logging to DIR/NAME.log, and wait for what it
+/* bench_start: run argv as p, logging to DIR/NAME.log, and wait for what it
  * logs once it is ready. */
 static int
-start(struct bench *b, struct tl_proc *p, const char *const argv[],
-      const char *ready)
+bench_start(struct bench *b, struct tl_proc *p, const char *const argv[],
+            const char *ready)
 {
 	char st[32];
 	int r;
@@ -1176,15 +1176,15 @@ start(struct bench *b, struct tl_proc *p, const char *const argv[],
 	snprintf(p->log, sizeof(p->log), "%s/%s.log", b->dir, p->name);
 	p->pid = tl_spawn((char *const *)argv, NULL, p->log, NULL);
 	if (p->pid < 0) {
-		return fail("fork:");
+		return bench_fail("fork:");
 	}
-	r = tl_wait_log(p, ready, START_MS);
+	r = tl_wait_log(p, ready, READY_MS);
 	if (r == 0) {
-		return fail("%s did not log \"%s\" within %d ms (see %s)", p->name,
-		            ready, START_MS, p->log);
+		return bench_fail("%s did not log \"%s\" within %d ms (see %s)", p->name,
+		            ready, READY_MS, p->log);
 	}
 	if (r < 0) {
-		return fail("%s exited (%s) before logging \"%s\" (see %s)",
+		return bench_fail("%s exited (%s) before logging \"%s\" (see %s)",
 		            p->name, tl_status_str(p, st, sizeof(st)), ready, p->log);
 	}
 	return 0;
@@ -1206,7 +1206,7 @@ start_tunnel(struct bench *b)
 	};
 
 	if (tl_free_ports("127.0.0.1", ports, 3) < 0) {
-		return fail("free ports:");
+		return bench_fail("free ports:");
 	}
 	b->ctl_port = ports[0];
 	b->tun_port = ports[1];
@@ -1216,8 +1216,8 @@ start_tunnel(struct bench *b)
 	snprintf(pub, sizeof(pub), "127.0.0.1:%d", b->pub_port);
 	snprintf(loc, sizeof(loc), "127.0.0.1:%d", b->svc_port);
 	snprintf(pool, sizeof(pool), "%d", b->o.pool);
-	if (start(b, &b->server, server_argv, "listening") < 0
-	    || start(b, &b->client, client_argv, "forwarding") < 0) {
+	if (bench_start(b, &b->server, server_argv, "listening") < 0
+	    || bench_start(b, &b->client, client_argv, "forwarding") < 0) {
 		return -1;
 	}
 	b->port[P_DIRECT] = b->svc_port;
@@ -1269,14 +1269,14 @@ dial(int port)
 	int fl;
 
 	if (fd < 0) {
-		return fail("connect 127.0.0.1:%d:", port);
+		return bench_fail("connect 127.0.0.1:%d:", port);
 	}
 	fl = fcntl(fd, F_GETFL);
 	if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0
 	    || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0
 	    || setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0) {
 		close(fd);
-		return fail("socket options:");
+		return bench_fail("socket options:");
 	}
 	set_nodelay(fd);
 	return fd;
@@ -1299,7 +1299,7 @@ send_all(int fd, const void *buf, size_t n, const char *what)
 			if (errno == EAGAIN || errno == EWOULDBLOCK) {
 				errno = ETIMEDOUT;
 			}
-			return fail("%s: send:", what);
+			return bench_fail("%s: send:", what);
 		}
 		p += k;
 		n -= (size_t)k;
@@ -1316,7 +1316,7 @@ recv_full(int fd, void *buf, size_t n, const char *what)
 		ssize_t k = read(fd, p, n);
 
 		if (k == 0) {
-			return fail("%s: EOF with %zu bytes still to come", what, n);
+			return bench_fail("%s: EOF with %zu bytes still to come", what, n);
 		}
 		if (k < 0) {
 			if (retry()) {
@@ -1325,7 +1325,7 @@ recv_full(int fd, void *buf, size_t n, const char *what)
 			if (errno == EAGAIN || errno == EWOULDBLOCK) {
 				errno = ETIMEDOUT;
 			}
-			return fail("%s: read:", what);
+			return bench_fail("%s: read:", what);
 		}
 		p += k;
 		n -= (size_t)k;
@@ -1343,7 +1343,7 @@ echo_once(int fd, const char *what)
 		return -1;
 	}
 	if (c != 'e') {
-		return fail("%s: echo came back as 0x%02x", what, c);
+		return bench_fail("%s: echo came back as 0x%02x", what, c);
 	}
 	return 0;
 }
@@ -1402,13 +1402,13 @@ dial_start(struct dialer *dl, struct dial_slot *d)
 	int fd = socket(ss.ss_family, SOCK_STREAM, 0);
 
 	if (fd < 0) {
-		return fail("socket:");
+		return bench_fail("socket:");
 	}
 	tl_set_nonblock(fd);
 	set_nodelay(fd);
 	if (connect(fd, (struct sockaddr *)&ss, len) < 0 && errno != EINPROGRESS) {
 		close(fd);
-		return fail("connect 127.0.0.1:%d:", dl->port);
+		return bench_fail("connect 127.0.0.1:%d:", dl->port);
 	}
 	d->fd = fd;
 	d->state = D_CONNECTING;
@@ -1428,10 +1428,10 @@ dial_step(struct dialer *dl, struct dial_slot *d, short revents)
 	if (d->state == D_CONNECTING) {
 		if (getsockopt(d->fd, SOL_SOCKET, SO_ERROR, &err, &elen) < 0 || err) {
 			errno = err ? err : errno;
-			return fail("connect 127.0.0.1:%d:", dl->port);
+			return bench_fail("connect 127.0.0.1:%d:", dl->port);
 		}
 		if (send(d->fd, &c, 1, MSG_NOSIGNAL) != 1) {
-			return fail("send to 127.0.0.1:%d:", dl->port);
+			return bench_fail("send to 127.0.0.1:%d:", dl->port);
 		}
 		d->state = D_ECHO;
 		return 0;
@@ -1441,7 +1441,7 @@ dial_step(struct dialer *dl, struct dial_slot *d, short revents)
 		return 0;
 	}
 	if (k != 1 || c != 'e') {
-		return fail("no echo from 127.0.0.1:%d: %s", dl->port,
+		return bench_fail("no echo from 127.0.0.1:%d: %s", dl->port,
 		            k == 0 ? "EOF" : k < 0 ? strerror(errno) : "wrong byte");
 	}
 	if (dl->kept) {
@@ -1463,7 +1463,7 @@ dial_many(struct dialer *dl, double deadline)
 	int i, busy, rc = -1;
 
 	if (d == NULL || pfd == NULL) {
-		fail("out of memory");
+		bench_fail("out of memory");
 		goto out;
 	}
 	for (i = 0; i < dl->window; i++) {
@@ -1487,13 +1487,13 @@ dial_many(struct dialer *dl, double deadline)
 			break;
 		}
 		if (now >= deadline || stop_flag) {
-			fail("connections to 127.0.0.1:%d: %s", dl->port,
+			bench_fail("connections to 127.0.0.1:%d: %s", dl->port,
 			     stop_flag ? "interrupted" : "timed out");
 			goto out;
 		}
 		if (poll(pfd, (nfds_t)dl->window, tl_left(ms_at(deadline))) < 0
 		    && errno != EINTR) {
-			fail("poll:");
+			bench_fail("poll:");
 			goto out;
 		}
 		for (i = 0; i < dl->window; i++) {
@@ -1523,11 +1523,11 @@ echo_all(const int *fds, int n, double deadline)
 	int i, left = n, rc = -1;
 
 	if (pfd == NULL) {
-		return fail("out of memory");
+		return bench_fail("out of memory");
 	}
 	for (i = 0; i < n; i++) {
 		if (send(fds[i], &c, 1, MSG_NOSIGNAL) != 1) {
-			fail("send on held connection %d:", i);
+			bench_fail("send on held connection %d:", i);
 			goto out;
 		}
 		pfd[i].fd = fds[i];
@@ -1540,7 +1540,7 @@ echo_all(const int *fds, int n, double deadline)
 			continue;
 		}
 		if (r <= 0) {
-			fail("%d of %d held connections did not echo", left, n);
+			bench_fail("%d of %d held connections did not echo", left, n);
 			goto out;
 		}
 		for (i = 0; i < n; i++) {
@@ -1548,7 +1548,7 @@ echo_all(const int *fds, int n, double deadline)
 				continue;
 			}
 			if (read(fds[i], &c, 1) != 1 || c != 'e') {
-				fail("held connection %d: no echo", i);
+				bench_fail("held connection %d: no echo", i);
 				goto out;
 			}
 			pfd[i].fd = -1;         /* poll() skips it from now on */
@@ -1589,7 +1589,7 @@ run_upload(struct bench *b, int path, double *out)
 			if (retry()) {
 				continue;
 			}
-			fail("upload: send:");
+			bench_fail("upload: send:");
 			goto fail;
 		}
 		sent += (uint64_t)k;
@@ -1602,7 +1602,7 @@ run_upload(struct bench *b, int path, double *out)
 	got = get_u64(reply);
 	close(fd);
 	if (got != sent) {
-		return fail("upload over %s: sent %llu bytes, the service got %llu",
+		return bench_fail("upload over %s: sent %llu bytes, the service got %llu",
 		            path_names[path], (unsigned long long)sent,
 		            (unsigned long long)got);
 	}
@@ -1625,7 +1625,7 @@ check_sourced(struct bench *b, int path, uint64_t before, uint64_t got)
 		return -1;
 	}
 	if (sourced - before != got) {
-		return fail("download over %s: the service sent %llu bytes, we got "
+		return bench_fail("download over %s: the service sent %llu bytes, we got "
 		            "%llu", path_names[path],
 		            (unsigned long long)(sourced - before),
 		            (unsigned long long)got);
@@ -1658,7 +1658,7 @@ run_download(struct bench *b, int path, double *out)
 			if (retry()) {
 				continue;
 			}
-			fail("download: read:");
+			bench_fail("download: read:");
 			goto fail;
 		}
 		now = now_s();
@@ -1673,14 +1673,14 @@ run_download(struct bench *b, int path, double *out)
 			stopped = 1;
 		}
 		if (now > t0 + b->o.tput_s + SLACK_S) {
-			fail("download over %s: no EOF after the stop", path_names[path]);
+			bench_fail("download over %s: no EOF after the stop", path_names[path]);
 			goto fail;
 		}
 	}
 	t1 = now_s();
 	close(fd);
 	if (!stopped) {
-		return fail("download over %s: EOF before the stop",
+		return bench_fail("download over %s: EOF before the stop",
 		            path_names[path]);
 	}
 	if (check_sourced(b, path, before, got) < 0) {
@@ -1721,7 +1721,7 @@ drain(struct bench *b, int fd, uint64_t *got)
 			if (errno == EAGAIN || errno == EWOULDBLOCK) {
 				return 0;
 			}
-			return fail("download: read:");
+			return bench_fail("download: read:");
 		}
 		*got += (uint64_t)k;
 	}
@@ -1746,12 +1746,12 @@ run_download8(struct bench *b, int path, double *out)
 	for (i = 0; i < STREAMS; i++) {
 		fd[i] = tl_connect("127.0.0.1", b->port[path], ms_at(deadline));
 		if (fd[i] < 0) {
-			fail("connect 127.0.0.1:%d:", b->port[path]);
+			bench_fail("connect 127.0.0.1:%d:", b->port[path]);
 			goto out;
 		}
 		set_nodelay(fd[i]);
 		if (tl_write_all(fd[i], "d", 1, ms_at(deadline)) < 0) {
-			fail("download: send:");
+			bench_fail("download: send:");
 			goto out;
 		}
 	}
@@ -1761,14 +1761,14 @@ run_download8(struct bench *b, int path, double *out)
 		if (!stopped && got > 0 && now >= t0 + b->o.tput_s) {
 			for (i = 0; i < STREAMS; i++) {
 				if (!eof[i] && tl_write_all(fd[i], "s", 1, ms_at(deadline)) < 0) {
-					fail("download stop: send:");
+					bench_fail("download stop: send:");
 					goto out;
 				}
 			}
 			stopped = 1;
 		}
 		if (now >= deadline || stop_flag) {
-			fail("download over %s: %d streams did not end", path_names[path],
+			bench_fail("download over %s: %d streams did not end", path_names[path],
 			     left);
 			goto out;
 		}
@@ -1778,7 +1778,7 @@ run_download8(struct bench *b, int path, double *out)
 			pfd[i].revents = 0;
 		}
 		if (poll(pfd, STREAMS, 100) < 0 && !retry()) {
-			fail("poll:");
+			bench_fail("poll:");
 			goto out;
 		}
 		for (i = 0; i < STREAMS; i++) {
@@ -1803,7 +1803,7 @@ run_download8(struct bench *b, int path, double *out)
 	}
 	out[M_DOWN8] = gbits(got, now_s() - t0);
 	if (!stopped) {
-		fail("download over %s: EOF before the stop", path_names[path]);
+		bench_fail("download over %s: EOF before the stop", path_names[path]);
 		goto out;
 	}
 	rc = 0;
@@ -1870,7 +1870,7 @@ rr10_round(const struct pollfd *pfd, double *sent_at, struct samples *s,
 			continue;
 		}
 		if (k != 1 || c != 'e') {
-			return fail("rr: no echo: %s", k == 0 ? "EOF"
+			return bench_fail("rr: no echo: %s", k == 0 ? "EOF"
 			            : k < 0 ? strerror(errno) : "wrong byte");
 		}
 		now = now_s();
@@ -1883,7 +1883,7 @@ rr10_round(const struct pollfd *pfd, double *sent_at, struct samples *s,
 		}
 		sent_at[i] = now;
 		if (send(pfd[i].fd, &c, 1, MSG_NOSIGNAL) != 1) {
-			return fail("rr: send:");
+			return bench_fail("rr: send:");
 		}
 	}
 	return 0;
@@ -1906,13 +1906,13 @@ run_rr10(struct bench *b, int path, double *out)
 	for (i = 0; i < CONCURRENCY; i++) {
 		fd[i] = tl_connect("127.0.0.1", b->port[path], ms_at(deadline));
 		if (fd[i] < 0) {
-			fail("connect 127.0.0.1:%d:", b->port[path]);
+			bench_fail("connect 127.0.0.1:%d:", b->port[path]);
 			goto out;
 		}
 		set_nodelay(fd[i]);
 		if (tl_write_all(fd[i], &c, 1, ms_at(deadline)) < 0
 		    || tl_read_full(fd[i], &c, 1, ms_at(deadline)) != 1) {
-			fail("rr: no first echo:");
+			bench_fail("rr: no first echo:");
 			goto out;
 		}
 		pfd[i].fd = fd[i];
@@ -1923,7 +1923,7 @@ run_rr10(struct bench *b, int path, double *out)
 	for (i = 0; i < CONCURRENCY; i++) {
 		sent_at[i] = now_s();
 		if (send(fd[i], &c, 1, MSG_NOSIGNAL) != 1) {
-			fail("rr: send:");
+			bench_fail("rr: send:");
 			goto out;
 		}
 		busy++;
@@ -1935,7 +1935,7 @@ run_rr10(struct bench *b, int path, double *out)
 			continue;
 		}
 		if (r <= 0) {
-			fail("rr over %s: %d echoes did not come", path_names[path], busy);
+			bench_fail("rr over %s: %d echoes did not come", path_names[path], busy);
 			goto out;
 		}
 		if (rr10_round(pfd, sent_at, &s, end, &busy) < 0) {
@@ -2000,7 +2000,7 @@ run_held(struct bench *b)
 	long i;
 
 	if (fds == NULL) {
-		return fail("out of memory");
+		return bench_fail("out of memory");
 	}
 	if (dial_many(&dl, deadline) < 0 || procs_stat(b, p0) < 0) {
 		goto out;
@@ -2105,10 +2105,10 @@ run_phase(struct bench *b, const struct phase *ph)
 			}
 			if (ph->fn(b, p, s[r][p]) < 0) {
 				check_alive(b);         /* names a process that died */
-				return fail("%s over %s failed", ph->name, path_names[p]);
+				return bench_fail("%s over %s failed", ph->name, path_names[p]);
 			}
 			if (p == P_TUNNEL && settle(b) < 0) {
-				return fail("%s over %s failed", ph->name, path_names[p]);
+				return bench_fail("%s over %s failed", ph->name, path_names[p]);
 			}
 		}
 	}
@@ -2154,7 +2154,7 @@ run_all(struct bench *b)
 			if (fd >= 0) {
 				close(fd);
 			}
-			return fail("no echo over the %s path", path_names[i]);
+			return bench_fail("no echo over the %s path", path_names[i]);
 		}
 		close(fd);
 	}
@@ -2286,7 +2286,7 @@ write_csv(const struct bench *b, const char *commit, const char *date)
 	int m, p;
 
 	if (f == NULL) {
-		return fail("%s:", b->o.csv);
+		return bench_fail("%s:", b->o.csv);
 	}
 	fprintf(f, "metric,unit,direct,relay,tunnel,ratio,vs_relay,commit,date\n");
 	for (m = 0; m < M_COUNT; m++) {
@@ -2303,7 +2303,7 @@ write_csv(const struct bench *b, const char *commit, const char *date)
 		        commit, date);
 	}
 	if (fclose(f) != 0) {
-		return fail("%s:", b->o.csv);
+		return bench_fail("%s:", b->o.csv);
 	}
 	return 0;
 }
@@ -2508,7 +2508,7 @@ main(int argc, char **argv)
 		return 2;
 	}
 	if (access("./server", X_OK) != 0 || access("./client", X_OK) != 0) {
-		fail("./server and ./client must be built (make), and this run from "
+		bench_fail("./server and ./client must be built (make), and this run from "
 		     "the top directory");
 		return 1;
 	}
@@ -2526,7 +2526,7 @@ main(int argc, char **argv)
 	         ? getenv("TMPDIR") : "/tmp");
 	b.buf = calloc(1, IO_BUF);
 	if (b.buf == NULL || mkdtemp(b.dir) == NULL) {
-		fail("%s:", b.buf ? b.dir : "out of memory");
+		bench_fail("%s:", b.buf ? b.dir : "out of memory");
 		return 1;
 	}
 

@@ -13,393 +13,37 @@
  *
  * Each test starts its own processes, logs each to a file in a fresh
  * temporary directory, and stops only the PIDs it started.  Every wait has
- * a deadline; nothing sleeps blindly.  Output is "ok - NAME" or
- * "FAIL - NAME: why" per test (with the logs' tails after a failure), then
- * "e2e: N passed, N failed".
+ * a deadline; nothing sleeps blindly.  The harness is tests/testlib.h's:
+ * "ok - NAME", "skip - NAME # why" or "FAIL - NAME: why" per test (with
+ * the logs' tails after a failure), then "e2e: N passed, N failed, N
+ * skipped".
  */
 #include <errno.h>
 #include <netdb.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "tests/testlib.h"
+#include "protocol.h"
 
-/* Deadlines scale with tscale (5 under valgrind): T(ms). */
-#define T(ms)        ((ms) * tscale)
-#define START_MS     T(15000) /* a process reaches "listening"/"forwarding" */
 #define SMALL_MS     T(15000) /* a small transfer */
 #define BIG_MS       T(90000) /* tens of MiB, leaving room for ASan */
-#define STOP_MS      T(3000)  /* SIGTERM to exit */
 #define WATCHDOG_S   240      /* a test that takes longer is killed */
-#define MAX_PROCS    12
-#define TAIL_LINES   30
 #define CHUNK        (32 * 1024)
 #define MIB          (1024 * 1024)
 
-static const char *const sanitizer_marks[] = {
-	"AddressSanitizer", "LeakSanitizer", "runtime error:", NULL
-};
+/* ---- set-ups -------------------------------------------------------------- */
 
-/* What valgrind -q writes only when something is wrong. */
-static const char *const valgrind_marks[] = {
-	"definitely lost", "indirectly lost", "Invalid ", "uninitialised",
-	"Mismatched free", "Syscall param", "overlap", "Process terminating",
-	NULL
-};
-
-static int tscale = 1;
-static char valgrind_path[256];  /* "" unless VALGRIND=1 */
-
-/* ---- per-test state ------------------------------------------------------- */
-
-struct test {
-	const char *name;
-	char dir[128];
-	const char *host;            /* "127.0.0.1" or "::1" */
-	struct tl_proc procs[MAX_PROCS];
-	int nprocs;
-	int *fds;                    /* user sockets still open */
-	size_t nfds, capfds;
-	int failed;
-	char why[1024];
-	const char *skip;
-	int ctl, tun, pub, loc;      /* ports */
-	struct tl_proc *server, *client, *svc;
-};
-
-static struct test *current;     /* for the watchdog only */
-static int n_passed, n_failed;
-
-/* fail: record why the test failed (the first reason wins).  Returns -1 so
- * a test can say "return fail(t, ...)". */
-static int fail(struct test *t, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
-
-static int
-fail(struct test *t, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!t->failed) {
-		va_start(ap, fmt);
-		vsnprintf(t->why, sizeof(t->why), fmt, ap);
-		va_end(ap);
-		t->failed = 1;
-	}
-	return -1;
-}
-
-static void
-on_alarm(int sig)
-{
-	char buf[256];
-	int i, n;
-
-	(void)sig;
-	if (current != NULL) {
-		for (i = 0; i < current->nprocs; i++) {
-			if (!current->procs[i].done && current->procs[i].pid > 0) {
-				kill(current->procs[i].pid, SIGKILL);
-			}
-		}
-		n = snprintf(buf, sizeof(buf),
-		             "FAIL - %s: watchdog: still running after %d s; "
-		             "logs in %s\ne2e: %d passed, %d failed\n",
-		             current->name, WATCHDOG_S * (tscale > 1 ? 3 : 1),
-		             current->dir, n_passed,
-		             n_failed + 1);
-		if (n > 0 && write(1, buf, (size_t)n) < 0) {
-			/* Nothing left to tell. */
-		}
-	}
-	_exit(1);
-}
-
-/* ---- user sockets --------------------------------------------------------- */
-
-static void
-track_fd(struct test *t, int fd)
-{
-	if (t->nfds == t->capfds) {
-		size_t ncap = t->capfds ? t->capfds * 2 : 64;
-		int *n = realloc(t->fds, ncap * sizeof(*n));
-
-		if (n == NULL) {
-			return;
-		}
-		t->fds = n;
-		t->capfds = ncap;
-	}
-	t->fds[t->nfds++] = fd;
-}
-
-/* user_close: close a socket from user_connect (and forget it). */
-static void
-user_close(struct test *t, int fd)
-{
-	size_t i;
-
-	if (fd < 0) {
-		return;
-	}
-	for (i = 0; i < t->nfds; i++) {
-		if (t->fds[i] == fd) {
-			t->fds[i] = t->fds[--t->nfds];
-			break;
-		}
-	}
-	close(fd);
-}
-
-/* user_reset: close a socket from user_connect with a reset (linger 0). */
-static void
-user_reset(struct test *t, int fd)
-{
-	struct linger lg;
-
-	if (fd < 0) {
-		return;
-	}
-	lg.l_onoff = 1;
-	lg.l_linger = 0;
-	setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-	user_close(t, fd);
-}
-
-/* user_connect: a user's connection to port on t->host; -1 and fail(). */
-static int
-user_connect(struct test *t, int port)
-{
-	int fd = tl_connect(t->host, port, tl_now_ms() + T(5000));
-
-	if (fd < 0) {
-		return fail(t, "connect %s port %d: %s", t->host, port,
-		            strerror(errno));
-	}
-	track_fd(t, fd);
-	return fd;
-}
-
-/* ---- processes ------------------------------------------------------------ */
-
-/*
- * start: run argv (NULL-ended) as a child named name.  Its stdout and
- * stderr go to DIR/name.log, or with split_out stdout to DIR/name.out and
- * stderr to DIR/name.log.  env as for tl_spawn.  Under VALGRIND=1,
- * ./server and ./client run under memcheck, which logs to DIR/name.vg and
- * exits 99 on an error or leak.  NULL and fail() on error.
- */
-static struct tl_proc *
-start(struct test *t, const char *name, const char *const argv[],
-      const char *const env[], int split_out)
-{
-	static const char *const vg_opts[] = {
-		"-q", "--error-exitcode=99", "--leak-check=full",
-		"--show-leak-kinds=definite,indirect",
-		"--errors-for-leak-kinds=definite,indirect", "--track-fds=no",
-	};
-	enum { NOPTS = sizeof(vg_opts) / sizeof(vg_opts[0]) };
-	const char *vg_argv[NOPTS + 40];
-	char vglog[300];
-	struct tl_proc *p;
-	int i, n = 0;
-
-	if (t->nprocs == MAX_PROCS) {
-		fail(t, "too many processes");
-		return NULL;
-	}
-	p = &t->procs[t->nprocs];
-	tl_proc_init(p, t->dir, name, argv[0]);
-	if (valgrind_path[0] != '\0' && p->product) {
-		snprintf(p->vglog, sizeof(p->vglog), "%s/%s.vg", t->dir, name);
-		snprintf(vglog, sizeof(vglog), "--log-file=%s", p->vglog);
-		vg_argv[n++] = valgrind_path;
-		for (i = 0; i < NOPTS; i++) {
-			vg_argv[n++] = vg_opts[i];
-		}
-		vg_argv[n++] = vglog;
-		for (i = 0; argv[i] != NULL && n < (int)(sizeof(vg_argv)
-		                                        / sizeof(vg_argv[0])) - 1;
-		     i++) {
-			vg_argv[n++] = argv[i];
-		}
-		vg_argv[n] = NULL;
-		argv = vg_argv;
-	}
-	if (tl_proc_start(p, t->dir, (char *const *)argv, env, split_out) < 0) {
-		fail(t, "fork: %s", strerror(errno));
-		return NULL;
-	}
-	t->nprocs++;
-	return p;
-}
-
-/* wait_log: wait for s in p's log; fail() with the reason if it doesn't
- * show up.  0 or -1. */
-static int
-wait_log(struct test *t, struct tl_proc *p, const char *s, int ms)
-{
-	char why[512];
-
-	return tl_check_log(p, s, ms, why, sizeof(why)) < 0 ? fail(t, "%s", why)
-	                                                    : 0;
-}
-
-/* expect_exit: p must exit with status code within ms. */
-static int
-expect_exit(struct test *t, struct tl_proc *p, int code, int ms)
-{
-	char why[512];
-
-	return tl_check_exit(p, code, ms, why, sizeof(why)) < 0
-	       ? fail(t, "%s", why) : 0;
-}
-
-/* expect_alive: p must still be running. */
-static int
-expect_alive(struct test *t, struct tl_proc *p)
-{
-	char why[512];
-
-	return tl_check_alive(p, why, sizeof(why)) < 0 ? fail(t, "%s", why) : 0;
-}
-
-/* kill_hard: SIGKILL p on purpose and reap it (teardown then expects no
- * clean exit from it). */
-static void
-kill_hard(struct tl_proc *p)
-{
-	if (tl_proc_poll(p)) {
-		return;
-	}
-	p->killed = 1;
-	kill(p->pid, SIGKILL);
-	tl_proc_wait(p, T(5000));
-}
-
-/* pick_ports: fresh control, tunnel, public and local ports. */
-static int
-pick_ports(struct test *t)
-{
-	int p[4];
-
-	if (tl_free_ports(t->host, p, 4) < 0) {
-		return fail(t, "picking free ports on %s: %s", t->host,
-		            strerror(errno));
-	}
-	t->ctl = p[0];
-	t->tun = p[1];
-	t->pub = p[2];
-	t->loc = p[3];
-	return 0;
-}
-
-/* start_server: ./server on t's ports with -heartbeat 1 and, if token is
- * not NULL, -token token; waits for "listening". */
-static struct tl_proc *
-start_server(struct test *t, const char *name, const char *token)
-{
-	char c[64], u[64], p[64];
-	const char *argv[16] = {
-		"./server", "-control", tl_fmt_addr(c, t->host, t->ctl),
-		"-tunnel", tl_fmt_addr(u, t->host, t->tun),
-		"-public", tl_fmt_addr(p, t->host, t->pub),
-		"-heartbeat", "1", NULL
-	};
-	struct tl_proc *s;
-
-	if (token) {
-		argv[9] = "-token";
-		argv[10] = token;
-		argv[11] = NULL;
-	}
-	s = start(t, name, argv, NULL, 0);
-	if (s == NULL || wait_log(t, s, "listening", START_MS) < 0) {
-		return NULL;
-	}
-	return s;
-}
-
-/* start_client: ./client -remote HOST:CTL -local HOST:LOC [-token token]
- * with env; waits for "forwarding" when wait is set. */
-static struct tl_proc *
-start_client(struct test *t, const char *name, const char *token,
-             const char *const env[], int wait)
-{
-	char r[64], l[64];
-	const char *argv[16] = {
-		"./client", "-remote", tl_fmt_addr(r, t->host, t->ctl),
-		"-local", tl_fmt_addr(l, t->host, t->loc), NULL
-	};
-	struct tl_proc *c;
-
-	if (token) {
-		argv[5] = "-token";
-		argv[6] = token;
-		argv[7] = NULL;
-	}
-	c = start(t, name, argv, env, 0);
-	if (c == NULL) {
-		return NULL;
-	}
-	if (wait && wait_log(t, c, "forwarding", START_MS) < 0) {
-		return NULL;
-	}
-	return c;
-}
-
-/* start_svc: tests/svc MODE HOST:PORT [NBYTES]; waits for "ready".
- * MODE "echo-rst" is "echo HOST:PORT rst". */
-static struct tl_proc *
-start_svc(struct test *t, const char *name, const char *mode, int port,
-          uint64_t nbytes)
-{
-	char a[64], n[32];
-	const char *argv[8] = { "tests/svc", mode, tl_fmt_addr(a, t->host, port),
-	                        NULL, NULL };
-	struct tl_proc *s;
-
-	if (strcmp(mode, "source") == 0) {
-		snprintf(n, sizeof(n), "%llu", (unsigned long long)nbytes);
-		argv[3] = n;
-	} else if (strcmp(mode, "echo-rst") == 0) {
-		argv[1] = "echo";
-		argv[3] = "rst";
-	}
-	s = start(t, name, argv, NULL, 0);
-	if (s == NULL || wait_log(t, s, "ready", START_MS) < 0) {
-		return NULL;
-	}
-	return s;
-}
-
-/* expect_forwarding_line: c's log names the public address and the local
- * service as "forwarding PUBLIC -> LOCAL". */
-static int
-expect_forwarding_line(struct test *t, struct tl_proc *c)
-{
-	char pub[64], loc[64], want[160];
-
-	snprintf(want, sizeof(want), "forwarding %s -> %s",
-	         tl_fmt_addr(pub, t->host, t->pub),
-	         tl_fmt_addr(loc, t->host, t->loc));
-	if (!tl_file_contains(c->log, want)) {
-		return fail(t, "%s log lacks \"%s\"", c->name, want);
-	}
-	return 0;
-}
-
-/* start_all: ports, tests/svc MODE [NBYTES] on the local port, server,
+/* start_all: ports, tests/svc MODE [ARG] on the local port, server,
  * client attached.  0 or -1. */
 static int
-start_all(struct test *t, const char *mode, uint64_t nbytes)
+start_all(struct test *t, const char *mode, const char *arg)
 {
-	if (pick_ports(t) < 0) {
+	if (pick_server_ports(t, NULL, 4) < 0) {
 		return -1;
 	}
-	t->svc = start_svc(t, "svc", mode, t->loc, nbytes);
+	t->svc = start_svc(t, "svc", mode, t->loc, arg);
 	if (t->svc == NULL) {
 		return -1;
 	}
@@ -407,7 +51,7 @@ start_all(struct test *t, const char *mode, uint64_t nbytes)
 	if (t->server == NULL) {
 		return -1;
 	}
-	t->client = start_client(t, "client", NULL, NULL, 1);
+	t->client = start_client(t, "client", t->ctl, t->loc, NULL, 1, NULL);
 	if (t->client == NULL) {
 		return -1;
 	}
@@ -419,10 +63,10 @@ start_all(struct test *t, const char *mode, uint64_t nbytes)
 static int
 setup(struct test *t)
 {
-	if (start_all(t, "echo", 0) < 0) {
+	if (start_all(t, "echo", NULL) < 0) {
 		return -1;
 	}
-	return expect_forwarding_line(t, t->client);
+	return expect_forwarding(t, t->client, t->pub, t->loc);
 }
 
 /* ---- data flows ----------------------------------------------------------- */
@@ -835,7 +479,7 @@ test_echo_32mib(struct test *t)
 static void
 test_download_64mib(struct test *t)
 {
-	if (start_all(t, "source", 64 * MIB) < 0) {
+	if (start_all(t, "source", "67108864") < 0) {
 		return;
 	}
 	download_once(t, t->pub, 64 * MIB, BIG_MS, "download 64 MiB");
@@ -897,7 +541,7 @@ test_no_client(struct test *t)
 	const char *how = "";
 	int fd;
 
-	if (pick_ports(t) < 0) {
+	if (pick_server_ports(t, NULL, 4) < 0) {
 		return;
 	}
 	t->server = start_server(t, "server", NULL);
@@ -921,14 +565,14 @@ test_local_down(struct test *t)
 	const char *how = "";
 	int fd;
 
-	if (pick_ports(t) < 0) {
+	if (pick_server_ports(t, NULL, 4) < 0) {
 		return;
 	}
 	t->server = start_server(t, "server", NULL);
 	if (t->server == NULL) {
 		return;
 	}
-	t->client = start_client(t, "client", NULL, NULL, 1);
+	t->client = start_client(t, "client", t->ctl, t->loc, NULL, 1, NULL);
 	if (t->client == NULL) {
 		return;
 	}
@@ -946,7 +590,7 @@ test_local_down(struct test *t)
 	if (expect_alive(t, t->client) < 0) {
 		return;
 	}
-	t->svc = start_svc(t, "svc", "echo", t->loc, 0);
+	t->svc = start_svc(t, "svc", "echo", t->loc, NULL);
 	if (t->svc == NULL) {
 		return;
 	}
@@ -965,15 +609,16 @@ test_wrong_token(struct test *t)
 	};
 	struct tl_proc *c;
 
-	if (pick_ports(t) < 0) {
+	if (pick_server_ports(t, NULL, 4) < 0) {
 		return;
 	}
-	t->server = start_server(t, "server", "right-secret");
+	t->server = start_server(t, "server", "-token", "right-secret", NULL);
 	if (t->server == NULL) {
 		return;
 	}
 
-	c = start_client(t, "client-wrong", "wrong-secret", NULL, 0);
+	c = start_client(t, "client-wrong", t->ctl, t->loc, NULL, 0, "-token",
+	                 "wrong-secret", NULL);
 	if (c == NULL || expect_exit(t, c, 1, T(5000)) < 0) {
 		return;
 	}
@@ -983,13 +628,14 @@ test_wrong_token(struct test *t)
 		return;
 	}
 
-	c = start_client(t, "client-env", NULL, env_right, 1);
+	c = start_client(t, "client-env", t->ctl, t->loc, env_right, 1, NULL);
 	if (c == NULL) {
 		return;
 	}
-	tl_proc_stop_ms(c, STOP_MS);
+	stop(t, c);
 
-	c = start_client(t, "client-flag-wins", "wrong-secret", env_right, 0);
+	c = start_client(t, "client-flag-wins", t->ctl, t->loc, env_right, 0,
+	                 "-token", "wrong-secret", NULL);
 	if (c == NULL || expect_exit(t, c, 1, T(5000)) < 0) {
 		return;
 	}
@@ -1009,7 +655,7 @@ test_second_client(struct test *t)
 	if (setup(t) < 0) {
 		return;
 	}
-	c2 = start_client(t, "client2", NULL, NULL, 0);
+	c2 = start_client(t, "client2", t->ctl, t->loc, NULL, 0, NULL);
 	if (c2 == NULL || wait_log(t, c2, "already served by", T(10000)) < 0) {
 		return;
 	}
@@ -1023,32 +669,54 @@ test_second_client(struct test *t)
 	expect_alive(t, t->client);
 }
 
-/* A garbage payload and the port it goes to. */
+/*
+ * Garbage at the control and tunnel ports.  A silent or stalled
+ * connection is dropped at the handshake deadline (HANDSHAKE_MS) anyway,
+ * so being closed proves nothing: each must be closed within GARBAGE_MS
+ * of its bytes, well before that deadline, and the server must have
+ * logged the drop with this connection's address and the reason.  Then
+ * the server must serve users as before.
+ */
+#define GARBAGE_MS (tl_h.tscale > 1 ? 4000 : 1500)  /* < HANDSHAKE_MS */
+
+/* A garbage payload, the port it goes to, and the server's reason. */
 struct garbage {
 	const char *what;
 	int tunnel;
 	uint8_t *data;
 	size_t len;
+	const char *why;
 };
 
 static void
 test_garbage(struct test *t)
 {
-	static const char http[] = "GET / HTTP/1.1\r\n\r\n";
+	static const char http[] = "GET / HTTP/1.1\r\n\r\n",
+	                  bad_ctl[] = "not a dialback client (bad first bytes)",
+	                  bad_tun[] = "expected JOIN, got garbage";
 	static uint8_t rnd[4096], big_hdr[3] = { 1, 0xff, 0xff }, join[51];
 	struct garbage g[] = {
-		{ "control: HTTP", 0, (uint8_t *)http, sizeof(http) - 1 },
-		{ "control: 4 KiB random", 0, rnd, sizeof(rnd) },
-		{ "control: type 1 length 0xFFFF", 0, big_hdr, sizeof(big_hdr) },
-		{ "tunnel: HTTP", 1, (uint8_t *)http, sizeof(http) - 1 },
-		{ "tunnel: 4 KiB random", 1, rnd, sizeof(rnd) },
-		{ "tunnel: type 1 length 0xFFFF", 1, big_hdr, sizeof(big_hdr) },
-		{ "tunnel: forged JOIN", 1, join, sizeof(join) },
+		{ "control: HTTP", 0, (uint8_t *)http, sizeof(http) - 1, bad_ctl },
+		{ "control: 4 KiB random", 0, rnd, sizeof(rnd), bad_ctl },
+		{ "control: type 1 length 0xFFFF", 0, big_hdr, sizeof(big_hdr),
+		  bad_ctl },
+		{ "tunnel: HTTP", 1, (uint8_t *)http, sizeof(http) - 1, bad_tun },
+		{ "tunnel: 4 KiB random", 1, rnd, sizeof(rnd), bad_tun },
+		{ "tunnel: type 1 length 0xFFFF", 1, big_hdr, sizeof(big_hdr),
+		  bad_tun },
+		{ "tunnel: forged JOIN", 1, join, sizeof(join),
+		  "JOIN names no waiting user" },
 	};
 	enum { NG = sizeof(g) / sizeof(g[0]) };
 	int fds[NG], i;
+	int64_t sent[NG];
+	char peer[NG][64], line[256];
 	struct tl_stream s;
 
+	if (GARBAGE_MS >= HANDSHAKE_MS) {
+		fail(t, "GARBAGE_MS must stay below HANDSHAKE_MS");
+		return;
+	}
 	if (setup(t) < 0) {
 		return;
 	}
@@ -1064,19 +732,29 @@ test_garbage(struct test *t)
 		if (fds[i] < 0) {
 			return;
 		}
+		/* The server names a peer by the address it sees: ours. */
+		tl_fmt_addr(peer[i], t->host, tl_local_port(fds[i]));
 		/* The server may close before taking it all: a failed write
 		 * is a close too, and the read below sees it. */
 		tl_write_all(fds[i], g[i].data, g[i].len, tl_now_ms() + T(2000));
+		sent[i] = tl_now_ms();
 	}
 	for (i = 0; i < NG; i++) {
 		const char *how = "";
 
-		if (tl_wait_closed(fds[i], tl_now_ms() + T(6000), NULL, &how) < 0) {
-			fail(t, "%s: connection still open after 6 s", g[i].what);
+		if (tl_wait_closed(fds[i], sent[i] + GARBAGE_MS, NULL, &how) < 0) {
+			fail(t, "%s: connection still open %d ms after the garbage; "
+			     "it must not wait for the %d ms handshake deadline",
+			     g[i].what, GARBAGE_MS, HANDSHAKE_MS);
 			return;
 		}
 		user_close(t, fds[i]);
 		fds[i] = -1;
+		snprintf(line, sizeof(line), "%s %s dropped: %s",
+		         g[i].tunnel ? "tunnel" : "control", peer[i], g[i].why);
+		if (wait_log(t, t->server, line, T(1000)) < 0) {
+			return;
+		}
 	}
 	if (expect_alive(t, t->server) < 0) {
 		return;
@@ -1153,11 +831,11 @@ test_usage_readme(struct test *t)
 	char out[256], *readme;
 	struct tl_proc *p;
 
-	p = start(t, "server-h", server_h, NULL, 1);
+	p = start(t, "server-h", server_h, NULL, TL_SPLIT_OUT);
 	if (p == NULL || expect_exit(t, p, 0, T(5000)) < 0) {
 		return;
 	}
-	p = start(t, "client-h", client_h, NULL, 1);
+	p = start(t, "client-h", client_h, NULL, TL_SPLIT_OUT);
 	if (p == NULL || expect_exit(t, p, 0, T(5000)) < 0) {
 		return;
 	}
@@ -1193,7 +871,8 @@ test_bad_flags(struct test *t)
 	size_t i;
 
 	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		struct tl_proc *p = start(t, cases[i].name, cases[i].argv, NULL, 1);
+		struct tl_proc *p = start(t, cases[i].name, cases[i].argv, NULL,
+		                          TL_SPLIT_OUT);
 		size_t len;
 		char *err;
 
@@ -1226,7 +905,7 @@ test_port_in_use(struct test *t)
 	struct tl_proc *s;
 	int lfd;
 
-	if (pick_ports(t) < 0) {
+	if (pick_server_ports(t, NULL, 4) < 0) {
 		return;
 	}
 	lfd = tl_listen(t->host, 0);
@@ -1234,11 +913,11 @@ test_port_in_use(struct test *t)
 		fail(t, "listen: %s", strerror(errno));
 		return;
 	}
-	track_fd(t, lfd);
+	user_track(t, lfd);
 	argv[2] = tl_fmt_addr(c, t->host, tl_local_port(lfd));
 	argv[4] = tl_fmt_addr(u, t->host, t->tun);
 	argv[6] = tl_fmt_addr(p, t->host, t->pub);
-	s = start(t, "server", argv, NULL, 1);
+	s = start(t, "server", argv, NULL, TL_SPLIT_OUT);
 	if (s == NULL || expect_exit(t, s, 1, T(5000)) < 0) {
 		return;
 	}
@@ -1263,14 +942,14 @@ test_sigterm(struct test *t)
 	}
 
 	/* SIGINT too, on a fresh pair. */
-	if (pick_ports(t) < 0) {
+	if (pick_server_ports(t, NULL, 4) < 0) {
 		return;
 	}
 	t->server = start_server(t, "server-int", NULL);
 	if (t->server == NULL) {
 		return;
 	}
-	t->client = start_client(t, "client-int", NULL, NULL, 1);
+	t->client = start_client(t, "client-int", t->ctl, t->loc, NULL, 1, NULL);
 	if (t->client == NULL) {
 		return;
 	}
@@ -1302,26 +981,137 @@ test_ipv6(struct test *t)
 }
 
 /*
- * -local NAME where NAME resolves to ::1 and 127.0.0.1: the service
- * listens on the second address only, so the first connect is refused
- * (after EINPROGRESS) and the client must go on to the second.  It once
- * closed the refused socket without telling the event loop, got the same
+ * -local NAME where NAME resolves to two loopback addresses: the service
+ * listens on the second only, so the first connect is refused (after
+ * EINPROGRESS) and the client must go on to the second.  It once closed
+ * the refused socket without telling the event loop, got the same
  * descriptor number for the next one, and never heard it connect: the
- * user timed out.  Needs such a name (most systems' "localhost" is one);
- * skipped where there is none.
+ * user timed out.
+ *
+ * The name is DUAL_NAME, given to ::1 (127.0.0.2 without IPv6) and
+ * 127.0.0.1 by a hosts file of the test's own that only the client sees:
+ * it runs in a private mount namespace (unshare -m, or -r -m without
+ * root) with that file bound over /etc/hosts; the machine's stays as it
+ * is.  Where no such namespace is allowed, a system name that resolves to
+ * both ::1 and 127.0.0.1 does ("localhost" on many systems); with neither
+ * the test is skipped, except with CI=true, where it fails.  Either way
+ * the first address is seen to refuse before the client starts.
  */
-static void
-test_local_fallback(struct test *t)
+#define DUAL_NAME "dialback-dual.test"
+
+/* The order of a name's addresses, as the client's getaddrinfo sees it. */
+struct dual {
+	char first[64], second[64];
+	const char *wrap[12];        /* runs a command in the namespace */
+	char unshare[256], hosts[256];
+};
+
+/* print_addrs: tests/e2e --resolve NAME: NAME's addresses, numeric, one a
+ * line, in getaddrinfo's order and with the client's hints. */
+static int
+print_addrs(const char *name)
+{
+	struct addrinfo hints, *res, *ai;
+	char ip[INET6_ADDRSTRLEN];
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	if (getaddrinfo(name, "1", &hints, &res) != 0) {
+		return 1;
+	}
+	for (ai = res; ai != NULL; ai = ai->ai_next) {
+		if (getnameinfo(ai->ai_addr, ai->ai_addrlen, ip, sizeof(ip), NULL,
+		                0, NI_NUMERICHOST) == 0) {
+			printf("addr %s\n", ip);
+		}
+	}
+	freeaddrinfo(res);
+	return 0;
+}
+
+/* dual_read: the first two "addr" lines of a --resolve log, if their
+ * addresses differ.  0 or -1. */
+static int
+dual_read(const char *log, struct dual *d)
+{
+	char *text = tl_read_file(log, NULL);
+	int n = text ? sscanf(text, "addr %63s addr %63s", d->first,
+	                      d->second) : 0;
+
+	free(text);
+	return n == 2 && strcmp(d->first, d->second) != 0 ? 0 : -1;
+}
+
+/* dual_namespace: a hosts file naming DUAL_NAME, and a way to run a
+ * command that sees it (d->wrap, ending where the command goes); 0, or -1
+ * if no unshare here will do. */
+static int
+dual_namespace(struct test *t, struct dual *d)
+{
+	static const char script[] = "mount --bind \"$0\" /etc/hosts && "
+	                             "exec \"$@\"";
+	static const char *const modes[][2] = { { "-m", NULL }, { "-r", "-m" } };
+	char text[128];
+	size_t m;
+
+	if (tl_find_prog("unshare", d->unshare, sizeof(d->unshare)) < 0) {
+		return -1;
+	}
+	snprintf(d->hosts, sizeof(d->hosts), "%s/hosts", t->dir);
+	snprintf(text, sizeof(text), "%s %s\n127.0.0.1 %s\n",
+	         tl_ipv6_ok() ? "::1" : "127.0.0.2", DUAL_NAME, DUAL_NAME);
+	if (tl_write_file(d->hosts, text, strlen(text)) < 0) {
+		return fail(t, "writing %s: %s", d->hosts, strerror(errno));
+	}
+	for (m = 0; m < sizeof(modes) / sizeof(modes[0]); m++) {
+		const char *argv[16];
+		struct tl_proc *p;
+		int n = 0, k;
+
+		/* Private propagation: the bind mount never reaches the
+		 * machine's own mount namespace. */
+		d->wrap[n++] = d->unshare;
+		d->wrap[n++] = "--propagation";
+		d->wrap[n++] = "private";
+		d->wrap[n++] = modes[m][0];
+		if (modes[m][1] != NULL) {
+			d->wrap[n++] = modes[m][1];
+		}
+		d->wrap[n++] = "sh";
+		d->wrap[n++] = "-c";
+		d->wrap[n++] = script;
+		d->wrap[n++] = d->hosts;
+		d->wrap[n] = NULL;
+		for (k = 0; k < n; k++) {
+			argv[k] = d->wrap[k];
+		}
+		argv[n++] = tl_h.self;
+		argv[n++] = "--resolve";
+		argv[n++] = DUAL_NAME;
+		argv[n] = NULL;
+		p = start(t, m == 0 ? "resolve" : "resolve-userns", argv, NULL, 0);
+		if (p == NULL) {
+			return -1;
+		}
+		if (tl_proc_wait(p, T(5000)) && WIFEXITED(p->status)
+		    && WEXITSTATUS(p->status) == 0 && dual_read(p->log, d) == 0) {
+			return 0;
+		}
+	}
+	return -1;
+}
+
+/* dual_system: a name of this machine's that resolves to ::1 and
+ * 127.0.0.1 (in either order) into *name.  0 or -1. */
+static int
+dual_system(struct dual *d, const char **name)
 {
 	static const char *const names[] = { "localhost", "ip6-localhost",
 	                                     "localhost6", "ip6-loopback" };
-	char r[64], l[96];
-	const char *argv[8] = { "./client", "-remote", NULL, "-local", NULL,
-	                        NULL };
-	const char *name = NULL;
 	size_t i;
 
-	for (i = 0; i < sizeof(names) / sizeof(names[0]) && name == NULL; i++) {
+	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
 		struct addrinfo hints, *res = NULL;
 
 		memset(&hints, 0, sizeof(hints));
@@ -1332,27 +1122,75 @@ test_local_fallback(struct test *t)
 		}
 		if (res->ai_next != NULL &&
 		    res->ai_family != res->ai_next->ai_family) {
-			name = names[i];
-			t->host = res->ai_next->ai_family == AF_INET6 ? "::1"
-			                                              : "127.0.0.1";
+			snprintf(d->first, sizeof(d->first), "%s",
+			         res->ai_family == AF_INET6 ? "::1" : "127.0.0.1");
+			snprintf(d->second, sizeof(d->second), "%s",
+			         res->ai_family == AF_INET6 ? "127.0.0.1" : "::1");
+			*name = names[i];
 		}
 		freeaddrinfo(res);
+		if (*name != NULL) {
+			return 0;
+		}
 	}
-	if (name == NULL) {
-		t->skip = "no name here resolves to both ::1 and 127.0.0.1";
+	return -1;
+}
+
+static void
+test_local_fallback(struct test *t)
+{
+	struct dual d;
+	const char *name = NULL, *argv[32];
+	char r[64], l[96];
+	int n = 0, k, fd;
+
+	memset(&d, 0, sizeof(d));
+	if (dual_namespace(t, &d) == 0) {
+		name = DUAL_NAME;
+	} else if (t->failed || dual_system(&d, &name) < 0) {
+		missing_tool(t, "no private mount namespace (unshare -m) for a "
+		             "name with two addresses, and no system name with "
+		             "both ::1 and 127.0.0.1");
 		return;
 	}
-	if (pick_ports(t) < 0
-	    || (t->svc = start_svc(t, "svc", "echo", t->loc, 0)) == NULL
+	t->host = d.second;
+	if (pick_server_ports(t, NULL, 4) < 0
+	    || (t->svc = start_svc(t, "svc", "echo", t->loc, NULL)) == NULL
 	    || (t->server = start_server(t, "server", NULL)) == NULL) {
 		return;
 	}
-	argv[2] = tl_fmt_addr(r, t->host, t->ctl);
+	/* The client's first connect must be refused, or this proves
+	 * nothing. */
+	fd = tl_connect(d.first, t->loc, tl_now_ms() + T(5000));
+	if (fd >= 0 || errno != ECONNREFUSED) {
+		fail(t, "%s port %d, %s's first address, does not refuse (%s)",
+		     d.first, t->loc, name, fd >= 0 ? "it accepts"
+		                                    : strerror(errno));
+		if (fd >= 0) {
+			close(fd);
+		}
+		return;
+	}
+	for (k = 0; d.wrap[k] != NULL; k++) {
+		argv[n++] = d.wrap[k];
+	}
+	argv[n++] = "./client";
+	argv[n++] = "-remote";
+	argv[n++] = tl_fmt_addr(r, t->host, t->ctl);
+	argv[n++] = "-local";
 	snprintf(l, sizeof(l), "%s:%d", name, t->loc);
-	argv[4] = l;
+	argv[n++] = l;
+	argv[n] = NULL;
 	t->client = start(t, "client", argv, NULL, 0);
-	if (t->client == NULL || wait_log(t, t->client, "forwarding",
-	                                  START_MS) < 0) {
+	if (t->client == NULL) {
+		return;
+	}
+	/* Through unshare and sh, it becomes ./client by exec: judge it as
+	 * one. */
+	t->client->product = 1;
+	t->client->tool = 0;
+	if (wait_log(t, t->client, "forwarding", START_MS) < 0
+	    || expect_log(t, t->client, l) < 0) {
 		return;
 	}
 	echo_once(t, t->pub, 4096, 61, 0, SMALL_MS, "echo via the second address");
@@ -1729,28 +1567,6 @@ test_no_memory_growth(struct test *t)
 
 /* ---- faults and floods ---------------------------------------------------- */
 
-/* wait_log_count: wait for n occurrences of s in p's log; fail() if they
- * don't show up.  0 or -1. */
-static int
-wait_log_count(struct test *t, struct tl_proc *p, const char *s, int n,
-               int ms)
-{
-	char st[32];
-	int r = tl_wait_log_count(p, s, n, ms);
-
-	if (r == 1) {
-		return 0;
-	}
-	if (r < 0) {
-		return fail(t, "%s exited (%s) after logging \"%s\" %d times, "
-		            "waiting for %d", p->name,
-		            tl_status_str(p, st, sizeof(st)), s,
-		            tl_count_in_file(p->log, s), n);
-	}
-	return fail(t, "%s logged \"%s\" %d times within %d ms, waiting for %d",
-	            p->name, s, tl_count_in_file(p->log, s), ms, n);
-}
-
 /* base_fds: p's descriptors now, into *c; -1 and fail() if /proc can't
  * tell. */
 static int
@@ -1783,7 +1599,7 @@ test_server_restart(struct test *t)
 	                 "echo before the restart") < 0) {
 		return;
 	}
-	kill_hard(t->server);
+	kill_hard(t, t->server);
 	/* The lost connection, then at least one refused attempt: the client
 	 * must keep trying against a closed port, not only reconnect once. */
 	if (wait_log_count(t, t->client, "retrying", 2, T(5000)) < 0) {
@@ -1800,7 +1616,7 @@ test_server_restart(struct test *t)
 		     "was down for about a second", retries);
 		return;
 	}
-	if (expect_forwarding_line(t, t->client) == 0) {
+	if (expect_forwarding(t, t->client, t->pub, t->loc) == 0) {
 		echo_once(t, t->pub, 65536, 62, 0, SMALL_MS,
 		          "echo after the restart");
 	}
@@ -1814,14 +1630,15 @@ test_client_killed(struct test *t)
 	struct tl_fds base_s;
 	int fd, echo_port, have_proc = tl_count_fds(getpid()) >= 0;
 
-	if (pick_ports(t) < 0
+	if (pick_server_ports(t, NULL, 4) < 0
 	    || tl_free_ports(t->host, &echo_port, 1) < 0) {
 		fail(t, "picking free ports: %s", strerror(errno));
 		return;
 	}
-	t->svc = start_svc(t, "svc", "source", t->loc, 1024ULL * MIB);
+	t->svc = start_svc(t, "svc", "source", t->loc, "1073741824");
 	if (t->svc == NULL || (t->server = start_server(t, "server", NULL)) == NULL
-	    || (t->client = start_client(t, "client", NULL, NULL, 1)) == NULL) {
+	    || (t->client = start_client(t, "client", t->ctl, t->loc, NULL, 1,
+	                                 NULL)) == NULL) {
 		return;
 	}
 	if (have_proc && base_fds(t, t->server, &base_s) < 0) {
@@ -1837,7 +1654,7 @@ test_client_killed(struct test *t)
 	if (pump(t, &f, 1, SMALL_MS, "download before the kill") < 0) {
 		return;
 	}
-	kill_hard(t->client);
+	kill_hard(t, t->client);
 	f.pause_at = 0;
 	f.may_end = 1;
 	if (pump(t, &f, 1, T(5000), "download after the client was killed") < 0) {
@@ -1848,10 +1665,10 @@ test_client_killed(struct test *t)
 	/* The public port is free again: a new client attaches, here to an
 	 * echo service. */
 	t->loc = echo_port;
-	if (start_svc(t, "svc-echo", "echo", t->loc, 0) == NULL) {
+	if (start_svc(t, "svc-echo", "echo", t->loc, NULL) == NULL) {
 		return;
 	}
-	c2 = start_client(t, "client2", NULL, NULL, 0);
+	c2 = start_client(t, "client2", t->ctl, t->loc, NULL, 0, NULL);
 	if (c2 == NULL || wait_log(t, c2, "forwarding", T(5000)) < 0) {
 		return;
 	}
@@ -1872,7 +1689,7 @@ test_local_killed(struct test *t)
 	const char *how = "";
 	int a, b;
 
-	if (start_all(t, "echo-rst", 0) < 0) {
+	if (start_all(t, "echo", "rst") < 0) {
 		return;
 	}
 	a = user_connect(t, t->pub);
@@ -1910,7 +1727,7 @@ test_local_killed(struct test *t)
 	}
 
 	/* The whole service dies in the middle of b's transfer. */
-	kill_hard(t->svc);
+	kill_hard(t, t->svc);
 	fl[1].pause_at = 0;
 	fl[1].may_end = 1;
 	if (pump(t, &fl[1], 1, T(3000), "user b after the service died") < 0) {
@@ -1920,7 +1737,7 @@ test_local_killed(struct test *t)
 	if (expect_alive(t, t->client) < 0 || expect_alive(t, t->server) < 0) {
 		return;
 	}
-	if (start_svc(t, "svc2", "echo", t->loc, 0) == NULL) {
+	if (start_svc(t, "svc2", "echo", t->loc, NULL) == NULL) {
 		return;
 	}
 	if (echo_once(t, t->pub, 65536, 73, 0, SMALL_MS,
@@ -1940,7 +1757,7 @@ test_frozen_client(struct test *t)
 	}
 	c1 = t->client;
 	kill(c1->pid, SIGSTOP);
-	c2 = start_client(t, "client2", NULL, NULL, 0);
+	c2 = start_client(t, "client2", t->ctl, t->loc, NULL, 0, NULL);
 	/* Until the server calls c1 dead (3 heartbeats of 1 s), c2 is told
 	 * the port is taken and backs off: 0.5 s, 1 s, 2 s, 4 s, +-50%. */
 	if (c2 == NULL || wait_log(t, c2, "forwarding", T(15000)) < 0) {
@@ -2000,7 +1817,7 @@ silent_open(struct test *t, int *fds, int n, int port, int per)
 			return fail(t, "silent connection %d from %s to port %d: %s",
 			            i, src, port, strerror(errno));
 		}
-		track_fd(t, fds[i]);
+		user_track(t, fds[i]);
 	}
 	return 0;
 }
@@ -2100,7 +1917,7 @@ silent_flood(struct test *t, int per)
 	                   "silent tunnel connections") < 0) {
 		return;
 	}
-	c2 = start_client(t, "client2", NULL, NULL, 0);
+	c2 = start_client(t, "client2", t->ctl, t->loc, NULL, 0, NULL);
 	if (c2 == NULL || wait_log(t, c2, "forwarding", T(5000)) < 0) {
 		return;
 	}
@@ -2176,7 +1993,7 @@ test_user_flood(struct test *t)
 			fail(t, "user %d: connect: %s", n, strerror(errno));
 			goto out;
 		}
-		track_fd(t, fd);
+		user_track(t, fd);
 		flow_init(&fl[n], fd, SIZE, 20000 + (uint32_t)n, SIZE,
 		          20000 + (uint32_t)n);
 		fl[n].connecting = 1;
@@ -2205,14 +2022,15 @@ test_wrong_token_no_loop(struct test *t)
 	struct tl_proc *c;
 	int n;
 
-	if (pick_ports(t) < 0) {
+	if (pick_server_ports(t, NULL, 4) < 0) {
 		return;
 	}
-	t->server = start_server(t, "server", "right-secret");
+	t->server = start_server(t, "server", "-token", "right-secret", NULL);
 	if (t->server == NULL) {
 		return;
 	}
-	c = start_client(t, "client", "wrong-secret", NULL, 0);
+	c = start_client(t, "client", t->ctl, t->loc, NULL, 0, "-token",
+	                 "wrong-secret", NULL);
 	if (c == NULL || expect_exit(t, c, 1, T(5000)) < 0) {
 		return;
 	}
@@ -2261,7 +2079,7 @@ test_no_fd_leak_faults(struct test *t)
 	struct tl_fds base_s, base_c;
 	struct tl_proc *c2;
 
-	if (need_proc(t) < 0 || start_all(t, "echo-rst", 0) < 0
+	if (need_proc(t) < 0 || start_all(t, "echo", "rst") < 0
 	    || base_fds(t, t->server, &base_s) < 0
 	    || base_fds(t, t->client, &base_c) < 0) {
 		return;
@@ -2343,7 +2161,7 @@ test_no_fd_leak_faults(struct test *t)
 	for (k = 0; k < FEW; k++) {
 		user_close(t, fds[k]);
 	}
-	t->svc = start_svc(t, "svc2", "echo-rst", t->loc, 0);
+	t->svc = start_svc(t, "svc2", "echo", t->loc, "rst");
 	if (t->svc == NULL || fds_settle(t, t->server, &base_s, T(5000)) < 0
 	    || fds_settle(t, t->client, &base_c, T(5000)) < 0) {
 		return;
@@ -2390,7 +2208,7 @@ test_no_fd_leak_faults(struct test *t)
 	if (pump(t, fl, n, SMALL_MS, "users before the client is killed") < 0) {
 		goto out;
 	}
-	kill_hard(t->client);
+	kill_hard(t, t->client);
 	for (i = 0; i < n; i++) {
 		fl[i].pause_at = 0;
 		fl[i].may_end = 1;
@@ -2403,7 +2221,7 @@ test_no_fd_leak_faults(struct test *t)
 		fl[i].fd = -1;
 	}
 	n = 0;
-	c2 = start_client(t, "client2", NULL, NULL, 0);
+	c2 = start_client(t, "client2", t->ctl, t->loc, NULL, 0, NULL);
 	if (c2 == NULL || wait_log(t, c2, "forwarding", T(5000)) < 0) {
 		return;
 	}
@@ -2427,10 +2245,10 @@ test_svc_direct(struct test *t)
 	static const uint64_t sizes[] = { 0, 1, 65535, 65536, 65537, MIB };
 	size_t i;
 
-	if (pick_ports(t) < 0) {
+	if (pick_server_ports(t, NULL, 4) < 0) {
 		return;
 	}
-	t->svc = start_svc(t, "svc", "echo", t->loc, 0);
+	t->svc = start_svc(t, "svc", "echo", t->loc, NULL);
 	if (t->svc == NULL) {
 		return;
 	}
@@ -2446,7 +2264,7 @@ test_svc_direct(struct test *t)
 	    || many_echo(t, t->loc, 200, 4096, T(30000), "svc 200 users") < 0) {
 		return;
 	}
-	if (start_svc(t, "svc-source", "source", t->tun, 64 * MIB) == NULL) {
+	if (start_svc(t, "svc-source", "source", t->tun, "67108864") == NULL) {
 		return;
 	}
 	download_once(t, t->tun, 64 * MIB, BIG_MS, "svc source 64 MiB");
@@ -2454,260 +2272,54 @@ test_svc_direct(struct test *t)
 
 /* ---- runner --------------------------------------------------------------- */
 
-static const struct {
-	const char *name;
-	void (*fn)(struct test *t);
-	int explicit_only;
-	int heavy;           /* skipped under valgrind */
-} tests[] = {
-	{ "echo_sizes", test_echo_sizes, 0, 0 },
-	{ "echo_32mib", test_echo_32mib, 0, 1 },
-	{ "download_64mib", test_download_64mib, 0, 1 },
-	{ "half_close", test_half_close, 0, 0 },
-	{ "concurrent_200", test_concurrent_200, 0, 0 },
-	{ "no_client", test_no_client, 0, 0 },
-	{ "local_down", test_local_down, 0, 0 },
-	{ "wrong_token", test_wrong_token, 0, 0 },
-	{ "second_client", test_second_client, 0, 0 },
-	{ "garbage", test_garbage, 0, 0 },
-	{ "usage_readme", test_usage_readme, 0, 0 },
-	{ "bad_flags", test_bad_flags, 0, 0 },
-	{ "port_in_use", test_port_in_use, 0, 0 },
-	{ "sigterm", test_sigterm, 0, 0 },
-	{ "ipv6", test_ipv6, 0, 0 },
-	{ "local_fallback", test_local_fallback, 0, 0 },
-	{ "urgent_data", test_urgent_data, 0, 0 },
-	{ "no_fd_leak", test_no_fd_leak, 0, 0 },
-	{ "no_memory_growth", test_no_memory_growth, 0, 1 },
-	{ "server_restart", test_server_restart, 0, 0 },
-	{ "client_killed", test_client_killed, 0, 0 },
-	{ "local_killed", test_local_killed, 0, 0 },
-	{ "frozen_client", test_frozen_client, 0, 0 },
-	{ "silent_flood", test_silent_flood, 0, 0 },
-	{ "silent_flood_one_source", test_silent_flood_one_source, 0, 0 },
-	{ "user_flood", test_user_flood, 0, 0 },
-	{ "wrong_token_no_loop", test_wrong_token_no_loop, 0, 0 },
-	{ "no_fd_leak_faults", test_no_fd_leak_faults, 0, 0 },
-	{ "svc_direct", test_svc_direct, 1, 0 },
+static const struct tl_case tests[] = {
+	{ "echo_sizes", test_echo_sizes, 0 },
+	{ "echo_32mib", test_echo_32mib, TL_HEAVY },
+	{ "download_64mib", test_download_64mib, TL_HEAVY },
+	{ "half_close", test_half_close, 0 },
+	{ "concurrent_200", test_concurrent_200, 0 },
+	{ "no_client", test_no_client, 0 },
+	{ "local_down", test_local_down, 0 },
+	{ "wrong_token", test_wrong_token, 0 },
+	{ "second_client", test_second_client, 0 },
+	{ "garbage", test_garbage, 0 },
+	{ "usage_readme", test_usage_readme, 0 },
+	{ "bad_flags", test_bad_flags, 0 },
+	{ "port_in_use", test_port_in_use, 0 },
+	{ "sigterm", test_sigterm, 0 },
+	{ "ipv6", test_ipv6, 0 },
+	{ "local_fallback", test_local_fallback, 0 },
+	{ "urgent_data", test_urgent_data, 0 },
+	{ "no_fd_leak", test_no_fd_leak, 0 },
+	{ "no_memory_growth", test_no_memory_growth, TL_HEAVY },
+	{ "server_restart", test_server_restart, 0 },
+	{ "client_killed", test_client_killed, 0 },
+	{ "local_killed", test_local_killed, 0 },
+	{ "frozen_client", test_frozen_client, 0 },
+	{ "silent_flood", test_silent_flood, 0 },
+	{ "silent_flood_one_source", test_silent_flood_one_source, 0 },
+	{ "user_flood", test_user_flood, 0 },
+	{ "wrong_token_no_loop", test_wrong_token_no_loop, 0 },
+	{ "no_fd_leak_faults", test_no_fd_leak_faults, 0 },
+	{ "svc_direct", test_svc_direct, TL_EXPLICIT },
 };
-
-/* print_tail: the last lines of a log, each prefixed with "# "; says so
- * when there is no log. */
-static void
-print_tail(const char *label, const char *path)
-{
-	if (tl_print_tail(label, path, TAIL_LINES, 0) < 0) {
-		printf("# --- %s (%s)\n#   (no log)\n", label, path);
-	}
-}
-
-/* valgrind_clean: p's valgrind log reports nothing; else fail(). */
-static void
-valgrind_clean(struct test *t, const struct tl_proc *p)
-{
-	char *text = tl_read_file(p->vglog, NULL), *q;
-	int k;
-
-	if (text == NULL) {
-		fail(t, "%s: no valgrind log %s", p->name, p->vglog);
-		return;
-	}
-	for (k = 0; valgrind_marks[k]; k++) {
-		if (strstr(text, valgrind_marks[k]) != NULL) {
-			fail(t, "%s: valgrind reports \"%s\" (see %s)", p->name,
-			     valgrind_marks[k], p->vglog);
-		}
-	}
-	for (q = text; (q = strstr(q, "ERROR SUMMARY: ")) != NULL; q++) {
-		if (q[15] >= '1' && q[15] <= '9') {
-			fail(t, "%s: valgrind %.30s (see %s)", p->name, q, p->vglog);
-		}
-	}
-	free(text);
-}
-
-/*
- * stop_checked: stop p (SIGTERM) if it still runs.  ./server and ./client
- * must then exit 0, or the test fails: a crash, a hang on SIGTERM, or
- * valgrind's exit 99 for an error or a leak.  Processes the test killed
- * with SIGKILL are exempt; ones that exited before teardown were checked
- * by the test, except for valgrind's 99.
- */
-static void
-stop_checked(struct test *t, struct tl_proc *p)
-{
-	int product = p->product;
-	char st[32];
-	int running = !tl_proc_poll(p);
-
-	if (tl_proc_stop_ms(p, STOP_MS) < 0 && product && running) {
-		fail(t, "%s did not exit within %d ms of SIGTERM", p->name,
-		     STOP_MS);
-		return;
-	}
-	if (!product || p->killed) {
-		return;
-	}
-	if (running && !(WIFEXITED(p->status) && WEXITSTATUS(p->status) == 0)) {
-		fail(t, "%s: %s after SIGTERM, expected exit 0%s", p->name,
-		     tl_status_str(p, st, sizeof(st)),
-		     p->vglog[0] ? " (99: valgrind found errors or leaks)" : "");
-	} else if (p->vglog[0] && WIFEXITED(p->status)
-	           && WEXITSTATUS(p->status) == 99) {
-		fail(t, "%s: exit 99: valgrind found errors or leaks", p->name);
-	} else if (WIFSIGNALED(p->status)) {
-		fail(t, "%s died: %s", p->name, tl_status_str(p, st, sizeof(st)));
-	}
-}
-
-/* teardown: close user sockets, stop every process, check their logs. */
-static void
-teardown(struct test *t)
-{
-	char path[256];
-	int i, k;
-
-	while (t->nfds > 0) {
-		user_close(t, t->fds[t->nfds - 1]);
-	}
-	free(t->fds);
-	t->fds = NULL;
-	/* Newest first: clients go before the server they talk to. */
-	for (i = t->nprocs - 1; i >= 0; i--) {
-		stop_checked(t, &t->procs[i]);
-	}
-	for (i = 0; i < t->nprocs; i++) {
-		for (k = 0; sanitizer_marks[k]; k++) {
-			if (tl_file_contains(t->procs[i].log, sanitizer_marks[k])) {
-				fail(t, "%s log contains \"%s\"", t->procs[i].name,
-				     sanitizer_marks[k]);
-			}
-		}
-		if (t->procs[i].vglog[0]) {
-			valgrind_clean(t, &t->procs[i]);
-		}
-	}
-	if (!t->failed) {
-		if (getenv("E2E_KEEP") == NULL) {
-			tl_remove_tree(t->dir);
-		}
-		return;
-	}
-	for (i = 0; i < t->nprocs; i++) {
-		char st[32], label[96];
-
-		snprintf(label, sizeof(label), "%s, %s", t->procs[i].name,
-		         tl_status_str(&t->procs[i], st, sizeof(st)));
-		print_tail(label, t->procs[i].log);
-		snprintf(path, sizeof(path), "%s/%s.out", t->dir,
-		         t->procs[i].name);
-		if (access(path, F_OK) == 0) {
-			print_tail(label, path);
-		}
-		if (t->procs[i].vglog[0]) {
-			print_tail(label, t->procs[i].vglog);
-		}
-	}
-	printf("# logs kept in %s\n", t->dir);
-}
-
-static void
-run_test(const char *name, void (*fn)(struct test *t), int heavy)
-{
-	struct test t;
-	int64_t t0 = tl_now_ms();
-
-	if (heavy && valgrind_path[0] != '\0') {
-		printf("ok - %s # skip: under valgrind\n", name);
-		n_passed++;
-		return;
-	}
-	memset(&t, 0, sizeof(t));
-	t.name = name;
-	t.host = "127.0.0.1";
-	if (tl_test_dir(t.dir, sizeof(t.dir), "e2e", name) < 0) {
-		printf("FAIL - %s: mkdtemp %s: %s\n", name, t.dir, strerror(errno));
-		n_failed++;
-		return;
-	}
-	current = &t;
-	alarm(WATCHDOG_S * (tscale > 1 ? 3 : 1));
-	fn(&t);
-	alarm(0);
-	teardown(&t);
-	current = NULL;
-	if (tl_report(name, t.failed ? t.why : NULL, t.skip, t0)) {
-		n_passed++;
-	} else {
-		n_failed++;
-	}
-}
-
-/* find_in_path: the first executable name in $PATH, into buf.  0 or -1. */
-static int
-find_in_path(const char *name, char *buf, size_t len)
-{
-	const char *path = getenv("PATH"), *p, *end;
-
-	for (p = path ? path : "/usr/bin:/bin"; *p; p = *end ? end + 1 : end) {
-		end = strchr(p, ':');
-		if (end == NULL) {
-			end = p + strlen(p);
-		}
-		snprintf(buf, len, "%.*s/%s", (int)(end - p), p, name);
-		if (end > p && access(buf, X_OK) == 0) {
-			return 0;
-		}
-	}
-	buf[0] = '\0';
-	return -1;
-}
 
 int
 main(int argc, char **argv)
 {
-	const char *filter = argc > 1 ? argv[1] : NULL;
 	struct rlimit rl;
-	const char *vg;
-	size_t i;
-	int ran = 0;
 
-	if (filter && (strcmp(filter, "-h") == 0 || argc > 2)) {
-		printf("usage: tests/e2e [NAME-SUBSTRING]\n");
-		return strcmp(filter, "-h") == 0 ? 0 : 2;
-	}
-	tl_harness_init(on_alarm);
-	/* Tests choose the token themselves. */
-	unsetenv("DIALBACK_TOKEN");
 	/* Floods hold thousands of sockets; children inherit the limit. */
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
-	vg = getenv("VALGRIND");
-	if (vg != NULL && strcmp(vg, "") != 0 && strcmp(vg, "0") != 0) {
-		if (find_in_path("valgrind", valgrind_path,
-		                 sizeof(valgrind_path)) < 0) {
-			fprintf(stderr, "e2e: VALGRIND=%s but no valgrind in PATH\n",
-			        vg);
-			return 1;
-		}
-		tscale = 5;
-		printf("# ./server and ./client run under %s\n", valgrind_path);
+	if (argc == 3 && strcmp(argv[1], "--resolve") == 0) {
+		return print_addrs(argv[2]);
 	}
-
-	for (i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
-		if (tests[i].explicit_only
-		    ? (filter == NULL || strcmp(filter, tests[i].name) != 0)
-		    : (filter != NULL && strstr(tests[i].name, filter) == NULL)) {
-			continue;
-		}
-		run_test(tests[i].name, tests[i].fn, tests[i].heavy);
-		ran++;
+	if (tl_use_valgrind() < 0) {
+		return 1;
 	}
-	if (ran == 0) {
-		fprintf(stderr, "e2e: no test matches \"%s\"\n", filter);
-	}
-	printf("e2e: %d passed, %d failed\n", n_passed, n_failed);
-	return n_failed > 0 || ran == 0 ? 1 : 0;
+	return tl_main(argc, argv, "e2e", WATCHDOG_S, tests,
+	               sizeof(tests) / sizeof(tests[0]));
 }

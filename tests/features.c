@@ -22,9 +22,9 @@
  * compares bytes exactly, and stops only the PIDs it started.  nginx and
  * chromium are used when installed and skipped otherwise, except that with
  * CI=true in the environment a missing one is a failure.  With
- * FEATURES_KEEP set, logs are kept after a pass too.  Output is
- * "ok - NAME" or "FAIL - NAME: why" per test, then
- * "features: N passed, N failed".
+ * FEATURES_KEEP set, logs are kept after a pass too.  The harness is
+ * tests/testlib.h's: "ok - NAME", "skip - NAME # why" or "FAIL - NAME:
+ * why" per test, then "features: N passed, N failed, N skipped".
  *
  * tests/features --pp-service ADDR is the PROXY-protocol test service: it
  * accepts one connection at a time, reads it to EOF, parses the PROXY
@@ -35,7 +35,6 @@
  * PROG ARGS runs PROG with RLIMIT_NOFILE N, soft and hard.
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,94 +44,10 @@
 #include "protocol.h"
 #include "sha256.h"
 
-#define START_MS     15000   /* a process reaches "listening"/"forwarding" */
 #define IO_MS        15000   /* one user's exchange */
-#define STOP_MS      3000    /* SIGTERM to exit */
 #define GONE_MS      5000    /* a port closes after its client left */
 #define WATCHDOG_S   120     /* a test that takes longer is killed */
-#define MAX_PROCS    12
-#define TAIL_LINES   30
 #define RANGE_N      5       /* ports in the test's -ports range */
-
-static const char *const sanitizer_marks[] = {
-	"AddressSanitizer", "LeakSanitizer", "runtime error:", NULL
-};
-
-static const char *self_path = "./tests/features";
-
-/* ---- per-test state ------------------------------------------------------- */
-
-struct test {
-	const char *name;
-	char dir[128];
-	struct tl_proc procs[MAX_PROCS];
-	int group[MAX_PROCS];        /* runs in its own process group */
-	int tool[MAX_PROCS];         /* nginx, chromium: not built here */
-	int nprocs;
-	int fds[64];                 /* user sockets still open */
-	int nfds;
-	int failed;
-	char why[1024];
-	const char *skip;
-	int ctl, tun, pub;           /* ports */
-};
-
-static struct test *current;     /* for the watchdog only */
-static int n_passed, n_failed;
-
-static int fail(struct test *t, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
-
-/* fail: record why the test failed (the first reason wins); returns -1. */
-static int
-fail(struct test *t, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!t->failed) {
-		va_start(ap, fmt);
-		vsnprintf(t->why, sizeof(t->why), fmt, ap);
-		va_end(ap);
-		t->failed = 1;
-	}
-	return -1;
-}
-
-/* kill_proc: SIGKILL p, and its process group if it has one of its own. */
-static void
-kill_proc(struct test *t, int i)
-{
-	if (t->procs[i].done || t->procs[i].pid <= 0) {
-		return;
-	}
-	if (t->group[i]) {
-		kill(-t->procs[i].pid, SIGKILL);
-	}
-	kill(t->procs[i].pid, SIGKILL);
-}
-
-static void
-on_alarm(int sig)
-{
-	char buf[256];
-	int i, n;
-
-	(void)sig;
-	if (current != NULL) {
-		for (i = 0; i < current->nprocs; i++) {
-			kill_proc(current, i);
-		}
-		n = snprintf(buf, sizeof(buf),
-		             "FAIL - %s: watchdog: still running after %d s; "
-		             "logs in %s\nfeatures: %d passed, %d failed\n",
-		             current->name, WATCHDOG_S, current->dir, n_passed,
-		             n_failed + 1);
-		if (n > 0 && write(1, buf, (size_t)n) < 0) {
-			/* Nothing left to tell. */
-		}
-	}
-	_exit(1);
-}
 
 /* ---- small helpers -------------------------------------------------------- */
 
@@ -156,19 +71,6 @@ sa_str(const struct sockaddr_storage *ss, char *buf)
 	return buf;
 }
 
-static void
-hex_str(const uint8_t *p, size_t n, char *out)
-{
-	static const char digits[] = "0123456789abcdef";
-	size_t i;
-
-	for (i = 0; i < n; i++) {
-		out[2 * i] = digits[p[i] >> 4];
-		out[2 * i + 1] = digits[p[i] & 15];
-	}
-	out[2 * n] = '\0';
-}
-
 /* fnv1a: 32-bit FNV-1a; the browser page computes the same in JS. */
 static uint32_t
 fnv1a(const uint8_t *p, size_t n)
@@ -182,89 +84,7 @@ fnv1a(const uint8_t *p, size_t n)
 	return h;
 }
 
-static int
-write_file(const char *path, const void *data, size_t n)
-{
-	FILE *f = fopen(path, "wb");
-	int ok;
-
-	if (f == NULL) {
-		return -1;
-	}
-	ok = fwrite(data, 1, n, f) == n;
-	return fclose(f) == 0 && ok ? 0 : -1;
-}
-
-/* find_prog: name in $PATH or an sbin directory, into buf.  0 or -1. */
-static int
-find_prog(const char *name, char *buf, size_t len)
-{
-	static const char extra[] = ":/usr/local/sbin:/usr/sbin:/sbin";
-	const char *path = getenv("PATH");
-	char all[4096];
-	const char *p, *end;
-
-	snprintf(all, sizeof(all), "%s%s", path ? path : "/usr/bin:/bin", extra);
-	for (p = all; *p; p = *end ? end + 1 : end) {
-		end = strchr(p, ':');
-		if (end == NULL) {
-			end = p + strlen(p);
-		}
-		if (end > p && (size_t)(end - p) + strlen(name) + 2 <= len) {
-			snprintf(buf, len, "%.*s/%s", (int)(end - p), p, name);
-			if (access(buf, X_OK) == 0) {
-				return 0;
-			}
-		}
-	}
-	return -1;
-}
-
-/* in_ci: CI=true in the environment: optional tools must be there. */
-static int
-in_ci(void)
-{
-	const char *ci = getenv("CI");
-
-	return ci != NULL && strcmp(ci, "true") == 0;
-}
-
-/* missing_tool: skip (or, in CI, fail) a test whose tool is absent. */
-static void
-missing_tool(struct test *t, const char *why)
-{
-	if (in_ci()) {
-		fail(t, "%s, and CI=true (.ci/run installs it)", why);
-	} else {
-		t->skip = why;
-	}
-}
-
 /* ---- ports ---------------------------------------------------------------- */
-
-/* pick_ports: n distinct ports on 127.0.0.1 that were free a moment ago. */
-static int
-pick_ports(struct test *t, int *ports, int n)
-{
-	if (tl_free_ports("127.0.0.1", ports, n) < 0) {
-		return fail(t, "picking free ports: %s", strerror(errno));
-	}
-	return 0;
-}
-
-/* pick_server_ports: n (3 or more) free ports: the first three become t's
- * control, tunnel and public ports, the rest stay in p[3] on. */
-static int
-pick_server_ports(struct test *t, int *p, int n)
-{
-	if (pick_ports(t, p, n) < 0) {
-		return -1;
-	}
-	t->ctl = p[0];
-	t->tun = p[1];
-	t->pub = p[2];
-	return 0;
-}
 
 /*
  * pick_range: n consecutive free ports on 127.0.0.1 into *lo, then k more
@@ -300,109 +120,7 @@ pick_range(struct test *t, int n, int *lo, int *others, int k)
 	return fail(t, "found no %d consecutive free ports", n);
 }
 
-/* ipv6_ok: ::1 can be bound. */
-static int
-ipv6_ok(void)
-{
-	int fd = tl_listen("::1", 0);
-
-	if (fd < 0) {
-		return 0;
-	}
-	close(fd);
-	return 1;
-}
-
 /* ---- processes ------------------------------------------------------------ */
-
-/*
- * start: run argv (NULL-ended) as a child called name, stdout and stderr
- * to DIR/name.log (with split_out, stdout to DIR/name.out).  group: in a
- * process group of its own, so that all it starts can be killed with it.
- * NULL and fail() on error.
- */
-static struct tl_proc *
-start(struct test *t, const char *name, const char *const argv[],
-      const char *const env[], int split_out, int group)
-{
-	const char *gargv[48];
-	struct tl_proc *p;
-	int i, n = 0;
-
-	if (t->nprocs == MAX_PROCS) {
-		fail(t, "too many processes");
-		return NULL;
-	}
-	p = &t->procs[t->nprocs];
-	tl_proc_init(p, t->dir, name, argv[0]);
-	if (group) {
-		/* We re-exec ourselves to call setpgid(0, 0) first. */
-		gargv[n++] = self_path;
-		gargv[n++] = "--in-group";
-		for (i = 0; argv[i] != NULL && n < 47; i++) {
-			gargv[n++] = argv[i];
-		}
-		gargv[n] = NULL;
-		argv = gargv;
-	}
-	if (tl_proc_start(p, t->dir, (char *const *)argv, env, split_out) < 0) {
-		fail(t, "fork: %s", strerror(errno));
-		return NULL;
-	}
-	t->group[t->nprocs] = group;
-	t->tool[t->nprocs] = argv[0][0] == '/' && strcmp(argv[0], self_path) != 0;
-	t->nprocs++;
-	return p;
-}
-
-/* wait_log: wait for s in p's log; fail() if it does not come.  0 or -1. */
-static int
-wait_log(struct test *t, struct tl_proc *p, const char *s, int ms)
-{
-	char why[512];
-
-	return tl_check_log(p, s, ms, why, sizeof(why)) < 0 ? fail(t, "%s", why)
-	                                                    : 0;
-}
-
-static int
-expect_log(struct test *t, struct tl_proc *p, const char *s)
-{
-	if (!tl_file_contains(p->log, s)) {
-		return fail(t, "%s log lacks \"%s\"", p->name, s);
-	}
-	return 0;
-}
-
-/* expect_alive: p must still be running. */
-static int
-expect_alive(struct test *t, struct tl_proc *p)
-{
-	char why[512];
-
-	return tl_check_alive(p, why, sizeof(why)) < 0 ? fail(t, "%s", why) : 0;
-}
-
-/* expect_exit: p must exit with code within ms. */
-static int
-expect_exit(struct test *t, struct tl_proc *p, int code, int ms)
-{
-	char why[512];
-
-	return tl_check_exit(p, code, ms, why, sizeof(why)) < 0
-	       ? fail(t, "%s", why) : 0;
-}
-
-/* stop: SIGTERM p now; it must exit 0 within STOP_MS. */
-static int
-stop(struct test *t, struct tl_proc *p)
-{
-	if (expect_alive(t, p) < 0) {
-		return -1;
-	}
-	kill(p->pid, SIGTERM);
-	return expect_exit(t, p, 0, STOP_MS);
-}
 
 /* signal_and_wait: send sig to p, then wait for the n-th occurrence of s. */
 static int
@@ -426,95 +144,41 @@ signal_and_wait(struct test *t, struct tl_proc *p, int sig, const char *s,
 }
 
 /*
- * start_server: ./server with control and tunnel on 127.0.0.1, -public on
- * pub_host:t->pub, -heartbeat 1, and -ports range when range is not NULL.
- * Waits for "listening".
- */
-static struct tl_proc *
-start_server(struct test *t, const char *pub_host, const char *range)
-{
-	char c[64], u[64], p[64];
-	const char *argv[16] = {
-		"./server", "-control", tl_fmt_addr(c, "127.0.0.1", t->ctl),
-		"-tunnel", tl_fmt_addr(u, "127.0.0.1", t->tun),
-		"-public", tl_fmt_addr(p, pub_host, t->pub), "-heartbeat", "1", NULL
-	};
-	struct tl_proc *s;
-
-	if (range != NULL) {
-		argv[9] = "-ports";
-		argv[10] = range;
-	}
-	s = start(t, "server", argv, NULL, 0, 0);
-	if (s == NULL || wait_log(t, s, "listening", START_MS) < 0) {
-		return NULL;
-	}
-	return s;
-}
-
-/*
- * start_client: ./client to our server for the service on 127.0.0.1:loc;
+ * attach_client: ./client to our server for the service on 127.0.0.1:loc;
  * port > 0 adds -port, proxy ("v1", "v2") -proxy-protocol, pool > 0
  * -pool.  With wait, waits for "forwarding" and checks that the line names
  * the public port want_pub and the service.
  */
 static struct tl_proc *
-start_client(struct test *t, const char *name, int loc, int port,
-             const char *proxy, int pool, int wait, int want_pub)
+attach_client(struct test *t, const char *name, int loc, int port,
+              const char *proxy, int pool, int wait, int want_pub)
 {
-	char r[64], l[64], pn[16], pl[16], line[160];
-	const char *argv[16] = {
-		"./client", "-remote", tl_fmt_addr(r, "127.0.0.1", t->ctl),
-		"-local", tl_fmt_addr(l, "127.0.0.1", loc), NULL
-	};
+	char pn[16], pl[16];
+	const char *args[8];
 	struct tl_proc *c;
-	int n = 5;
+	int n = 0;
 
 	if (port > 0) {
 		snprintf(pn, sizeof(pn), "%d", port);
-		argv[n++] = "-port";
-		argv[n++] = pn;
+		args[n++] = "-port";
+		args[n++] = pn;
 	}
 	if (proxy != NULL) {
-		argv[n++] = "-proxy-protocol";
-		argv[n++] = proxy;
+		args[n++] = "-proxy-protocol";
+		args[n++] = proxy;
 	}
 	if (pool > 0) {
 		snprintf(pl, sizeof(pl), "%d", pool);
-		argv[n++] = "-pool";
-		argv[n++] = pl;
+		args[n++] = "-pool";
+		args[n++] = pl;
 	}
-	argv[n] = NULL;
-	c = start(t, name, argv, NULL, 0, 0);
+	args[n] = NULL;
+	c = start_client_v(t, name, t->ctl, loc, NULL, wait, args);
 	if (c == NULL || !wait) {
 		return c;
 	}
-	if (wait_log(t, c, "forwarding", START_MS) < 0) {
-		return NULL;
-	}
 	/* The client names the public port with the -remote host. */
-	snprintf(line, sizeof(line), "forwarding 127.0.0.1:%d -> 127.0.0.1:%d",
-	         want_pub, loc);
-	if (expect_log(t, c, line) < 0) {
-		return NULL;
-	}
-	return c;
-}
-
-/* start_svc: tests/svc MODE 127.0.0.1:PORT [ARG]; waits for "ready". */
-static struct tl_proc *
-start_svc(struct test *t, const char *name, const char *mode, int port,
-          const char *arg)
-{
-	char a[64];
-	const char *argv[6] = { "tests/svc", mode,
-	                        tl_fmt_addr(a, "127.0.0.1", port), arg, NULL };
-	struct tl_proc *s = start(t, name, argv, NULL, 0, 0);
-
-	if (s == NULL || wait_log(t, s, "ready", START_MS) < 0) {
-		return NULL;
-	}
-	return s;
+	return expect_forwarding(t, c, want_pub, loc) < 0 ? NULL : c;
 }
 
 /* start_pp_service: our PROXY-protocol service on 127.0.0.1:port. */
@@ -522,9 +186,9 @@ static struct tl_proc *
 start_pp_service(struct test *t, int port)
 {
 	char a[64];
-	const char *argv[4] = { self_path, "--pp-service",
+	const char *argv[4] = { tl_h.self, "--pp-service",
 	                        tl_fmt_addr(a, "127.0.0.1", port), NULL };
-	struct tl_proc *s = start(t, "pp-service", argv, NULL, 0, 0);
+	struct tl_proc *s = start(t, "pp-service", argv, NULL, 0);
 
 	if (s == NULL || wait_log(t, s, "ready", START_MS) < 0) {
 		return NULL;
@@ -533,39 +197,6 @@ start_pp_service(struct test *t, int port)
 }
 
 /* ---- users ---------------------------------------------------------------- */
-
-/* user_open: a user's connection to host:port, closed at teardown if the
- * test leaves it open.  -1 and fail(). */
-static int
-user_open(struct test *t, const char *host, int port)
-{
-	int fd = tl_connect(host, port, tl_now_ms() + 5000);
-
-	if (fd < 0) {
-		return fail(t, "connect %s port %d: %s", host, port,
-		            strerror(errno));
-	}
-	if (t->nfds == (int)(sizeof(t->fds) / sizeof(t->fds[0]))) {
-		close(fd);
-		return fail(t, "too many user sockets");
-	}
-	t->fds[t->nfds++] = fd;
-	return fd;
-}
-
-static void
-user_close(struct test *t, int fd)
-{
-	int i;
-
-	for (i = 0; i < t->nfds; i++) {
-		if (t->fds[i] == fd) {
-			t->fds[i] = t->fds[--t->nfds];
-			break;
-		}
-	}
-	close(fd);
-}
 
 /*
  * exchange: send n bytes on fd, shut down writing, read until EOF into out
@@ -705,7 +336,7 @@ test_ports_range(struct test *t)
 	    || start_svc(t, "svc-b", "source", loc_b, "2222") == NULL) {
 		return;
 	}
-	server = start_server(t, "127.0.0.1", range);
+	server = start_server(t, "server", "-ports", range, NULL);
 	if (server == NULL) {
 		return;
 	}
@@ -719,9 +350,9 @@ test_ports_range(struct test *t)
 	}
 
 	/* The default client gets -public; two others the ends of the range. */
-	if (start_client(t, "client-main", loc_main, 0, NULL, 0, 1, t->pub) == NULL
-	    || (c_a = start_client(t, "client-a", loc_a, lo, NULL, 0, 1, lo)) == NULL
-	    || (c_b = start_client(t, "client-b", loc_b, hi, NULL, 0, 1, hi)) == NULL) {
+	if (attach_client(t, "client-main", loc_main, 0, NULL, 0, 1, t->pub) == NULL
+	    || (c_a = attach_client(t, "client-a", loc_a, lo, NULL, 0, 1, lo)) == NULL
+	    || (c_b = attach_client(t, "client-b", loc_b, hi, NULL, 0, 1, hi)) == NULL) {
 		return;
 	}
 	if (download(t, "127.0.0.1", t->pub, 3000, "user on -public") < 0
@@ -744,7 +375,7 @@ test_ports_range(struct test *t)
 	}
 
 	/* Outside the range: refused for good, naming what is offered. */
-	c_out = start_client(t, "client-outside", loc_a, hi + 1, NULL, 0, 0, 0);
+	c_out = attach_client(t, "client-outside", loc_a, hi + 1, NULL, 0, 0, 0);
 	if (c_out == NULL || expect_exit(t, c_out, 1, START_MS) < 0
 	    || expect_log(t, c_out, "not offered") < 0) {
 		return;
@@ -755,7 +386,7 @@ test_ports_range(struct test *t)
 	}
 
 	/* A port already held: refused as busy; the client keeps retrying. */
-	c_busy = start_client(t, "client-busy", loc_b, lo, NULL, 0, 0, 0);
+	c_busy = attach_client(t, "client-busy", loc_b, lo, NULL, 0, 0, 0);
 	if (c_busy == NULL
 	    || wait_log(t, c_busy, "already served by", START_MS) < 0) {
 		return;
@@ -780,7 +411,7 @@ test_ports_range(struct test *t)
 	if (expect_log(t, server, want) < 0) {
 		return;
 	}
-	c_again = start_client(t, "client-again", loc_b, lo, NULL, 0, 1, lo);
+	c_again = attach_client(t, "client-again", loc_b, lo, NULL, 0, 1, lo);
 	if (c_again == NULL
 	    || download(t, "127.0.0.1", lo, 2222, "user on low end, new client") < 0
 	    || download(t, "127.0.0.1", hi, 2222, "user on high end at the end") < 0
@@ -808,14 +439,14 @@ test_ports_takeover(struct test *t)
 	snprintf(range, sizeof(range), "%d-%d", lo, lo);
 	if (start_svc(t, "svc-a", "source", p[3], "1111") == NULL
 	    || start_svc(t, "svc-b", "source", p[4], "2222") == NULL
-	    || start_server(t, "127.0.0.1", range) == NULL) {
+	    || start_server(t, "server", "-ports", range, NULL) == NULL) {
 		return;
 	}
-	c_first = start_client(t, "client-first", p[3], lo, NULL, 0, 1, lo);
+	c_first = attach_client(t, "client-first", p[3], lo, NULL, 0, 1, lo);
 	if (c_first == NULL) {
 		return;
 	}
-	c_second = start_client(t, "client-second", p[4], lo, NULL, 0, 0, 0);
+	c_second = attach_client(t, "client-second", p[4], lo, NULL, 0, 0, 0);
 	if (c_second == NULL
 	    || wait_log(t, c_second, "already served by", START_MS) < 0
 	    || download(t, "127.0.0.1", lo, 1111, "user while first holds") < 0
@@ -1055,9 +686,9 @@ pp_describe(const uint8_t *buf, size_t n, char *out)
 	}
 	off = pp.len;
 	shown = n - off < PP_HEX_MAX ? n - off : PP_HEX_MAX;
-	hex_str(buf + off, shown, rest);
+	tl_hex(buf + off, shown, rest);
 	if (pp.version != 0) {
-		hex_str(buf, pp.len < 256 ? pp.len : 256, hdr);
+		tl_hex(buf, pp.len < 256 ? pp.len : 256, hdr);
 		k = snprintf(out, PP_LINE, "proxy=v%d cmd=%s fam=%s src=%s dst=%s "
 		             "hdr=%s ", pp.version, pp.cmd, pp.fam, pp.src, pp.dst,
 		             hdr);
@@ -1209,7 +840,7 @@ pp_user(struct test *t, const char *host, int version, const uint8_t *data,
 		k = snprintf(want, PP_LINE, "proxy=none ");
 	} else {
 		hlen = pp_expected_header(version, &src, &dst, hdr);
-		hex_str(hdr, hlen, hex);
+		tl_hex(hdr, hlen, hex);
 		k = snprintf(want, PP_LINE, "proxy=v%d cmd=PROXY fam=TCP%c src=%s "
 		             "dst=%s hdr=%s ", version,
 		             src.ss_family == AF_INET ? '4' : '6', sa_str(&src, sa),
@@ -1217,7 +848,7 @@ pp_user(struct test *t, const char *host, int version, const uint8_t *data,
 	}
 	k += snprintf(want + k, PP_LINE - (size_t)k, "len=%zu fnv=%08x rest=", n,
 	              (unsigned)fnv1a(data, n));
-	hex_str(data, shown, want + k);
+	tl_hex(data, shown, want + k);
 	strcat(want, "\n");
 	if (exchange(t, fd, data, n, got, PP_LINE + 1, what) < 0) {
 		goto out;
@@ -1257,7 +888,7 @@ proxy_run(struct test *t, int version, const char *pub_host, int pool)
 		fail(t, "out of memory");
 		return;
 	}
-	if (strchr(pub_host, ':') && !ipv6_ok()) {
+	if (strchr(pub_host, ':') && !tl_ipv6_ok()) {
 		t->skip = "no IPv6 loopback (::1)";
 		goto out;
 	}
@@ -1284,9 +915,10 @@ proxy_run(struct test *t, int version, const char *pub_host, int pool)
 	tl_stream_init(&s, 9);
 	tl_stream_fill(&s, big, big_n);
 	snprintf(vn, sizeof(vn), "v%d", version);
+	t->pub_host = pub_host;
 	if (start_pp_service(t, loc) == NULL
-	    || (server = start_server(t, pub_host, NULL)) == NULL
-	    || start_client(t, "client", loc, 0, version ? vn : NULL, pool, 1,
+	    || (server = start_server(t, "server", NULL)) == NULL
+	    || attach_client(t, "client", loc, 0, version ? vn : NULL, pool, 1,
 	                    t->pub) == NULL) {
 		goto out;
 	}
@@ -1412,7 +1044,7 @@ test_nginx(struct test *t)
 	int p[4], loc;
 	int64_t deadline;
 
-	if (find_prog("nginx", nginx, sizeof(nginx)) < 0) {
+	if (tl_find_prog("nginx", nginx, sizeof(nginx)) < 0) {
 		missing_tool(t, "nginx not installed");
 		return;
 	}
@@ -1452,7 +1084,7 @@ test_nginx(struct test *t)
 	         "    }\n"
 	         "}\n", pid, t->dir, t->dir, t->dir, t->dir, t->dir, t->dir, alog,
 	         loc);
-	if (write_file(conf, text, strlen(text)) < 0) {
+	if (tl_write_file(conf, text, strlen(text)) < 0) {
 		fail(t, "writing %s: %s", conf, strerror(errno));
 		return;
 	}
@@ -1462,7 +1094,7 @@ test_nginx(struct test *t)
 	argv[3] = "-c";
 	argv[4] = conf;
 	argv[5] = NULL;
-	ng = start(t, "nginx", argv, NULL, 0, 0);
+	ng = start(t, "nginx", argv, NULL, 0);
 	if (ng == NULL) {
 		return;
 	}
@@ -1480,17 +1112,17 @@ test_nginx(struct test *t)
 		}
 		tl_pause(20);
 	}
-	if (start_server(t, "127.0.0.1", NULL) == NULL) {
+	if (start_server(t, "server", NULL) == NULL) {
 		return;
 	}
-	c1 = start_client(t, "client-v1", loc, 0, "v1", 0, 1, t->pub);
+	c1 = attach_client(t, "client-v1", loc, 0, "v1", 0, 1, t->pub);
 	if (c1 == NULL || nginx_user(t, ng, "/v1", alog) < 0
 	    || nginx_user(t, ng, "/v1-again", alog) < 0 || stop(t, c1) < 0) {
 		return;
 	}
 	/* The server may still hold the port for the old session a moment;
 	 * the new client then retries. */
-	if (start_client(t, "client-v2", loc, 0, "v2", 0, 1, t->pub) == NULL
+	if (attach_client(t, "client-v2", loc, 0, "v2", 0, 1, t->pub) == NULL
 	    || nginx_user(t, ng, "/v2", alog) < 0
 	    || nginx_user(t, ng, "/v2-again", alog) < 0) {
 		return;
@@ -1515,8 +1147,8 @@ test_status(struct test *t)
 		return;
 	}
 	if (start_svc(t, "svc", "echo", p[3], NULL) == NULL
-	    || (server = start_server(t, "127.0.0.1", NULL)) == NULL
-	    || (client = start_client(t, "client", p[3], 0, NULL, 0, 1, t->pub))
+	    || (server = start_server(t, "server", NULL)) == NULL
+	    || (client = attach_client(t, "client", p[3], 0, NULL, 0, 1, t->pub))
 	       == NULL) {
 		return;
 	}
@@ -1800,7 +1432,7 @@ browse(struct test *t, const char *chromium, const char *url, int n, int ms)
 	argv[i++] = "--dump-dom";
 	argv[i++] = url;
 	argv[i] = NULL;
-	b = start(t, name, argv, env, 1, 1);
+	b = start(t, name, argv, env, TL_SPLIT_OUT | TL_GROUP);
 	if (b == NULL) {
 		return -1;
 	}
@@ -1835,8 +1467,8 @@ test_browser(struct test *t)
 	int p[4], n;
 	int64_t deadline;
 
-	if (find_prog("chromium", chromium, sizeof(chromium)) < 0
-	    && find_prog("chromium-browser", chromium, sizeof(chromium)) < 0) {
+	if (tl_find_prog("chromium", chromium, sizeof(chromium)) < 0
+	    && tl_find_prog("chromium-browser", chromium, sizeof(chromium)) < 0) {
 		missing_tool(t, "chromium not installed");
 		return;
 	}
@@ -1855,7 +1487,7 @@ test_browser(struct test *t)
 	tl_stream_init(&s, 7);
 	tl_stream_fill(&s, asset, ASSET_LEN);
 	sha256(asset, ASSET_LEN, sha);
-	hex_str(sha, SHA256_LEN, sha_hex);
+	tl_hex(sha, SHA256_LEN, sha_hex);
 	snprintf(want_res, sizeof(want_res), "len=%d fnv=%08x sha256=%s",
 	         ASSET_LEN, (unsigned)fnv1a(asset, ASSET_LEN), sha_hex);
 	snprintf(want_img, sizeof(want_img), "loaded %dx%d", IMG_W, IMG_H);
@@ -1872,7 +1504,7 @@ test_browser(struct test *t)
 			                 png_n };
 
 			snprintf(path, sizeof(path), "%s/%s", www, files[i].name);
-			if (write_file(path, data[files[i].which],
+			if (tl_write_file(path, data[files[i].which],
 			               len[files[i].which]) < 0) {
 				fail(t, "writing %s: %s", path, strerror(errno));
 				goto out;
@@ -1881,8 +1513,8 @@ test_browser(struct test *t)
 	}
 	snprintf(arg, sizeof(arg), "%s", www);
 	if (start_svc(t, "svc", "http", p[3], arg) == NULL
-	    || start_server(t, "127.0.0.1", NULL) == NULL
-	    || start_client(t, "client", p[3], 0, NULL, 0, 1, t->pub) == NULL) {
+	    || start_server(t, "server", NULL) == NULL
+	    || attach_client(t, "client", p[3], 0, NULL, 0, 1, t->pub) == NULL) {
 		goto out;
 	}
 	snprintf(url, sizeof(url), "http://127.0.0.1:%d/index.html", t->pub);
@@ -1925,71 +1557,6 @@ out:
 #define POOL_MS      5000
 
 /*
- * start_server_ex: ./server called name on t's control, tunnel and public
- * ports (127.0.0.1), with -heartbeat hb, -token token (NULL: none) and -v
- * when verbose.  Waits for "listening".
- */
-static struct tl_proc *
-start_server_ex(struct test *t, const char *name, const char *hb,
-                const char *token, int verbose)
-{
-	char c[64], u[64], p[64];
-	const char *argv[16] = {
-		"./server", "-control", tl_fmt_addr(c, "127.0.0.1", t->ctl),
-		"-tunnel", tl_fmt_addr(u, "127.0.0.1", t->tun),
-		"-public", tl_fmt_addr(p, "127.0.0.1", t->pub), "-heartbeat", hb, NULL
-	};
-	struct tl_proc *s;
-	int n = 9;
-
-	if (token != NULL) {
-		argv[n++] = "-token";
-		argv[n++] = token;
-	}
-	if (verbose) {
-		argv[n++] = "-v";
-	}
-	argv[n] = NULL;
-	s = start(t, name, argv, NULL, 0, 0);
-	if (s == NULL || wait_log(t, s, "listening", START_MS) < 0) {
-		return NULL;
-	}
-	return s;
-}
-
-/*
- * start_client_ex: ./client called name, -remote 127.0.0.1:remote, -local
- * 127.0.0.1:loc, -pool pool (if > 0), -token token (if not NULL), -v when
- * verbose.  Does not wait for anything.
- */
-static struct tl_proc *
-start_client_ex(struct test *t, const char *name, int remote, int loc,
-                int pool, const char *token, int verbose)
-{
-	char r[64], l[64], pl[16];
-	const char *argv[16] = {
-		"./client", "-remote", tl_fmt_addr(r, "127.0.0.1", remote),
-		"-local", tl_fmt_addr(l, "127.0.0.1", loc), NULL
-	};
-	int n = 5;
-
-	if (pool > 0) {
-		snprintf(pl, sizeof(pl), "%d", pool);
-		argv[n++] = "-pool";
-		argv[n++] = pl;
-	}
-	if (token != NULL) {
-		argv[n++] = "-token";
-		argv[n++] = token;
-	}
-	if (verbose) {
-		argv[n++] = "-v";
-	}
-	argv[n] = NULL;
-	return start(t, name, argv, NULL, 0, 0);
-}
-
-/*
  * count_fds: pid's descriptors, leaving out /dev/urandom, which common.c
  * opens at its first use (the first handshake) and keeps; with *c (may be
  * NULL) sorted by kind, likewise.  -1 if /proc can't tell.
@@ -2029,21 +1596,6 @@ count_fds(pid_t pid, struct tl_fds *c)
 		c->other -= urandom;
 	}
 	return n;
-}
-
-/* kill9: SIGKILL p on purpose and reap it.  0, or -1 and fail(). */
-static int
-kill9(struct test *t, struct tl_proc *p)
-{
-	if (expect_alive(t, p) < 0) {
-		return -1;
-	}
-	kill(p->pid, SIGKILL);
-	p->killed = 1;
-	if (!tl_proc_wait(p, STOP_MS)) {
-		return fail(t, "%s still there %d ms after SIGKILL", p->name, STOP_MS);
-	}
-	return 0;
 }
 
 /*
@@ -2295,9 +1847,9 @@ test_pool_serves(struct test *t)
 		return;
 	}
 	if (start_svc(t, "svc", "echo", p[3], NULL) == NULL
-	    || (server = start_server_ex(t, "server", "1", NULL, 1)) == NULL
-	    || (client = start_client_ex(t, "client", t->ctl, p[3], 4, NULL, 1))
-	       == NULL
+	    || (server = start_server(t, "server", "-v", NULL)) == NULL
+	    || (client = start_client(t, "client", t->ctl, p[3], NULL, 0,
+	                              "-pool", "4", "-v", NULL)) == NULL
 	    || wait_log(t, client, "forwarding", START_MS) < 0
 	    || wait_pool(t, server, 4, 4, POOL_MS, "at start") < 0) {
 		return;
@@ -2399,9 +1951,9 @@ test_pool_local_down(struct test *t)
 		return;
 	}
 	/* p[3]: nothing listens there. */
-	if ((server = start_server_ex(t, "server", "1", NULL, 1)) == NULL
-	    || (client = start_client_ex(t, "client", t->ctl, p[3], 2, NULL, 1))
-	       == NULL
+	if ((server = start_server(t, "server", "-v", NULL)) == NULL
+	    || (client = start_client(t, "client", t->ctl, p[3], NULL, 0,
+	                              "-pool", "2", "-v", NULL)) == NULL
 	    || wait_log(t, client, "forwarding", START_MS) < 0
 	    || wait_pool(t, server, 2, 2, POOL_MS, "at start") < 0) {
 		return;
@@ -2439,7 +1991,7 @@ test_pool_session_end(struct test *t)
 		return;
 	}
 	if (start_svc(t, "svc", "echo", p[3], NULL) == NULL
-	    || (server = start_server_ex(t, "server", "1", NULL, 1)) == NULL) {
+	    || (server = start_server(t, "server", "-v", NULL)) == NULL) {
 		return;
 	}
 	base = count_fds(server->pid, &was);
@@ -2447,8 +1999,8 @@ test_pool_session_end(struct test *t)
 		t->skip = "no /proc/PID/fd";
 		return;
 	}
-	if ((c1 = start_client_ex(t, "client-1", t->ctl, p[3], 3, NULL, 1))
-	    == NULL
+	if ((c1 = start_client(t, "client-1", t->ctl, p[3], NULL, 0,
+	                       "-pool", "3", "-v", NULL)) == NULL
 	    || wait_log(t, c1, "forwarding", START_MS) < 0
 	    || wait_pool(t, server, 3, 3, POOL_MS, "first client") < 0
 	    || echo_user(t, t->pub, 5000, 1, "user of the first client") < 0
@@ -2461,7 +2013,7 @@ test_pool_session_end(struct test *t)
 		     "tunnels, want at least %d + 4", n, base);
 		return;
 	}
-	if (kill9(t, c1) < 0) {
+	if (kill_hard(t, c1) < 0) {
 		return;
 	}
 	deadline = tl_now_ms() + GONE_MS;
@@ -2484,8 +2036,8 @@ test_pool_session_end(struct test *t)
 	if (expect_log(t, server, "detached") < 0) {
 		return;
 	}
-	if ((c2 = start_client_ex(t, "client-2", t->ctl, p[3], 3, NULL, 1))
-	    == NULL
+	if ((c2 = start_client(t, "client-2", t->ctl, p[3], NULL, 0,
+	                       "-pool", "3", "-v", NULL)) == NULL
 	    || wait_log(t, c2, "forwarding", START_MS) < 0
 	    || wait_pool(t, server, 3, 3, POOL_MS, "second client") < 0
 	    || echo_user(t, t->pub, 5000, 2, "user of the second client") < 0) {
@@ -2507,9 +2059,9 @@ test_pool_control_drop(struct test *t)
 		return;
 	}
 	if (start_svc(t, "svc", "echo", p[3], NULL) == NULL
-	    || (s1 = start_server_ex(t, "server-1", "1", NULL, 1)) == NULL
-	    || (client = start_client_ex(t, "client", t->ctl, p[3], 3, NULL, 1))
-	       == NULL
+	    || (s1 = start_server(t, "server-1", "-v", NULL)) == NULL
+	    || (client = start_client(t, "client", t->ctl, p[3], NULL, 0,
+	                              "-pool", "3", "-v", NULL)) == NULL
 	    || wait_log(t, client, "forwarding", START_MS) < 0
 	    || wait_pool(t, s1, 3, 3, POOL_MS, "first server") < 0) {
 		return;
@@ -2533,7 +2085,7 @@ test_pool_control_drop(struct test *t)
 		tl_pause(20);
 	}
 	base = fds.total - fds.sockets;
-	if (kill9(t, s1) < 0) {
+	if (kill_hard(t, s1) < 0) {
 		return;
 	}
 	deadline = tl_now_ms() + GONE_MS;
@@ -2554,7 +2106,7 @@ test_pool_control_drop(struct test *t)
 		tl_pause(20);
 	}
 	if (expect_alive(t, client) < 0
-	    || (s2 = start_server_ex(t, "server-2", "1", NULL, 1)) == NULL
+	    || (s2 = start_server(t, "server-2", "-v", NULL)) == NULL
 	    || tl_wait_log_count(client, "forwarding", 2, START_MS) != 1) {
 		fail(t, "client did not attach to the restarted server");
 		return;
@@ -2904,7 +2456,8 @@ proto_server(struct test *t)
 	if (pick_server_ports(t, p, 3) < 0) {
 		return NULL;
 	}
-	return start_server_ex(t, "server", "10", TOKEN, 1);
+	return start_server(t, "server", "-heartbeat", "10", "-token", TOKEN,
+	                    "-v", NULL);
 }
 
 /* ==== test: replays and forgeries ========================================= */
@@ -3105,7 +2658,8 @@ test_wrong_token_proof(struct test *t)
 	}
 	user_close(t, f.ctl);
 	/* A real client with the wrong token gives up, and says why. */
-	client = start_client_ex(t, "client", t->ctl, t->pub, 0, "wrong", 0);
+	client = start_client(t, "client", t->ctl, t->pub, NULL, 0, "-token",
+	                      "wrong", NULL);
 	if (client == NULL || expect_exit(t, client, 1, START_MS) < 0
 	    || expect_log(t, client, "wrong token") < 0
 	    || expect_log(t, client, "-token") < 0) {
@@ -3139,7 +2693,8 @@ test_version_mismatch(struct test *t)
 	if (expect_closed(t, f.ctl, 3000, "the refused control connection") < 0) {
 		return;
 	}
-	client = start_client_ex(t, "client", t->tun, t->pub, 0, TOKEN, 0);
+	client = start_client(t, "client", t->tun, t->pub, NULL, 0, "-token",
+	                      TOKEN, NULL);
 	snprintf(want, sizeof(want), "the control port (%d)", t->ctl);
 	if (client == NULL || expect_exit(t, client, 1, START_MS) < 0
 	    || expect_log(t, client, "point -remote at the control port") < 0
@@ -3172,7 +2727,7 @@ test_not_dialback(struct test *t)
 		return;
 	}
 	port = tl_local_port(lfd);
-	client = start_client_ex(t, "client", port, p[0], 0, NULL, 0);
+	client = start_client(t, "client", port, p[0], NULL, 0, NULL);
 	deadline = tl_now_ms() + START_MS;
 	while (client != NULL && !tl_proc_poll(client) && tl_now_ms() < deadline) {
 		if (tl_wait_fd(lfd, POLLIN, tl_now_ms() + 50) <= 0
@@ -3643,7 +3198,7 @@ test_pairs_survive_control_drop_client(struct test *t)
 {
 	struct tl_proc *server, *proxy, *client;
 	char pp[16], cp[16], want[160];
-	const char *argv[5] = { self_path, "--cut-proxy", pp, cp, NULL };
+	const char *argv[5] = { tl_h.self, "--cut-proxy", pp, cp, NULL };
 	struct lane l[1];
 	int p[5], u;
 
@@ -3653,10 +3208,10 @@ test_pairs_survive_control_drop_client(struct test *t)
 	snprintf(pp, sizeof(pp), "%d", p[4]);
 	snprintf(cp, sizeof(cp), "%d", t->ctl);
 	if (start_svc(t, "svc", "echo", p[3], NULL) == NULL
-	    || (server = start_server_ex(t, "server", "1", NULL, 0)) == NULL
-	    || (proxy = start(t, "cut-proxy", argv, NULL, 0, 0)) == NULL
+	    || (server = start_server(t, "server", NULL)) == NULL
+	    || (proxy = start(t, "cut-proxy", argv, NULL, 0)) == NULL
 	    || wait_log(t, proxy, "ready", START_MS) < 0
-	    || (client = start_client_ex(t, "client", p[4], p[3], 0, NULL, 0))
+	    || (client = start_client(t, "client", p[4], p[3], NULL, 0, NULL))
 	       == NULL
 	    || wait_log(t, client, "forwarding", START_MS) < 0
 	    || (u = user_open(t, "127.0.0.1", t->pub)) < 0) {
@@ -3993,7 +3548,7 @@ test_emfile(struct test *t)
 	};
 	char c[64], u[64], pb[64], lim[16], want[64];
 	const char *argv[16] = {
-		self_path, "--nofile", lim, "./server",
+		tl_h.self, "--nofile", lim, "./server",
 		"-control", c, "-tunnel", u, "-public", pb, NULL
 	};
 	int silent[EMFILE_SILENT], nsilent = 0, shed = 0, pokes = 0, base, i, k;
@@ -4009,7 +3564,7 @@ test_emfile(struct test *t)
 	tl_fmt_addr(c, "127.0.0.1", t->ctl);
 	tl_fmt_addr(u, "127.0.0.1", t->tun);
 	tl_fmt_addr(pb, "127.0.0.1", t->pub);
-	if ((server = start(t, "server", argv, NULL, 0, 0)) == NULL) {
+	if ((server = start(t, "server", argv, NULL, 0)) == NULL) {
 		return;
 	}
 	server->product = 1;     /* ./server, through our --nofile */
@@ -4136,7 +3691,7 @@ test_emfile(struct test *t)
 		}
 		tl_pause(20);
 	}
-	if ((client = start_client_ex(t, "client", t->ctl, p[3], 0, NULL, 0))
+	if ((client = start_client(t, "client", t->ctl, p[3], NULL, 0, NULL))
 	    == NULL || wait_log(t, client, "forwarding", START_MS) < 0
 	    || echo_user(t, t->pub, 3000, 31, "a user after the shortage") < 0
 	    || echo_user(t, t->pub, 100000, 32, "a second user") < 0) {
@@ -4208,8 +3763,8 @@ test_keepalive(struct test *t)
 		return;
 	}
 	if (start_svc(t, "svc", "echo", p[3], NULL) == NULL
-	    || (server = start_server(t, "127.0.0.1", NULL)) == NULL
-	    || (client = start_client(t, "client", p[3], 0, NULL, 0, 1, t->pub))
+	    || (server = start_server(t, "server", NULL)) == NULL
+	    || (client = attach_client(t, "client", p[3], 0, NULL, 0, 1, t->pub))
 	       == NULL) {
 		return;
 	}
@@ -4237,159 +3792,41 @@ test_keepalive(struct test *t)
 
 /* ==== running ============================================================= */
 
-static const struct {
-	const char *name;
-	void (*fn)(struct test *t);
-} tests[] = {
-	{ "ports_range", test_ports_range },
-	{ "ports_takeover", test_ports_takeover },
-	{ "proxy_v1", test_proxy_v1 },
-	{ "proxy_v2", test_proxy_v2 },
-	{ "proxy_v1_ipv6", test_proxy_v1_ipv6 },
-	{ "proxy_v2_ipv6", test_proxy_v2_ipv6 },
-	{ "proxy_off", test_proxy_off },
-	{ "proxy_v1_pool", test_proxy_v1_pool },
-	{ "proxy_v2_pool", test_proxy_v2_pool },
-	{ "nginx", test_nginx },
-	{ "status", test_status },
-	{ "browser", test_browser },
-	{ "pool_serves", test_pool_serves },
-	{ "pool_local_down", test_pool_local_down },
-	{ "pool_session_end", test_pool_session_end },
-	{ "pool_control_drop", test_pool_control_drop },
-	{ "replay_join", test_replay_join },
-	{ "replay_auth", test_replay_auth },
-	{ "forged_join_real_user", test_forged_join_real_user },
-	{ "wrong_token_proof", test_wrong_token_proof },
-	{ "version_mismatch", test_version_mismatch },
-	{ "not_dialback", test_not_dialback },
-	{ "session_resume", test_session_resume },
-	{ "pairs_survive_control_drop", test_pairs_survive_control_drop },
+static const struct tl_case tests[] = {
+	{ "ports_range", test_ports_range, 0 },
+	{ "ports_takeover", test_ports_takeover, 0 },
+	{ "proxy_v1", test_proxy_v1, 0 },
+	{ "proxy_v2", test_proxy_v2, 0 },
+	{ "proxy_v1_ipv6", test_proxy_v1_ipv6, 0 },
+	{ "proxy_v2_ipv6", test_proxy_v2_ipv6, 0 },
+	{ "proxy_off", test_proxy_off, 0 },
+	{ "proxy_v1_pool", test_proxy_v1_pool, 0 },
+	{ "proxy_v2_pool", test_proxy_v2_pool, 0 },
+	{ "nginx", test_nginx, 0 },
+	{ "status", test_status, 0 },
+	{ "browser", test_browser, 0 },
+	{ "pool_serves", test_pool_serves, 0 },
+	{ "pool_local_down", test_pool_local_down, 0 },
+	{ "pool_session_end", test_pool_session_end, 0 },
+	{ "pool_control_drop", test_pool_control_drop, 0 },
+	{ "replay_join", test_replay_join, 0 },
+	{ "replay_auth", test_replay_auth, 0 },
+	{ "forged_join_real_user", test_forged_join_real_user, 0 },
+	{ "wrong_token_proof", test_wrong_token_proof, 0 },
+	{ "version_mismatch", test_version_mismatch, 0 },
+	{ "not_dialback", test_not_dialback, 0 },
+	{ "session_resume", test_session_resume, 0 },
+	{ "pairs_survive_control_drop", test_pairs_survive_control_drop, 0 },
 	{ "pairs_survive_control_drop_client",
-	  test_pairs_survive_control_drop_client },
-	{ "pending_cap", test_pending_cap },
-	{ "emfile", test_emfile },
-	{ "keepalive", test_keepalive },
+	  test_pairs_survive_control_drop_client, 0 },
+	{ "pending_cap", test_pending_cap, 0 },
+	{ "emfile", test_emfile, 0 },
+	{ "keepalive", test_keepalive, 0 },
 };
-
-/*
- * stop_checked: stop p if it still runs; ./server and ./client must then
- * exit 0.  Ones in a group of their own take the group with them.  Only
- * SIGTERM, never SIGCONT with it: nothing here is ever stopped, and a
- * SIGCONT would discard the SIGSTOP with which LeakSanitizer's exit-time
- * tracer attaches, leaving the process hung (SAN=1).
- */
-static void
-stop_checked(struct test *t, int i)
-{
-	struct tl_proc *p = &t->procs[i];
-	int running = !tl_proc_poll(p);
-	char st[32];
-
-	if (t->group[i] && running) {
-		kill_proc(t, i);
-		tl_proc_wait(p, STOP_MS);
-		return;
-	}
-	if (running) {
-		kill(p->pid, SIGTERM);
-	}
-	if (running && !tl_proc_wait(p, STOP_MS)) {
-		kill(p->pid, SIGKILL);
-		tl_proc_wait(p, STOP_MS);
-		if (p->product) {
-			fail(t, "%s did not exit within %d ms of SIGTERM", p->name,
-			     STOP_MS);
-		}
-		return;
-	}
-	if (!p->product || !running) {
-		return;
-	}
-	if (!WIFEXITED(p->status) || WEXITSTATUS(p->status) != 0) {
-		fail(t, "%s: %s after SIGTERM, expected exit 0", p->name,
-		     tl_status_str(p, st, sizeof(st)));
-	}
-}
-
-/* teardown: close user sockets, stop every process, check their logs. */
-static void
-teardown(struct test *t)
-{
-	char path[256], st[32], label[96];
-	int i, k;
-
-	while (t->nfds > 0) {
-		user_close(t, t->fds[t->nfds - 1]);
-	}
-	/* Newest first: clients go before the server they talk to. */
-	for (i = t->nprocs - 1; i >= 0; i--) {
-		stop_checked(t, i);
-	}
-	for (i = 0; i < t->nprocs; i++) {
-		for (k = 0; !t->tool[i] && sanitizer_marks[k]; k++) {
-			if (tl_file_contains(t->procs[i].log, sanitizer_marks[k])) {
-				fail(t, "%s log contains \"%s\"", t->procs[i].name,
-				     sanitizer_marks[k]);
-			}
-		}
-	}
-	if (!t->failed) {
-		if (getenv("FEATURES_KEEP") == NULL) {
-			tl_remove_tree(t->dir);
-		}
-		return;
-	}
-	for (i = 0; i < t->nprocs; i++) {
-		snprintf(label, sizeof(label), "%s, %s", t->procs[i].name,
-		         tl_status_str(&t->procs[i], st, sizeof(st)));
-		/* Lines cut short: chromium's and nginx's logs run long. */
-		tl_print_tail(label, t->procs[i].log, TAIL_LINES, 300);
-		snprintf(path, sizeof(path), "%s/%s.out", t->dir, t->procs[i].name);
-		tl_print_tail(label, path, TAIL_LINES, 300);
-	}
-	printf("# logs kept in %s\n", t->dir);
-}
-
-static void
-run_test(const char *name, void (*fn)(struct test *t))
-{
-	struct test t;
-	int64_t t0 = tl_now_ms();
-
-	memset(&t, 0, sizeof(t));
-	t.name = name;
-	if (tl_test_dir(t.dir, sizeof(t.dir), "features", name) < 0) {
-		printf("FAIL - %s: mkdtemp %s: %s\n", name, t.dir, strerror(errno));
-		n_failed++;
-		return;
-	}
-	current = &t;
-	alarm(WATCHDOG_S);
-	fn(&t);
-	alarm(0);
-	teardown(&t);
-	current = NULL;
-	if (tl_report(name, t.failed ? t.why : NULL, t.skip, t0)) {
-		n_passed++;
-	} else {
-		n_failed++;
-	}
-}
 
 int
 main(int argc, char **argv)
 {
-	const char *filter = argc > 1 ? argv[1] : NULL;
-	size_t i;
-	int ran = 0;
-
-	if (argc >= 3 && strcmp(argv[1], "--in-group") == 0) {
-		setpgid(0, 0);
-		execv(argv[2], argv + 2);
-		fprintf(stderr, "exec %s: %s\n", argv[2], strerror(errno));
-		return 127;
-	}
 	if (argc == 3 && strcmp(argv[1], "--pp-service") == 0) {
 		return pp_service(argv[2]);
 	}
@@ -4410,27 +3847,6 @@ main(int argc, char **argv)
 		fprintf(stderr, "exec %s: %s\n", argv[3], strerror(errno));
 		return 127;
 	}
-	if (argc > 2 || (filter && strcmp(filter, "-h") == 0)) {
-		printf("usage: tests/features [NAME-SUBSTRING]\n");
-		return argc > 2 ? 2 : 0;
-	}
-	if (strchr(argv[0], '/') != NULL) {
-		self_path = argv[0];
-	}
-	tl_harness_init(on_alarm);
-	/* Tests choose the token themselves. */
-	unsetenv("DIALBACK_TOKEN");
-
-	for (i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
-		if (filter != NULL && strstr(tests[i].name, filter) == NULL) {
-			continue;
-		}
-		run_test(tests[i].name, tests[i].fn);
-		ran++;
-	}
-	if (ran == 0) {
-		fprintf(stderr, "features: no test matches \"%s\"\n", filter);
-	}
-	printf("features: %d passed, %d failed\n", n_passed, n_failed);
-	return n_failed > 0 || ran == 0 ? 1 : 0;
+	return tl_main(argc, argv, "features", WATCHDOG_S, tests,
+	               sizeof(tests) / sizeof(tests[0]));
 }

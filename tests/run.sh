@@ -1,8 +1,9 @@
 #!/bin/sh
 # Run the unit tests, the end-to-end tests (arguments go to e2e), the
 # feature tests, the man page check, the make install check and the make
-# demo check, and print the sum of their "N passed, N failed" lines as the
-# very last line.
+# demo check, and print the sum of their "N passed, N failed, N skipped"
+# lines as the very last line (a missing ", N skipped" counts as 0).  A
+# skip is never a pass.
 # Exits non-zero if a binary failed, reported a failure, or printed no
 # summary line.  Run from the repository root (make test does).
 
@@ -13,7 +14,9 @@ trap 'exit 143' TERM
 
 passed=0
 failed=0
+skipped=0
 bad=0
+summary='^(.*[^0-9])?([0-9]+) passed, ([0-9]+) failed(, ([0-9]+) skipped)?.*$'
 
 # run NAME COMMAND...: run it with its output shown and kept, then add its
 # last summary line to the totals.
@@ -28,12 +31,13 @@ run() {
 		bad=1
 		failed=$((failed + 1))
 	else
-		counts=$(printf '%s\n' "$line" |
-			sed -E 's/^(.*[^0-9])?([0-9]+) passed, ([0-9]+) failed.*$/\2 \3/')
-		p=${counts% *}
-		f=${counts#* }
+		counts=$(printf '%s\n' "$line" | sed -E "s/$summary/\\2 \\3 \\5/")
+		read -r p f s <<-END
+		$counts
+		END
 		passed=$((passed + p))
 		failed=$((failed + f))
+		skipped=$((skipped + ${s:-0}))
 		if [ "$f" -ne 0 ]; then
 			bad=1
 		fi
@@ -64,5 +68,5 @@ run manpage sh tests/manpage.sh
 run install sh tests/install.sh
 run demo sh tests/demo.sh
 
-echo "$passed passed, $failed failed"
+echo "$passed passed, $failed failed, $skipped skipped"
 [ "$bad" -eq 0 ]

@@ -1,10 +1,12 @@
 /*
- * Helpers shared by the test programs (tests/e2e.c, tests/features.c,
- * tests/svc.c, tests/bench.c): clocks, sockets with deadlines, a
- * deterministic byte stream, child processes and their logs, and the
- * harness around a test.  Header-only; every function is static inline so
- * a file that uses only some of them compiles warning-free.  Times are
- * milliseconds; a "deadline" is an absolute tl_now_ms() value.
+ * What the test programs share (tests/unit.c, tests/e2e.c,
+ * tests/features.c, and the helpers tests/svc.c and tests/bench.c):
+ * clocks, sockets with deadlines, a deterministic byte stream, child
+ * processes and their logs, the checks of the unit tests, and the harness
+ * of the end-to-end programs (struct test, fail, start_*, teardown,
+ * tl_main).  Header-only; every function is static inline so a file that
+ * uses only some of them compiles warning-free.  Times are milliseconds;
+ * a "deadline" is an absolute tl_now_ms() value.
  */
 #ifndef DIALBACK_TESTLIB_H
 #define DIALBACK_TESTLIB_H
@@ -16,6 +18,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -542,6 +545,20 @@ tl_read_file(const char *path, size_t *len)
 	return buf;
 }
 
+/* tl_write_file: the file at path holds the n bytes of data.  0 or -1. */
+static inline int
+tl_write_file(const char *path, const void *data, size_t n)
+{
+	FILE *f = fopen(path, "wb");
+	int ok;
+
+	if (f == NULL) {
+		return -1;
+	}
+	ok = fwrite(data, 1, n, f) == n;
+	return fclose(f) == 0 && ok ? 0 : -1;
+}
+
 /* tl_count_in_file: how many times s occurs in the file (0 if unreadable). */
 static inline int
 tl_count_in_file(const char *path, const char *s)
@@ -773,13 +790,18 @@ struct tl_proc {
 	int status;
 	int killed;         /* the test sent it SIGKILL on purpose */
 	int product;        /* ./server or ./client: must exit 0 on SIGTERM */
+	int expect;         /* the exit status the test expects; -1: none,
+	                     * it must still run at teardown */
+	int group;          /* leads a process group of its own */
+	int tool;           /* not built here (nginx, chromium) */
 	char name[32];
 	char log[256];      /* stdout and stderr */
 	char vglog[256];    /* valgrind's log; "" when not run under it */
 };
 
 /* tl_proc_init: p cleared and called name, logging to DIR/name.log;
- * product set if argv0 is ./server or ./client. */
+ * product set if argv0 is ./server or ./client, tool if it is an
+ * absolute path. */
 static inline void
 tl_proc_init(struct tl_proc *p, const char *dir, const char *name,
              const char *argv0)
@@ -789,6 +811,8 @@ tl_proc_init(struct tl_proc *p, const char *dir, const char *name,
 	snprintf(p->log, sizeof(p->log), "%s/%s.log", dir, name);
 	p->product = strcmp(argv0, "./server") == 0
 	             || strcmp(argv0, "./client") == 0;
+	p->tool = argv0[0] == '/';
+	p->expect = -1;
 }
 
 /*
@@ -996,111 +1020,1009 @@ tl_wait_log(struct tl_proc *p, const char *s, int ms)
 	return tl_wait_log_count(p, s, 1, ms);
 }
 
-/* ---- checks -------------------------------------------------------------- */
-
-/* Each check is 0 if it holds, else -1 with the reason, for the test's
- * failure line, in why (len bytes). */
-
-/* tl_check_log: s shows up in p's log within ms. */
+/* tl_proc_frozen: pid is stopped by a signal (SIGSTOP), from /proc; 0 where
+ * /proc can't tell.  A ptrace stop ('t', as LeakSanitizer's exit-time
+ * tracer makes) is not one. */
 static inline int
-tl_check_log(struct tl_proc *p, const char *s, int ms, char *why, size_t len)
+tl_proc_frozen(pid_t pid)
 {
-	char st[32];
-	int r = tl_wait_log(p, s, ms);
+	char path[64], *text, *p;
+	int frozen = 0;
 
-	if (r == 1) {
+	snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
+	if ((text = tl_read_file(path, NULL)) == NULL) {
 		return 0;
 	}
-	if (r < 0) {
-		snprintf(why, len, "%s exited (%s) before logging \"%s\"", p->name,
-		         tl_status_str(p, st, sizeof(st)), s);
-	} else {
-		snprintf(why, len, "%s did not log \"%s\" within %d ms", p->name,
-		         s, ms);
+	p = strrchr(text, ')');
+	frozen = p != NULL && p[1] == ' ' && p[2] == 'T';
+	free(text);
+	return frozen;
+}
+
+/* ---- small things --------------------------------------------------------- */
+
+/* tl_hex: n bytes as lowercase hex into out (2n + 1 bytes). */
+static inline void
+tl_hex(const uint8_t *p, size_t n, char *out)
+{
+	static const char digits[] = "0123456789abcdef";
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		out[2 * i] = digits[p[i] >> 4];
+		out[2 * i + 1] = digits[p[i] & 15];
+	}
+	out[2 * n] = '\0';
+}
+
+/* tl_find_prog: name in $PATH or an sbin directory, into buf.  0 or -1. */
+static inline int
+tl_find_prog(const char *name, char *buf, size_t len)
+{
+	static const char extra[] = ":/usr/local/sbin:/usr/sbin:/sbin";
+	const char *path = getenv("PATH");
+	char all[4096];
+	const char *p, *end;
+
+	snprintf(all, sizeof(all), "%s%s", path ? path : "/usr/bin:/bin", extra);
+	for (p = all; *p; p = *end ? end + 1 : end) {
+		end = strchr(p, ':');
+		if (end == NULL) {
+			end = p + strlen(p);
+		}
+		if (end > p && (size_t)(end - p) + strlen(name) + 2 <= len) {
+			snprintf(buf, len, "%.*s/%s", (int)(end - p), p, name);
+			if (access(buf, X_OK) == 0) {
+				return 0;
+			}
+		}
+	}
+	buf[0] = '\0';
+	return -1;
+}
+
+/* tl_in_ci: CI=true in the environment: what a test needs must be there,
+ * and a test that can't run fails instead of skipping. */
+static inline int
+tl_in_ci(void)
+{
+	const char *ci = getenv("CI");
+
+	return ci != NULL && strcmp(ci, "true") == 0;
+}
+
+/* tl_ipv6_ok: ::1 can be bound. */
+static inline int
+tl_ipv6_ok(void)
+{
+	int fd = tl_listen("::1", 0);
+
+	if (fd < 0) {
+		return 0;
+	}
+	close(fd);
+	return 1;
+}
+
+/* ---- unit checks ---------------------------------------------------------- */
+
+/*
+ * For tests that count checks (tests/unit.c): each CHECK counts a pass or
+ * prints "FILE:LINE: what" for a failure; tally_skip prints "skip - WHAT #
+ * WHY" for checks that could not run here.  tally_report prints the last
+ * line, "PROG: N passed, N failed, N skipped", and returns the exit status.
+ */
+struct tally {
+	int pass, fail, skip;
+};
+
+static inline void tally_check(struct tally *t, int ok, const char *file,
+                               int line, const char *fmt, ...)
+	__attribute__((format(printf, 5, 6)));
+
+static inline void
+tally_check(struct tally *t, int ok, const char *file, int line,
+            const char *fmt, ...)
+{
+	va_list ap;
+
+	if (ok) {
+		t->pass++;
+		return;
+	}
+	t->fail++;
+	printf("%s:%d: ", file, line);
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	printf("\n");
+}
+
+static inline void
+tally_check_mem(struct tally *t, const void *got, const void *want, size_t n,
+                const char *file, int line, const char *what)
+{
+	char g[2 * 64 + 1], w[2 * 64 + 1];
+	size_t shown = n < 64 ? n : 64;
+
+	if (memcmp(got, want, n) == 0) {
+		tally_check(t, 1, file, line, "%s", what);
+		return;
+	}
+	tl_hex(got, shown, g);
+	tl_hex(want, shown, w);
+	tally_check(t, 0, file, line, "%s: got %s%s, want %s%s", what,
+	            g, shown < n ? "..." : "", w, shown < n ? "..." : "");
+}
+
+/* CHECK_INT and CHECK_STR: got is evaluated once, so it may be a call. */
+static inline void
+tally_check_int(struct tally *t, long long got, long long want,
+                const char *file, int line, const char *what)
+{
+	tally_check(t, got == want, file, line, "%s: got %lld, want %lld", what,
+	            got, want);
+}
+
+static inline void
+tally_check_str(struct tally *t, const char *got, const char *want,
+                const char *file, int line, const char *what)
+{
+	tally_check(t, got != NULL && strcmp(got, want) == 0, file, line,
+	            "%s: got \"%s\", want \"%s\"", what, got ? got : "(null)",
+	            want);
+}
+
+static inline void
+tally_skip(struct tally *t, const char *what, const char *why)
+{
+	printf("skip - %s # %s\n", what, why);
+	t->skip++;
+}
+
+static inline int
+tally_report(const struct tally *t, const char *prog)
+{
+	printf("%s: %d passed, %d failed, %d skipped\n", prog, t->pass, t->fail,
+	       t->skip);
+	return t->fail > 0 ? 1 : 0;
+}
+
+#define CHECK(t, cond) \
+	tally_check((t), !!(cond), __FILE__, __LINE__, "%s", #cond)
+#define CHECKF(t, cond, ...) \
+	tally_check((t), !!(cond), __FILE__, __LINE__, __VA_ARGS__)
+#define CHECK_INT(t, got, want) \
+	tally_check_int((t), (long long)(got), (long long)(want), __FILE__, \
+	                __LINE__, #got)
+#define CHECK_STR(t, got, want) \
+	tally_check_str((t), (got), (want), __FILE__, __LINE__, #got)
+#define CHECK_MEM(t, got, want, n) \
+	tally_check_mem((t), (got), (want), (n), __FILE__, __LINE__, #got)
+
+/* ==== the harness ===========================================================
+ *
+ * A test program (tests/e2e.c, tests/features.c) is a table of tl_case
+ * that tl_main runs.  Each test gets a struct test: a fresh directory for
+ * logs, and the processes (start) and user sockets (user_open) it starts,
+ * which teardown ends.  A test says why it failed with fail() (the first
+ * reason wins), or why it could not run with t->skip, which is never a
+ * pass.  At teardown every ./server and ./client must either still run
+ * and exit 0 on SIGTERM, or have exited with the status the test expected
+ * (expect_exit, stop), or have been killed on purpose (kill_hard); one
+ * that died by a signal or exited otherwise fails the test, even after
+ * the test's last check.  Per test one line, "ok - NAME (S s)", "skip -
+ * NAME # WHY" or "FAIL - NAME: WHY" (then the logs' tails); last line
+ * "PROG: N passed, N failed, N skipped".
+ */
+
+/* Deadlines scale with tl_h.tscale (5 under valgrind): T(ms). */
+#define T(ms)        ((ms) * tl_h.tscale)
+#define START_MS     T(15000) /* a process reaches "listening"/"forwarding" */
+#define STOP_MS      T(3000)  /* SIGTERM to exit */
+#define TL_MAX_PROCS 12
+#define TL_TAIL      30       /* log lines shown after a failure */
+
+struct test {
+	const char *name;
+	char dir[128];
+	const char *host;            /* "127.0.0.1", or "::1" */
+	const char *pub_host;        /* start_server's -public; NULL: host */
+	struct tl_proc procs[TL_MAX_PROCS];
+	int nprocs;
+	int *fds;                    /* user sockets still open */
+	size_t nfds, capfds;
+	int failed;
+	char why[1024];
+	const char *skip;            /* why it could not run */
+	int ctl, tun, pub, loc;      /* ports */
+	struct tl_proc *server, *client, *svc;
+};
+
+/* One test of a program's table. */
+struct tl_case {
+	const char *name;
+	void (*fn)(struct test *t);
+	int flags;
+};
+#define TL_EXPLICIT 1                /* runs only when named in full */
+#define TL_HEAVY    2                /* skipped under valgrind */
+
+/* The program's state; set up by tl_main and tl_use_valgrind. */
+static struct {
+	const char *prog;            /* "e2e": in summaries and directories */
+	char self[256];              /* this program, re-run by TL_GROUP */
+	int watchdog_s;              /* a test that takes longer is killed */
+	int tscale;
+	char valgrind[256];          /* "" unless VALGRIND=1 */
+	int passed, failed, skipped;
+	struct test *current;        /* for the watchdog only */
+} tl_h = { "test", "", 120, 1, "", 0, 0, 0, NULL };
+
+static const char *const tl_sanitizer_marks[] = {
+	"AddressSanitizer", "LeakSanitizer", "runtime error:", NULL
+};
+
+/* What valgrind -q writes only when something is wrong. */
+static const char *const tl_valgrind_marks[] = {
+	"definitely lost", "indirectly lost", "Invalid ", "uninitialised",
+	"Mismatched free", "Syscall param", "overlap", "Process terminating",
+	NULL
+};
+
+static inline int fail(struct test *t, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* fail: record why the test failed (the first reason wins).  Returns -1 so
+ * a test can say "return fail(t, ...)". */
+static inline int
+fail(struct test *t, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!t->failed) {
+		va_start(ap, fmt);
+		vsnprintf(t->why, sizeof(t->why), fmt, ap);
+		va_end(ap);
+		t->failed = 1;
 	}
 	return -1;
 }
 
-/* tl_check_exit: p exits with status code within ms. */
+/* missing_tool: a test whose tool (or whatever it needs) is absent is
+ * skipped, or fails with CI=true. */
+static inline void
+missing_tool(struct test *t, const char *why)
+{
+	if (tl_in_ci()) {
+		fail(t, "%s, and CI=true (.ci/run installs it)", why);
+	} else {
+		t->skip = why;
+	}
+}
+
+/* ---- user sockets ---- */
+
+static inline void
+user_track(struct test *t, int fd)
+{
+	if (t->nfds == t->capfds) {
+		size_t ncap = t->capfds ? t->capfds * 2 : 64;
+		int *n = realloc(t->fds, ncap * sizeof(*n));
+
+		if (n == NULL) {
+			return;
+		}
+		t->fds = n;
+		t->capfds = ncap;
+	}
+	t->fds[t->nfds++] = fd;
+}
+
+/* user_open: a user's connection to host:port, closed at teardown if the
+ * test leaves it open.  -1 and fail(). */
 static inline int
-tl_check_exit(struct tl_proc *p, int code, int ms, char *why, size_t len)
+user_open(struct test *t, const char *host, int port)
+{
+	int fd = tl_connect(host, port, tl_now_ms() + T(5000));
+
+	if (fd < 0) {
+		return fail(t, "connect %s port %d: %s", host, port,
+		            strerror(errno));
+	}
+	user_track(t, fd);
+	return fd;
+}
+
+/* user_connect: user_open on t->host. */
+static inline int
+user_connect(struct test *t, int port)
+{
+	return user_open(t, t->host, port);
+}
+
+/* user_close: close a socket from user_open (and forget it). */
+static inline void
+user_close(struct test *t, int fd)
+{
+	size_t i;
+
+	if (fd < 0) {
+		return;
+	}
+	for (i = 0; i < t->nfds; i++) {
+		if (t->fds[i] == fd) {
+			t->fds[i] = t->fds[--t->nfds];
+			break;
+		}
+	}
+	close(fd);
+}
+
+/* user_reset: close a socket from user_open with a reset (linger 0). */
+static inline void
+user_reset(struct test *t, int fd)
+{
+	struct linger lg;
+
+	if (fd < 0) {
+		return;
+	}
+	lg.l_onoff = 1;
+	lg.l_linger = 0;
+	setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	user_close(t, fd);
+}
+
+/* ---- processes ---- */
+
+#define TL_SPLIT_OUT 1   /* stdout to DIR/NAME.out, stderr to the log */
+#define TL_GROUP     2   /* in a process group of its own, killed whole */
+
+/*
+ * start: run argv (NULL-ended) as a child called name, its stdout and
+ * stderr to DIR/name.log (flags as above), env as for tl_spawn.  Under
+ * valgrind, ./server and ./client run under memcheck, which logs to
+ * DIR/name.vg and exits 99 on an error or leak.  TL_GROUP re-runs this
+ * program as "--in-group ARGV...", which tl_main turns into setpgid and
+ * exec.  NULL and fail() on error.
+ */
+static inline struct tl_proc *
+start(struct test *t, const char *name, const char *const argv[],
+      const char *const env[], int flags)
+{
+	static const char *const vg_opts[] = {
+		"-q", "--error-exitcode=99", "--leak-check=full",
+		"--show-leak-kinds=definite,indirect",
+		"--errors-for-leak-kinds=definite,indirect", "--track-fds=no",
+	};
+	enum { NOPTS = sizeof(vg_opts) / sizeof(vg_opts[0]), MAXARGS = 64 };
+	const char *args[MAXARGS];
+	char vglog[300];
+	struct tl_proc *p;
+	int i, n = 0;
+
+	if (t->nprocs == TL_MAX_PROCS) {
+		fail(t, "too many processes");
+		return NULL;
+	}
+	p = &t->procs[t->nprocs];
+	tl_proc_init(p, t->dir, name, argv[0]);
+	p->tool = p->tool && strcmp(argv[0], tl_h.self) != 0;
+	if (flags & TL_GROUP) {
+		args[n++] = tl_h.self;
+		args[n++] = "--in-group";
+	}
+	if (tl_h.valgrind[0] != '\0' && p->product) {
+		snprintf(p->vglog, sizeof(p->vglog), "%s/%s.vg", t->dir, name);
+		snprintf(vglog, sizeof(vglog), "--log-file=%s", p->vglog);
+		args[n++] = tl_h.valgrind;
+		for (i = 0; i < NOPTS; i++) {
+			args[n++] = vg_opts[i];
+		}
+		args[n++] = vglog;
+	}
+	for (i = 0; argv[i] != NULL && n < MAXARGS - 1; i++) {
+		args[n++] = argv[i];
+	}
+	args[n] = NULL;
+	if (tl_proc_start(p, t->dir, (char *const *)args, env,
+	                  flags & TL_SPLIT_OUT) < 0) {
+		fail(t, "fork: %s", strerror(errno));
+		return NULL;
+	}
+	p->group = (flags & TL_GROUP) != 0;
+	t->nprocs++;
+	return p;
+}
+
+/* wait_log_count: wait up to ms for n occurrences of s in p's log.  0, or
+ * -1 and fail() if they don't show up or p exits first. */
+static inline int
+wait_log_count(struct test *t, struct tl_proc *p, const char *s, int n,
+               int ms)
 {
 	char st[32];
+	int r = tl_wait_log_count(p, s, n, ms);
 
-	if (!tl_proc_wait(p, ms)) {
-		snprintf(why, len, "%s still running after %d ms (expected exit %d)",
-		         p->name, ms, code);
-		return -1;
+	if (r == 1) {
+		return 0;
 	}
-	if (!WIFEXITED(p->status) || WEXITSTATUS(p->status) != code) {
-		snprintf(why, len, "%s: %s, expected exit %d", p->name,
-		         tl_status_str(p, st, sizeof(st)), code);
-		return -1;
+	if (r < 0 && n == 1) {
+		return fail(t, "%s exited (%s) before logging \"%s\"", p->name,
+		            tl_status_str(p, st, sizeof(st)), s);
+	}
+	if (r < 0) {
+		return fail(t, "%s exited (%s) after logging \"%s\" %d times, "
+		            "waiting for %d", p->name,
+		            tl_status_str(p, st, sizeof(st)), s,
+		            tl_count_in_file(p->log, s), n);
+	}
+	if (n == 1) {
+		return fail(t, "%s did not log \"%s\" within %d ms", p->name, s,
+		            ms);
+	}
+	return fail(t, "%s logged \"%s\" %d times within %d ms, waiting for %d",
+	            p->name, s, tl_count_in_file(p->log, s), ms, n);
+}
+
+/* wait_log: wait_log_count for one occurrence. */
+static inline int
+wait_log(struct test *t, struct tl_proc *p, const char *s, int ms)
+{
+	return wait_log_count(t, p, s, 1, ms);
+}
+
+/* expect_log: p's log holds s now.  0, or -1 and fail(). */
+static inline int
+expect_log(struct test *t, struct tl_proc *p, const char *s)
+{
+	if (!tl_file_contains(p->log, s)) {
+		return fail(t, "%s log lacks \"%s\"", p->name, s);
 	}
 	return 0;
 }
 
-/* tl_check_alive: p is still running. */
+/* expect_alive: p is still running.  0, or -1 and fail(). */
 static inline int
-tl_check_alive(struct tl_proc *p, char *why, size_t len)
+expect_alive(struct test *t, struct tl_proc *p)
 {
 	char st[32];
 
 	if (tl_proc_poll(p)) {
-		snprintf(why, len, "%s is gone (%s)", p->name,
-		         tl_status_str(p, st, sizeof(st)));
-		return -1;
+		return fail(t, "%s is gone (%s)", p->name,
+		            tl_status_str(p, st, sizeof(st)));
 	}
 	return 0;
 }
 
-/* ---- the harness --------------------------------------------------------- */
-
-/* tl_harness_init: stdout line-buffered; SIGPIPE ignored, so that a peer
- * gone away is an error from send, not the end of the run; SIGALRM to
- * on_alarm, the watchdog. */
-static inline void
-tl_harness_init(void (*on_alarm)(int))
+/* expect_exit: p exits with status code within ms, which teardown then
+ * takes as expected.  0, or -1 and fail(). */
+static inline int
+expect_exit(struct test *t, struct tl_proc *p, int code, int ms)
 {
-	struct sigaction sa;
+	char st[32];
 
+	p->expect = code;
+	if (!tl_proc_wait(p, ms)) {
+		return fail(t, "%s still running after %d ms (expected exit %d)",
+		            p->name, ms, code);
+	}
+	if (!WIFEXITED(p->status) || WEXITSTATUS(p->status) != code) {
+		return fail(t, "%s: %s, expected exit %d", p->name,
+		            tl_status_str(p, st, sizeof(st)), code);
+	}
+	return 0;
+}
+
+/* stop: SIGTERM p now; it must exit 0 within STOP_MS. */
+static inline int
+stop(struct test *t, struct tl_proc *p)
+{
+	if (expect_alive(t, p) < 0) {
+		return -1;
+	}
+	kill(p->pid, SIGTERM);
+	return expect_exit(t, p, 0, STOP_MS);
+}
+
+/* kill_hard: SIGKILL p on purpose and reap it.  0, or -1 and fail() if
+ * it was gone already or outlives the signal by STOP_MS. */
+static inline int
+kill_hard(struct test *t, struct tl_proc *p)
+{
+	if (expect_alive(t, p) < 0) {
+		return -1;
+	}
+	kill(p->pid, SIGKILL);
+	p->killed = 1;
+	if (!tl_proc_wait(p, STOP_MS)) {
+		return fail(t, "%s still there %d ms after SIGKILL", p->name,
+		            STOP_MS);
+	}
+	return 0;
+}
+
+/* tl_kill_group: SIGKILL p, and its process group if it leads one. */
+static inline void
+tl_kill_group(struct tl_proc *p)
+{
+	if (p->done || p->pid <= 0) {
+		return;
+	}
+	if (p->group) {
+		kill(-p->pid, SIGKILL);
+	}
+	kill(p->pid, SIGKILL);
+}
+
+/* ---- ports and the product ---- */
+
+/* pick_ports: n distinct ports on t->host that were free a moment ago. */
+static inline int
+pick_ports(struct test *t, int *ports, int n)
+{
+	if (tl_free_ports(t->host, ports, n) < 0) {
+		return fail(t, "picking free ports on %s: %s", t->host,
+		            strerror(errno));
+	}
+	return 0;
+}
+
+/* pick_server_ports: n (3 to 16) free ports: the first three become t's
+ * control, tunnel and public ports, a fourth its local service port; all
+ * n go to p, which may be NULL for n <= 4. */
+static inline int
+pick_server_ports(struct test *t, int *p, int n)
+{
+	int own[4];
+
+	if (p == NULL) {
+		p = own;
+		n = n > 4 ? 4 : n;
+	}
+	if (pick_ports(t, p, n) < 0) {
+		return -1;
+	}
+	t->ctl = p[0];
+	t->tun = p[1];
+	t->pub = p[2];
+	t->loc = n > 3 ? p[3] : 0;
+	return 0;
+}
+
+/*
+ * start_server: ./server called name, -control and -tunnel on t->host,
+ * -public on t->pub_host (NULL: t->host), -heartbeat 1 unless the
+ * arguments that follow (up to a NULL) give another; waits for
+ * "listening".  NULL and fail() on error.
+ */
+static inline struct tl_proc *start_server(struct test *t, const char *name,
+                                           ...)
+	__attribute__((sentinel));
+
+static inline struct tl_proc *
+start_server(struct test *t, const char *name, ...)
+{
+	enum { MAX_EXTRA = 20 };
+	char c[64], u[64], p[64];
+	const char *argv[32] = {
+		"./server", "-control", tl_fmt_addr(c, t->host, t->ctl),
+		"-tunnel", tl_fmt_addr(u, t->host, t->tun),
+		"-public", tl_fmt_addr(p, t->pub_host ? t->pub_host : t->host,
+		                       t->pub), NULL
+	};
+	const char *extra[MAX_EXTRA], *a;
+	struct tl_proc *s;
+	int n = 7, k = 0, i, hb = 0;
+	va_list ap;
+
+	va_start(ap, name);
+	while ((a = va_arg(ap, const char *)) != NULL && k < MAX_EXTRA) {
+		hb |= strcmp(a, "-heartbeat") == 0;
+		extra[k++] = a;
+	}
+	va_end(ap);
+	if (!hb) {
+		argv[n++] = "-heartbeat";
+		argv[n++] = "1";
+	}
+	for (i = 0; i < k; i++) {
+		argv[n++] = extra[i];
+	}
+	argv[n] = NULL;
+	s = start(t, name, argv, NULL, 0);
+	if (s == NULL || wait_log(t, s, "listening", START_MS) < 0) {
+		return NULL;
+	}
+	return s;
+}
+
+/*
+ * start_client_v: ./client called name, -remote t->host:remote, -local
+ * t->host:loc, then args (NULL-ended; NULL for none); env as for
+ * tl_spawn.  With wait, waits for "forwarding".  NULL and fail() on error.
+ */
+static inline struct tl_proc *
+start_client_v(struct test *t, const char *name, int remote, int loc,
+               const char *const env[], int wait, const char *const args[])
+{
+	char r[64], l[64];
+	const char *argv[32] = {
+		"./client", "-remote", tl_fmt_addr(r, t->host, remote),
+		"-local", tl_fmt_addr(l, t->host, loc), NULL
+	};
+	struct tl_proc *c;
+	int n = 5, i;
+
+	for (i = 0; args != NULL && args[i] != NULL && n < 31; i++) {
+		argv[n++] = args[i];
+	}
+	argv[n] = NULL;
+	c = start(t, name, argv, env, 0);
+	if (c == NULL || !wait) {
+		return c;
+	}
+	return wait_log(t, c, "forwarding", START_MS) < 0 ? NULL : c;
+}
+
+/* start_client: start_client_v with the arguments that follow, up to a
+ * NULL. */
+static inline struct tl_proc *start_client(struct test *t, const char *name,
+                                           int remote, int loc,
+                                           const char *const env[], int wait,
+                                           ...)
+	__attribute__((sentinel));
+
+static inline struct tl_proc *
+start_client(struct test *t, const char *name, int remote, int loc,
+             const char *const env[], int wait, ...)
+{
+	const char *args[24], *a;
+	int n = 0;
+	va_list ap;
+
+	va_start(ap, wait);
+	while ((a = va_arg(ap, const char *)) != NULL && n < 23) {
+		args[n++] = a;
+	}
+	va_end(ap);
+	args[n] = NULL;
+	return start_client_v(t, name, remote, loc, env, wait, args);
+}
+
+/* expect_forwarding: c's log names the public port and the service as
+ * "forwarding HOST:PUB -> HOST:LOC" (HOST: t->host).  0, or -1 and
+ * fail(). */
+static inline int
+expect_forwarding(struct test *t, struct tl_proc *c, int pub, int loc)
+{
+	char p[64], l[64], want[160];
+
+	snprintf(want, sizeof(want), "forwarding %s -> %s",
+	         tl_fmt_addr(p, t->host, pub), tl_fmt_addr(l, t->host, loc));
+	return expect_log(t, c, want);
+}
+
+/* start_svc: tests/svc MODE HOST:PORT [ARG] (HOST: t->host; arg NULL for
+ * none); waits for "ready".  NULL and fail() on error. */
+static inline struct tl_proc *
+start_svc(struct test *t, const char *name, const char *mode, int port,
+          const char *arg)
+{
+	char a[64];
+	const char *argv[6] = { "tests/svc", mode, tl_fmt_addr(a, t->host, port),
+	                        arg, NULL };
+	struct tl_proc *s = start(t, name, argv, NULL, 0);
+
+	if (s == NULL || wait_log(t, s, "ready", START_MS) < 0) {
+		return NULL;
+	}
+	return s;
+}
+
+/* ---- running ---- */
+
+/* tl_valgrind_clean: p's valgrind log reports nothing; else fail(). */
+static inline void
+tl_valgrind_clean(struct test *t, const struct tl_proc *p)
+{
+	char *text = tl_read_file(p->vglog, NULL), *q;
+	int k;
+
+	if (text == NULL) {
+		fail(t, "%s: no valgrind log %s", p->name, p->vglog);
+		return;
+	}
+	for (k = 0; tl_valgrind_marks[k]; k++) {
+		if (strstr(text, tl_valgrind_marks[k]) != NULL) {
+			fail(t, "%s: valgrind reports \"%s\" (see %s)", p->name,
+			     tl_valgrind_marks[k], p->vglog);
+		}
+	}
+	for (q = text; (q = strstr(q, "ERROR SUMMARY: ")) != NULL; q++) {
+		if (q[15] >= '1' && q[15] <= '9') {
+			fail(t, "%s: valgrind %.30s (see %s)", p->name, q, p->vglog);
+		}
+	}
+	free(text);
+}
+
+/*
+ * stop_checked: stop p if it still runs (a process group: SIGKILL to all
+ * of it; else SIGTERM, and SIGCONT first if a test left it frozen), then
+ * judge a product by how it ended: SIGTERM must end it with exit 0; if it
+ * ended before, by a signal or with another status than expect_exit
+ * named, it fails the test.  Processes killed on purpose are exempt.
+ * Only SIGCONT when frozen: a SIGCONT would cancel the SIGSTOP with which
+ * LeakSanitizer's exit-time tracer attaches, leaving it hung (SAN=1).
+ */
+static inline void
+stop_checked(struct test *t, struct tl_proc *p)
+{
+	int running = !tl_proc_poll(p);
+	char st[32];
+
+	if (running && p->group) {
+		tl_kill_group(p);
+		tl_proc_wait(p, STOP_MS);
+		return;
+	}
+	if (running) {
+		if (tl_proc_frozen(p->pid)) {
+			kill(p->pid, SIGCONT);
+		}
+		kill(p->pid, SIGTERM);
+		if (!tl_proc_wait(p, STOP_MS)) {
+			tl_kill_group(p);
+			tl_proc_wait(p, STOP_MS);
+			if (p->product) {
+				fail(t, "%s did not exit within %d ms of SIGTERM",
+				     p->name, STOP_MS);
+			}
+			return;
+		}
+	}
+	if (!p->product || p->killed) {
+		return;
+	}
+	tl_status_str(p, st, sizeof(st));
+	if (p->vglog[0] && WIFEXITED(p->status) && WEXITSTATUS(p->status) == 99) {
+		fail(t, "%s: exit 99: valgrind found errors or leaks", p->name);
+	} else if (running) {
+		if (!WIFEXITED(p->status) || WEXITSTATUS(p->status) != 0) {
+			fail(t, "%s: %s after SIGTERM, expected exit 0", p->name, st);
+		}
+	} else if (WIFSIGNALED(p->status)) {
+		fail(t, "%s died: %s", p->name, st);
+	} else if (p->expect < 0) {
+		fail(t, "%s exited on its own (%s) before the test's end",
+		     p->name, st);
+	} else if (!WIFEXITED(p->status) || WEXITSTATUS(p->status) != p->expect) {
+		fail(t, "%s: %s, expected exit %d", p->name, st, p->expect);
+	}
+}
+
+/* tl_tail: the tail of the file at path under label; "(no log)" when
+ * there is none and missing_ok is not set. */
+static inline void
+tl_tail(const char *label, const char *path, int missing_ok)
+{
+	/* Lines cut short: chromium's and nginx's logs run long. */
+	if (tl_print_tail(label, path, TL_TAIL, 300) < 0 && !missing_ok) {
+		printf("# --- %s (%s)\n#   (no log)\n", label, path);
+	}
+}
+
+/* teardown: close user sockets, stop every process (newest first:
+ * clients go before the server they talk to), check the logs, and show
+ * their tails after a failure; the directory goes after a pass unless
+ * PROG_KEEP (E2E_KEEP, FEATURES_KEEP) is set. */
+static inline void
+teardown(struct test *t)
+{
+	char path[256], st[32], label[96], keep[64];
+	int i, k;
+
+	while (t->nfds > 0) {
+		user_close(t, t->fds[t->nfds - 1]);
+	}
+	free(t->fds);
+	t->fds = NULL;
+	for (i = t->nprocs - 1; i >= 0; i--) {
+		stop_checked(t, &t->procs[i]);
+	}
+	for (i = 0; i < t->nprocs; i++) {
+		for (k = 0; !t->procs[i].tool && tl_sanitizer_marks[k]; k++) {
+			if (tl_file_contains(t->procs[i].log, tl_sanitizer_marks[k])) {
+				fail(t, "%s log contains \"%s\"", t->procs[i].name,
+				     tl_sanitizer_marks[k]);
+			}
+		}
+		if (t->procs[i].vglog[0]) {
+			tl_valgrind_clean(t, &t->procs[i]);
+		}
+	}
+	if (!t->failed) {
+		for (i = 0; tl_h.prog[i] != '\0' && i < 50; i++) {
+			keep[i] = (char)(tl_h.prog[i] >= 'a' && tl_h.prog[i] <= 'z'
+			                 ? tl_h.prog[i] - 'a' + 'A' : tl_h.prog[i]);
+		}
+		snprintf(keep + i, sizeof(keep) - (size_t)i, "_KEEP");
+		if (getenv(keep) == NULL) {
+			tl_remove_tree(t->dir);
+		}
+		return;
+	}
+	for (i = 0; i < t->nprocs; i++) {
+		snprintf(label, sizeof(label), "%s, %s", t->procs[i].name,
+		         tl_status_str(&t->procs[i], st, sizeof(st)));
+		tl_tail(label, t->procs[i].log, 0);
+		snprintf(path, sizeof(path), "%s/%s.out", t->dir, t->procs[i].name);
+		tl_tail(label, path, 1);
+		if (t->procs[i].vglog[0]) {
+			tl_tail(label, t->procs[i].vglog, 0);
+		}
+	}
+	printf("# logs kept in %s\n", t->dir);
+}
+
+static inline int
+tl_watchdog_s(void)
+{
+	return tl_h.watchdog_s * (tl_h.tscale > 1 ? 3 : 1);
+}
+
+/* tl_on_alarm: the watchdog: kill the test's processes, say so, end. */
+static inline void
+tl_on_alarm(int sig)
+{
+	struct test *t = tl_h.current;
+	char buf[512];
+	int i, n;
+
+	(void)sig;
+	if (t != NULL) {
+		for (i = 0; i < t->nprocs; i++) {
+			tl_kill_group(&t->procs[i]);
+		}
+		n = snprintf(buf, sizeof(buf),
+		             "FAIL - %s: watchdog: still running after %d s; "
+		             "logs in %s\n%s: %d passed, %d failed, %d skipped\n",
+		             t->name, tl_watchdog_s(), t->dir, tl_h.prog,
+		             tl_h.passed, tl_h.failed + 1, tl_h.skipped);
+		if (n > 0 && write(1, buf, (size_t)n) < 0) {
+			/* Nothing left to tell. */
+		}
+	}
+	_exit(1);
+}
+
+/* run_test: one test, from a fresh directory to its result line. */
+static inline void
+run_test(const struct tl_case *c)
+{
+	struct test t;
+	int64_t t0 = tl_now_ms();
+	const char *tmp = getenv("TMPDIR");
+
+	if ((c->flags & TL_HEAVY) && tl_h.valgrind[0] != '\0') {
+		printf("skip - %s # too heavy under valgrind\n", c->name);
+		tl_h.skipped++;
+		return;
+	}
+	memset(&t, 0, sizeof(t));
+	t.name = c->name;
+	t.host = "127.0.0.1";
+	snprintf(t.dir, sizeof(t.dir), "%s/dialback-%s-%s-XXXXXX",
+	         tmp && *tmp ? tmp : "/tmp", tl_h.prog, c->name);
+	if (mkdtemp(t.dir) == NULL) {
+		printf("FAIL - %s: mkdtemp %s: %s\n", c->name, t.dir,
+		       strerror(errno));
+		tl_h.failed++;
+		return;
+	}
+	tl_h.current = &t;
+	alarm((unsigned)tl_watchdog_s());
+	c->fn(&t);
+	alarm(0);
+	teardown(&t);
+	tl_h.current = NULL;
+	if (t.failed) {
+		printf("FAIL - %s: %s\n", c->name, t.why);
+		tl_h.failed++;
+	} else if (t.skip != NULL) {
+		printf("skip - %s # %s\n", c->name, t.skip);
+		tl_h.skipped++;
+	} else {
+		printf("ok - %s (%.1f s)\n", c->name,
+		       (double)(tl_now_ms() - t0) / 1000.0);
+		tl_h.passed++;
+	}
+	fflush(stdout);
+}
+
+/* tl_use_valgrind: with VALGRIND set (and not 0), ./server and ./client
+ * run under valgrind's memcheck and deadlines are 5 times longer.  0, or
+ * -1 if there is no valgrind to use. */
+static inline int
+tl_use_valgrind(void)
+{
+	const char *vg = getenv("VALGRIND");
+
+	if (vg == NULL || strcmp(vg, "") == 0 || strcmp(vg, "0") == 0) {
+		return 0;
+	}
+	if (tl_find_prog("valgrind", tl_h.valgrind, sizeof(tl_h.valgrind)) < 0) {
+		fprintf(stderr, "VALGRIND=%s but no valgrind in PATH\n", vg);
+		return -1;
+	}
+	tl_h.tscale = 5;
+	printf("# ./server and ./client run under %s\n", tl_h.valgrind);
+	return 0;
+}
+
+/*
+ * tl_main: "PROG [NAME-SUBSTRING]": the tests whose names contain the
+ * argument (all without one; a TL_EXPLICIT test only when named in
+ * full), then the summary line.  "PROG --in-group ARGV..." is start's
+ * TL_GROUP: setpgid, then exec.  Returns main's exit status: 1 if a test
+ * failed or none matched.
+ */
+static inline int
+tl_main(int argc, char **argv, const char *prog, int watchdog_s,
+        const struct tl_case *cases, size_t n)
+{
+	const char *filter = argc > 1 ? argv[1] : NULL;
+	struct sigaction sa;
+	size_t i;
+	int ran = 0;
+
+	if (argc >= 3 && strcmp(argv[1], "--in-group") == 0) {
+		setpgid(0, 0);
+		execv(argv[2], argv + 2);
+		fprintf(stderr, "exec %s: %s\n", argv[2], strerror(errno));
+		return 127;
+	}
+	tl_h.prog = prog;
+	tl_h.watchdog_s = watchdog_s;
+	if (strchr(argv[0], '/') != NULL) {
+		snprintf(tl_h.self, sizeof(tl_h.self), "%s", argv[0]);
+	} else {
+		snprintf(tl_h.self, sizeof(tl_h.self), "./tests/%s", prog);
+	}
+	if (argc > 2 || (filter && strcmp(filter, "-h") == 0)) {
+		printf("usage: tests/%s [NAME-SUBSTRING]\n", prog);
+		return argc > 2 ? 2 : 0;
+	}
+	/* stdout line-buffered; SIGPIPE ignored, so that a peer gone away is
+	 * an error from send, not the end of the run; SIGALRM, the
+	 * watchdog. */
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = SIG_IGN;
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGPIPE, &sa, NULL);
-	sa.sa_handler = on_alarm;
+	sa.sa_handler = tl_on_alarm;
 	sigaction(SIGALRM, &sa, NULL);
-}
+	/* Tests choose the token themselves. */
+	unsetenv("DIALBACK_TOKEN");
 
-/* tl_test_dir: a fresh directory $TMPDIR/dialback-PROG-NAME-XXXXXX (/tmp
- * without TMPDIR) into dir.  0, or -1 with errno set. */
-static inline int
-tl_test_dir(char *dir, size_t len, const char *prog, const char *name)
-{
-	const char *tmp = getenv("TMPDIR");
-
-	snprintf(dir, len, "%s/dialback-%s-%s-XXXXXX",
-	         tmp && *tmp ? tmp : "/tmp", prog, name);
-	return mkdtemp(dir) == NULL ? -1 : 0;
-}
-
-/* tl_report: a test's result line: "FAIL - NAME: WHY" when why is not
- * NULL, else "ok - NAME # skip: SKIP" or "ok - NAME (S s)" from t0.
- * 1 if it counts as passed, 0 if not. */
-static inline int
-tl_report(const char *name, const char *why, const char *skip, int64_t t0)
-{
-	if (why != NULL) {
-		printf("FAIL - %s: %s\n", name, why);
-	} else if (skip != NULL) {
-		printf("ok - %s # skip: %s\n", name, skip);
-	} else {
-		printf("ok - %s (%.1f s)\n", name,
-		       (double)(tl_now_ms() - t0) / 1000.0);
+	for (i = 0; i < n; i++) {
+		if ((cases[i].flags & TL_EXPLICIT)
+		    ? (filter == NULL || strcmp(filter, cases[i].name) != 0)
+		    : (filter != NULL && strstr(cases[i].name, filter) == NULL)) {
+			continue;
+		}
+		run_test(&cases[i]);
+		ran++;
 	}
-	fflush(stdout);
-	return why == NULL;
+	if (ran == 0) {
+		fprintf(stderr, "%s: no test matches \"%s\"\n", prog, filter);
+	}
+	printf("%s: %d passed, %d failed, %d skipped\n", prog, tl_h.passed,
+	       tl_h.failed, tl_h.skipped);
+	return tl_h.failed > 0 || ran == 0 ? 1 : 0;
 }
 
 #endif
