@@ -694,7 +694,7 @@ test_garbage(struct test *t)
 	static const char http[] = "GET / HTTP/1.1\r\n\r\n",
 	                  bad_ctl[] = "not a dialback client (bad first bytes)",
 	                  bad_tun[] = "expected JOIN, got garbage";
-	static uint8_t rnd[4096], big_hdr[3] = { 1, 0xff, 0xff }, join[51];
+	static uint8_t rnd[4096], big_hdr[3] = { 1, 0xff, 0xff }, join[35];
 	struct garbage g[] = {
 		{ "control: HTTP", 0, (uint8_t *)http, sizeof(http) - 1, bad_ctl },
 		{ "control: 4 KiB random", 0, rnd, sizeof(rnd), bad_ctl },
@@ -724,8 +724,8 @@ test_garbage(struct test *t)
 	tl_stream_fill(&s, rnd, sizeof(rnd));
 	join[0] = 10;
 	join[1] = 0;
-	join[2] = 48;
-	tl_stream_fill(&s, join + 3, 48);
+	join[2] = 32;
+	tl_stream_fill(&s, join + 3, 32);
 
 	for (i = 0; i < NG; i++) {
 		fds[i] = user_connect(t, g[i].tunnel ? t->tun : t->ctl);
