@@ -28,7 +28,7 @@ endif
 
 BINS  = server client
 TESTS = tests/unit tests/e2e tests/svc tests/features
-LIB   = common.o net.o protocol.o relay.o loop.o sha256.o
+LIB   = common.o net.o protocol.o relay.o loop.o sha256.o secrets.o
 
 all: $(BINS)
 
@@ -49,8 +49,9 @@ protocol.o: protocol.c protocol.h sha256.h
 relay.o: relay.c common.h protocol.h
 loop.o: loop.c common.h protocol.h
 sha256.o: sha256.c sha256.h
+secrets.o: secrets.c secrets.h sha256.h
 
-tests/unit: tests/unit.c $(LIB) common.h protocol.h sha256.h
+tests/unit: tests/unit.c $(LIB) common.h protocol.h sha256.h secrets.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/unit.c $(LIB)
 tests/e2e: tests/e2e.c tests/testlib.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/e2e.c
