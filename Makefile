@@ -77,14 +77,16 @@ bench: all tests/bench
 
 # The fuzzers compile the server's files (tests/fuzz.c) and client.c
 # (tests/fuzz_client.c) into themselves, and the library from source, so
-# all of it is instrumented.
+# all of it is instrumented.  tests/fuzz_secrets feeds the secrets file
+# parser alone.
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS    = -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -O1 -g \
                 -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer \
                 -fno-sanitize-recover=all
-FUZZ_SRCS     = common.c net.c protocol.c relay.c loop.c sha256.c
-FUZZ_DEPS     = tests/fuzzlib.h $(FUZZ_SRCS) common.h protocol.h sha256.h
+FUZZ_SRCS     = common.c net.c protocol.c relay.c loop.c sha256.c secrets.c
+FUZZ_DEPS     = tests/fuzzlib.h $(FUZZ_SRCS) common.h protocol.h sha256.h \
+                secrets.h
 FUZZ_OPTS     = -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=10 \
                 -rss_limit_mb=2048 -print_final_stats=1
 
@@ -92,17 +94,20 @@ tests/fuzz: tests/fuzz.c server.c server_ctl.c server_user.c server.h $(FUZZ_DEP
 	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ tests/fuzz.c $(FUZZ_SRCS)
 tests/fuzz_client: tests/fuzz_client.c client.c $(FUZZ_DEPS)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ tests/fuzz_client.c $(FUZZ_SRCS)
+tests/fuzz_secrets: tests/fuzz_secrets.c $(FUZZ_DEPS)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ tests/fuzz_secrets.c $(FUZZ_SRCS)
 
-fuzz: tests/fuzz tests/fuzz_client
+fuzz: tests/fuzz tests/fuzz_client tests/fuzz_secrets
 
 # New inputs go to a temporary directory, so the seed corpora stay as
 # committed; a crash leaves its input in ./crash-* and fails the target.
-fuzz-run: tests/fuzz tests/fuzz_client
+fuzz-run: tests/fuzz tests/fuzz_client tests/fuzz_secrets
 	tmp=$$(mktemp -d "$${TMPDIR:-/tmp}/dialback-fuzz.XXXXXX") && \
 	trap 'rm -rf "$$tmp"' EXIT && \
-	mkdir "$$tmp/server" "$$tmp/client" && \
+	mkdir "$$tmp/server" "$$tmp/client" "$$tmp/secrets" && \
 	./tests/fuzz $(FUZZ_OPTS) "$$tmp/server" tests/fuzz-corpus && \
-	./tests/fuzz_client $(FUZZ_OPTS) "$$tmp/client" tests/fuzz-corpus-client
+	./tests/fuzz_client $(FUZZ_OPTS) "$$tmp/client" tests/fuzz-corpus-client && \
+	./tests/fuzz_secrets $(FUZZ_OPTS) "$$tmp/secrets" tests/fuzz-corpus-secrets
 
 # make install [PREFIX=/usr/local] [DESTDIR=]: the binaries as
 # dialback-server and dialback-client, and their man pages.  The systemd
@@ -134,6 +139,7 @@ demo: $(BINS) tests/svc
 .PHONY: install uninstall demo
 
 clean:
-	rm -f $(BINS) $(TESTS) tests/bench tests/fuzz tests/fuzz_client *.o
+	rm -f $(BINS) $(TESTS) tests/bench tests/fuzz tests/fuzz_client \
+	      tests/fuzz_secrets *.o
 
 .PHONY: all test test-valgrind bench clean fuzz fuzz-run
