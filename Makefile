@@ -29,7 +29,7 @@ endif
 BINS  = server client
 TESTS = tests/unit tests/unit-portable tests/e2e tests/svc tests/features
 LIB   = common.o net.o protocol.o keys.o relay.o loop.o sha256.o \
-        chacha20poly1305.o x25519.o
+        chacha20poly1305.o x25519.o secrets.o
 
 all: $(BINS)
 
@@ -53,9 +53,10 @@ loop.o: loop.c common.h protocol.h
 sha256.o: sha256.c sha256.h crypto.h
 chacha20poly1305.o: chacha20poly1305.c crypto.h sha256.h
 x25519.o: x25519.c crypto.h
+secrets.o: secrets.c secrets.h sha256.h
 
 tests/unit: tests/unit.c tests/testlib.h $(LIB) common.h protocol.h sha256.h \
-            crypto.h
+            crypto.h secrets.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/unit.c $(LIB)
 # The unit test again with only the plain C of the crypto: no SSE2 ChaCha
 # and no unsigned __int128, so the code other machines run is tested here.
@@ -87,16 +88,17 @@ bench: all tests/bench
 
 # The fuzzers compile the server's files (tests/fuzz.c) and client.c
 # (tests/fuzz_client.c) into themselves, and the library from source, so
-# all of it is instrumented.
+# all of it is instrumented.  tests/fuzz_secrets feeds the secrets file
+# parser alone.
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS    = -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -O1 -g \
                 -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer \
                 -fno-sanitize-recover=all
 FUZZ_SRCS     = common.c net.c protocol.c keys.c relay.c loop.c sha256.c \
-                chacha20poly1305.c x25519.c
+                chacha20poly1305.c x25519.c secrets.c
 FUZZ_DEPS     = tests/fuzzlib.h $(FUZZ_SRCS) common.h protocol.h sha256.h \
-                crypto.h
+                crypto.h secrets.h
 FUZZ_OPTS     = -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=10 \
                 -rss_limit_mb=2048 -print_final_stats=1
 
@@ -104,17 +106,20 @@ tests/fuzz: tests/fuzz.c server.c server_ctl.c server_user.c server.h $(FUZZ_DEP
 	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ tests/fuzz.c $(FUZZ_SRCS)
 tests/fuzz_client: tests/fuzz_client.c client.c $(FUZZ_DEPS)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ tests/fuzz_client.c $(FUZZ_SRCS)
+tests/fuzz_secrets: tests/fuzz_secrets.c $(FUZZ_DEPS)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ tests/fuzz_secrets.c $(FUZZ_SRCS)
 
-fuzz: tests/fuzz tests/fuzz_client
+fuzz: tests/fuzz tests/fuzz_client tests/fuzz_secrets
 
 # New inputs go to a temporary directory, so the seed corpora stay as
 # committed; a crash leaves its input in ./crash-* and fails the target.
-fuzz-run: tests/fuzz tests/fuzz_client
+fuzz-run: tests/fuzz tests/fuzz_client tests/fuzz_secrets
 	tmp=$$(mktemp -d "$${TMPDIR:-/tmp}/dialback-fuzz.XXXXXX") && \
 	trap 'rm -rf "$$tmp"' EXIT && \
-	mkdir "$$tmp/server" "$$tmp/client" && \
+	mkdir "$$tmp/server" "$$tmp/client" "$$tmp/secrets" && \
 	./tests/fuzz $(FUZZ_OPTS) "$$tmp/server" tests/fuzz-corpus && \
-	./tests/fuzz_client $(FUZZ_OPTS) "$$tmp/client" tests/fuzz-corpus-client
+	./tests/fuzz_client $(FUZZ_OPTS) "$$tmp/client" tests/fuzz-corpus-client && \
+	./tests/fuzz_secrets $(FUZZ_OPTS) "$$tmp/secrets" tests/fuzz-corpus-secrets
 
 # make install [PREFIX=/usr/local] [DESTDIR=]: the binaries as
 # dialback-server and dialback-client, and their man pages.  The systemd
@@ -146,6 +151,7 @@ demo: $(BINS) tests/svc
 .PHONY: install uninstall demo
 
 clean:
-	rm -f $(BINS) $(TESTS) tests/bench tests/fuzz tests/fuzz_client *.o
+	rm -f $(BINS) $(TESTS) tests/bench tests/fuzz tests/fuzz_client \
+	      tests/fuzz_secrets *.o
 
 .PHONY: all test test-valgrind bench clean fuzz fuzz-run

@@ -1,18 +1,20 @@
 /*
  * Unit tests for the crypto, the frame codec, address parsing, key
- * derivation, the relay's byte order, the frame buffers, flag parsing and
- * the event loop (epoll and poll).  The checks are tests/testlib.h's:
- * each CHECK counts a pass or prints one line for a failure, and the last
- * line is "unit: N passed, N failed, N skipped".
+ * derivation, the relay's byte order, the frame buffers, flag parsing,
+ * the event loop (epoll and poll) and the secrets file.  The checks are
+ * tests/testlib.h's: each CHECK counts a pass or prints one line for a
+ * failure, and the last line is "unit: N passed, N failed, N skipped".
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -20,6 +22,7 @@
 #include "common.h"
 #include "crypto.h"
 #include "protocol.h"
+#include "secrets.h"
 #include "sha256.h"
 
 /* unhex: decode a hex string of a known vector; returns its byte count. */
@@ -2584,6 +2587,603 @@ static void test_loop(struct tally *t)
 	}
 }
 
+/* ---- secrets file ------------------------------------------------------- */
+
+/* What a failed parse or load must leave alone: a table with one entry. */
+static void secrets_sentinel(struct secrets *s, struct secret_range *r)
+{
+	memset(r, 0, sizeof(*r));
+	r->lo = 4242;
+	r->hi = 4243;
+	r->line = 9;
+	r->len = 3;
+	memcpy(r->secret, "old", 4);
+	s->r = r;
+	s->n = 1;
+}
+
+static int secrets_text(struct secrets *s, const char *text, char *why,
+                        size_t len)
+{
+	return secrets_parse(s, "f", text, strlen(text), why, len);
+}
+
+/* The secret for port, as a string ("" when none), for CHECK_STR. */
+static const char *secret_of(const struct secrets *s, int port)
+{
+	const uint8_t *p;
+	size_t n = 12345;
+
+	p = secrets_find(s, port, &n);
+	if (p == NULL) {
+		return "";
+	}
+	if (n != strlen((const char *)p)) {
+		return "(length differs from the string)";
+	}
+	return (const char *)p;
+}
+
+static void test_secrets_good(struct tally *t)
+{
+	static const char text[] =
+		"# per-service secrets\n"
+		"\n"
+		"8080 web-s3cret\n"
+		"  \t \n"
+		"   # indented comment, with 8081 other words\n"
+		"9000-9099 range#secret\r\n"
+		"\t22\tssh \t \r\n"
+		"1 first\n"
+		"65535 last";                   /* no final newline */
+	struct secrets s = { NULL, 0 };
+	char why[256] = "untouched";
+	size_t n;
+	int rc;
+
+	rc = secrets_text(&s, text, why, sizeof(why));
+	CHECKF(t, rc == 0, "good file: %s", why);
+	CHECK_STR(t, why, "untouched");
+	CHECK_INT(t, s.n, 5);
+	if (rc != 0 || s.n != 5) {
+		secrets_free(&s);
+		return;
+	}
+	/* Sorted by port, whatever the order of the lines. */
+	CHECK_INT(t, s.r[0].lo, 1);
+	CHECK_INT(t, s.r[1].lo, 22);
+	CHECK_INT(t, s.r[2].lo, 8080);
+	CHECK_INT(t, s.r[2].hi, 8080);
+	CHECK_INT(t, s.r[3].lo, 9000);
+	CHECK_INT(t, s.r[3].hi, 9099);
+	CHECK_INT(t, s.r[4].hi, 65535);
+	CHECK_INT(t, s.r[1].line, 7);
+	CHECK_INT(t, s.r[3].line, 6);
+	CHECK_INT(t, s.r[4].line, 9);
+
+	CHECK_STR(t, secret_of(&s, 8080), "web-s3cret");
+	CHECK_STR(t, secret_of(&s, 8079), "");
+	CHECK_STR(t, secret_of(&s, 8081), "");
+	CHECK_STR(t, secret_of(&s, 8999), "");
+	CHECK_STR(t, secret_of(&s, 9000), "range#secret");   /* CR dropped */
+	CHECK_STR(t, secret_of(&s, 9050), "range#secret");
+	CHECK_STR(t, secret_of(&s, 9099), "range#secret");
+	CHECK_STR(t, secret_of(&s, 9100), "");
+	CHECK_STR(t, secret_of(&s, 22), "ssh");  /* tabs, spaces, CR */
+	CHECK_STR(t, secret_of(&s, 1), "first");
+	CHECK_STR(t, secret_of(&s, 2), "");
+	CHECK_STR(t, secret_of(&s, 65535), "last");
+	CHECK_STR(t, secret_of(&s, 65534), "");
+	CHECK_STR(t, secret_of(&s, 0), "");
+	CHECK_STR(t, secret_of(&s, -1), "");
+	CHECK_STR(t, secret_of(&s, 65536), "");
+	CHECK(t, secrets_find(&s, 8080, &n) != NULL && n == 10);
+	CHECK(t, secrets_find(NULL, 8080, &n) == NULL);
+	secrets_free(&s);
+	CHECK(t, s.r == NULL && s.n == 0);
+	secrets_free(&s);               /* again: still harmless */
+	secrets_free(NULL);
+	CHECK(t, secrets_find(&s, 8080, &n) == NULL);
+
+	/* Nothing but comments and blanks, or nothing at all: an empty
+	 * table, so every port uses -token. */
+	rc = secrets_text(&s, "# none\n\n\r\n", why, sizeof(why));
+	CHECK_INT(t, rc, 0);
+	CHECK_INT(t, s.n, 0);
+	CHECK(t, secrets_find(&s, 1, &n) == NULL);
+	secrets_free(&s);
+	rc = secrets_parse(&s, "f", NULL, 0, why, sizeof(why));
+	CHECK_INT(t, rc, 0);
+	CHECK_INT(t, s.n, 0);
+	secrets_free(&s);
+
+	/* Leading zeros, 1-65535 as one range, a range of one port, bytes
+	 * past ASCII in a secret. */
+	rc = secrets_text(&s, "00080-00080 a\n", why, sizeof(why));
+	CHECK_INT(t, rc, 0);
+	CHECK_STR(t, secret_of(&s, 80), "a");
+	secrets_free(&s);
+	rc = secrets_text(&s, "1-65535 \xc3\xa9t\xc3\xa9", why, sizeof(why));
+	CHECK_INT(t, rc, 0);
+	CHECK_STR(t, secret_of(&s, 1), "\xc3\xa9t\xc3\xa9");
+	CHECK_STR(t, secret_of(&s, 40000), "\xc3\xa9t\xc3\xa9");
+	CHECK_STR(t, secret_of(&s, 65535), "\xc3\xa9t\xc3\xa9");
+	secrets_free(&s);
+
+	/* Adjacent ranges don't overlap. */
+	rc = secrets_text(&s, "10-19 a\n20-29 b\n9 c\n30 d\n",
+	                  why, sizeof(why));
+	CHECK_INT(t, rc, 0);
+	CHECK_STR(t, secret_of(&s, 9), "c");
+	CHECK_STR(t, secret_of(&s, 19), "a");
+	CHECK_STR(t, secret_of(&s, 20), "b");
+	CHECK_STR(t, secret_of(&s, 29), "b");
+	CHECK_STR(t, secret_of(&s, 30), "d");
+	secrets_free(&s);
+}
+
+static void test_secrets_errors(struct tally *t)
+{
+	static const struct {
+		const char *text, *why;
+	} v[] = {
+		{ "8080 ok\n\nsecret 8081\n",
+		  "f line 3: want PORT SECRET or LO-HI SECRET" },
+		{ "80x a\n", "f line 1: want PORT SECRET or LO-HI SECRET" },
+		{ "+80 a\n", "f line 1: want PORT SECRET or LO-HI SECRET" },
+		{ "80- a\n", "f line 1: want PORT SECRET or LO-HI SECRET" },
+		{ "-80 a\n", "f line 1: want PORT SECRET or LO-HI SECRET" },
+		{ "1-2-3 a\n", "f line 1: want PORT SECRET or LO-HI SECRET" },
+		{ "# c\n80 - 90 a\n",
+		  "f line 2: more than one word after the port (a secret has "
+		  "no spaces)" },
+		{ "0 a\n", "f line 1: port out of range (1-65535)" },
+		{ "\n65536 a\n", "f line 2: port out of range (1-65535)" },
+		{ "0-10 a\n", "f line 1: port out of range (1-65535)" },
+		{ "10-65536 a\n", "f line 1: port out of range (1-65535)" },
+		{ "99999999999999999999999 a\n",
+		  "f line 1: port out of range (1-65535)" },
+		{ "1 a\n2 b\n3 c\n20-10 d\n",
+		  "f line 4: range 20-10 is backwards (want LO <= HI)" },
+		{ "8080\n", "f line 1: no secret after the port" },
+		{ "8080 \t \r\n", "f line 1: no secret after the port" },
+		{ "1 a\n9000-9010", "f line 2: no secret after the port" },
+		{ "8080 two words\n",
+		  "f line 1: more than one word after the port (a secret has "
+		  "no spaces)" },
+		{ "8080 s3cret # a comment\n",
+		  "f line 1: more than one word after the port (a secret has "
+		  "no spaces)" },
+		{ "8080 a\x01" "b\n",
+		  "f line 1: control character (want printable bytes, spaces "
+		  "and tabs)" },
+		{ "\n\n8080 a\rb\n",
+		  "f line 3: control character (want printable bytes, spaces "
+		  "and tabs)" },
+		{ "8080 a\x7f\n",
+		  "f line 1: control character (want printable bytes, spaces "
+		  "and tabs)" },
+		{ "8080 a\r\r\n",
+		  "f line 1: control character (want printable bytes, spaces "
+		  "and tabs)" },
+		{ "8080\v a\n",
+		  "f line 1: control character (want printable bytes, spaces "
+		  "and tabs)" },
+		{ "80 a\n80 b\n", "f line 2: 80 overlaps 80 on line 1" },
+		{ "100-200 a\n# x\n150 b\n",
+		  "f line 3: 150 overlaps 100-200 on line 1" },
+		{ "150 a\n100-200 b\n",
+		  "f line 2: 100-200 overlaps 150 on line 1" },
+		{ "100-200 a\n50-100 b\n",
+		  "f line 2: 50-100 overlaps 100-200 on line 1" },
+		{ "100-200 a\n200-300 b\n",
+		  "f line 2: 200-300 overlaps 100-200 on line 1" },
+		{ "1-10 a\n30-40 b\n5-35 c\n",
+		  "f line 3: 5-35 overlaps 1-10 on line 1" },
+		{ "30-40 b\n20 c\n11-35 d\n",
+		  "f line 3: 11-35 overlaps 20 on line 2" },
+		/* The first bad line wins, whatever kind the later ones are. */
+		{ "1 a\n1 b\nx\n", "f line 2: 1 overlaps 1 on line 1" },
+	};
+	struct secrets s, before;
+	struct secret_range r;
+	char why[256];
+	size_t i;
+	int rc;
+
+	for (i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		secrets_sentinel(&s, &r);
+		before = s;
+		why[0] = '\0';
+		CHECKF(t, secrets_text(&s, v[i].text, why, sizeof(why)) == -1,
+		       "error case %zu was accepted", i);
+		CHECKF(t, strcmp(why, v[i].why) == 0,
+		       "error case %zu: got \"%s\", want \"%s\"", i, why,
+		       v[i].why);
+		CHECKF(t, s.r == before.r && s.n == before.n && r.lo == 4242 &&
+		          strcmp((char *)r.secret, "old") == 0,
+		       "error case %zu: the table was touched", i);
+	}
+
+	/* A NUL in a line is a control character; the text is bytes. */
+	secrets_sentinel(&s, &r);
+	rc = secrets_parse(&s, "f", "80 a\0b\n", 7, why, sizeof(why));
+	CHECK_INT(t, rc, -1);
+	CHECK_STR(t, why, "f line 1: control character (want printable bytes, "
+	          "spaces and tabs)");
+
+	/* A short buffer gets as much of the phrase as fits, terminated. */
+	memset(why, 'x', sizeof(why));
+	rc = secrets_text(&s, "x\n", why, 8);
+	CHECK_INT(t, rc, -1);
+	CHECK_STR(t, why, "f line ");
+	memset(why, 'x', sizeof(why));
+	rc = secrets_text(&s, "x\n", why, 12);
+	CHECK_INT(t, rc, -1);
+	CHECK_STR(t, why, "f line 1: w");
+	CHECK(t, s.r == &r && s.n == 1);
+}
+
+/* A text of n lines made by line(i, buf), for the bounds. */
+static char *secrets_lines(int n, void (*line)(int, char *), size_t *len)
+{
+	char *text = malloc((size_t)n * 64 + 1), *p = text;
+	int i;
+
+	if (text == NULL) {
+		return NULL;
+	}
+	for (i = 0; i < n; i++) {
+		line(i, p);
+		p += strlen(p);
+	}
+	*len = (size_t)(p - text);
+	return text;
+}
+
+static void line_up(int i, char *buf)
+{
+	sprintf(buf, "%d s%d\n", i + 1, i + 1);
+}
+
+/* Ranges 65535-65535, 65533-65534, ...: every line lands first. */
+static void line_down(int i, char *buf)
+{
+	int hi = 65535 - 2 * i;
+
+	if (i % 2 == 0) {
+		sprintf(buf, "%d s%d\n", hi, i);
+	} else {
+		sprintf(buf, "%d-%d s%d\n", hi - 1, hi, i);
+	}
+}
+
+static void test_secrets_bounds(struct tally *t)
+{
+	struct secrets s = { NULL, 0 };
+	char why[256], *text, *big;
+	size_t len, i, n;
+	int sorted = 1, rc;
+
+	/* Entries: SECRETS_MAX is fine, one more names its line. */
+	text = secrets_lines(SECRETS_MAX, line_up, &len);
+	CHECK(t, text != NULL);
+	if (text != NULL) {
+		rc = secrets_parse(&s, "f", text, len, why, sizeof(why));
+		CHECKF(t, rc == 0, "%d entries: %s", SECRETS_MAX, why);
+		CHECK_INT(t, s.n, SECRETS_MAX);
+		CHECK_STR(t, secret_of(&s, SECRETS_MAX), "s4096");
+		CHECK_STR(t, secret_of(&s, SECRETS_MAX + 1), "");
+		secrets_free(&s);
+		free(text);
+	}
+	text = secrets_lines(SECRETS_MAX + 1, line_up, &len);
+	if (text != NULL) {
+		rc = secrets_parse(&s, "f", text, len, why, sizeof(why));
+		CHECK_INT(t, rc, -1);
+		CHECK_STR(t, why, "f line 4097: more than 4096 entries");
+		free(text);
+	}
+
+	/* Each line goes in at the front of the table: still sorted. */
+	text = secrets_lines(SECRETS_MAX, line_down, &len);
+	if (text != NULL) {
+		rc = secrets_parse(&s, "f", text, len, why, sizeof(why));
+		CHECKF(t, rc == 0, "%d entries, backwards: %s", SECRETS_MAX,
+		       why);
+		for (i = 1; i < s.n; i++) {
+			sorted &= s.r[i - 1].hi < s.r[i].lo;
+		}
+		CHECK(t, s.n == SECRETS_MAX && sorted);
+		CHECK_STR(t, secret_of(&s, 65535), "s0");
+		CHECK_STR(t, secret_of(&s, 65532), "s1");
+		CHECK_STR(t, secret_of(&s, 65533), "s1");
+		CHECK_STR(t, secret_of(&s, 65535 - 2 * 4095 - 1), "s4095");
+		CHECK_STR(t, secret_of(&s, 65535 - 2 * 4095 - 2), "");
+		secrets_free(&s);
+		free(text);
+	}
+
+	/* Sizes: the secret, the line and the file, at their limits and one
+	 * past.  big holds the file; lines are written into it. */
+	big = malloc(SECRETS_FILE_MAX + 2);
+	CHECK(t, big != NULL);
+	if (big == NULL) {
+		return;
+	}
+	memcpy(big, "1 ", 2);
+	memset(big + 2, 'k', SECRETS_SECRET_MAX);
+	rc = secrets_parse(&s, "f", big, 2 + SECRETS_SECRET_MAX,
+	                   why, sizeof(why));
+	CHECK_INT(t, rc, 0);
+	CHECK(t, secrets_find(&s, 1, &n) != NULL && n == SECRETS_SECRET_MAX);
+	secrets_free(&s);
+	big[2 + SECRETS_SECRET_MAX] = 'k';
+	rc = secrets_parse(&s, "f", big, 3 + SECRETS_SECRET_MAX,
+	                   why, sizeof(why));
+	CHECK_INT(t, rc, -1);
+	CHECK_STR(t, why, "f line 1: secret longer than 256 bytes");
+
+	/* A line of SECRETS_LINE_MAX bytes: a comment, and an entry padded
+	 * with blanks (after its CR, too); one byte more is too long. */
+	memcpy(big, "\n#", 2);
+	memset(big + 2, 'c', SECRETS_LINE_MAX);
+	rc = secrets_parse(&s, "f", big, 1 + SECRETS_LINE_MAX,
+	                   why, sizeof(why));
+	CHECK_INT(t, rc, 0);
+	rc = secrets_parse(&s, "f", big, 2 + SECRETS_LINE_MAX,
+	                   why, sizeof(why));
+	CHECK_INT(t, rc, -1);
+	CHECK_STR(t, why, "f line 2: longer than 1024 bytes");
+	memcpy(big, "7 seven", 7);
+	memset(big + 7, ' ', SECRETS_LINE_MAX - 7);
+	memcpy(big + SECRETS_LINE_MAX, "\r\n", 2);
+	rc = secrets_parse(&s, "f", big, SECRETS_LINE_MAX + 2,
+	                   why, sizeof(why));
+	CHECK_INT(t, rc, 0);
+	CHECK_STR(t, secret_of(&s, 7), "seven");
+	secrets_free(&s);
+	big[SECRETS_LINE_MAX] = ' ';
+	rc = secrets_parse(&s, "f", big, SECRETS_LINE_MAX + 2,
+	                   why, sizeof(why));
+	CHECK_INT(t, rc, -1);
+	CHECK_STR(t, why, "f line 1: longer than 1024 bytes");
+
+	/* The file: 1 MiB of short comment lines after one entry is fine. */
+	memset(big, '\n', SECRETS_FILE_MAX + 1);
+	for (i = 0; i + 64 <= SECRETS_FILE_MAX; i += 64) {
+		big[i] = '#';
+	}
+	memcpy(big, "5 five\n", 7);
+	rc = secrets_parse(&s, "big", big, SECRETS_FILE_MAX, why, sizeof(why));
+	CHECK_INT(t, rc, 0);
+	CHECK_STR(t, secret_of(&s, 5), "five");
+	secrets_free(&s);
+	rc = secrets_parse(&s, "big", big, SECRETS_FILE_MAX + 1,
+	                   why, sizeof(why));
+	CHECK_INT(t, rc, -1);
+	CHECK_STR(t, why, "secrets file big is larger than 1048576 bytes");
+	free(big);
+}
+
+/* Write a new file and give it mode; 0, or -1 with errno.  The old one
+ * goes first: without root, a file of mode 0400 can't be written again. */
+static int write_file(const char *path, const void *data, size_t n,
+                      mode_t mode)
+{
+	ssize_t k;
+	int fd;
+
+	unlink(path);
+	if ((fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600)) < 0) {
+		return -1;
+	}
+	k = write(fd, data, n);
+	if (close(fd) != 0 || k != (ssize_t)n) {
+		return -1;
+	}
+	return chmod(path, mode);
+}
+
+static void test_secrets_file(struct tally *t)
+{
+	static const struct {
+		mode_t mode;
+		const char *why;    /* NULL: accepted */
+	} modes[] = {
+		{ 0600, NULL },
+		{ 0400, NULL },
+		{ 0200, NULL },     /* unreadable for others; root reads it */
+		{ 0644, "has mode 0644: it must not be readable by group or "
+		        "others (chmod 600 it)" },
+		{ 0640, "has mode 0640: it must not be readable by group or "
+		        "others (chmod 600 it)" },
+		{ 0604, "has mode 0604: it must not be readable by group or "
+		        "others (chmod 600 it)" },
+		{ 0660, "has mode 0660: it must not be readable by group or "
+		        "others (chmod 600 it)" },
+		{ 0620, "has mode 0620: it must not be writable by group or "
+		        "others (chmod 600 it)" },
+		{ 0602, "has mode 0602: it must not be writable by group or "
+		        "others (chmod 600 it)" },
+		{ 0610, "has mode 0610: it must not be executable by group or "
+		        "others (chmod 600 it)" },
+		{ 04600, NULL },
+		{ 01644, "has mode 1644: it must not be readable by group or "
+		         "others (chmod 600 it)" },
+	};
+	static const char good[] = "8080 web\n9000-9009 nine\n";
+	char dir[256], path[300], other[300], want[512], why[512], *big;
+	struct secrets s = { NULL, 0 }, before;
+	struct secret_range r;
+	const char *tmp = getenv("TMPDIR");
+	size_t i;
+	int rc;
+
+	snprintf(dir, sizeof(dir), "%s/dialback-unit.XXXXXX",
+	         tmp != NULL && tmp[0] != '\0' ? tmp : "/tmp");
+	if (mkdtemp(dir) == NULL) {
+		CHECKF(t, 0, "secrets file: mkdtemp %s: %s", dir,
+		       strerror(errno));
+		return;
+	}
+	snprintf(path, sizeof(path), "%s/secrets", dir);
+	snprintf(other, sizeof(other), "%s/other", dir);
+
+	for (i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+		unsigned m = (unsigned)modes[i].mode;
+
+		if (write_file(path, good, strlen(good), modes[i].mode) != 0) {
+			CHECKF(t, 0, "write %s: %s", path, strerror(errno));
+			continue;
+		}
+		if (m == 0200 && geteuid() != 0) {
+			continue;
+		}
+		secrets_sentinel(&s, &r);
+		why[0] = '\0';
+		rc = secrets_load(&s, path, why, sizeof(why));
+		if (modes[i].why == NULL) {
+			CHECKF(t, rc == 0 && s.n == 2, "mode %04o refused: %s",
+			       m, why);
+			if (rc == 0) {
+				CHECK_STR(t, secret_of(&s, 9009), "nine");
+				secrets_free(&s);
+			}
+			continue;
+		}
+		snprintf(want, sizeof(want), "secrets file %s %s", path,
+		         modes[i].why);
+		CHECKF(t, rc == -1, "mode %04o accepted", m);
+		CHECK_STR(t, why, want);
+		CHECKF(t, s.r == &r && s.n == 1,
+		       "mode %04o: the table was touched", m);
+	}
+
+	/* Missing, a directory, unreadable for lack of a 'r' bit. */
+	snprintf(want, sizeof(want), "secrets file %s: %s", other,
+	         strerror(ENOENT));
+	rc = secrets_load(&s, other, why, sizeof(why));
+	CHECK_INT(t, rc, -1);
+	CHECK_STR(t, why, want);
+	snprintf(want, sizeof(want), "secrets file %s is not a regular file",
+	         dir);
+	rc = secrets_load(&s, dir, why, sizeof(why));
+	CHECK_INT(t, rc, -1);
+	CHECK_STR(t, why, want);
+	if (geteuid() != 0) {
+		write_file(path, good, strlen(good), 0200);
+		snprintf(want, sizeof(want), "secrets file %s: %s", path,
+		         strerror(EACCES));
+		rc = secrets_load(&s, path, why, sizeof(why));
+		CHECK_INT(t, rc, -1);
+		CHECK_STR(t, why, want);
+	}
+
+	/* A load that fails leaves the table the server holds as it was,
+	 * whatever the reason. */
+	write_file(path, good, strlen(good), 0600);
+	rc = secrets_load(&s, path, why, sizeof(why));
+	CHECK_INT(t, rc, 0);
+	before = s;
+	write_file(other, "8080 web\n9000-9009 nine\n9005 x\n", 31, 0600);
+	rc = secrets_load(&s, other, why, sizeof(why));
+	CHECK_INT(t, rc, -1);
+	snprintf(want, sizeof(want), "%s line 3: 9005 overlaps 9000-9009 on "
+	         "line 2", other);
+	CHECK_STR(t, why, want);
+	write_file(other, good, strlen(good), 0644);
+	rc = secrets_load(&s, other, why, sizeof(why));
+	CHECK_INT(t, rc, -1);
+	CHECK(t, s.r == before.r && s.n == before.n);
+	CHECK_STR(t, secret_of(&s, 8080), "web");
+	CHECK_STR(t, secret_of(&s, 9000), "nine");
+	secrets_free(&s);
+
+	/* The size limit holds for a file as for text: one byte over 1 MiB
+	 * of blank lines. */
+	big = malloc(SECRETS_FILE_MAX + 1);
+	if (big != NULL) {
+		memset(big, '\n', SECRETS_FILE_MAX + 1);
+		write_file(other, big, SECRETS_FILE_MAX, 0600);
+		rc = secrets_load(&s, other, why, sizeof(why));
+		CHECK_INT(t, rc, 0);
+		CHECK_INT(t, s.n, 0);
+		write_file(other, big, SECRETS_FILE_MAX + 1, 0600);
+		secrets_sentinel(&s, &r);
+		rc = secrets_load(&s, other, why, sizeof(why));
+		CHECK_INT(t, rc, -1);
+		snprintf(want, sizeof(want), "secrets file %s is larger than "
+		         "1048576 bytes", other);
+		CHECK_STR(t, why, want);
+		CHECK(t, s.r == &r && s.n == 1);
+		free(big);
+	}
+
+	CHECKF(t, unlink(path) == 0 && unlink(other) == 0 && rmdir(dir) == 0,
+	       "secrets file: cleaning %s: %s", dir, strerror(errno));
+}
+
+static void test_secrets_diff(struct tally *t)
+{
+	static const struct {
+		const char *old, *new;
+		int added, removed, changed;
+	} v[] = {
+		{ "", "", 0, 0, 0 },
+		{ "80 a\n", "80 a\n", 0, 0, 0 },
+		{ "", "80 a\n90-99 b\n", 2, 0, 0 },
+		{ "80 a\n90-99 b\n", "", 0, 2, 0 },
+		{ "80 a\n", "80 b\n", 0, 0, 1 },
+		{ "80 a\n", "80 aa\n", 0, 0, 1 },        /* longer */
+		{ "80 secret\n", "80 secreT\n", 0, 0, 1 },  /* last byte */
+		{ "80 a\n81 b\n", "81 b\n80 a\n", 0, 0, 0 },  /* line order */
+		{ "100-199 a\n", "100-149 a\n150-199 a\n", 2, 1, 0 },
+		{ "100-149 a\n150-199 a\n", "100-199 a\n", 1, 2, 0 },
+		{ "100-199 a\n", "100-200 a\n", 1, 1, 0 },
+		{ "1 a\n2 b\n3 c\n4 d\n", "2 b\n3 x\n5 e\n6 f\n", 2, 2, 1 },
+	};
+	struct secrets a, b;
+	char why[256];
+	int added, removed, changed;
+	size_t i;
+
+	for (i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		if (secrets_text(&a, v[i].old, why, sizeof(why)) != 0) {
+			CHECKF(t, 0, "diff case %zu, old: %s", i, why);
+			continue;
+		}
+		if (secrets_text(&b, v[i].new, why, sizeof(why)) != 0) {
+			CHECKF(t, 0, "diff case %zu, new: %s", i, why);
+			secrets_free(&a);
+			continue;
+		}
+		secrets_diff(&a, &b, &added, &removed, &changed);
+		CHECKF(t, added == v[i].added && removed == v[i].removed &&
+		          changed == v[i].changed,
+		       "diff case %zu: +%d -%d ~%d, want +%d -%d ~%d", i,
+		       added, removed, changed, v[i].added, v[i].removed,
+		       v[i].changed);
+		/* The other way round, adding and removing swap. */
+		secrets_diff(&b, &a, &added, &removed, &changed);
+		CHECKF(t, added == v[i].removed && removed == v[i].added &&
+		          changed == v[i].changed,
+		       "diff case %zu reversed: +%d -%d ~%d", i, added, removed,
+		       changed);
+		/* NULL is an empty table. */
+		secrets_diff(NULL, &b, &added, &removed, &changed);
+		CHECKF(t, added == (int)b.n && removed == 0 && changed == 0,
+		       "diff case %zu from NULL: +%d -%d ~%d", i, added,
+		       removed, changed);
+		secrets_diff(&a, NULL, &added, &removed, &changed);
+		CHECKF(t, added == 0 && removed == (int)a.n && changed == 0,
+		       "diff case %zu to NULL: +%d -%d ~%d", i, added, removed,
+		       changed);
+		secrets_free(&a);
+		secrets_free(&b);
+	}
+}
+
 int main(void)
 {
 	struct tally t = { 0, 0, 0 };
@@ -2608,6 +3208,11 @@ int main(void)
 	test_fbuf_sealed(&t);
 	test_proxy_header(&t);
 	test_relay_order(&t);
+	test_secrets_good(&t);
+	test_secrets_errors(&t);
+	test_secrets_bounds(&t);
+	test_secrets_file(&t);
+	test_secrets_diff(&t);
 	test_fbuf_put_take(&t);
 	test_fbuf_fill(&t);
 	test_fbuf_flush(&t);
