@@ -114,6 +114,7 @@ struct client {
 	int backoff_ms;
 	int attempt;                         /* which remote address next */
 	int exit_status;                     /* >= 0: stop with this status */
+	int drain_status;                    /* >= 0: that, once none relay */
 
 	int sig_fd;
 	struct loop *loop;
@@ -588,12 +589,27 @@ ctl_send(struct client *c, const struct msg *m)
 	}
 }
 
+/* ctl_fail: retrying cannot help.  A client that has served lets its
+ * relaying connections finish first (its secret may have changed under
+ * it), then exits with status. */
 static void
 ctl_fail(struct client *c, int status, const char *why)
 {
+	struct cuser *u;
+	int n = 0;
+
 	log_warn("%s", why);
 	ctl_reset(c);
-	c->exit_status = status;
+	for (u = c->relaying; u != NULL; u = u->next) {
+		n++;
+	}
+	if (n == 0) {
+		c->exit_status = status;
+		return;
+	}
+	c->drain_status = status;
+	log_info("exiting once %d relaying connection%s finish%s", n,
+	         n == 1 ? "" : "s", n == 1 ? "es" : "");
 }
 
 static void
@@ -857,6 +873,12 @@ run_timers(struct client *c, int64_t now)
 
 	switch (c->state) {
 	case C_IDLE:
+		if (c->drain_status >= 0) {
+			if (c->relaying == NULL) {
+				c->exit_status = c->drain_status;
+			}
+			break;
+		}
 		if (now >= c->deadline) {
 			ctl_connect(c);
 		}
@@ -889,7 +911,7 @@ run_timers(struct client *c, int64_t now)
 		next = earliest(c->next_ping, c->last_rx + dead_ms);
 		break;
 	}
-	if (c->state != C_ATTACHED && c->exit_status < 0) {
+	if (c->state != C_ATTACHED && c->exit_status < 0 && c->drain_status < 0) {
 		next = earliest(next, c->deadline);
 	}
 	for (u = c->users; u != NULL; u = next_u) {
@@ -995,7 +1017,7 @@ dispatch(struct client *c, const struct loop_event *ev, int n)
 				log_status(c);
 				break;
 			}
-			return -1;         /* SIGINT or SIGTERM */
+			return -1;         /* SIGINT, SIGTERM or SIGHUP */
 		case K_CTL:
 			ctl_event(c, rev);
 			break;
@@ -1176,6 +1198,7 @@ main(int argc, char **argv)
 	memset(&c, 0, sizeof(c));
 	c.fd = -1;
 	c.exit_status = -1;
+	c.drain_status = -1;
 	c.backoff_ms = BACKOFF_MIN_MS;
 	parse_args(&c, argc, argv);
 	if (fbuf_init(&c.in, CTL_IN_SIZE) != 0 ||

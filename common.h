@@ -163,7 +163,7 @@ void flags_apply(int argc, char **argv, const struct flag *own,
 void usage_exit(const char *prog, const char *why)
 	__attribute__((noreturn));
 
-/* signals_setup: ignore SIGPIPE; make SIGINT, SIGTERM and SIGUSR1 write
+/* signals_setup: ignore SIGPIPE; make SIGINT, SIGTERM, SIGUSR1 and SIGHUP write
  * their number to a pipe whose (non-blocking) read end is returned, for the
  * poll loop.  signal_take: the next signal number from it, or 0. */
 int signals_setup(void);

@@ -28,12 +28,15 @@
 
 static const char usage_text[] =
 "usage: ./server [-control ADDR] [-tunnel ADDR] [-public ADDR] [-ports LO-HI]\n"
-"                [-token SECRET] [-plaintext] [-heartbeat SECONDS] [-v | -q]\n"
+"                [-token SECRET] [-secrets FILE] [-plaintext]\n"
+"                [-heartbeat SECONDS] [-v | -q]\n"
 "  -control ADDR        where clients attach (default 8009)\n"
 "  -tunnel ADDR         where clients dial back for each user (default 8008)\n"
 "  -public ADDR         where users connect (default 8007)\n"
 "  -ports LO-HI         more public ports, for clients that ask with -port\n"
 "  -token SECRET        shared secret clients must prove (or DIALBACK_TOKEN)\n"
+"  -secrets FILE        a secret per public port: lines PORT SECRET or\n"
+"                       LO-HI SECRET (or DIALBACK_SECRETS); SIGHUP re-reads it\n"
 "  -plaintext           allow clients' -plaintext tunnels (raw bytes, splice)\n"
 "  -heartbeat SECONDS   ping interval; 3 silent intervals = dead (default 10)\n"
 "  -v, -q               more logging / warnings only\n"
@@ -327,7 +330,7 @@ log_status(struct server *s)
 static int
 dispatch(struct server *s, const struct loop_event *ev, int n)
 {
-	int i;
+	int i, sig;
 
 	for (i = 0; i < n; i++) {
 		struct watch *w = ev[i].w;
@@ -339,8 +342,13 @@ dispatch(struct server *s, const struct loop_event *ev, int n)
 		}
 		switch ((enum kind)w->kind) {
 		case K_SIGNAL:
-			if (signal_take(s->sig_fd) == SIGUSR1) {
+			sig = signal_take(s->sig_fd);
+			if (sig == SIGUSR1) {
 				log_status(s);
+				break;
+			}
+			if (sig == SIGHUP) {
+				secrets_reload(s);
 				break;
 			}
 			return -1;
@@ -440,6 +448,7 @@ server_free(struct server *s)
 		close_watched(s, &s->main_pub.w[i], &s->main_pub.fd[i]);
 	}
 	close_watched(s, &s->sig_w, &s->sig_fd);
+	secrets_free(&s->secrets);
 	if (s->spare_fd >= 0) {
 		close(s->spare_fd);
 	}
@@ -472,6 +481,7 @@ parse_args(struct server *s, int argc, char **argv)
 {
 	const char *addr[ROLE_END] = { "8009", "8008", "8007" };
 	const char *token = NULL, *heartbeat = "10", *ports = NULL;
+	const char *secrets = NULL;
 	int r;
 	char err[128], why[64];
 	char *end;
@@ -481,6 +491,7 @@ parse_args(struct server *s, int argc, char **argv)
 		{ "tunnel", &addr[ROLE_TUNNEL], NULL },
 		{ "public", &addr[ROLE_PUBLIC], NULL },
 		{ "token", &token, NULL },
+		{ "secrets", &secrets, NULL },
 		{ "plaintext", NULL, &s->plaintext },
 		{ "heartbeat", &heartbeat, NULL },
 		{ "ports", &ports, NULL },
@@ -511,6 +522,10 @@ parse_args(struct server *s, int argc, char **argv)
 		token = getenv("DIALBACK_TOKEN");
 	}
 	s->token = token ? token : "";
+	if (secrets == NULL) {
+		secrets = getenv("DIALBACK_SECRETS");
+	}
+	s->secrets_path = secrets != NULL && secrets[0] != '\0' ? secrets : NULL;
 }
 
 int
@@ -556,6 +571,15 @@ main(int argc, char **argv)
 	    s.main_pub.port <= s.ports_hi) {
 		die(2, "-ports %d-%d includes the -public port %d; pick a range "
 		    "beside it", s.ports_lo, s.ports_hi, s.main_pub.port);
+	}
+	if (s.secrets_path != NULL &&
+	    secrets_load(&s.secrets, s.secrets_path, err, sizeof(err)) != 0) {
+		die(1, "%s", err);
+	}
+	if (s.token[0] != '\0' && strlen(s.token) < TOKEN_MIN) {
+		log_warn("warning: the token is %zu bytes; one under %d can be "
+		         "guessed: make one with 'openssl rand -hex 32'",
+		         strlen(s.token), TOKEN_MIN);
 	}
 	if (s.token[0] == '\0') {
 		log_warn("warning: no -token set: any client may attach and serve "

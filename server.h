@@ -17,7 +17,9 @@
 #include <sys/socket.h>
 
 #include "common.h"
+#include "secrets.h"
 
+#define TOKEN_MIN       16     /* shorter tokens get a warning */
 #define MAX_LISTEN      4      /* addresses per role (0.0.0.0 and ::) */
 #define ACCEPT_BATCH    64     /* accepts per listener per turn */
 #define MAX_PENDING     4096   /* users waiting for their join, per session */
@@ -119,6 +121,8 @@ struct server {
 	struct hostport addr[ROLE_END];
 	const char *token;             /* "" = no token */
 	int plaintext;                 /* -plaintext: raw tunnels allowed */
+	const char *secrets_path;      /* -secrets, or NULL */
+	struct secrets secrets;        /* ... as last read */
 	int heartbeat_s;
 	int ports_lo, ports_hi;        /* -ports; 0 = none */
 	int lfd[ROLE_END][MAX_LISTEN]; /* control and tunnel */
@@ -194,6 +198,10 @@ void ctl_free(struct ctl *c);
  * port_psk: the pre-shared key a client asking for port must prove. */
 const char *port_secret(struct server *s, int port);
 void port_psk(struct server *s, int port, uint8_t psk[KEY_LEN]);
+/* secrets_reload: SIGHUP: read the -secrets file again; a bad file is
+ * refused whole and the old one stays.  Sessions whose secret changed or
+ * went are detached; their relaying users go on. */
+void secrets_reload(struct server *s);
 /* pub_close: close a -ports listener (its memory goes with its session). */
 void pub_close(struct server *s, struct pub *p);
 

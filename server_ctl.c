@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "crypto.h"
+#include "sha256.h"
 #include "server.h"
 
 static const char *const ctl_state_names[] = {
@@ -153,9 +154,48 @@ on_hello(struct server *s, struct ctl *c, const struct msg *m)
 const char *
 port_secret(struct server *s, int port)
 {
-	(void)s;
-	(void)port;
-	return NULL;
+	size_t len;
+
+	/* Secrets are NUL-terminated words, so they serve as strings. */
+	return (const char *)secrets_find(&s->secrets, port, &len);
+}
+
+void
+secrets_reload(struct server *s)
+{
+	struct secrets fresh, old;
+	struct ctl *c;
+	char why[256];
+	uint8_t psk[KEY_LEN];
+	int added, removed, changed, detached = 0;
+
+	if (s->secrets_path == NULL) {
+		log_info("SIGHUP: no -secrets file to read again");
+		return;
+	}
+	if (secrets_load(&fresh, s->secrets_path, why, sizeof(why)) != 0) {
+		log_warn("secrets not reloaded, the old ones stay: %s", why);
+		return;
+	}
+	secrets_diff(&s->secrets, &fresh, &added, &removed, &changed);
+	old = s->secrets;
+	s->secrets = fresh;
+	secrets_free(&old);
+	for (c = s->ctls; c != NULL; c = c->next) {
+		if (c->dead || c->state == CTL_HELLO) {
+			continue;
+		}
+		port_psk(s, c->asked, psk);
+		if (!equal_ct(psk, c->psk, KEY_LEN)) {
+			ctl_close(s, c, "its secret changed or went on reload");
+			detached++;
+		}
+	}
+	crypto_wipe(psk, sizeof(psk));
+	log_info("secrets file %s read again: %zu ports or ranges; %d added, "
+	         "%d removed, %d changed; %d session%s detached",
+	         s->secrets_path, s->secrets.n, added, removed, changed,
+	         detached, detached == 1 ? "" : "s");
 }
 
 void
