@@ -42,6 +42,7 @@ static const char usage_text[] =
 #define MAX_LOCAL_ADDRS 8
 #define CTL_IN_SIZE     (64 * 1024)  /* a burst of NEW_USERs in one read */
 #define CTL_OUT_SIZE    (16 * 1024)
+#define MAX_INFLIGHT    1024         /* users connecting, from NEW_USER */
 
 enum ctl_state { C_IDLE, C_CONNECTING, C_HELLO_SENT, C_AUTH_SENT, C_ATTACHED };
 
@@ -93,6 +94,8 @@ struct client {
 	int want_port;                       /* -port; 0 = the server's choice */
 	int pool_want;                       /* -pool */
 	int npooled;                         /* users in U_POOL_DIAL/IDLE */
+	int inflight;                        /* users in U_LOCAL/U_TUNNEL */
+	struct log_limit log_busy, log_fail;
 	int proxy_version;                   /* -proxy-protocol; 0 = off */
 	uint8_t run_id[RUN_ID_LEN];
 	struct local_addr local[MAX_LOCAL_ADDRS];
@@ -175,19 +178,49 @@ pooled(const struct cuser *u)
 	return u->state == U_POOL_DIAL || u->state == U_POOL_IDLE;
 }
 
+/* Announced on control and not relaying yet: what MAX_INFLIGHT counts. */
+static int
+in_flight(const struct cuser *u)
+{
+	return u->state == U_LOCAL || u->state == U_TUNNEL;
+}
+
+/* " (N more since the last such line)" for a rate-limited line. */
+static const char *
+held_note(unsigned long held)
+{
+	static char note[64];
+
+	note[0] = '\0';
+	if (held > 0) {
+		snprintf(note, sizeof(note), " (%lu more since the last such line)",
+		         held);
+	}
+	return note;
+}
+
 /* One teardown for every stage.  why goes into the log line; NULL is a
  * quiet close (a pooled tunnel no user ever used). */
 static void
 user_close(struct client *c, struct cuser *u, const char *why)
 {
+	unsigned long held;
+
 	if (u->dead) {
 		return;
 	}
-	if (why != NULL) {
-		log_info("user %s closed: %s", u->peer, why);
+	/* A user that never relayed failed; a hostile server can make that
+	 * happen as fast as it likes, so those lines are rate-limited. */
+	if (why != NULL && (u->state == U_RELAY ||
+	                    log_limited(&c->log_fail, now_ms(), &held))) {
+		log_info("user %s closed: %s%s", u->peer, why,
+		         u->state == U_RELAY ? "" : held_note(held));
 	}
 	if (pooled(u)) {
 		c->npooled--;
+	}
+	if (in_flight(u)) {
+		c->inflight--;
 	}
 	loop_forget(c->loop, &u->w[0]);    /* their descriptors close below */
 	loop_forget(c->loop, &u->w[1]);
@@ -337,6 +370,9 @@ relay_begin(struct client *c, struct cuser *u, int tunnel, int local,
 	u->fd = u->held = -1;
 	ulist_del(&c->users, u);
 	ulist_add(&c->relaying, u);
+	if (in_flight(u)) {
+		c->inflight--;
+	}
 	u->state = U_RELAY;
 	fail = join && relay_prefill(&u->relay, 1, frame, join_frame(u, frame));
 	if (!fail && c->proxy_version != 0) {
@@ -468,9 +504,27 @@ user_named(struct client *c, struct cuser *u, const struct msg *m)
 static void
 user_new(struct client *c, const struct msg *m)
 {
-	struct cuser *u = user_add(c, U_LOCAL, m->user_id);
+	struct cuser *u;
+	struct msg r;
+	unsigned long held;
 
+	/* A hostile or broken server could announce users without end: past
+	 * MAX_INFLIGHT each is refused, so descriptors stay bounded. */
+	if (c->inflight >= MAX_INFLIGHT) {
+		memset(&r, 0, sizeof(r));
+		r.type = MSG_USER_FAILED;
+		memcpy(r.user_id, m->user_id, USER_ID_LEN);
+		snprintf(r.text, sizeof(r.text), "client busy");
+		if (log_limited(&c->log_busy, now_ms(), &held)) {
+			log_warn("user refused: client busy, %d local connections "
+			         "in flight%s", MAX_INFLIGHT, held_note(held));
+		}
+		ctl_send(c, &r);
+		return;
+	}
+	u = user_add(c, U_LOCAL, m->user_id);
 	if (u != NULL) {
+		c->inflight++;
 		user_named(c, u, m);
 		local_connect(c, u);
 		user_sync(c, u);
