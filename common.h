@@ -233,8 +233,8 @@ struct relay_dir {
 	int bulk;            /* reads fill buffers: splice, not copy */
 	int eof, shut;
 	uint64_t bytes;
-	uint8_t *rbuf;       /* sealed source: records not yet opened */
-	size_t rlen;
+	uint8_t *rbuf;       /* sealed source: records not yet opened, */
+	size_t roff, rlen;   /* ... at rbuf + roff */
 };
 
 /* A relayed pair.  dir[0] carries fd[0] -> fd[1], dir[1] fd[1] -> fd[0]. */

@@ -271,7 +271,8 @@ static int
 record_ready(const struct relay_dir *rd)
 {
 	return rd->rlen >= RECORD_HDR &&
-	       rd->rlen >= RECORD_HDR + (size_t)wire_get16(rd->rbuf) + TAG_LEN;
+	       rd->rlen >= RECORD_HDR + (size_t)wire_get16(rd->rbuf + rd->roff) +
+	                   TAG_LEN;
 }
 
 static int
@@ -552,9 +553,10 @@ open_pending(struct relay *r, int d)
 	size_t used, plen, sent;
 
 	while (rd->len == 0 && rd->rlen > 0) {
+		uint8_t *rec = rd->rbuf + rd->roff;
 		enum frame_result fr = rd->eof ? FRAME_BAD
-		                       : record_open(r->rx, rd->rbuf, rd->rlen,
-		                                     &used, &plen);
+		                       : record_open(r->rx, rec, rd->rlen, &used,
+		                                     &plen);
 		if (fr == FRAME_MORE) {
 			break;
 		}
@@ -565,17 +567,18 @@ open_pending(struct relay *r, int d)
 		}
 		rd->eof = plen == 0;
 		rd->bytes += plen;
-		if (send_some(r->fd[1 - d], rd->rbuf + RECORD_HDR, plen, &sent) != 0 ||
+		if (send_some(r->fd[1 - d], rec + RECORD_HDR, plen, &sent) != 0 ||
 		    (sent < plen &&
-		     relay_keep(rd, rd->rbuf + RECORD_HDR + sent, plen - sent) != 0)) {
+		     relay_keep(rd, rec + RECORD_HDR + sent, plen - sent) != 0)) {
 			return -1;
 		}
-		memmove(rd->rbuf, rd->rbuf + used, rd->rlen - used);
+		rd->roff += used;
 		rd->rlen -= used;
 	}
 	if (rd->rlen == 0) {
 		buf_give(rd->rbuf);
 		rd->rbuf = NULL;
+		rd->roff = 0;
 	}
 	return 0;
 }
@@ -594,6 +597,11 @@ open_move(struct relay *r, int d, const char **op)
 		*op = "buffer";
 		errno = ENOMEM;
 		return -1;
+	}
+	/* At most part of one record is left over: move it to the front. */
+	if (rd->roff > 0) {
+		memmove(rd->rbuf, rd->rbuf + rd->roff, rd->rlen);
+		rd->roff = 0;
 	}
 	do {
 		n = read(r->fd[d], rd->rbuf + rd->rlen, RELAY_BUF - rd->rlen);
@@ -700,7 +708,7 @@ relay_close(struct relay *r)
 		r->dir[i].len = 0;
 		buf_give(r->dir[i].rbuf);
 		r->dir[i].rbuf = NULL;
-		r->dir[i].rlen = 0;
+		r->dir[i].rlen = r->dir[i].roff = 0;
 		pipe_give(&r->dir[i]);
 	}
 	if (r->live) {

@@ -56,8 +56,12 @@ run e2e ./tests/e2e "$@"
 # And the portable poll() loop, which Linux runs only when told.
 if [ $# -eq 0 ]; then
 	run copy-unit env DIALBACK_NO_SPLICE=1 ./tests/unit
+	# Tunnels are sealed by default; with -plaintext on both sides they
+	# carry raw bytes, spliced, or copied with DIALBACK_NO_SPLICE.
 	for t in echo download half_close concurrent no_fd_leak urgent_data; do
-		run "copy-$t" env DIALBACK_NO_SPLICE=1 ./tests/e2e "$t"
+		run "plain-$t" env DIALBACK_TEST_PLAINTEXT=1 ./tests/e2e "$t"
+		run "copy-$t" env DIALBACK_TEST_PLAINTEXT=1 DIALBACK_NO_SPLICE=1 \
+			./tests/e2e "$t"
 	done
 	for t in echo concurrent user_flood garbage no_fd_leak local_down; do
 		run "poll-$t" env DIALBACK_POLL=1 ./tests/e2e "$t"

@@ -1591,6 +1591,17 @@ pick_server_ports(struct test *t, int *p, int n)
 	return 0;
 }
 
+/* tl_plaintext: DIALBACK_TEST_PLAINTEXT is set: start_server and
+ * start_client add -plaintext, so a test moves its bytes through the raw
+ * (splice or copy) relay instead of sealed records. */
+static inline int
+tl_plaintext(void)
+{
+	const char *v = getenv("DIALBACK_TEST_PLAINTEXT");
+
+	return v != NULL && v[0] != '\0';
+}
+
 /*
  * start_server: ./server called name, -control and -tunnel on t->host,
  * -public on t->pub_host (NULL: t->host), -heartbeat 1 unless the
@@ -1627,6 +1638,9 @@ start_server(struct test *t, const char *name, ...)
 		argv[n++] = "-heartbeat";
 		argv[n++] = "1";
 	}
+	if (tl_plaintext()) {
+		argv[n++] = "-plaintext";
+	}
 	for (i = 0; i < k; i++) {
 		argv[n++] = extra[i];
 	}
@@ -1655,6 +1669,9 @@ start_client_v(struct test *t, const char *name, int remote, int loc,
 	struct tl_proc *c;
 	int n = 5, i;
 
+	if (tl_plaintext()) {
+		argv[n++] = "-plaintext";
+	}
 	for (i = 0; args != NULL && args[i] != NULL && n < 31; i++) {
 		argv[n++] = args[i];
 	}
