@@ -1979,6 +1979,144 @@ static void test_relay_order(struct tally *t)
 	close(d);
 }
 
+/* Step relay r as the loop would, until it ends or nothing moves for a
+ * while.  Returns its last state. */
+static enum relay_state sealed_pump(struct relay *r)
+{
+	enum relay_state st = RELAY_OPEN;
+	int idle = 0;
+
+	while (st == RELAY_OPEN && idle < 20) {
+		struct pollfd p[2];
+		short ev[2], rev[2];
+		int i, n;
+
+		relay_events(r, ev);
+		for (i = 0; i < 2; i++) {
+			p[i].fd = ev[i] ? r->fd[i] : -1;
+			p[i].events = ev[i];
+			p[i].revents = 0;
+		}
+		n = poll(p, 2, 20);
+		if (n <= 0) {
+			idle++;
+			continue;
+		}
+		rev[0] = p[0].revents;
+		rev[1] = p[1].revents;
+		st = relay_step(r, rev);
+	}
+	return st;
+}
+
+/* The sealed relay against a peer that speaks records by hand: bytes
+ * both ways, half-close by the empty record, and every way a stream can
+ * be tampered with, each ending in a reset of the raw side. */
+static void test_relay_sealed(struct tally *t)
+{
+	static const char *const cases[] = {
+		"flip length", "flip body", "flip tag", "replay", "cut", "after end",
+	};
+	struct seal tx, rx, ptx, prx;
+	struct relay r;
+	uint8_t rec[256], got[256];
+	size_t n, used, plen, c;
+	ssize_t k;
+	int ua, ub, ta, tb;
+
+	memset(&tx, 0, sizeof(tx));
+	memset(&rx, 0, sizeof(rx));
+	tx.key[0] = 1;
+	rx.key[0] = 2;
+	ptx = rx;                 /* the peer seals what the relay opens */
+	prx = tx;
+	if (tcp_pair(&ua, &ub) != 0 || tcp_pair(&ta, &tb) != 0) {
+		CHECKF(t, 0, "sealed relay: no sockets");
+		return;
+	}
+	relay_init(&r, ub, ta);
+	relay_seal(&r, 1, &tx, &rx);
+	CHECK(t, write(ua, "hello", 5) == 5);
+	CHECK_INT(t, sealed_pump(&r), RELAY_OPEN);
+	k = read(tb, rec, sizeof(rec));
+	CHECK(t, k == RECORD_HDR + 5 + TAG_LEN &&
+	         record_open(&prx, rec, (size_t)k, &used, &plen) == FRAME_OK &&
+	         plen == 5 && memcmp(rec + RECORD_HDR, "hello", 5) == 0);
+	n = record_seal(&ptx, (const uint8_t *)"world!", 6, rec);
+	CHECK(t, write(tb, rec, n) == (ssize_t)n);
+	CHECK_INT(t, sealed_pump(&r), RELAY_OPEN);
+	CHECK(t, read(ua, got, sizeof(got)) == 6 && memcmp(got, "world!", 6) == 0);
+	/* Half-close each way: an empty record, then the FIN. */
+	shutdown(ua, SHUT_WR);
+	CHECK_INT(t, sealed_pump(&r), RELAY_OPEN);
+	k = read(tb, rec, sizeof(rec));
+	CHECK(t, k == RECORD_HDR + TAG_LEN &&
+	         record_open(&prx, rec, (size_t)k, &used, &plen) == FRAME_OK &&
+	         plen == 0);
+	CHECK(t, read(tb, rec, sizeof(rec)) == 0);
+	n = record_seal(&ptx, rec, 0, rec);
+	CHECK(t, write(tb, rec, n) == (ssize_t)n);
+	shutdown(tb, SHUT_WR);
+	CHECK_INT(t, sealed_pump(&r), RELAY_DONE);
+	CHECK(t, read(ua, got, sizeof(got)) == 0);
+	relay_close(&r);
+	close(ua);
+	close(tb);
+
+	for (c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+		enum relay_state st;
+
+		memset(&tx, 0, sizeof(tx));
+		memset(&rx, 0, sizeof(rx));
+		tx.key[0] = 1;
+		rx.key[0] = 2;
+		ptx = rx;
+		if (tcp_pair(&ua, &ub) != 0 || tcp_pair(&ta, &tb) != 0) {
+			CHECKF(t, 0, "sealed relay, %s: no sockets", cases[c]);
+			return;
+		}
+		relay_init(&r, ub, ta);
+		relay_seal(&r, 1, &tx, &rx);
+		n = record_seal(&ptx, (const uint8_t *)"data", 4, rec);
+		switch (c) {
+		case 0: rec[1] ^= 1; break;
+		case 1: rec[RECORD_HDR + 1] ^= 0x80; break;
+		case 2: rec[n - 1] ^= 1; break;
+		default: break;
+		}
+		CHECK(t, write(tb, rec, n) == (ssize_t)n);
+		if (c == 3) {
+			CHECK(t, write(tb, rec, n) == (ssize_t)n);
+		} else if (c == 5) {
+			n = record_seal(&ptx, rec, 0, rec);
+			CHECK(t, write(tb, rec, n) == (ssize_t)n);
+			n = record_seal(&ptx, (const uint8_t *)"more", 4, rec);
+			CHECK(t, write(tb, rec, n) == (ssize_t)n);
+		}
+		if (c != 5) {
+			/* The cut, or a FIN behind the bad record (a longer
+			 * length only waits for bytes until then). */
+			shutdown(tb, SHUT_WR);
+		}
+		st = sealed_pump(&r);
+		CHECKF(t, st == RELAY_FAIL && r.broke != NULL && r.err_side == 1,
+		       "sealed relay, %s: state %d, broke %s", cases[c], st,
+		       r.broke ? r.broke : "-");
+		relay_close(&r);
+		/* The raw side sees a reset, not an end: what came through
+		 * before the break, then ECONNRESET. */
+		do {
+			k = read(ua, got, sizeof(got));
+		} while (k > 0 || (k < 0 && errno == EAGAIN &&
+		                   tl_wait_fd(ua, POLLIN, tl_now_ms() + 2000) > 0));
+		CHECKF(t, k < 0 && errno == ECONNRESET,
+		       "sealed relay, %s: the raw side read %zd (%s), not a reset",
+		       cases[c], k, k < 0 ? strerror(errno) : "-");
+		close(ua);
+		close(tb);
+	}
+}
+
 /* ---- frame buffers ------------------------------------------------------ */
 
 /* A non-blocking AF_UNIX stream pair.  -1 on failure. */
@@ -3208,6 +3346,7 @@ int main(void)
 	test_fbuf_sealed(&t);
 	test_proxy_header(&t);
 	test_relay_order(&t);
+	test_relay_sealed(&t);
 	test_secrets_good(&t);
 	test_secrets_errors(&t);
 	test_secrets_bounds(&t);
