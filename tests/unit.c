@@ -894,6 +894,10 @@ static void test_x25519(struct tally *t)
 		CHECKF(t, !crypto_is_zero(got, 32), "crypto_is_zero: %ld", i);
 		got[i] = 0;
 	}
+	memset(got, 0xaa, sizeof(got));
+	crypto_wipe(got, 31);
+	CHECK(t, crypto_is_zero(got, 31) && got[31] == 0xaa);
+	crypto_wipe(NULL, 0);
 }
 
 static void test_equal_ct(struct tally *t)
