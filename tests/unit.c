@@ -258,8 +258,9 @@ static void fill_range(uint8_t *p, size_t n, unsigned first)
 static void test_hkdf(struct tally *t)
 {
 	/* A.1 to A.3 are the SHA-256 cases; A.4 to A.7 are the same shapes
-	 * with SHA-1, which dialback does not have.  Inputs are runs of
-	 * bytes: length, first value, and whether the run counts up. */
+	 * with SHA-1, which dialback does not have.  Salt and info count up
+	 * from their first byte; the IKM does too where count_ikm is set,
+	 * and else repeats it. */
 	static const struct {
 		size_t ikmlen, saltlen, infolen, len;
 		unsigned ikm0, salt0, info0;
