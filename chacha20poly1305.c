@@ -145,8 +145,9 @@ static size_t chacha20_xor4(uint8_t *out, const uint8_t *in, size_t len,
 		done += 4 * CHACHA_BLOCK;
 	}
 	s[12] += (uint32_t)(done / CHACHA_BLOCK);
-	/* Spilled rounds may have left key stream in x. */
+	/* o holds the key, x the last key stream, if they were spilled. */
 	crypto_wipe(x, sizeof(x));
+	crypto_wipe(o, sizeof(o));
 	return done;
 }
 #endif
@@ -161,10 +162,12 @@ void chacha20_xor(uint8_t *out, const uint8_t *in, size_t len,
 
 	chacha20_init(s, key, nonce, counter);
 #ifdef CHACHA_SSE2
-	i = chacha20_xor4(out, in, len, s);
-	out += i;
-	in += i;
-	len -= i;
+	if (len >= 4 * CHACHA_BLOCK) {
+		i = chacha20_xor4(out, in, len, s);
+		out += i;
+		in += i;
+		len -= i;
+	}
 #endif
 	for (; len >= CHACHA_BLOCK; len -= CHACHA_BLOCK) {
 		chacha20_block(x, s);

@@ -197,8 +197,9 @@ static void fill_range(uint8_t *p, size_t n, unsigned first)
 static void test_hkdf(struct tally *t)
 {
 	/* A.1 to A.3 are the SHA-256 cases; A.4 to A.7 are the same shapes
-	 * with SHA-1, which dialback does not have.  Inputs are runs of
-	 * bytes: length, first value, and whether the run counts up. */
+	 * with SHA-1, which dialback does not have.  Salt and info count up
+	 * from their first byte; the IKM does too where count_ikm is set,
+	 * and else repeats it. */
 	static const struct {
 		size_t ikmlen, saltlen, infolen, len;
 		unsigned ikm0, salt0, info0;
@@ -833,6 +834,10 @@ static void test_x25519(struct tally *t)
 		CHECKF(t, !crypto_is_zero(got, 32), "crypto_is_zero: %ld", i);
 		got[i] = 0;
 	}
+	memset(got, 0xaa, sizeof(got));
+	crypto_wipe(got, 31);
+	CHECK(t, crypto_is_zero(got, 31) && got[31] == 0xaa);
+	crypto_wipe(NULL, 0);
 }
 
 static void test_equal_ct(struct tally *t)
