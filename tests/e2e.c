@@ -2016,6 +2016,218 @@ out:
 	free(fl);
 }
 
+/* ---- per-port secrets ------------------------------------------------------ */
+
+/* write_secrets: the test's secrets file holds text, with mode. */
+static int
+write_secrets(struct test *t, char *path, size_t len, const char *text,
+              mode_t mode)
+{
+	snprintf(path, len, "%s/secrets", t->dir);
+	if (tl_write_file(path, text, strlen(text)) != 0 ||
+	    chmod(path, mode) != 0) {
+		return fail(t, "writing %s: %s", path, strerror(errno));
+	}
+	return 0;
+}
+
+/* secrets_ports: six free ports, the two highest becoming the ports of
+ * services a and b (the -ports range), so the range holds none of the
+ * others. */
+static int
+secrets_ports(struct test *t, int *a, int *b)
+{
+	int p[6], i, j, k;
+
+	if (pick_ports(t, p, 6) < 0) {
+		return -1;
+	}
+	for (i = 0; i < 6; i++) {
+		for (j = i + 1; j < 6; j++) {
+			if (p[j] < p[i]) {
+				k = p[i];
+				p[i] = p[j];
+				p[j] = k;
+			}
+		}
+	}
+	t->ctl = p[0];
+	t->tun = p[1];
+	t->pub = p[2];
+	t->loc = p[3];
+	*a = p[4];
+	*b = p[5];
+	return 0;
+}
+
+/* A file readable by others: the server refuses to start, naming it and
+ * its mode. */
+static void
+test_secrets_mode(struct test *t)
+{
+	char path[256], want[300];
+	const char *argv[10] = { "./server", "-control", NULL, "-tunnel", NULL,
+	                         "-public", NULL, "-secrets", path, NULL };
+	char c[64], u[64], p[64];
+	struct tl_proc *s;
+
+	if (pick_server_ports(t, NULL, 4) < 0 ||
+	    write_secrets(t, path, sizeof(path), "8080 a-secret-word\n",
+	                  0644) < 0) {
+		return;
+	}
+	argv[2] = tl_fmt_addr(c, t->host, t->ctl);
+	argv[4] = tl_fmt_addr(u, t->host, t->tun);
+	argv[6] = tl_fmt_addr(p, t->host, t->pub);
+	snprintf(want, sizeof(want), "%s has mode 0644", path);
+	if ((s = start(t, "server", argv, NULL, 0)) == NULL ||
+	    expect_exit(t, s, 1, T(3000)) < 0 || expect_log(t, s, want) < 0) {
+		return;
+	}
+	if (tl_file_contains(s->log, "a-secret-word")) {
+		fail(t, "the server logged a secret");
+	}
+}
+
+/* echo_some: on fd, n bytes of stream seed out and back. */
+static int
+echo_some(struct test *t, int fd, size_t n, uint32_t seed, const char *what)
+{
+	static uint8_t out[256 * 1024], in[256 * 1024];
+	struct tl_stream s;
+
+	tl_stream_init(&s, seed);
+	tl_stream_fill(&s, out, n);
+	/* n is small enough for the socket buffers on the way to hold it
+	 * all, so writing it before reading can't deadlock. */
+	if (tl_write_all(fd, out, n, tl_now_ms() + T(5000)) != 0 ||
+	    tl_read_full(fd, in, n, tl_now_ms() + T(5000)) != (ssize_t)n ||
+	    memcmp(in, out, n) != 0) {
+		return fail(t, "%s: %zu bytes did not come back intact", what, n);
+	}
+	return 0;
+}
+
+/*
+ * A client holding port A's secret can't take port B; SIGHUP adding B lets
+ * B's client in without disturbing a connection relaying through A; a bad
+ * file is refused and the old secrets stay; a changed secret detaches A's
+ * session, whose client lets its relaying connection finish and then
+ * exits 1.
+ */
+static void
+test_secrets_reload(struct test *t)
+{
+	char path[256], file[512], pa[16], pb[16], want[128];
+	struct tl_proc *ca, *cb, *bad;
+	int a, b, fd;
+
+	if (secrets_ports(t, &a, &b) < 0) {
+		return;
+	}
+	snprintf(pa, sizeof(pa), "%d", a);
+	snprintf(pb, sizeof(pb), "%d", b);
+	snprintf(file, sizeof(file), "# one service\n%d secret-of-a-000000\n", a);
+	if (write_secrets(t, path, sizeof(path), file, 0600) < 0 ||
+	    (t->svc = start_svc(t, "svc", "echo", t->loc, NULL)) == NULL) {
+		return;
+	}
+	snprintf(file, sizeof(file), "%d-%d", a, b);
+	t->server = start_server(t, "server", "-ports", file, "-secrets", path,
+	                         "-token", "the-token-for-the-rest", NULL);
+	if (t->server == NULL) {
+		return;
+	}
+	/* A's secret on port B: refused (B is not in the file yet, so B
+	 * takes the token), and A's secret does not open port B later. */
+	bad = start_client(t, "client-bad", t->ctl, t->loc, NULL, 0, "-port", pb,
+	                   "-token", "secret-of-a-000000", NULL);
+	if (bad == NULL || expect_exit(t, bad, 1, T(5000)) < 0 ||
+	    expect_log(t, bad, "wrong token") < 0) {
+		return;
+	}
+	ca = start_client(t, "client-a", t->ctl, t->loc, NULL, 1, "-port", pa,
+	                  "-token", "secret-of-a-000000", NULL);
+	if (ca == NULL || (fd = user_connect(t, a)) < 0 ||
+	    echo_some(t, fd, 200 * 1024, 1, "through A before SIGHUP") < 0) {
+		return;
+	}
+	/* Add B. */
+	snprintf(file, sizeof(file), "%d secret-of-a-000000\n%d secret-of-b-111111\n",
+	         a, b);
+	if (write_secrets(t, path, sizeof(path), file, 0600) < 0) {
+		return;
+	}
+	kill(t->server->pid, SIGHUP);
+	if (wait_log(t, t->server, "1 added, 0 removed, 0 changed; 0 sessions "
+	             "detached", T(3000)) < 0) {
+		return;
+	}
+	cb = start_client(t, "client-b", t->ctl, t->loc, NULL, 1, "-port", pb,
+	                  "-token", "secret-of-b-111111", NULL);
+	if (cb == NULL || echo_once(t, b, 100 * 1024, 2, 0, SMALL_MS,
+	                            "through B after SIGHUP") < 0 ||
+	    echo_some(t, fd, 200 * 1024, 3, "through A after SIGHUP") < 0) {
+		return;
+	}
+	/* A's secret can't take port B now either. */
+	bad = start_client(t, "client-bad2", t->ctl, t->loc, NULL, 0, "-port", pb,
+	                   "-token", "secret-of-a-000000", NULL);
+	snprintf(want, sizeof(want), "wrong secret for public port %d", b);
+	if (bad == NULL || expect_exit(t, bad, 1, T(5000)) < 0 ||
+	    expect_log(t, bad, want) < 0) {
+		return;
+	}
+	/* A bad file: refused whole, naming the line; nothing changes. */
+	if (write_secrets(t, path, sizeof(path), "# bad\nnot-a-port x\n",
+	                  0600) < 0) {
+		return;
+	}
+	kill(t->server->pid, SIGHUP);
+	if (wait_log(t, t->server, "line 2", T(3000)) < 0 ||
+	    expect_log(t, t->server, "the old ones stay") < 0 ||
+	    echo_once(t, b, 1000, 4, 0, SMALL_MS, "B after a bad file") < 0 ||
+	    echo_some(t, fd, 1000, 5, "A after a bad file") < 0) {
+		return;
+	}
+	/* A's secret changes: its session is detached, and its client,
+	 * refused on its way back, lets the relaying connection finish. */
+	snprintf(file, sizeof(file), "%d secret-of-a-CHANGED\n%d secret-of-b-111111\n",
+	         a, b);
+	if (write_secrets(t, path, sizeof(path), file, 0600) < 0) {
+		return;
+	}
+	kill(t->server->pid, SIGHUP);
+	if (wait_log(t, t->server, "0 added, 0 removed, 1 changed; 1 session "
+	             "detached", T(3000)) < 0 ||
+	    wait_log(t, ca, "exiting once 1 relaying connection finishes",
+	             T(5000)) < 0 ||
+	    echo_some(t, fd, 100 * 1024, 6, "A while its client drains") < 0) {
+		return;
+	}
+	if (tl_proc_poll(ca)) {
+		fail(t, "client-a exited before its relaying connection ended");
+		return;
+	}
+	shutdown(fd, SHUT_WR);
+	if (tl_wait_closed(fd, tl_now_ms() + T(3000), NULL, NULL) < 0) {
+		fail(t, "A's connection did not end after its half-close");
+		return;
+	}
+	user_close(t, fd);
+	snprintf(want, sizeof(want), "wrong secret for public port %d", a);
+	if (expect_exit(t, ca, 1, T(5000)) < 0 || expect_log(t, ca, want) < 0) {
+		return;
+	}
+	if (tl_file_contains(t->server->log, "secret-of") ||
+	    tl_file_contains(t->server->log, "CHANGED")) {
+		fail(t, "the server logged a secret");
+		return;
+	}
+	echo_once(t, b, 1000, 7, 0, SMALL_MS, "B after A's change");
+	expect_alive(t, cb);
+}
+
 static void
 test_wrong_token_no_loop(struct test *t)
 {
@@ -2300,6 +2512,8 @@ static const struct tl_case tests[] = {
 	{ "silent_flood_one_source", test_silent_flood_one_source, 0 },
 	{ "user_flood", test_user_flood, 0 },
 	{ "wrong_token_no_loop", test_wrong_token_no_loop, 0 },
+	{ "secrets_mode", test_secrets_mode, 0 },
+	{ "secrets_reload", test_secrets_reload, 0 },
 	{ "no_fd_leak_faults", test_no_fd_leak_faults, 0 },
 	{ "svc_direct", test_svc_direct, TL_EXPLICIT },
 };
