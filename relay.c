@@ -443,6 +443,36 @@ relay_splice(struct relay *r, int d, const char **op)
 	return 0;
 }
 
+/* read_source: read from direction d's source, retrying EINTR. */
+static ssize_t
+read_source(struct relay *r, int d, uint8_t *buf, size_t room)
+{
+	ssize_t n;
+
+	do {
+		n = read(r->fd[d], buf, room);
+	} while (n < 0 && errno == EINTR);
+	return n;
+}
+
+/* pass_on: send n bytes to direction d's sink now and keep what it
+ * refuses.  0, or -1 with *op naming what failed. */
+static int
+pass_on(struct relay *r, int d, const uint8_t *p, size_t n, const char **op)
+{
+	size_t sent = 0;
+
+	*op = "write";
+	if (send_some(r->fd[1 - d], p, n, &sent) != 0) {
+		return -1;
+	}
+	if (sent < n && relay_keep(&r->dir[d], p + sent, n - sent) != 0) {
+		*op = "buffer";
+		return -1;
+	}
+	return 0;
+}
+
 /*
  * Read from direction d's source and pass the bytes on at once.  With no
  * backlog, bytes go through the scratch buffer and only what the sink
@@ -459,12 +489,8 @@ relay_move(struct relay *r, int d, const char **op)
 	for (i = 0; i < RELAY_BURST && relay_can_read(r, rd); i++) {
 		uint8_t *into = rd->buf ? rd->buf + rd->off + rd->len : relay_scratch;
 		size_t room = rd->buf ? RELAY_BUF - rd->off - rd->len : RELAY_BUF;
-		ssize_t n;
-		size_t sent = 0;
+		ssize_t n = read_source(r, d, into, room);
 
-		do {
-			n = read(r->fd[d], into, room);
-		} while (n < 0 && errno == EINTR);
 		if (n == 0) {
 			rd->eof = 1;
 			return 0;
@@ -474,21 +500,14 @@ relay_move(struct relay *r, int d, const char **op)
 			return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
 		}
 		rd->bytes += (uint64_t)n;
-		*op = "write";
 		if (rd->buf != NULL) {
 			rd->len += (size_t)n;
+			*op = "write";
 			if (relay_drain(r, d) != 0) {
 				return -1;
 			}
-		} else {
-			if (send_some(r->fd[1 - d], relay_scratch, (size_t)n, &sent) != 0) {
-				return -1;
-			}
-			if (sent < (size_t)n &&
-			    relay_keep(rd, relay_scratch + sent, (size_t)n - sent) != 0) {
-				*op = "buffer";
-				return -1;
-			}
+		} else if (pass_on(r, d, relay_scratch, (size_t)n, op) != 0) {
+			return -1;
 		}
 		if ((size_t)n < room || rd->len > 0) {
 			return 0;     /* drained the source, or the sink is full */
@@ -514,12 +533,9 @@ seal_move(struct relay *r, int d, const char **op)
 	int i;
 
 	for (i = 0; i < RELAY_BURST && relay_can_read(r, rd); i++) {
-		ssize_t n;
-		size_t sent = 0, len;
+		ssize_t n = read_source(r, d, relay_scratch + RECORD_HDR, RECORD_MAX);
+		size_t len;
 
-		do {
-			n = read(r->fd[d], relay_scratch + RECORD_HDR, RECORD_MAX);
-		} while (n < 0 && errno == EINTR);
 		if (n < 0) {
 			*op = "read";
 			return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
@@ -528,12 +544,7 @@ seal_move(struct relay *r, int d, const char **op)
 		rd->eof = n == 0;
 		len = record_seal(r->tx, relay_scratch + RECORD_HDR, (size_t)n,
 		                  relay_scratch);
-		*op = "write";
-		if (send_some(r->fd[1 - d], relay_scratch, len, &sent) != 0) {
-			return -1;
-		}
-		if (sent < len && relay_keep(rd, relay_scratch + sent, len - sent) != 0) {
-			*op = "buffer";
+		if (pass_on(r, d, relay_scratch, len, op) != 0) {
 			return -1;
 		}
 		if (n < RECORD_MAX) {
@@ -547,10 +558,10 @@ seal_move(struct relay *r, int d, const char **op)
  * the sink takes them.  An empty record ends the direction; one that does
  * not open, or anything after the end, breaks the stream. */
 static int
-open_pending(struct relay *r, int d)
+open_pending(struct relay *r, int d, const char **op)
 {
 	struct relay_dir *rd = &r->dir[d];
-	size_t used, plen, sent;
+	size_t used, plen;
 
 	while (rd->len == 0 && rd->rlen > 0) {
 		uint8_t *rec = rd->rbuf + rd->roff;
@@ -567,9 +578,7 @@ open_pending(struct relay *r, int d)
 		}
 		rd->eof = plen == 0;
 		rd->bytes += plen;
-		if (send_some(r->fd[1 - d], rec + RECORD_HDR, plen, &sent) != 0 ||
-		    (sent < plen &&
-		     relay_keep(rd, rec + RECORD_HDR + sent, plen - sent) != 0)) {
+		if (pass_on(r, d, rec + RECORD_HDR, plen, op) != 0) {
 			return -1;
 		}
 		rd->roff += used;
@@ -603,9 +612,7 @@ open_move(struct relay *r, int d, const char **op)
 		memmove(rd->rbuf, rd->rbuf + rd->roff, rd->rlen);
 		rd->roff = 0;
 	}
-	do {
-		n = read(r->fd[d], rd->rbuf + rd->rlen, RELAY_BUF - rd->rlen);
-	} while (n < 0 && errno == EINTR);
+	n = read_source(r, d, rd->rbuf + rd->rlen, RELAY_BUF - rd->rlen);
 	if (n == 0) {
 		/* A FIN before the end record: someone cut the stream. */
 		return seal_broke(r, "closed without its end record (cut?)");
@@ -615,8 +622,7 @@ open_move(struct relay *r, int d, const char **op)
 		return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
 	}
 	rd->rlen += (size_t)n;
-	*op = "write";
-	return open_pending(r, d);
+	return open_pending(r, d, op);
 }
 
 /* One direction's reading, by the kind of relay. */
@@ -653,7 +659,7 @@ relay_step(struct relay *r, const short revents[2])
 			if (relay_drain(r, d) != 0) {
 				return relay_fail(r, dst, "write");
 			}
-			if (r->sealed == d && open_pending(r, d) != 0) {
+			if (r->sealed == d && open_pending(r, d, &op) != 0) {
 				rc = -1;
 			}
 		}
