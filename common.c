@@ -54,34 +54,11 @@ log_line(const char *fmt, va_list ap)
 }
 
 void
-log_info(const char *fmt, ...)
+log_at(enum log_level level, const char *fmt, ...)
 {
 	va_list ap;
 
-	if (log_level < LOG_NORMAL) {
-		return;
-	}
-	va_start(ap, fmt);
-	log_line(fmt, ap);
-	va_end(ap);
-}
-
-void
-log_warn(const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	log_line(fmt, ap);
-	va_end(ap);
-}
-
-void
-log_debug(const char *fmt, ...)
-{
-	va_list ap;
-
-	if (log_level < LOG_VERBOSE) {
+	if (log_level < level) {
 		return;
 	}
 	va_start(ap, fmt);

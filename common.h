@@ -29,9 +29,13 @@ enum log_level { LOG_QUIET = 0, LOG_NORMAL = 1, LOG_VERBOSE = 2 };
 /* Lines go to stderr as "2026-11-22T04:22:23Z message".  A format that
  * ends in ':' gets ": strerror(errno)" appended. */
 void log_set_level(enum log_level level);
-void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-void log_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* log_at: the line, if the level set is at least level; log_warn always,
+ * log_info unless -q, log_debug with -v. */
+void log_at(enum log_level level, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+#define log_warn(...)  log_at(LOG_QUIET, __VA_ARGS__)
+#define log_info(...)  log_at(LOG_NORMAL, __VA_ARGS__)
+#define log_debug(...) log_at(LOG_VERBOSE, __VA_ARGS__)
 /* die: log_warn, then exit(status).  For start-up only. */
 void die(int status, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3), noreturn));
