@@ -137,31 +137,6 @@ static void ctl_send(struct client *c, const struct msg *m);
 static const char *const relay_sides[2] = { "tunnel", "local" };
 
 static void
-ulist_add(struct cuser **head, struct cuser *u)
-{
-	u->prev = NULL;
-	u->next = *head;
-	if (*head != NULL) {
-		(*head)->prev = u;
-	}
-	*head = u;
-}
-
-static void
-ulist_del(struct cuser **head, struct cuser *u)
-{
-	if (u->prev != NULL) {
-		u->prev->next = u->next;
-	} else {
-		*head = u->next;
-	}
-	if (u->next != NULL) {
-		u->next->prev = u->prev;
-	}
-	u->next = u->prev = NULL;
-}
-
-static void
 close_fd(int *fd)
 {
 	if (*fd >= 0) {
@@ -231,8 +206,8 @@ user_close(struct client *c, struct cuser *u, const char *why)
 	close_fd(&u->held);
 	fbuf_free(&u->in);
 	u->dead = 1;
-	ulist_del(u->state == U_RELAY ? &c->relaying : &c->users, u);
-	ulist_add(&c->dead, u);
+	DLIST_DEL(*(u->state == U_RELAY ? &c->relaying : &c->users), u);
+	DLIST_ADD(c->dead, u);
 }
 
 /* user_fail: close u with "what: detail" as the reason. */
@@ -251,7 +226,7 @@ sweep(struct client *c)
 {
 	while (c->dead != NULL) {
 		struct cuser *u = c->dead;
-		ulist_del(&c->dead, u);
+		DLIST_DEL(c->dead, u);
 		crypto_wipe(u, sizeof(*u));
 		free(u);
 	}
@@ -368,8 +343,8 @@ relay_begin(struct client *c, struct cuser *u, int tunnel, int local,
 		relay_seal(&u->relay, 0, &u->tun_tx, &u->tun_rx);
 	}
 	u->fd = u->held = -1;
-	ulist_del(&c->users, u);
-	ulist_add(&c->relaying, u);
+	DLIST_DEL(c->users, u);
+	DLIST_ADD(c->relaying, u);
 	if (in_flight(u)) {
 		c->inflight--;
 	}
@@ -484,7 +459,7 @@ user_add(struct client *c, enum user_state state, const uint8_t id[USER_ID_LEN])
 	snprintf(u->peer, sizeof(u->peer), "?");
 	u->start = now_ms();
 	u->deadline = u->start + JOIN_WAIT_MS;
-	ulist_add(&c->users, u);
+	DLIST_ADD(c->users, u);
 	return u;
 }
 
@@ -913,12 +888,6 @@ ctl_readable(struct client *c)
 /* ==== the loop =========================================================== */
 
 static int64_t
-earliest(int64_t a, int64_t b)
-{
-	return (a < 0 || (b >= 0 && b < a)) ? b : a;
-}
-
-static int64_t
 run_timers(struct client *c, int64_t now)
 {
 	int64_t next = -1, dead_ms;
@@ -1158,7 +1127,7 @@ parse_args(struct client *c, int argc, char **argv)
 	const char *remote = NULL, *local = "127.0.0.1:8080", *token = NULL;
 	const char *port = NULL, *proxy = NULL, *pool = NULL;
 	struct hostport lhp;
-	char err[128], why[64];
+	char why[64];
 	struct flag flags[] = {
 		{ "remote", &remote, NULL },
 		{ "local", &local, NULL },
@@ -1177,21 +1146,18 @@ parse_args(struct client *c, int argc, char **argv)
 	if (addr_parse(remote, DEFAULT_CONTROL_PORT, 0, &c->remote, why,
 	               sizeof(why)) != 0 ||
 	    c->remote.host[0] == '\0') {
-		snprintf(err, sizeof(err), "-remote %s: %s", remote,
+		usage_exit(PROG, "-remote %s: %s", remote,
 		         why[0] ? why : "missing host");
-		usage_exit(PROG, err);
 	}
 	if (addr_parse(local, -1, 0, &lhp, why, sizeof(why)) != 0 || lhp.host[0] == '\0') {
-		snprintf(err, sizeof(err), "-local %s: %s", local,
+		usage_exit(PROG, "-local %s: %s", local,
 		         why[0] ? why : "missing host");
-		usage_exit(PROG, err);
 	}
 	if (port != NULL) {
 		struct hostport php;
 		if (addr_parse(port, -1, 0, &php, why, sizeof(why)) != 0 || php.host[0] != '\0') {
-			snprintf(err, sizeof(err), "-port %s: %s", port,
+			usage_exit(PROG, "-port %s: %s", port,
 			         why[0] ? why : "want a port number");
-			usage_exit(PROG, err);
 		}
 		c->want_port = atoi(php.port);
 	}
@@ -1199,9 +1165,8 @@ parse_args(struct client *c, int argc, char **argv)
 		char *end;
 		long n = strtol(pool, &end, 10);
 		if (*pool == '\0' || *end != '\0' || n < 0 || n > POOL_MAX) {
-			snprintf(err, sizeof(err), "-pool %s: want a number from 0 to "
+			usage_exit(PROG, "-pool %s: want a number from 0 to "
 			         "%d", pool, POOL_MAX);
-			usage_exit(PROG, err);
 		}
 		c->pool_want = (int)n;
 	}
@@ -1211,9 +1176,8 @@ parse_args(struct client *c, int argc, char **argv)
 		} else if (strcmp(proxy, "v2") == 0 || strcmp(proxy, "2") == 0) {
 			c->proxy_version = 2;
 		} else {
-			snprintf(err, sizeof(err), "-proxy-protocol %s: want v1 or v2",
+			usage_exit(PROG, "-proxy-protocol %s: want v1 or v2",
 			         proxy);
-			usage_exit(PROG, err);
 		}
 	}
 	c->remote_arg = remote;

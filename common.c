@@ -225,10 +225,22 @@ flags_parse(int argc, char **argv, const struct flag *flags, char *err,
 }
 
 void
-usage_exit(const char *prog, const char *why)
+usage_exit(const char *prog, const char *fmt, ...)
 {
-	fprintf(stderr, "%s: %s (see ./%s -h)\n", prog, why, prog);
+	va_list ap;
+
+	fprintf(stderr, "%s: ", prog);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, " (see ./%s -h)\n", prog);
 	exit(2);
+}
+
+int64_t
+earliest(int64_t a, int64_t b)
+{
+	return (a < 0 || (b >= 0 && b < a)) ? b : a;
 }
 
 void
@@ -251,7 +263,7 @@ flags_apply(int argc, char **argv, const struct flag *own, const char *prog,
 		all[n + i] = common[i];
 	}
 	if (flags_parse(argc, argv, all, err, sizeof(err)) != 0) {
-		usage_exit(prog, err);
+		usage_exit(prog, "%s", err);
 	}
 	if (help) {
 		fputs(usage, stdout);

@@ -54,8 +54,10 @@ int log_limited(struct log_limit *l, int64_t now, unsigned long *held);
 
 /* ---- time, randomness, memory (common.c) -------------------------------- */
 
-/* now_ms: a monotonic clock in milliseconds. */
+/* now_ms: a monotonic clock in milliseconds.  earliest: the sooner of two
+ * moments, -1 meaning none. */
 int64_t now_ms(void);
+int64_t earliest(int64_t a, int64_t b);
 
 /* random_open: open the kernel's generator, at start-up, so that a later
  * shortage of descriptors can't take away the source of ids and nonces.
@@ -66,6 +68,33 @@ void random_bytes(void *buf, size_t len);
 
 /* raise_fd_limit: lift RLIMIT_NOFILE to its hard limit; returns the limit. */
 long raise_fd_limit(void);
+
+/* ---- lists ------------------------------------------------------------- */
+
+/* Doubly linked lists threaded through an object's own next and prev, so
+ * an object leaves its list in O(1) however long the list is.  head is an
+ * lvalue, evaluated more than once. */
+#define DLIST_ADD(head, o)                                              \
+	do {                                                            \
+		(o)->prev = NULL;                                       \
+		(o)->next = (head);                                     \
+		if ((head) != NULL) {                                   \
+			(head)->prev = (o);                             \
+		}                                                       \
+		(head) = (o);                                           \
+	} while (0)
+#define DLIST_DEL(head, o)                                              \
+	do {                                                            \
+		if ((o)->prev != NULL) {                                \
+			(o)->prev->next = (o)->next;                    \
+		} else {                                                \
+			(head) = (o)->next;                             \
+		}                                                       \
+		if ((o)->next != NULL) {                                \
+			(o)->next->prev = (o)->prev;                    \
+		}                                                       \
+		(o)->next = (o)->prev = NULL;                           \
+	} while (0)
 
 /* heap_note: "; heap: N KiB in use" (malloc's live bytes) for a status
  * line, or "" where the C library can't tell. */
@@ -160,12 +189,12 @@ int flags_parse(int argc, char **argv, const struct flag *flags, char *err,
 /* flags_apply: flags_parse with the switches every program has added to
  * the table (at most FLAGS_MAX entries of its own): -h and -help print
  * usage and exit 0, -v and -q set the log level; a bad argument is a usage
- * error.  usage_exit: "PROG: why (see ./PROG -h)" on stderr, exit 2. */
+ * error.  usage_exit: "PROG: <fmt...> (see ./PROG -h)" on stderr, exit 2. */
 #define FLAGS_MAX 32
 void flags_apply(int argc, char **argv, const struct flag *own,
                  const char *prog, const char *usage);
-void usage_exit(const char *prog, const char *why)
-	__attribute__((noreturn));
+void usage_exit(const char *prog, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3), noreturn));
 
 /* signals_setup: ignore SIGPIPE; make SIGINT, SIGTERM, SIGUSR1 and SIGHUP write
  * their number to a pipe whose (non-blocking) read end is returned, for the

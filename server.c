@@ -158,12 +158,6 @@ accept_all(struct server *s, enum role role, int lfd, struct pub *pub)
 	}
 }
 
-static int64_t
-earliest(int64_t a, int64_t b)
-{
-	return (a < 0 || (b >= 0 && b < a)) ? b : a;
-}
-
 /* Silent connections time out in floods when strangers hold them open:
  * one line per 10 s for them, with a count, or NULL for a quiet close. */
 static const char *
@@ -483,7 +477,7 @@ parse_args(struct server *s, int argc, char **argv)
 	const char *token = NULL, *heartbeat = "10", *ports = NULL;
 	const char *secrets = NULL;
 	int r;
-	char err[128], why[64];
+	char why[64];
 	char *end;
 	long hb;
 	struct flag flags[] = {
@@ -501,22 +495,19 @@ parse_args(struct server *s, int argc, char **argv)
 	flags_apply(argc, argv, flags, PROG, usage_text);
 	for (r = 0; r < ROLE_END; r++) {
 		if (addr_parse(addr[r], -1, 1, &s->addr[r], why, sizeof(why)) != 0) {
-			snprintf(err, sizeof(err), "-%s %s: %s", role_names[r],
+			usage_exit(PROG, "-%s %s: %s", role_names[r],
 			         addr[r], why);
-			usage_exit(PROG, err);
 		}
 	}
 	hb = strtol(heartbeat, &end, 10);
 	if (*heartbeat == '\0' || *end != '\0' || hb < 1 || hb > 3600) {
-		snprintf(err, sizeof(err), "-heartbeat %s: want whole seconds "
+		usage_exit(PROG, "-heartbeat %s: want whole seconds "
 		         "from 1 to 3600", heartbeat);
-		usage_exit(PROG, err);
 	}
 	s->heartbeat_s = (int)hb;
 	if (ports != NULL && parse_range(ports, &s->ports_lo, &s->ports_hi) != 0) {
-		snprintf(err, sizeof(err), "-ports %s: want LO-HI, two ports from "
+		usage_exit(PROG, "-ports %s: want LO-HI, two ports from "
 		         "1 to 65535 with LO <= HI", ports);
-		usage_exit(PROG, err);
 	}
 	if (token == NULL) {
 		token = getenv("DIALBACK_TOKEN");

@@ -31,12 +31,7 @@ user_link(struct server *s, struct user *u)
 {
 	struct user **head = user_list(s, u);
 
-	u->prev = NULL;
-	u->next = *head;
-	if (*head != NULL) {
-		(*head)->prev = u;
-	}
-	*head = u;
+	DLIST_ADD(*head, u);
 	s->count[u->state]++;
 	if (u->sess != NULL) {
 		u->sess->count[u->state]++;
@@ -46,14 +41,9 @@ user_link(struct server *s, struct user *u)
 static void
 user_unlink(struct server *s, struct user *u)
 {
-	if (u->prev != NULL) {
-		u->prev->next = u->next;
-	} else {
-		*user_list(s, u) = u->next;
-	}
-	if (u->next != NULL) {
-		u->next->prev = u->prev;
-	}
+	struct user **head = user_list(s, u);
+
+	DLIST_DEL(*head, u);
 	s->count[u->state]--;
 	if (u->sess != NULL) {
 		u->sess->count[u->state]--;
