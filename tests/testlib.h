@@ -1327,7 +1327,7 @@ missing_tool(struct test *t, const char *why)
 	}
 }
 
-/* ---- user sockets ---- */
+/* ---- harness: user sockets ------------------------------------------------ */
 
 static inline void
 user_track(struct test *t, int fd)
@@ -1400,7 +1400,7 @@ user_reset(struct test *t, int fd)
 	user_close(t, fd);
 }
 
-/* ---- processes ---- */
+/* ---- harness: processes --------------------------------------------------- */
 
 #define TL_SPLIT_OUT 1   /* stdout to DIR/NAME.out, stderr to the log */
 #define TL_GROUP     2   /* in a process group of its own, killed whole */
@@ -1582,7 +1582,7 @@ tl_kill_group(struct tl_proc *p)
 	kill(p->pid, SIGKILL);
 }
 
-/* ---- ports and the product ---- */
+/* ---- harness: ports and the product --------------------------------------- */
 
 /* pick_ports: n distinct ports on t->host that were free a moment ago. */
 static inline int
@@ -1747,7 +1747,7 @@ start_svc(struct test *t, const char *name, const char *mode, int port,
 	return s;
 }
 
-/* ---- running ---- */
+/* ---- harness: running ----------------------------------------------------- */
 
 /* tl_valgrind_clean: p's valgrind log reports nothing; else fail(). */
 static inline void
