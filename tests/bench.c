@@ -1027,28 +1027,9 @@ check_alive(struct bench *b)
 static int
 count_sockets(pid_t pid)
 {
-	char path[64], link[320], target[64];
-	struct dirent *e;
-	DIR *d;
-	int n = 0;
+	struct tl_fds c;
 
-	snprintf(path, sizeof(path), "/proc/%ld/fd", (long)pid);
-	d = opendir(path);
-	if (d == NULL) {
-		return -1;
-	}
-	while ((e = readdir(d)) != NULL) {
-		ssize_t len;
-
-		snprintf(link, sizeof(link), "%s/%s", path, e->d_name);
-		len = readlink(link, target, sizeof(target) - 1);
-		if (len > 0) {
-			target[len] = '\0';
-			n += strncmp(target, "socket:", 7) == 0;
-		}
-	}
-	closedir(d);
-	return n;
+	return tl_fd_census(pid, &c) < 0 ? -1 : c.sockets;
 }
 
 /* settle: wait until the server and client hold only their idle sockets:

@@ -6,12 +6,13 @@
 # process group, as a terminal's Ctrl-C does, and the demo must exit 0
 # within 10 s leaving no process behind.  Without curl the fetch is
 # skipped, except with CI=true, where it fails.  The demo is killed,
-# group and session, whatever happens.  Last line: "demo: N passed,
-# N failed".  Run from anywhere.
+# group and session, whatever happens.  Last line: "demo: N passed, N
+# failed, N skipped".  Run from anywhere.
 
 cd "$(dirname "$0")/.." || exit 1
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/dialback-demotest.XXXXXX") || exit 1
+tl_name=demo
+# shellcheck source=tests/testlib.sh
+. tests/testlib.sh
 pid=""
 pgid=""
 
@@ -24,35 +25,18 @@ kill_all() {
 		pkill -KILL -s "$pid" 2>/dev/null
 	fi
 }
-trap 'kill_all; rm -rf "$tmp"' EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
-passed=0
-failed=0
-
-# check RC MESSAGE: RC 0 passes, anything else fails with MESSAGE.
-check() {
-	if [ "$1" -eq 0 ]; then
-		passed=$((passed + 1))
-	else
-		echo "demo: FAIL: $2"
-		failed=$((failed + 1))
-	fi
+# shellcheck disable=SC2317  # called by testlib.sh's EXIT trap
+tl_cleanup() {
+	kill_all
+	rm -rf "$tmp"
 }
 
-finish() {
+tl_before_finish() {
 	if [ "$failed" -ne 0 ] && [ -f "$tmp/log" ]; then
 		echo "demo: its output:"
 		sed 's/^/demo:   /' "$tmp/log"
 	fi
-	echo "demo: $passed passed, $failed failed"
-	[ "$failed" -eq 0 ]
-	exit
-}
-
-in_ci() {
-	[ "${CI:-}" = true ]
 }
 
 # port_used PORT: PORT is some TCP socket's local port (/proc/net/tcp and
@@ -90,8 +74,8 @@ else
 	if in_ci; then
 		check 1 "neither env --default-signal nor perl, and CI=true"
 	else
-		echo "demo: skip: neither env --default-signal nor perl to let" \
-		    "the demo see SIGINT"
+		skip "the demo" "neither env --default-signal nor perl to let \
+the demo see SIGINT"
 	fi
 	finish
 fi
@@ -99,7 +83,7 @@ if ! command -v setsid >/dev/null 2>&1; then
 	if in_ci; then
 		check 1 "no setsid, and CI=true"
 	else
-		echo "demo: skip: no setsid"
+		skip "the demo" "no setsid"
 	fi
 	finish
 fi
@@ -161,7 +145,7 @@ $body"
 elif in_ci; then
 	check 1 "no curl, and CI=true"
 else
-	echo "demo: skip: no curl, the page is not fetched"
+	skip "the page" "no curl to fetch it"
 fi
 
 # Ctrl-C: SIGINT to the whole process group.

@@ -17,6 +17,9 @@
  * "ok - NAME", "skip - NAME # why" or "FAIL - NAME: why" per test (with
  * the logs' tails after a failure), then "e2e: N passed, N failed, N
  * skipped".
+ *
+ * tests/e2e --resolve NAME prints NAME's addresses in getaddrinfo's order,
+ * for local_fallback.
  */
 #include <errno.h>
 #include <netdb.h>
@@ -966,13 +969,10 @@ test_sigterm(struct test *t)
 static void
 test_ipv6(struct test *t)
 {
-	int fd = tl_listen("::1", 0);
-
-	if (fd < 0) {
+	if (!tl_ipv6_ok()) {
 		t->skip = "no ::1";
 		return;
 	}
-	close(fd);
 	t->host = "::1";
 	if (setup(t) < 0) {
 		return;
@@ -1328,41 +1328,26 @@ tcp_describe(unsigned long ino, char *buf, size_t len)
 	}
 }
 
+static void
+print_fd(void *arg, const char *fd, const char *target)
+{
+	char tcp[200] = "";
+	unsigned long ino;
+
+	(void)arg;
+	if (sscanf(target, "socket:[%lu]", &ino) == 1) {
+		tcp_describe(ino, tcp, sizeof(tcp));
+	}
+	printf("#   %s -> %s %s\n", fd, target, tcp);
+}
+
 /* print_fds: what p's descriptors are, as "# " lines (ports in hex, as
  * /proc/net/tcp has them). */
 static void
 print_fds(const struct tl_proc *p)
 {
-	char dir[64], path[400], target[256], tcp[200];
-	struct dirent *e;
-	DIR *d;
-
-	snprintf(dir, sizeof(dir), "/proc/%ld/fd", (long)p->pid);
-	d = opendir(dir);
-	if (d == NULL) {
-		return;
-	}
 	printf("# descriptors of %s (pid %ld):\n", p->name, (long)p->pid);
-	while ((e = readdir(d)) != NULL) {
-		ssize_t n;
-		unsigned long ino;
-
-		if (e->d_name[0] == '.') {
-			continue;
-		}
-		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-		n = readlink(path, target, sizeof(target) - 1);
-		if (n < 0) {
-			continue;
-		}
-		target[n] = '\0';
-		tcp[0] = '\0';
-		if (sscanf(target, "socket:[%lu]", &ino) == 1) {
-			tcp_describe(ino, tcp, sizeof(tcp));
-		}
-		printf("#   %s -> %s %s\n", e->d_name, target, tcp);
-	}
-	closedir(d);
+	tl_each_fd(p->pid, print_fd, NULL);
 }
 
 /*

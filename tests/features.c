@@ -1564,38 +1564,17 @@ out:
 static int
 count_fds(pid_t pid, struct tl_fds *c)
 {
-	char dir[64], path[400], target[128];
-	struct dirent *e;
-	int n = 0, urandom = 0;
-	ssize_t len;
-	DIR *d;
+	struct tl_fds own;
 
-	snprintf(dir, sizeof(dir), "/proc/%ld/fd", (long)pid);
-	if ((d = opendir(dir)) == NULL) {
+	if (c == NULL) {
+		c = &own;
+	}
+	if (tl_fd_census(pid, c) < 0) {
 		return -1;
 	}
-	while ((e = readdir(d)) != NULL) {
-		if (e->d_name[0] == '.') {
-			continue;
-		}
-		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-		len = readlink(path, target, sizeof(target) - 1);
-		if (len < 0) {
-			continue;
-		}
-		target[len] = '\0';
-		if (strcmp(target, "/dev/urandom") == 0) {
-			urandom++;
-		} else {
-			n++;
-		}
-	}
-	closedir(d);
-	if (c != NULL && tl_fd_census(pid, c) == 0) {
-		c->total -= urandom;
-		c->other -= urandom;
-	}
-	return n;
+	c->total -= c->urandom;
+	c->other -= c->urandom;
+	return c->total;
 }
 
 /*

@@ -3,26 +3,14 @@
 # and two man pages land under it with the right modes and nothing else
 # does, the installed dialback-server and dialback-client run, and make
 # uninstall takes the four files away again.  Last line: "install: N
-# passed, N failed".  Run from anywhere; MAKE names the make to use.
+# passed, N failed, N skipped".  Run from anywhere; MAKE names the make to
+# use.
 
 cd "$(dirname "$0")/.." || exit 1
-
-dest=$(mktemp -d "${TMPDIR:-/tmp}/dialback-install.XXXXXX") || exit 1
-trap 'rm -rf "$dest"' EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-passed=0
-failed=0
-
-check() {
-	if [ "$1" -eq 0 ]; then
-		passed=$((passed + 1))
-	else
-		echo "install: FAIL: $2"
-		failed=$((failed + 1))
-	fi
-}
+tl_name=install
+# shellcheck source=tests/testlib.sh
+. tests/testlib.sh
+dest=$tmp/dest
 
 # mode_of FILE: the permission string of ls -l, "-rwxr-xr-x".
 mode_of() {
@@ -34,12 +22,11 @@ usr/bin/dialback-client -rwxr-xr-x
 usr/share/man/man1/dialback-server.1 -rw-r--r--
 usr/share/man/man1/dialback-client.1 -rw-r--r--"
 
-${MAKE:-make} install DESTDIR="$dest" PREFIX=/usr >"$dest.log" 2>&1
+${MAKE:-make} install DESTDIR="$dest" PREFIX=/usr >"$tmp/log" 2>&1
 rc=$?
 if [ "$rc" -ne 0 ]; then
-	cat "$dest.log"
+	cat "$tmp/log"
 fi
-rm -f "$dest.log"
 check "$rc" "make install DESTDIR=$dest PREFIX=/usr exited $rc"
 
 while read -r f want; do
@@ -70,5 +57,4 @@ n=$(find "$dest" -type f | wc -l)
 [ "$rc" -eq 0 ] && [ "$n" -eq 0 ]
 check $? "make uninstall: exit $rc, $n files left"
 
-echo "install: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish

@@ -3,27 +3,14 @@
 # client, the flags of `./PROG -h` (synopsis and flag list) are compared
 # with those of dialback-PROG.1 (its SYNOPSIS and its .It Fl entries): each
 # flag must be in all three, and one that is not fails, named.  Each page
-# must also render without groff warnings, where groff is installed.
-# Last line: "manpage: N passed, N failed".  Run from anywhere.
+# must also render without groff warnings; without groff that check is
+# skipped.  Last line: "manpage: N passed, N failed, N skipped".  Run from
+# anywhere.
 
 cd "$(dirname "$0")/.." || exit 1
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/dialback-manpage.XXXXXX") || exit 1
-trap 'rm -rf "$tmp"' EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-passed=0
-failed=0
-
-pass() {
-	passed=$((passed + 1))
-}
-
-fail() {
-	echo "manpage: FAIL: $*"
-	failed=$((failed + 1))
-}
+tl_name=manpage
+# shellcheck source=tests/testlib.sh
+. tests/testlib.sh
 
 # words: one word a line, split at blanks, commas, brackets and bars.
 words() {
@@ -95,16 +82,16 @@ for prog in server client; do
 			pass
 		fi
 	done <"$tmp/all"
-	if command -v groff >/dev/null 2>&1; then
-		groff -mdoc -ww -z "$page" >"$tmp/warn" 2>&1
-		if [ -s "$tmp/warn" ]; then
-			fail "$page: groff warns:"
-			cat "$tmp/warn"
-		else
-			pass
-		fi
+	if ! command -v groff >/dev/null 2>&1; then
+		skip "$page renders" "groff not installed"
+		continue
+	fi
+	groff -mdoc -ww -z "$page" >"$tmp/warn" 2>&1
+	if [ -s "$tmp/warn" ]; then
+		fail "$page: groff warns:"
+		cat "$tmp/warn"
+	else
+		pass
 	fi
 done
-
-echo "manpage: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish

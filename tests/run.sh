@@ -7,14 +7,10 @@
 # Exits non-zero if a binary failed, reported a failure, or printed no
 # summary line.  Run from the repository root (make test does).
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/dialback-run.XXXXXX") || exit 1
-trap 'rm -rf "$tmp"' EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-passed=0
-failed=0
-skipped=0
+# $tmp and the counters come from the shell tests' own library.
+tl_name=run
+# shellcheck source=tests/testlib.sh
+. tests/testlib.sh
 bad=0
 summary='^(.*[^0-9])?([0-9]+) passed, ([0-9]+) failed(, ([0-9]+) skipped)?.*$'
 

@@ -677,27 +677,54 @@ tl_cpu_ms(pid_t pid)
 	return ms;
 }
 
+/* tl_each_fd: call fn(arg, FD, TARGET) for each descriptor pid holds, FD
+ * its number and TARGET what /proc/PID/fd says it is ("socket:[INODE]",
+ * "pipe:[INODE]", a path).  0, or -1 if /proc can't tell. */
+static inline int
+tl_each_fd(pid_t pid,
+           void (*fn)(void *arg, const char *fd, const char *target),
+           void *arg)
+{
+	char dir[64], path[400], target[256];
+	struct dirent *e;
+	ssize_t len;
+	DIR *d;
+
+	snprintf(dir, sizeof(dir), "/proc/%ld/fd", (long)pid);
+	if ((d = opendir(dir)) == NULL) {
+		return -1;
+	}
+	while ((e = readdir(d)) != NULL) {
+		if (e->d_name[0] == '.') {
+			continue;
+		}
+		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+		len = readlink(path, target, sizeof(target) - 1);
+		if (len < 0) {
+			continue;     /* closed while we looked */
+		}
+		target[len] = '\0';
+		fn(arg, e->d_name, target);
+	}
+	closedir(d);
+	return 0;
+}
+
+static inline void
+tl_count_one(void *arg, const char *fd, const char *target)
+{
+	(void)fd;
+	(void)target;
+	++*(int *)arg;
+}
+
 /* tl_count_fds: open descriptors of pid, from /proc/PID/fd; -1 if unknown. */
 static inline int
 tl_count_fds(pid_t pid)
 {
-	char path[64];
-	DIR *d;
-	struct dirent *e;
 	int n = 0;
 
-	snprintf(path, sizeof(path), "/proc/%ld/fd", (long)pid);
-	d = opendir(path);
-	if (d == NULL) {
-		return -1;
-	}
-	while ((e = readdir(d)) != NULL) {
-		if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) {
-			n++;
-		}
-	}
-	closedir(d);
-	return n;
+	return tl_each_fd(pid, tl_count_one, &n) < 0 ? -1 : n;
 }
 
 /* What a process's descriptors are, from /proc/PID/fd. */
@@ -707,6 +734,14 @@ struct tl_fds {
 	int pipes;          /* pipe ends */
 	int unpaired;       /* pipe ends whose other end the process lacks */
 	int other;          /* files, /dev/null, epoll, ... */
+	int urandom;        /* /dev/urandom, one of other */
+};
+
+/* tl_fd_census's tally while it walks. */
+struct tl_census {
+	struct tl_fds *c;
+	unsigned long *ino; /* the pipes' inodes */
+	size_t n, cap;
 };
 
 static inline int
@@ -717,67 +752,58 @@ tl_cmp_ulong(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+static inline void
+tl_census_one(void *arg, const char *fd, const char *target)
+{
+	struct tl_census *w = arg;
+	unsigned long v, *more;
+	size_t cap;
+
+	(void)fd;
+	w->c->total++;
+	if (strncmp(target, "socket:", 7) == 0) {
+		w->c->sockets++;
+	} else if (sscanf(target, "pipe:[%lu]", &v) == 1) {
+		w->c->pipes++;
+		if (w->n == w->cap) {
+			cap = w->cap ? w->cap * 2 : 64;
+			if ((more = realloc(w->ino, cap * sizeof(*more))) == NULL) {
+				return;
+			}
+			w->ino = more;
+			w->cap = cap;
+		}
+		w->ino[w->n++] = v;
+	} else {
+		w->c->other++;
+		w->c->urandom += strcmp(target, "/dev/urandom") == 0;
+	}
+}
+
 /* tl_fd_census: sort pid's descriptors into *c.  0, or -1 if /proc can't
  * tell. */
 static inline int
 tl_fd_census(pid_t pid, struct tl_fds *c)
 {
-	char dir[64], path[400], target[128];
-	unsigned long *ino = NULL, *more, v;
-	size_t n = 0, cap = 0, i, j;
-	struct dirent *e;
-	DIR *d;
+	struct tl_census w = { c, NULL, 0, 0 };
+	size_t i, j;
+	int rc;
 
 	memset(c, 0, sizeof(*c));
-	snprintf(dir, sizeof(dir), "/proc/%ld/fd", (long)pid);
-	d = opendir(dir);
-	if (d == NULL) {
-		return -1;
+	rc = tl_each_fd(pid, tl_census_one, &w);
+	if (w.n > 0) {
+		qsort(w.ino, w.n, sizeof(*w.ino), tl_cmp_ulong);
 	}
-	while ((e = readdir(d)) != NULL) {
-		ssize_t len;
-
-		if (e->d_name[0] == '.') {
-			continue;
-		}
-		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-		len = readlink(path, target, sizeof(target) - 1);
-		if (len < 0) {
-			continue;     /* closed while we looked */
-		}
-		target[len] = '\0';
-		c->total++;
-		if (strncmp(target, "socket:", 7) == 0) {
-			c->sockets++;
-		} else if (sscanf(target, "pipe:[%lu]", &v) == 1) {
-			c->pipes++;
-			if (n == cap) {
-				cap = cap ? cap * 2 : 64;
-				more = realloc(ino, cap * sizeof(*ino));
-				if (more == NULL) {
-					break;
-				}
-				ino = more;
-			}
-			ino[n++] = v;
-		} else {
-			c->other++;
-		}
-	}
-	closedir(d);
-	if (n > 0) {
-		qsort(ino, n, sizeof(*ino), tl_cmp_ulong);
-	}
-	for (i = 0; i < n; i = j) {
-		for (j = i; j < n && ino[j] == ino[i]; j++) {
+	for (i = 0; i < w.n; i = j) {
+		for (j = i; j < w.n && w.ino[j] == w.ino[i]; j++) {
 			continue;
 		}
 		if (j - i == 1) {
 			c->unpaired++;
 		}
 	}
-	free(ino);
-	return 0;
+	free(w.ino);
+	return rc;
 }
 
 /* ---- processes ------------------------------------------------------------ */
@@ -1301,7 +1327,7 @@ missing_tool(struct test *t, const char *why)
 	}
 }
 
-/* ---- user sockets ---- */
+/* ---- harness: user sockets ------------------------------------------------ */
 
 static inline void
 user_track(struct test *t, int fd)
@@ -1374,7 +1400,7 @@ user_reset(struct test *t, int fd)
 	user_close(t, fd);
 }
 
-/* ---- processes ---- */
+/* ---- harness: processes --------------------------------------------------- */
 
 #define TL_SPLIT_OUT 1   /* stdout to DIR/NAME.out, stderr to the log */
 #define TL_GROUP     2   /* in a process group of its own, killed whole */
@@ -1556,7 +1582,7 @@ tl_kill_group(struct tl_proc *p)
 	kill(p->pid, SIGKILL);
 }
 
-/* ---- ports and the product ---- */
+/* ---- harness: ports and the product --------------------------------------- */
 
 /* pick_ports: n distinct ports on t->host that were free a moment ago. */
 static inline int
@@ -1738,7 +1764,7 @@ start_svc(struct test *t, const char *name, const char *mode, int port,
 	return s;
 }
 
-/* ---- running ---- */
+/* ---- harness: running ----------------------------------------------------- */
 
 /* tl_valgrind_clean: p's valgrind log reports nothing; else fail(). */
 static inline void
