@@ -1149,13 +1149,15 @@ parse_args(struct client *c, int argc, char **argv)
 		usage_exit(PROG, "-remote %s: %s", remote,
 		         why[0] ? why : "missing host");
 	}
-	if (addr_parse(local, -1, 0, &lhp, why, sizeof(why)) != 0 || lhp.host[0] == '\0') {
+	if (addr_parse(local, -1, 0, &lhp, why, sizeof(why)) != 0 ||
+	    lhp.host[0] == '\0') {
 		usage_exit(PROG, "-local %s: %s", local,
 		         why[0] ? why : "missing host");
 	}
 	if (port != NULL) {
 		struct hostport php;
-		if (addr_parse(port, -1, 0, &php, why, sizeof(why)) != 0 || php.host[0] != '\0') {
+		if (addr_parse(port, -1, 0, &php, why, sizeof(why)) != 0 ||
+		    php.host[0] != '\0') {
 			usage_exit(PROG, "-port %s: %s", port,
 			         why[0] ? why : "want a port number");
 		}

@@ -110,7 +110,7 @@
 #define DEFAULT_HEARTBEAT_S  10
 #define DEAD_AFTER_BEATS     3     /* silence of this many heartbeats = dead */
 #define HANDSHAKE_MS         5000  /* hello..welcome, and dial..join */
-#define JOIN_WAIT_MS         10000 /* a user (or ticket) waits this long for its join */
+#define JOIN_WAIT_MS         10000 /* a user (or ticket) awaits its JOIN */
 #define POOL_MAX             64    /* pooled tunnels per session, at most */
 
 enum msg_type {

@@ -259,19 +259,12 @@ static void
 sync_few(struct server *s, int64_t now)
 {
 	int open = s->accept_paused_until <= now;
-	int r, i;
+	int r;
 	struct ctl *c;
 
-	for (r = ROLE_CONTROL; r < ROLE_PUBLIC; r++) {
-		for (i = 0; i < s->nlfd[r]; i++) {
-			if (open) {
-				loop_watch(s->loop, &s->lw[r][i], s->lfd[r][i], POLLIN);
-			} else {
-				loop_unwatch(s->loop, &s->lw[r][i]);
-			}
-		}
+	for (r = 0; r < ROLE_END; r++) {
+		pub_sync(s, &s->lis[r], open);
 	}
-	pub_sync(s, &s->main_pub, open);
 	for (c = s->ctls; c != NULL; c = c->next) {
 		if (c->dead) {
 			continue;
@@ -434,12 +427,9 @@ server_free(struct server *s)
 	}
 	sweep(s);
 	for (r = 0; r < ROLE_END; r++) {
-		for (i = 0; i < s->nlfd[r]; i++) {
-			close_watched(s, &s->lw[r][i], &s->lfd[r][i]);
+		for (i = 0; i < s->lis[r].nfd; i++) {
+			close_watched(s, &s->lis[r].w[i], &s->lis[r].fd[i]);
 		}
-	}
-	for (i = 0; i < s->main_pub.nfd; i++) {
-		close_watched(s, &s->main_pub.w[i], &s->main_pub.fd[i]);
 	}
 	close_watched(s, &s->sig_w, &s->sig_fd);
 	secrets_free(&s->secrets);
@@ -540,28 +530,21 @@ main(int argc, char **argv)
 	s.spare_fd = open("/dev/null", O_RDONLY);
 	s.started = now_ms();
 	for (r = 0; r < ROLE_END; r++) {
-		int *fds = r == ROLE_PUBLIC ? s.main_pub.fd : s.lfd[r];
-		int n = listen_on(&s.addr[r], role_names[r], fds, MAX_LISTEN, err,
-		                  sizeof(err));
-		if (n < 0) {
+		struct pub *p = &s.lis[r];
+
+		if ((p->nfd = listen_on(&s.addr[r], role_names[r], p->fd, MAX_LISTEN,
+		                        err, sizeof(err))) < 0) {
 			die(1, "%s", err);
 		}
-		if (r == ROLE_PUBLIC) {
-			s.main_pub.nfd = n;
-		} else {
-			s.nlfd[r] = n;
+		for (i = 0; i < p->nfd; i++) {
+			watch_init(&p->w[i], K_LISTEN, p, r);
 		}
-		for (i = 0; i < n; i++) {
-			watch_init(r == ROLE_PUBLIC ? &s.main_pub.w[i] : &s.lw[r][i],
-			           K_LISTEN, r == ROLE_PUBLIC ? &s.main_pub : NULL, r);
-		}
-		s.port[r] = local_port(fds[0]);
+		p->port = local_port(p->fd[0]);
 	}
-	s.main_pub.port = s.port[ROLE_PUBLIC];
-	if (s.ports_lo != 0 && s.main_pub.port >= s.ports_lo &&
-	    s.main_pub.port <= s.ports_hi) {
+	if (s.ports_lo != 0 && s.lis[ROLE_PUBLIC].port >= s.ports_lo &&
+	    s.lis[ROLE_PUBLIC].port <= s.ports_hi) {
 		die(2, "-ports %d-%d includes the -public port %d; pick a range "
-		    "beside it", s.ports_lo, s.ports_hi, s.main_pub.port);
+		    "beside it", s.ports_lo, s.ports_hi, s.lis[ROLE_PUBLIC].port);
 	}
 	if (s.secrets_path != NULL &&
 	    secrets_load(&s.secrets, s.secrets_path, err, sizeof(err)) != 0) {
@@ -582,8 +565,9 @@ main(int argc, char **argv)
 		         s.ports_hi);
 	}
 	log_info("listening: control %d, tunnel %d, public %d%s (fd limit %ld, "
-	         "heartbeat %ds, %s)", s.port[ROLE_CONTROL], s.port[ROLE_TUNNEL],
-	         s.port[ROLE_PUBLIC], err, nofile, s.heartbeat_s,
+	         "heartbeat %ds, %s)", s.lis[ROLE_CONTROL].port,
+	         s.lis[ROLE_TUNNEL].port,
+	         s.lis[ROLE_PUBLIC].port, err, nofile, s.heartbeat_s,
 	         loop_backend(s.loop));
 	serve(&s);
 	log_info("stopping");

@@ -28,7 +28,7 @@
 #define MAX_HANDSHAKES  64     /* control connections not yet attached */
 #define MAX_PER_SOURCE  8      /* ... of those, from one address */
 #define MAX_TUNNELS     4096   /* tunnel connections without their JOIN */
-#define RECENT_POOLED   16     /* ended pooled users remembered, see pooled_failed */
+#define RECENT_POOLED   16     /* ended pooled users kept: pooled_failed */
 
 enum role { ROLE_CONTROL, ROLE_TUNNEL, ROLE_PUBLIC, ROLE_END };
 
@@ -36,8 +36,9 @@ enum role { ROLE_CONTROL, ROLE_TUNNEL, ROLE_PUBLIC, ROLE_END };
  * public port and the users waiting for their joins. */
 enum ctl_state { CTL_HELLO, CTL_AUTH, CTL_ATTACHED };
 
-/* A public port and the session serving it.  The -public port listens
- * from start to stop; a port from -ports only while its session lasts. */
+/* A listening port.  A public one may be served by a session (owner):
+ * the -public port listens from start to stop, a port from -ports only
+ * while its session lasts. */
 struct pub {
 	int port;
 	int fd[MAX_LISTEN];
@@ -125,11 +126,7 @@ struct server {
 	struct secrets secrets;        /* ... as last read */
 	int heartbeat_s;
 	int ports_lo, ports_hi;        /* -ports; 0 = none */
-	int lfd[ROLE_END][MAX_LISTEN]; /* control and tunnel */
-	struct watch lw[ROLE_END][MAX_LISTEN];
-	int nlfd[ROLE_END];
-	int port[ROLE_END];
-	struct pub main_pub;           /* -public */
+	struct pub lis[ROLE_END];      /* -control, -tunnel, -public */
 	int sig_fd;
 	struct watch sig_w;
 	struct loop *loop;

@@ -134,7 +134,7 @@ on_hello(struct server *s, struct ctl *c, const struct msg *m)
 		ctl_refuse(s, c, ERR_VERSION, why);
 		return;
 	}
-	c->asked = m->public_port ? m->public_port : s->main_pub.port;
+	c->asked = m->public_port ? m->public_port : s->lis[ROLE_PUBLIC].port;
 	hs_init(&c->hs);
 	memset(&r, 0, sizeof(r));
 	r.type = MSG_CHALLENGE;
@@ -215,8 +215,8 @@ port_owner(struct server *s, int port)
 {
 	struct ctl *c;
 
-	if (port == s->main_pub.port) {
-		return s->main_pub.owner;
+	if (port == s->lis[ROLE_PUBLIC].port) {
+		return s->lis[ROLE_PUBLIC].owner;
 	}
 	for (c = s->ctls; c != NULL; c = c->next) {
 		if (!c->dead && c->pub != NULL && c->pub->port == port) {
@@ -236,17 +236,17 @@ port_claim(struct server *s, struct ctl *c, int port, enum err_code *code,
 	struct hostport hp;
 	int i;
 
-	if (port != s->main_pub.port &&
+	if (port != s->lis[ROLE_PUBLIC].port &&
 	    (s->ports_lo == 0 || port < s->ports_lo || port > s->ports_hi)) {
 		*code = ERR_PORT;
 		if (s->ports_lo == 0) {
 			snprintf(why, len, "public port %d is not offered here: this "
 			         "server serves port %d only (see its -ports)", port,
-			         s->main_pub.port);
+			         s->lis[ROLE_PUBLIC].port);
 		} else {
 			snprintf(why, len, "public port %d is not offered here: this "
 			         "server serves port %d and %d-%d", port,
-			         s->main_pub.port, s->ports_lo, s->ports_hi);
+			         s->lis[ROLE_PUBLIC].port, s->ports_lo, s->ports_hi);
 		}
 		return -1;
 	}
@@ -264,8 +264,8 @@ port_claim(struct server *s, struct ctl *c, int port, enum err_code *code,
 		old->pub = NULL;
 		old->own = NULL;
 		ctl_close(s, old, "replaced by its own reconnect");
-	} else if (port == s->main_pub.port) {
-		c->pub = &s->main_pub;
+	} else if (port == s->lis[ROLE_PUBLIC].port) {
+		c->pub = &s->lis[ROLE_PUBLIC];
 	} else {
 		if ((c->own = calloc(1, sizeof(*c->own))) == NULL) {
 			snprintf(why, len, "out of memory");
@@ -356,7 +356,7 @@ on_auth(struct server *s, struct ctl *c, const struct msg *m)
 	set_keepalive(c->fd);
 	memset(&r, 0, sizeof(r));
 	r.type = MSG_WELCOME;
-	r.tunnel_port = (uint16_t)s->port[ROLE_TUNNEL];
+	r.tunnel_port = (uint16_t)s->lis[ROLE_TUNNEL].port;
 	r.public_port = (uint16_t)c->pub->port;
 	r.heartbeat_s = (uint16_t)s->heartbeat_s;
 	r.flags = c->plaintext ? FLAG_PLAINTEXT : 0;

@@ -516,7 +516,7 @@ tun_readable(struct server *s, struct tun *t)
 		m.type = MSG_ERROR;
 		m.code = ERR_WRONG_PORT;
 		snprintf(m.text, sizeof(m.text), "this is the tunnel port; point "
-		         "-remote at the control port (%d)", s->port[ROLE_CONTROL]);
+		         "-remote at the control port (%d)", s->lis[ROLE_CONTROL].port);
 		send_now(t->fd, &m);
 		tun_close(s, t, "a HELLO on the tunnel port");
 	} else if (fr == FRAME_OK || fr == FRAME_BAD) {

@@ -242,10 +242,10 @@ run_init(struct run *r, const char *token, int ports)
 	memset(r, 0, sizeof(*r));
 	r->s.token = token;
 	r->s.heartbeat_s = DEFAULT_HEARTBEAT_S;
-	r->s.port[ROLE_CONTROL] = DEFAULT_CONTROL_PORT;
-	r->s.port[ROLE_TUNNEL] = DEFAULT_TUNNEL_PORT;
-	r->s.port[ROLE_PUBLIC] = MAIN_PORT;
-	r->s.main_pub.port = MAIN_PORT;        /* no listener: nfd 0 */
+	r->s.lis[ROLE_CONTROL].port = DEFAULT_CONTROL_PORT;
+	r->s.lis[ROLE_TUNNEL].port = DEFAULT_TUNNEL_PORT;
+	r->s.lis[ROLE_PUBLIC].port = MAIN_PORT;
+	r->s.lis[ROLE_PUBLIC].port = MAIN_PORT;        /* no listener: nfd 0 */
 	snprintf(r->s.addr[ROLE_PUBLIC].host, sizeof(r->s.addr[0].host),
 	         "127.0.0.1");
 	if (ports) {
@@ -265,7 +265,7 @@ run_init(struct run *r, const char *token, int ports)
 		}
 	}
 	for (j = 0; j < MAX_LISTEN; j++) {
-		watch_init(&r->s.main_pub.w[j], K_LISTEN, &r->s.main_pub,
+		watch_init(&r->s.lis[ROLE_PUBLIC].w[j], K_LISTEN, &r->s.lis[ROLE_PUBLIC],
 		           ROLE_PUBLIC);
 	}
 	r->ctl_peer = r->tun_peer = r->owner_peer = r->dial = -1;
@@ -497,7 +497,7 @@ fuzz_server(unsigned flags, const uint8_t *data, size_t len)
 		owner = owner_new(&r, MAIN_PORT);
 	}
 	if (flags & F_USERS) {
-		users_new(&r, 2, &r.s.main_pub);  /* no owner: turned away */
+		users_new(&r, 2, &r.s.lis[ROLE_PUBLIC]);  /* no owner: turned away */
 	}
 	c = ctl_new(&r, &r.ctl_peer);
 	peer_send(r.ctl_peer, data, len);
@@ -509,7 +509,7 @@ fuzz_server(unsigned flags, const uint8_t *data, size_t len)
 	if (!(flags & F_NO_TOKEN)) {
 		CHECK(c->dead || c->state != CTL_ATTACHED,
 		      "attached without proving the token");
-		CHECK(r.s.main_pub.owner == owner,
+		CHECK(r.s.lis[ROLE_PUBLIC].owner == owner,
 		      "the main port changed hands without a proof");
 	}
 	tunnel_feed(&r, data, len, flags);
