@@ -314,10 +314,7 @@ tunnel_dial(struct client *c, struct cuser *u)
 static size_t
 join_frame(struct cuser *u, uint8_t *frame)
 {
-	struct msg m;
-
-	memset(&m, 0, sizeof(m));
-	m.type = MSG_JOIN;
+	struct msg m = { .type = MSG_JOIN };
 	memcpy(m.user_id, u->id, USER_ID_LEN);
 	join_proof(&u->tun_tx, u->id, m.proof);
 	return frame_encode(frame, &m);
@@ -703,32 +700,25 @@ ctl_connected(struct client *c)
 	c->state = C_HELLO_SENT;
 }
 
+/* An ERROR from the server: a busy port is worth a retry; nothing else
+ * is, and some errors have an obvious next step. */
 static void
 on_error_msg(struct client *c, const struct msg *m)
 {
+	static const char *const hint[ERR_CODE_END] = {
+		[ERR_AUTH] = " — check -token or DIALBACK_TOKEN against the "
+		             "server's",
+		[ERR_PORT] = " — pick another -port",
+	};
 	char what[TEXT_MAX + 128];
 
-	switch (m->code) {
-	case ERR_BUSY:
-		snprintf(what, sizeof(what), "server %s refused: %s", c->server,
-		         m->text);
+	snprintf(what, sizeof(what), "server %s refused: %s%s", c->server,
+	         m->text, m->code < ERR_CODE_END && hint[m->code] ? hint[m->code]
+	                                                           : "");
+	if (m->code == ERR_BUSY) {
 		ctl_retry(c, what);
-		break;
-	case ERR_AUTH:
-		snprintf(what, sizeof(what), "server refused: %s — check -token "
-		         "or DIALBACK_TOKEN against the server's", m->text);
+	} else {
 		ctl_fail(c, 1, what);
-		break;
-	case ERR_PORT:
-		snprintf(what, sizeof(what), "server refused: %s — pick another "
-		         "-port", m->text);
-		ctl_fail(c, 1, what);
-		break;
-	default:
-		snprintf(what, sizeof(what), "server %s refused: %s", c->server,
-		         m->text);
-		ctl_fail(c, 1, what);
-		break;
 	}
 }
 
@@ -925,9 +915,7 @@ run_timers(struct client *c, int64_t now)
 			break;
 		}
 		if (now >= c->next_ping) {
-			struct msg m;
-			memset(&m, 0, sizeof(m));
-			m.type = MSG_PING;
+			struct msg m = { .type = MSG_PING };
 			ctl_send(c, &m);
 			c->next_ping = now + c->heartbeat_s * 1000;
 		}

@@ -205,9 +205,7 @@ run_timers(struct server *s, int64_t now)
 			continue;
 		}
 		if (now >= c->next_ping) {
-			struct msg m;
-			memset(&m, 0, sizeof(m));
-			m.type = MSG_PING;
+			struct msg m = { .type = MSG_PING };
 			ctl_send(s, c, &m);
 			c->next_ping = now + s->heartbeat_s * 1000;
 		}

@@ -84,10 +84,7 @@ ctl_reply(struct server *s, struct ctl *c, const struct msg *m)
 {
 	uint8_t frame[FRAME_HDR + FRAME_MAX];
 	size_t n = frame_encode(frame, m);
-	struct msg r;
-
-	memset(&r, 0, sizeof(r));
-	r.type = MSG_REPLY;
+	struct msg r = { .type = MSG_REPLY };
 	hs_seal(&c->hs, frame, n, r.sealed);
 	r.sealed_len = (uint16_t)(n + TAG_LEN);
 	ctl_send(s, c, &r);
@@ -99,10 +96,7 @@ static void
 ctl_refuse(struct server *s, struct ctl *c, enum err_code code,
            const char *why)
 {
-	struct msg m;
-
-	memset(&m, 0, sizeof(m));
-	m.type = MSG_ERROR;
+	struct msg m = { .type = MSG_ERROR };
 	m.code = (uint8_t)code;
 	snprintf(m.text, sizeof(m.text), "%s", why);
 	fbuf_flush(&c->out, c->fd);
