@@ -2752,6 +2752,9 @@ main(int argc, char **argv)
 		rc = -1;
 	}
 	free(b.buf);
+	/* The table first, even when stdout is a file or a pipe and stderr
+	 * is the same one. */
+	fflush(stdout);
 	if (rc == 0) {
 		remove_logs(&b);
 		fprintf(stderr, "bench: done in %.1f s\n", now_s() - t0);
