@@ -31,11 +31,11 @@
  * the same numbers go to bench.csv (or -csv FILE).  Each metric has a row
  * for the plaintext tunnel and one for the encrypted tunnel.  Footprint
  * rows (RSS, CPU) are about the servers and clients, so they have tunnel
- * values only.  Exit status 0 (a missed target too: on a shared machine
- * it is noise as often as not); 1 if something broke (a tunnel did not
- * come up, a byte count did not match, a process died or kept sockets); 2
- * for a bad flag.  Logs of the servers and clients are kept when the run
- * fails.
+ * values only.  Exit status 0, a missed target included (it is printed:
+ * one run's ratio on a shared machine is too noisy to fail on); 1 if
+ * something broke (a tunnel did not come up, a byte count did not match,
+ * a process died or kept sockets); 2 for a bad flag.  Logs of the servers
+ * and clients are kept when the run fails.
  */
 #ifdef __linux__
 #define _GNU_SOURCE     /* splice(2) for the bare relay, before any header */
