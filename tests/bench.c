@@ -1,31 +1,41 @@
 /*
  * bench: dialback's throughput, latency, connection rate and footprint on
- * loopback, the direct path, a bare relay chain and the tunnel side by side.
+ * loopback, the direct path, a bare relay chain and the tunnel, plaintext
+ * and encrypted, side by side.
  *
  *     tests/bench [-quick] [-conns N] [-repeat R] [-time SECONDS] [-csv FILE]
- *                 [-only WORD] [-pool N] [-hold]
+ *                 [-only WORD] [-pool N] [-hold] [-tunnels WHICH]
  *
  * One run starts a service (a forked child, see "the service" below), two
- * bare relays (forked children, see "the bare relay"), then ./server and
- * ./client forwarding the server's public port to the service, and
- * measures every metric over three paths:
+ * bare relays (forked children, see "the bare relay"), then two pairs of
+ * ./server and ./client, each forwarding its server's public port to the
+ * service, and measures every metric over four paths:
  *
- *     direct   bench -> service
- *     relay    bench -> relay A -> relay B -> service
- *     tunnel   bench -> server (public port) -> client -> service
+ *     direct     bench -> service
+ *     relay      bench -> relay A -> relay B -> service
+ *     tunnel     bench -> server (public port) -> client -> service, both
+ *                with -plaintext: raw bytes, spliced
+ *     encrypted  the same with default flags: every byte sealed in
+ *                protocol 2's records
  *
  * The relay path is the reference point: two hops with no protocol at
  * all, the most any two-hop forwarder could get on this machine.  On a
  * small VM the kernel's cost per TCP hop limits the tunnel's ratio to
  * direct; its ratio to relay shows how close it comes to what is
- * achievable.
+ * achievable.  The encrypted tunnel's ratio to the plaintext one is the
+ * price of the crypto; metrics with a target (from the issue that made
+ * tunnels encrypted) say whether it was met.  -tunnels plaintext or
+ * -tunnels encrypted runs one of the two only.
  *
  * The paths take turns, R times each, and the table shows the medians;
- * the same numbers go to bench.csv (or -csv FILE).  Footprint rows (RSS,
- * CPU) are about the server and client, so they have a tunnel column
- * only.  Exit status 0; 1 if something broke (the tunnel did not come up,
- * a byte count did not match, a process died or kept sockets); 2 for a
- * bad flag.  Logs of the server and client are kept when the run fails.
+ * the same numbers go to bench.csv (or -csv FILE).  Each metric has a row
+ * for the plaintext tunnel and one for the encrypted tunnel.  Footprint
+ * rows (RSS, CPU) are about the servers and clients, so they have tunnel
+ * values only.  Exit status 0, a missed target included (it is printed:
+ * one run's ratio on a shared machine is too noisy to fail on); 1 if
+ * something broke (a tunnel did not come up, a byte count did not match,
+ * a process died or kept sockets); 2 for a bad flag.  Logs of the servers
+ * and clients are kept when the run fails.
  */
 #ifdef __linux__
 #define _GNU_SOURCE     /* splice(2) for the bare relay, before any header */
@@ -54,12 +64,16 @@ static volatile sig_atomic_t stop_flag;
 
 /* ==== metrics ============================================================ */
 
-enum path { P_DIRECT, P_RELAY, P_TUNNEL, P_COUNT };
+/* The two tunnels are the last paths, plaintext first: tunnel_of(). */
+enum path { P_DIRECT, P_RELAY, P_PLAIN, P_SEALED, P_COUNT };
+
+#define TUNNELS 2
 
 static const char *const path_names[P_COUNT] = {
 	[P_DIRECT] = "direct",
 	[P_RELAY]  = "relay",
-	[P_TUNNEL] = "tunnel",
+	[P_PLAIN]  = "plaintext tunnel",
+	[P_SEALED] = "encrypted tunnel",
 };
 
 enum metric {
@@ -75,36 +89,43 @@ enum metric {
 	M_COUNT
 };
 
+/*
+ * target: what the encrypted tunnel must reach as a fraction of the
+ * plaintext one, measured in the same run (0: no target).  For a metric
+ * where lower is better the bound is on the rate: a round trip of at most
+ * 1/target times the plaintext one.
+ */
 struct metric_info {
 	const char *name;
 	const char *unit;
 	int decimals;
 	int lower_better;
 	int held;               /* the name gets " with N idle conns" */
+	double target;
 };
 
 static const struct metric_info metric_info[M_COUNT] = {
-	[M_UP]            = { "upload 1 stream", "Gbit/s", 2, 0, 0 },
-	[M_DOWN]          = { "download 1 stream", "Gbit/s", 2, 0, 0 },
-	[M_DOWN8]         = { "download 8 streams", "Gbit/s", 2, 0, 0 },
-	[M_RR_P50]        = { "1-byte rr p50", "us", 1, 1, 0 },
-	[M_RR_P99]        = { "1-byte rr p99", "us", 1, 1, 0 },
-	[M_RR10_RATE]     = { "1-byte rr 10 conns", "req/s", 0, 0, 0 },
-	[M_RR10_P99]      = { "1-byte rr 10 conns p99", "us", 1, 1, 0 },
-	[M_CONN_SEQ]      = { "new conns sequential", "conn/s", 0, 0, 0 },
-	[M_CONN_10]       = { "new conns 10 in flight", "conn/s", 0, 0, 0 },
-	[M_SRV_CPU_GIB]   = { "server CPU download 1 stream", "s/GiB", 3, 1, 0 },
-	[M_CLI_CPU_GIB]   = { "client CPU download 1 stream", "s/GiB", 3, 1, 0 },
-	[M_SRV_RSS_IDLE]  = { "server RSS idle", "KiB", 0, 1, 0 },
-	[M_CLI_RSS_IDLE]  = { "client RSS idle", "KiB", 0, 1, 0 },
-	[M_SRV_RSS_HELD]  = { "server RSS", "KiB", 0, 1, 1 },
-	[M_CLI_RSS_HELD]  = { "client RSS", "KiB", 0, 1, 1 },
-	[M_SRV_CPU_HELD]  = { "server CPU", "ms/s", 0, 1, 1 },
-	[M_CLI_CPU_HELD]  = { "client CPU", "ms/s", 0, 1, 1 },
-	[M_SRV_WAKE_HELD] = { "server ctx switches", "1/s", 0, 1, 1 },
-	[M_CLI_WAKE_HELD] = { "client ctx switches", "1/s", 0, 1, 1 },
-	[M_SRV_RSS_END]   = { "server RSS at the end", "KiB", 0, 1, 0 },
-	[M_CLI_RSS_END]   = { "client RSS at the end", "KiB", 0, 1, 0 },
+	[M_UP]            = { "upload 1 stream", "Gbit/s", 2, 0, 0, 0.5 },
+	[M_DOWN]          = { "download 1 stream", "Gbit/s", 2, 0, 0, 0.5 },
+	[M_DOWN8]         = { "download 8 streams", "Gbit/s", 2, 0, 0, 0.5 },
+	[M_RR_P50]        = { "1-byte rr p50", "us", 1, 1, 0, 0.8 },
+	[M_RR_P99]        = { "1-byte rr p99", "us", 1, 1, 0, 0 },
+	[M_RR10_RATE]     = { "1-byte rr 10 conns", "req/s", 0, 0, 0, 0.8 },
+	[M_RR10_P99]      = { "1-byte rr 10 conns p99", "us", 1, 1, 0, 0 },
+	[M_CONN_SEQ]      = { "new conns sequential", "conn/s", 0, 0, 0, 0.8 },
+	[M_CONN_10]       = { "new conns 10 in flight", "conn/s", 0, 0, 0, 0.8 },
+	[M_SRV_CPU_GIB]   = { "server CPU download 1 stream", "s/GiB", 3, 1, 0, 0 },
+	[M_CLI_CPU_GIB]   = { "client CPU download 1 stream", "s/GiB", 3, 1, 0, 0 },
+	[M_SRV_RSS_IDLE]  = { "server RSS idle", "KiB", 0, 1, 0, 0 },
+	[M_CLI_RSS_IDLE]  = { "client RSS idle", "KiB", 0, 1, 0, 0 },
+	[M_SRV_RSS_HELD]  = { "server RSS", "KiB", 0, 1, 1, 0 },
+	[M_CLI_RSS_HELD]  = { "client RSS", "KiB", 0, 1, 1, 0 },
+	[M_SRV_CPU_HELD]  = { "server CPU", "ms/s", 0, 1, 1, 0 },
+	[M_CLI_CPU_HELD]  = { "client CPU", "ms/s", 0, 1, 1, 0 },
+	[M_SRV_WAKE_HELD] = { "server ctx switches", "1/s", 0, 1, 1, 0 },
+	[M_CLI_WAKE_HELD] = { "client ctx switches", "1/s", 0, 1, 1, 0 },
+	[M_SRV_RSS_END]   = { "server RSS at the end", "KiB", 0, 1, 0, 0 },
+	[M_CLI_RSS_END]   = { "client RSS at the end", "KiB", 0, 1, 0, 0 },
 };
 
 /* ==== state ============================================================== */
@@ -119,24 +140,47 @@ struct opts {
 	const char *only;       /* run only phases whose name has this */
 	int pool;               /* the client's -pool */
 	int hold;               /* keep the idle connections open throughout */
+	int tunnels[TUNNELS];   /* -tunnels: which to run, plaintext first */
+};
+
+/* One ./server and ./client pair: the path P_PLAIN + its index. */
+struct tunnel {
+	int on;                 /* -tunnels picked it: started and measured */
+	struct tl_proc server, client;
+	int ctl_port, tun_port, pub_port;
+	int base_socks[2];      /* server, client sockets when idle */
+	int idle_socks[2];      /* the same with no connection held */
+	int *held;              /* -hold: the idle connections, nheld of them */
+	long nheld;
 };
 
 struct bench {
 	struct opts o;
 	char dir[64];           /* logs */
-	struct tl_proc svc, server, client;
+	struct tl_proc svc;
 	struct tl_proc relay[2];        /* [0] relay A, [1] relay B */
+	struct tunnel tun[TUNNELS];     /* [0] plaintext, [1] encrypted */
 	int svc_life;           /* the service exits when this closes */
 	int relay_life;         /* both relays exit when this closes */
 	int port[P_COUNT];      /* where each path starts */
-	int svc_port, ctl_port, tun_port, pub_port;
-	int base_socks[2];      /* server, client sockets when idle */
-	int idle_socks[2];      /* the same with no connection held */
-	int *held;              /* -hold: the idle connections, nheld of them */
-	long nheld;
+	int svc_port;
 	uint8_t *buf;           /* IO_BUF bytes */
 	double result[M_COUNT][P_COUNT];
 };
+
+/* tunnel_of: the tunnel behind path p, or NULL for direct and relay. */
+static struct tunnel *
+tunnel_of(struct bench *b, int p)
+{
+	return p >= P_PLAIN ? &b->tun[p - P_PLAIN] : NULL;
+}
+
+/* path_on: whether path p is measured in this run. */
+static int
+path_on(const struct bench *b, int p)
+{
+	return p < P_PLAIN || b->tun[p - P_PLAIN].on;
+}
 
 /* ==== small helpers ====================================================== */
 
@@ -989,12 +1033,12 @@ pstat_read(pid_t pid, struct pstat *ps)
 	return 0;
 }
 
-/* procs_stat: the server's figures into ps[0], the client's into ps[1]. */
+/* procs_stat: t's server's figures into ps[0], its client's into ps[1]. */
 static int
-procs_stat(struct bench *b, struct pstat ps[2])
+procs_stat(struct tunnel *t, struct pstat ps[2])
 {
-	if (pstat_read(b->server.pid, &ps[0]) < 0
-	    || pstat_read(b->client.pid, &ps[1]) < 0) {
+	if (pstat_read(t->server.pid, &ps[0]) < 0
+	    || pstat_read(t->client.pid, &ps[1]) < 0) {
 		return -1;
 	}
 	return 0;
@@ -1004,13 +1048,17 @@ procs_stat(struct bench *b, struct pstat ps[2])
 static int
 check_alive(struct bench *b)
 {
-	struct tl_proc *p[5] = {
-		&b->svc, &b->relay[0], &b->relay[1], &b->server, &b->client
-	};
+	struct tl_proc *p[3 + 2 * TUNNELS] = { &b->svc, &b->relay[0], &b->relay[1] };
 	char st[32];
-	int i;
+	int i, n = 3;
 
-	for (i = 0; i < 5; i++) {
+	for (i = 0; i < TUNNELS; i++) {
+		if (b->tun[i].on) {
+			p[n++] = &b->tun[i].server;
+			p[n++] = &b->tun[i].client;
+		}
+	}
+	for (i = 0; i < n; i++) {
 		if (tl_proc_poll(p[i])) {
 			return bench_fail("%s exited (%s)", p[i]->name,
 			            tl_status_str(p[i], st, sizeof(st)));
@@ -1032,33 +1080,42 @@ count_sockets(pid_t pid)
 	return tl_fd_census(pid, &c) < 0 ? -1 : c.sockets;
 }
 
-/* settle: wait until the server and client hold only their idle sockets:
- * every relayed connection has been torn down.  If they don't,
+/* settle: wait until every server and client holds only its idle
+ * sockets: every relayed connection has been torn down.  If they don't,
  * connections leaked, and whatever they still do would skew every later
  * number: -1. */
 static int
 settle(struct bench *b)
 {
 	int64_t deadline = tl_now_ms() + SETTLE_MS;
-	int s, c;
+	struct tunnel *t;
+	int i, s, c;
 
-	for (;;) {
-		if (check_alive(b) < 0) {
-			return -1;
+	for (i = 0; i < TUNNELS; i++) {
+		t = &b->tun[i];
+		if (!t->on) {
+			continue;
 		}
-		s = count_sockets(b->server.pid);
-		c = count_sockets(b->client.pid);
-		if (s == b->base_socks[0] && c == b->base_socks[1]) {
-			return 0;
+		for (;;) {
+			if (check_alive(b) < 0) {
+				return -1;
+			}
+			s = count_sockets(t->server.pid);
+			c = count_sockets(t->client.pid);
+			if (s == t->base_socks[0] && c == t->base_socks[1]) {
+				break;
+			}
+			if (tl_now_ms() >= deadline) {
+				return bench_fail("connections leaked: %d ms after the last "
+				            "one closed, %s holds %d sockets (%d when idle), "
+				            "%s %d (%d)", SETTLE_MS, t->server.name, s,
+				            t->base_socks[0], t->client.name, c,
+				            t->base_socks[1]);
+			}
+			tl_pause(5);
 		}
-		if (tl_now_ms() >= deadline) {
-			break;
-		}
-		tl_pause(5);
 	}
-	return bench_fail("connections leaked: %d ms after the last one closed, the "
-	            "server holds %d sockets (%d when idle), the client %d (%d)",
-	            SETTLE_MS, s, b->base_socks[0], c, b->base_socks[1]);
+	return 0;
 }
 
 static int
@@ -1171,42 +1228,49 @@ bench_start(struct bench *b, struct tl_proc *p, const char *const argv[],
 	return 0;
 }
 
+/* start_tunnel: path p's server and client, both with -plaintext for
+ * P_PLAIN, with default flags (encrypted) for P_SEALED. */
 static int
-start_tunnel(struct bench *b)
+start_tunnel(struct bench *b, int p)
 {
+	struct tunnel *t = tunnel_of(b, p);
 	int ports[3];
 	char ctl[32], tun[32], pub[32], loc[32];
+	/* The last slot before NULL is -plaintext, or the end. */
 	const char *server_argv[] = {
 		"./server", "-control", ctl, "-tunnel", tun, "-public", pub,
-		"-token", TOKEN, NULL
+		"-token", TOKEN, "-plaintext", NULL
 	};
 	char pool[16];
 	const char *client_argv[] = {
 		"./client", "-remote", ctl, "-local", loc, "-token", TOKEN,
-		"-pool", pool, NULL
+		"-pool", pool, "-plaintext", NULL
 	};
 
+	if (p == P_SEALED) {
+		server_argv[9] = NULL;
+		client_argv[9] = NULL;
+	}
 	if (tl_free_ports("127.0.0.1", ports, 3) < 0) {
 		return bench_fail("free ports:");
 	}
-	b->ctl_port = ports[0];
-	b->tun_port = ports[1];
-	b->pub_port = ports[2];
-	snprintf(ctl, sizeof(ctl), "127.0.0.1:%d", b->ctl_port);
-	snprintf(tun, sizeof(tun), "127.0.0.1:%d", b->tun_port);
-	snprintf(pub, sizeof(pub), "127.0.0.1:%d", b->pub_port);
+	t->ctl_port = ports[0];
+	t->tun_port = ports[1];
+	t->pub_port = ports[2];
+	snprintf(ctl, sizeof(ctl), "127.0.0.1:%d", t->ctl_port);
+	snprintf(tun, sizeof(tun), "127.0.0.1:%d", t->tun_port);
+	snprintf(pub, sizeof(pub), "127.0.0.1:%d", t->pub_port);
 	snprintf(loc, sizeof(loc), "127.0.0.1:%d", b->svc_port);
 	snprintf(pool, sizeof(pool), "%d", b->o.pool);
-	if (bench_start(b, &b->server, server_argv, "listening") < 0
-	    || bench_start(b, &b->client, client_argv, "forwarding") < 0) {
+	if (bench_start(b, &t->server, server_argv, "listening") < 0
+	    || bench_start(b, &t->client, client_argv, "forwarding") < 0) {
 		return -1;
 	}
-	b->port[P_DIRECT] = b->svc_port;
-	b->port[P_TUNNEL] = b->pub_port;
+	b->port[p] = t->pub_port;
 	return 0;
 }
 
-/* stop_all: end everything we started: client, server, the relays, then
+/* stop_all: end everything we started: clients, servers, the relays, then
  * the service (closing their lifelines; SIGTERM and SIGKILL if that isn't
  * enough). */
 static void
@@ -1214,11 +1278,13 @@ stop_all(struct bench *b)
 {
 	int i;
 
-	if (b->client.pid > 0) {
-		tl_proc_stop(&b->client);
-	}
-	if (b->server.pid > 0) {
-		tl_proc_stop(&b->server);
+	for (i = 0; i < TUNNELS; i++) {
+		if (b->tun[i].client.pid > 0) {
+			tl_proc_stop(&b->tun[i].client);
+		}
+		if (b->tun[i].server.pid > 0) {
+			tl_proc_stop(&b->tun[i].server);
+		}
 	}
 	if (b->relay_life >= 0) {
 		close(b->relay_life);
@@ -1617,6 +1683,7 @@ check_sourced(struct bench *b, int path, uint64_t before, uint64_t got)
 static int
 run_download(struct bench *b, int path, double *out)
 {
+	struct tunnel *t = tunnel_of(b, path);
 	struct pstat p0[2], p1[2];
 	uint8_t mode = 'd';
 	uint64_t before, sunk, got = 0;
@@ -1624,7 +1691,7 @@ run_download(struct bench *b, int path, double *out)
 	int fd = -1, stopped = 0;
 
 	if (svc_totals(b, &before, &sunk) < 0
-	    || (path == P_TUNNEL && procs_stat(b, p0) < 0)
+	    || (t != NULL && procs_stat(t, p0) < 0)
 	    || (fd = dial(b->port[path])) < 0
 	    || send_all(fd, &mode, 1, "download") < 0) {
 		goto fail;
@@ -1668,8 +1735,8 @@ run_download(struct bench *b, int path, double *out)
 		return -1;
 	}
 	out[M_DOWN] = gbits(got, t1 - t0);
-	if (path == P_TUNNEL) {
-		if (procs_stat(b, p1) < 0) {
+	if (t != NULL) {
+		if (procs_stat(t, p1) < 0) {
 			return -1;
 		}
 		out[M_SRV_CPU_GIB] = (p1[0].cpu_s - p0[0].cpu_s) / ((double)got / GIB);
@@ -1965,17 +2032,18 @@ run_conn10(struct bench *b, int path, double *out)
 	return conn_rate(b, path, CONCURRENCY, &out[M_CONN_10]);
 }
 
-/* run_held: RSS, CPU and context switches of the server and client while
- * they hold o.conns idle tunneled connections for o.idle_s; then every
- * connection must still echo. */
+/* run_held: RSS, CPU and context switches of path p's server and client
+ * while they hold o.conns idle tunneled connections for o.idle_s; then
+ * every connection must still echo. */
 static int
-run_held(struct bench *b)
+run_held(struct bench *b, int p)
 {
+	struct tunnel *t = tunnel_of(b, p);
 	struct pstat p0[2], p1[2];
 	int n = b->o.conns, *fds = calloc((size_t)n, sizeof(int)), rc = -1;
 	double deadline = now_s() + SLACK_S + n / 100.0;
 	struct dialer dl = {
-		.port = b->pub_port, .window = RAMP_WINDOW, .want = n,
+		.port = t->pub_port, .window = RAMP_WINDOW, .want = n,
 		.stop_at = INFINITY, .kept = fds,
 	};
 	long i;
@@ -1983,31 +2051,31 @@ run_held(struct bench *b)
 	if (fds == NULL) {
 		return bench_fail("out of memory");
 	}
-	if (dial_many(&dl, deadline) < 0 || procs_stat(b, p0) < 0) {
+	if (dial_many(&dl, deadline) < 0 || procs_stat(t, p0) < 0) {
 		goto out;
 	}
 	tl_pause((int)(b->o.idle_s * 1000));    /* the measurement window */
-	if (procs_stat(b, p1) < 0) {
+	if (procs_stat(t, p1) < 0) {
 		goto out;
 	}
-	b->result[M_SRV_RSS_HELD][P_TUNNEL] = (double)p1[0].rss_kib;
-	b->result[M_CLI_RSS_HELD][P_TUNNEL] = (double)p1[1].rss_kib;
-	b->result[M_SRV_CPU_HELD][P_TUNNEL] =
+	b->result[M_SRV_RSS_HELD][p] = (double)p1[0].rss_kib;
+	b->result[M_CLI_RSS_HELD][p] = (double)p1[1].rss_kib;
+	b->result[M_SRV_CPU_HELD][p] =
 	    (p1[0].cpu_s - p0[0].cpu_s) * 1000 / b->o.idle_s;
-	b->result[M_CLI_CPU_HELD][P_TUNNEL] =
+	b->result[M_CLI_CPU_HELD][p] =
 	    (p1[1].cpu_s - p0[1].cpu_s) * 1000 / b->o.idle_s;
-	b->result[M_SRV_WAKE_HELD][P_TUNNEL] =
+	b->result[M_SRV_WAKE_HELD][p] =
 	    (double)(p1[0].ctxsw - p0[0].ctxsw) / b->o.idle_s;
-	b->result[M_CLI_WAKE_HELD][P_TUNNEL] =
+	b->result[M_CLI_WAKE_HELD][p] =
 	    (double)(p1[1].ctxsw - p0[1].ctxsw) / b->o.idle_s;
 	rc = echo_all(fds, n, deadline);
 	if (rc == 0 && b->o.hold) {
-		/* They stay open through every phase; after each tunnel run the
+		/* They stay open through every phase; after each run the
 		 * sockets must come back to this count instead. */
-		b->held = fds;
-		b->nheld = dl.done;
-		b->base_socks[0] = count_sockets(b->server.pid);
-		b->base_socks[1] = count_sockets(b->client.pid);
+		t->held = fds;
+		t->nheld = dl.done;
+		t->base_socks[0] = count_sockets(t->server.pid);
+		t->base_socks[1] = count_sockets(t->client.pid);
 		return 0;
 	}
 out:
@@ -2025,18 +2093,23 @@ out:
 static int
 release_held(struct bench *b)
 {
+	struct tunnel *t;
 	long i;
+	int k;
 
-	if (b->held == NULL) {
-		return 0;
+	for (k = 0; k < TUNNELS; k++) {
+		t = &b->tun[k];
+		if (t->held == NULL) {
+			continue;
+		}
+		for (i = 0; i < t->nheld; i++) {
+			close(t->held[i]);
+		}
+		free(t->held);
+		t->held = NULL;
+		t->base_socks[0] = t->idle_socks[0];
+		t->base_socks[1] = t->idle_socks[1];
 	}
-	for (i = 0; i < b->nheld; i++) {
-		close(b->held[i]);
-	}
-	free(b->held);
-	b->held = NULL;
-	b->base_socks[0] = b->idle_socks[0];
-	b->base_socks[1] = b->idle_socks[1];
 	return settle(b);
 }
 
@@ -2061,10 +2134,11 @@ static const struct phase phases[] = {
 
 /*
  * run_phase: ph over every path, o.repeat times each, in turn and in
- * reverse on odd repeats (direct, relay, tunnel, tunnel, relay, direct,
- * ...), so no path always runs first or right after another; each
+ * reverse on odd repeats (direct, relay, tunnel, encrypted, encrypted,
+ * tunnel, relay, direct, ...), so no path always runs first or right
+ * after another, and the two tunnels always run back to back; each
  * metric's result is the median of its runs.  After each tunnel run the
- * server and client must close every relayed socket.
+ * servers and clients must close every relayed socket.
  */
 static int
 run_phase(struct bench *b, const struct phase *ph)
@@ -2081,6 +2155,9 @@ run_phase(struct bench *b, const struct phase *ph)
 		}
 		for (i = 0; i < P_COUNT; i++) {
 			p = r % 2 ? P_COUNT - 1 - i : i;
+			if (!path_on(b, p)) {
+				continue;
+			}
 			if (check_alive(b) < 0) {
 				return -1;
 			}
@@ -2088,7 +2165,7 @@ run_phase(struct bench *b, const struct phase *ph)
 				check_alive(b);         /* names a process that died */
 				return bench_fail("%s over %s failed", ph->name, path_names[p]);
 			}
-			if (p == P_TUNNEL && settle(b) < 0) {
+			if (tunnel_of(b, p) != NULL && settle(b) < 0) {
 				return bench_fail("%s over %s failed", ph->name, path_names[p]);
 			}
 		}
@@ -2110,26 +2187,51 @@ run_phase(struct bench *b, const struct phase *ph)
 	return 0;
 }
 
+/* footprint: path p's server and client RSS into metrics srv and cli. */
+static int
+footprint(struct bench *b, int p, int srv, int cli)
+{
+	struct pstat ps[2];
+
+	if (procs_stat(tunnel_of(b, p), ps) < 0) {
+		return -1;
+	}
+	b->result[srv][p] = (double)ps[0].rss_kib;
+	b->result[cli][p] = (double)ps[1].rss_kib;
+	return 0;
+}
+
 /* run_all: start everything, check every path works, then measure. */
 static int
 run_all(struct bench *b)
 {
-	struct pstat ps[2];
+	struct tunnel *t;
 	size_t i;
-	int fd;
+	int fd, p;
 
-	if (start_service(b) < 0 || start_relays(b) < 0 || start_tunnel(b) < 0) {
+	if (start_service(b) < 0 || start_relays(b) < 0) {
 		return -1;
 	}
-	/* Attached, no user yet: this is idle. */
-	b->base_socks[0] = b->idle_socks[0] = count_sockets(b->server.pid);
-	b->base_socks[1] = b->idle_socks[1] = count_sockets(b->client.pid);
-	if (procs_stat(b, ps) < 0) {
-		return -1;
+	b->port[P_DIRECT] = b->svc_port;
+	for (p = P_PLAIN; p < P_COUNT; p++) {
+		if (!path_on(b, p)) {
+			continue;
+		}
+		t = tunnel_of(b, p);
+		if (start_tunnel(b, p) < 0) {
+			return -1;
+		}
+		/* Attached, no user yet: this is idle. */
+		t->base_socks[0] = t->idle_socks[0] = count_sockets(t->server.pid);
+		t->base_socks[1] = t->idle_socks[1] = count_sockets(t->client.pid);
+		if (footprint(b, p, M_SRV_RSS_IDLE, M_CLI_RSS_IDLE) < 0) {
+			return -1;
+		}
 	}
-	b->result[M_SRV_RSS_IDLE][P_TUNNEL] = (double)ps[0].rss_kib;
-	b->result[M_CLI_RSS_IDLE][P_TUNNEL] = (double)ps[1].rss_kib;
 	for (i = 0; i < P_COUNT; i++) {
+		if (!path_on(b, (int)i)) {
+			continue;
+		}
 		fd = dial(b->port[i]);
 		if (fd < 0 || echo_once(fd, path_names[i]) < 0) {
 			if (fd >= 0) {
@@ -2142,9 +2244,15 @@ run_all(struct bench *b)
 	if (settle(b) < 0) {
 		return -1;
 	}
-	fprintf(stderr, "bench: %d idle tunneled connections\n", b->o.conns);
-	if (check_alive(b) < 0 || run_held(b) < 0) {
-		return -1;
+	for (p = P_PLAIN; p < P_COUNT; p++) {
+		if (!path_on(b, p)) {
+			continue;
+		}
+		fprintf(stderr, "bench: %d idle connections over the %s\n", b->o.conns,
+		        path_names[p]);
+		if (check_alive(b) < 0 || run_held(b, p) < 0) {
+			return -1;
+		}
 	}
 	for (i = 0; i < sizeof(phases) / sizeof(phases[0]); i++) {
 		if (b->o.only != NULL && strstr(phases[i].name, b->o.only) == NULL) {
@@ -2154,11 +2262,14 @@ run_all(struct bench *b)
 			return -1;
 		}
 	}
-	if (release_held(b) < 0 || check_alive(b) < 0 || procs_stat(b, ps) < 0) {
+	if (release_held(b) < 0 || check_alive(b) < 0) {
 		return -1;
 	}
-	b->result[M_SRV_RSS_END][P_TUNNEL] = (double)ps[0].rss_kib;
-	b->result[M_CLI_RSS_END][P_TUNNEL] = (double)ps[1].rss_kib;
+	for (p = P_PLAIN; p < P_COUNT; p++) {
+		if (path_on(b, p) && footprint(b, p, M_SRV_RSS_END, M_CLI_RSS_END) < 0) {
+			return -1;
+		}
+	}
 	return 0;
 }
 
@@ -2187,13 +2298,42 @@ fmt_value(double x, int decimals, char *buf, size_t len)
 	return buf;
 }
 
-/* ratio: tunnel / base for metric m, or NaN. */
+/* ratio: path p / path base for metric m, or NaN. */
 static double
-ratio(const struct bench *b, int m, int base)
+ratio(const struct bench *b, int m, int p, int base)
 {
-	double d = b->result[m][base], t = b->result[m][P_TUNNEL];
+	double d = b->result[m][base], t = b->result[m][p];
 
 	return isnan(d) || isnan(t) || d == 0 ? NAN : t / d;
+}
+
+/* fmt_target: metric m's target as a bound on encrypted / plaintext
+ * (">=0.50", or "<=1.25" where lower is better), or "" for none. */
+static const char *
+fmt_target(int m, char *buf, size_t len)
+{
+	const struct metric_info *mi = &metric_info[m];
+
+	buf[0] = '\0';
+	if (mi->target > 0) {
+		snprintf(buf, len, "%s%.2f", mi->lower_better ? "<=" : ">=",
+		         mi->lower_better ? 1 / mi->target : mi->target);
+	}
+	return buf;
+}
+
+/* target_met: 1 if the encrypted tunnel met metric m's target, 0 if it
+ * missed it, -1 for no target or no numbers. */
+static int
+target_met(const struct bench *b, int m)
+{
+	const struct metric_info *mi = &metric_info[m];
+	double x = ratio(b, m, P_SEALED, P_PLAIN);
+
+	if (mi->target <= 0 || isnan(x)) {
+		return -1;
+	}
+	return mi->lower_better ? x <= 1 / mi->target : x >= mi->target;
 }
 
 /* commit_id: git rev-parse --short HEAD, or "unknown". */
@@ -2215,40 +2355,78 @@ commit_id(char *buf, size_t len)
 	pclose(f);
 }
 
+/* print_row: metric m over tunnel path p: the plaintext row names the
+ * metric and shows direct and relay, the encrypted one below it the
+ * ratio to the plaintext tunnel and the target. */
+static void
+print_row(const struct bench *b, int m, int p)
+{
+	const struct metric_info *mi = &metric_info[m];
+	char name[64], d[32], rl[32], v[32], r[32], rr[32], rp[32], tg[16];
+	char line[256];
+	double x = ratio(b, m, p, P_DIRECT);
+	int met = target_met(b, m), n;
+
+	if (p == P_PLAIN) {
+		metric_name(b, m, name, sizeof(name));
+		fmt_value(b->result[m][P_DIRECT], mi->decimals, d, sizeof(d));
+		fmt_value(b->result[m][P_RELAY], mi->decimals, rl, sizeof(rl));
+		rp[0] = '\0';
+	} else {
+		snprintf(name, sizeof(name), "  encrypted");
+		d[0] = rl[0] = '\0';
+		fmt_value(ratio(b, m, P_SEALED, P_PLAIN), 2, rp, sizeof(rp));
+	}
+	n = snprintf(line, sizeof(line), "%-42s %-7s %9s %9s %9s %6s %8s %8s",
+	             name, mi->unit, d, rl,
+	             fmt_value(b->result[m][p], mi->decimals, v, sizeof(v)),
+	             fmt_value(x, 2, r, sizeof(r)),
+	             fmt_value(ratio(b, m, p, P_RELAY), 2, rr, sizeof(rr)), rp);
+	while (n > 0 && line[n - 1] == ' ') {
+		n--;    /* no trailing blanks where vs plain is empty */
+	}
+	printf("%.*s", n, line);
+	if (p == P_PLAIN && !isnan(x)) {
+		printf("  (%s is better)", mi->lower_better ? "lower" : "higher");
+	} else if (p == P_SEALED && met >= 0) {
+		printf("  target %s %s", fmt_target(m, tg, sizeof(tg)),
+		       met ? "met" : "MISSED");
+	}
+	putchar('\n');
+}
+
 static void
 print_table(const struct bench *b, const char *commit, const char *date,
             int complete)
 {
-	char name[64], v[P_COUNT][32], r[32], rr[32];
-	int m, p;
+	int m, met = 0, targets = 0;
 
 	printf("\ndialback bench%s, commit %s, %s, %ld CPUs, %d repeats, "
 	       "%.2g s throughput runs, %.2g s others (medians), client -pool "
 	       "%d%s\n\n", complete ? "" : " (FAILED, incomplete)", commit, date,
 	       sysconf(_SC_NPROCESSORS_ONLN), b->o.repeat, b->o.tput_s,
 	       b->o.short_s, b->o.pool,
-	       b->o.hold ? ", the tunnel holding the idle connections throughout"
+	       b->o.hold ? ", the tunnels holding the idle connections throughout"
 	                 : "");
-	printf("%-42s %-7s %9s %9s %9s %6s %8s\n", "metric", "unit", "direct",
-	       "relay", "tunnel", "ratio", "vs relay");
+	printf("%-42s %-7s %9s %9s %9s %6s %8s %8s\n", "metric", "unit", "direct",
+	       "relay", "tunnel", "ratio", "vs relay", "vs plain");
 	for (m = 0; m < M_COUNT; m++) {
-		const struct metric_info *mi = &metric_info[m];
-		double x = ratio(b, m, P_DIRECT);
-
-		metric_name(b, m, name, sizeof(name));
-		for (p = 0; p < P_COUNT; p++) {
-			fmt_value(b->result[m][p], mi->decimals, v[p], sizeof(v[p]));
+		print_row(b, m, P_PLAIN);
+		print_row(b, m, P_SEALED);
+		if (target_met(b, m) >= 0) {
+			targets++;
+			met += target_met(b, m);
 		}
-		printf("%-42s %-7s %9s %9s %9s %6s %8s%s\n", name, mi->unit,
-		       v[P_DIRECT], v[P_RELAY], v[P_TUNNEL],
-		       fmt_value(x, 2, r, sizeof(r)),
-		       fmt_value(ratio(b, m, P_RELAY), 2, rr, sizeof(rr)),
-		       isnan(x) ? "" : mi->lower_better ? "  (lower is better)"
-		                                        : "  (higher is better)");
 	}
 	printf("\nrelay = two bare splice relays (the ceiling for any two-hop "
-	       "forwarder here);\nratio = tunnel / direct; vs relay = tunnel / "
-	       "relay.\nFootprint rows are the server's and client's own.\n");
+	       "forwarder here);\ntunnel = ./server and ./client with -plaintext; "
+	       "encrypted = the same with\ndefault flags (protocol 2's sealed "
+	       "records).\nratio = tunnel / direct; vs relay = tunnel / relay; "
+	       "vs plain = encrypted /\nplaintext tunnel; a target bounds vs "
+	       "plain.\nFootprint rows are the servers' and clients' own.\n");
+	if (targets > 0) {
+		printf("Encrypted tunnel: %d of %d targets met.\n", met, targets);
+	}
 }
 
 /* csv_value: x for a CSV field, empty when not measured. */
@@ -2259,29 +2437,43 @@ csv_value(double x, int decimals, char *buf, size_t len)
 	return isnan(x) ? buf : fmt_value(x, decimals, buf, len);
 }
 
+/* write_csv: a row per metric and tunnel; the encrypted tunnel's rows
+ * have " (encrypted)" after the metric's name, the same direct and relay
+ * values, and their ratio to the plaintext tunnel with the target. */
 static int
 write_csv(const struct bench *b, const char *commit, const char *date)
 {
-	char name[64], v[P_COUNT][32], r[32], rr[32];
+	char name[64], d[32], rl[32], v[32], r[32], rr[32], rp[32], tg[16];
 	FILE *f = fopen(b->o.csv, "w");
-	int m, p;
+	int m, p, met;
 
 	if (f == NULL) {
 		return bench_fail("%s:", b->o.csv);
 	}
-	fprintf(f, "metric,unit,direct,relay,tunnel,ratio,vs_relay,commit,date\n");
+	fprintf(f, "metric,unit,direct,relay,tunnel,ratio,vs_relay,vs_plaintext,"
+	        "target,met,commit,date\n");
 	for (m = 0; m < M_COUNT; m++) {
 		const struct metric_info *mi = &metric_info[m];
 
-		metric_name(b, m, name, sizeof(name));
-		for (p = 0; p < P_COUNT; p++) {
-			csv_value(b->result[m][p], mi->decimals, v[p], sizeof(v[p]));
+		for (p = P_PLAIN; p < P_COUNT; p++) {
+			metric_name(b, m, name, sizeof(name));
+			csv_value(b->result[m][P_DIRECT], mi->decimals, d, sizeof(d));
+			csv_value(b->result[m][P_RELAY], mi->decimals, rl, sizeof(rl));
+			csv_value(b->result[m][p], mi->decimals, v, sizeof(v));
+			csv_value(ratio(b, m, p, P_DIRECT), 2, r, sizeof(r));
+			csv_value(ratio(b, m, p, P_RELAY), 2, rr, sizeof(rr));
+			rp[0] = tg[0] = '\0';
+			met = -1;
+			if (p == P_SEALED) {
+				csv_value(ratio(b, m, p, P_PLAIN), 2, rp, sizeof(rp));
+				fmt_target(m, tg, sizeof(tg));
+				met = target_met(b, m);
+			}
+			fprintf(f, "%s%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s\n", name,
+			        p == P_SEALED ? " (encrypted)" : "", mi->unit, d, rl, v,
+			        r, rr, rp, tg, met < 0 ? "" : met ? "yes" : "no", commit,
+			        date);
 		}
-		fprintf(f, "%s,%s,%s,%s,%s,%s,%s,%s,%s\n", name, mi->unit,
-		        v[P_DIRECT], v[P_RELAY], v[P_TUNNEL],
-		        csv_value(ratio(b, m, P_DIRECT), 2, r, sizeof(r)),
-		        csv_value(ratio(b, m, P_RELAY), 2, rr, sizeof(rr)),
-		        commit, date);
 	}
 	if (fclose(f) != 0) {
 		return bench_fail("%s:", b->o.csv);
@@ -2297,10 +2489,12 @@ report(const struct bench *b, int complete)
 	char commit[64], date[32];
 	time_t now = time(NULL);
 	struct tm tm;
-	int m, any = 0;
+	int m, p, any = 0;
 
 	for (m = 0; m < M_COUNT; m++) {
-		any |= !isnan(b->result[m][P_TUNNEL]);
+		for (p = P_PLAIN; p < P_COUNT; p++) {
+			any |= !isnan(b->result[m][p]);
+		}
 	}
 	if (!any) {
 		return 0;
@@ -2327,7 +2521,7 @@ usage(FILE *f)
 	fprintf(f,
 	    "usage: tests/bench [-quick] [-conns N] [-repeat R] [-time SECONDS] "
 	    "[-csv FILE] [-only WORD]\n"
-	    "                   [-pool N] [-hold]\n"
+	    "                   [-pool N] [-hold] [-tunnels WHICH]\n"
 	    "  -quick          a smoke run of a few seconds (200 conns, 1 repeat)\n"
 	    "  -conns N        idle tunneled connections to hold (default 1000)\n"
 	    "  -repeat R       runs per metric and path, median kept (default 3)\n"
@@ -2337,7 +2531,9 @@ usage(FILE *f)
 	    "                  download, round trips, new connections)\n"
 	    "  -pool N         run the client with -pool N (default 0)\n"
 	    "  -hold           keep the idle connections open while the rest\n"
-	    "                  is measured\n");
+	    "                  is measured\n"
+	    "  -tunnels WHICH  both (default), plaintext (./server and ./client\n"
+	    "                  with -plaintext) or encrypted (default flags)\n");
 }
 
 static void
@@ -2366,6 +2562,7 @@ parse_opts(int argc, char **argv, struct opts *o)
 	char *end;
 
 	o->csv = "bench.csv";
+	o->tunnels[0] = o->tunnels[1] = 1;
 	for (i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 
@@ -2404,6 +2601,12 @@ parse_opts(int argc, char **argv, struct opts *o)
 			o->csv = v;
 		} else if (flag_is(a, "only")) {
 			o->only = v;
+		} else if (flag_is(a, "tunnels")) {
+			o->tunnels[0] = strcmp(v, "encrypted") != 0;
+			o->tunnels[1] = strcmp(v, "plaintext") != 0;
+			if (strcmp(v, "both") != 0 && o->tunnels[0] && o->tunnels[1]) {
+				goto bad;
+			}
 		} else if (flag_is(a, "pool")) {
 			o->pool = (int)strtol(v, &end, 10);
 			if (*end != '\0' || o->pool < 0 || o->pool > 64) {
@@ -2440,7 +2643,9 @@ raise_nofile(struct opts *o)
 	rl.rlim_cur = rl.rlim_max;
 	setrlimit(RLIMIT_NOFILE, &rl);
 	getrlimit(RLIMIT_NOFILE, &rl);
-	/* The server holds two descriptors per connection, plus some. */
+	/* A server holds two descriptors per connection, plus some; with
+	 * -hold the bench and the service hold one per connection and
+	 * tunnel. */
 	room = rl.rlim_cur == RLIM_INFINITY ? 1000000 : ((long)rl.rlim_cur - 64) / 2;
 	if (o->conns > room) {
 		fprintf(stderr, "bench: descriptor limit %ld: holding %ld "
@@ -2453,13 +2658,15 @@ raise_nofile(struct opts *o)
 static void
 remove_logs(struct bench *b)
 {
-	const char *names[] = { "server.log", "client.log" };
-	char path[128];
-	size_t i;
+	int i;
 
-	for (i = 0; i < 2; i++) {
-		snprintf(path, sizeof(path), "%s/%s", b->dir, names[i]);
-		unlink(path);
+	for (i = 0; i < TUNNELS; i++) {
+		if (b->tun[i].server.log[0] != '\0') {
+			unlink(b->tun[i].server.log);
+		}
+		if (b->tun[i].client.log[0] != '\0') {
+			unlink(b->tun[i].client.log);
+		}
 	}
 	rmdir(b->dir);
 }
@@ -2469,15 +2676,21 @@ main(int argc, char **argv)
 {
 	struct sigaction sa;
 	struct bench b;
-	int rc, m, p;
+	int rc, m, p, i;
 	double t0 = now_s();
 
 	memset(&b, 0, sizeof(b));
 	b.svc_life = -1;
 	b.relay_life = -1;
 	snprintf(b.svc.name, sizeof(b.svc.name), "service");
-	snprintf(b.server.name, sizeof(b.server.name), "server");
-	snprintf(b.client.name, sizeof(b.client.name), "client");
+	for (i = 0; i < TUNNELS; i++) {
+		const char *kind = i == 0 ? "plaintext" : "encrypted";
+
+		snprintf(b.tun[i].server.name, sizeof(b.tun[i].server.name),
+		         "server-%s", kind);
+		snprintf(b.tun[i].client.name, sizeof(b.tun[i].client.name),
+		         "client-%s", kind);
+	}
 	snprintf(b.relay[0].name, sizeof(b.relay[0].name), "relay A");
 	snprintf(b.relay[1].name, sizeof(b.relay[1].name), "relay B");
 	for (m = 0; m < M_COUNT; m++) {
@@ -2487,6 +2700,9 @@ main(int argc, char **argv)
 	}
 	if (parse_opts(argc, argv, &b.o) < 0) {
 		return 2;
+	}
+	for (i = 0; i < TUNNELS; i++) {
+		b.tun[i].on = b.o.tunnels[i];
 	}
 	if (access("./server", X_OK) != 0 || access("./client", X_OK) != 0) {
 		bench_fail("./server and ./client must be built (make), and this run from "
@@ -2517,6 +2733,9 @@ main(int argc, char **argv)
 		rc = -1;
 	}
 	free(b.buf);
+	/* The table first, even when stdout is a file or a pipe and stderr
+	 * is the same one. */
+	fflush(stdout);
 	if (rc == 0) {
 		remove_logs(&b);
 		fprintf(stderr, "bench: done in %.1f s\n", now_s() - t0);
