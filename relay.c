@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -38,6 +39,13 @@
 #define RELAY_BURST  8          /* reads per direction per turn, at most */
 
 #define SPLICE_CHUNK (1 << 20)  /* ask for this much; the pipe limits it */
+
+/* Sealing reads up to SEAL_BATCH records' worth at once, each into a slot
+ * of the scratch buffer with room for its header and tag; what the sink
+ * refuses of them must fit a direction's buffer. */
+#define SEAL_BATCH   3
+#define SEAL_SLOT    (RECORD_HDR + RECORD_MAX + TAG_LEN)
+_Static_assert(SEAL_BATCH * SEAL_SLOT <= RELAY_BUF, "sealed batch too big");
 
 static uint8_t relay_scratch[RELAY_BUF];
 static uint8_t *relay_spare[RELAY_SPARE];
@@ -521,33 +529,48 @@ relay_move(struct relay *r, int d, const char **op)
 }
 
 /*
- * Sealed relaying, toward the sealed side: read at most a record's worth
- * into the scratch buffer behind room for its header, seal it in place and
- * send it; what the sink refuses waits in the buffer, and nothing more is
- * read until it has gone.  The source's EOF becomes the empty end record.
+ * Sealed relaying, toward the sealed side: one readv fills up to
+ * SEAL_BATCH record-sized slots of the scratch buffer, each behind room for
+ * its header; each slot is sealed in place, which leaves the records back
+ * to back, and one send takes them all.  What the sink refuses waits in
+ * the buffer, and nothing more is read until it has gone.  The source's
+ * EOF becomes the empty end record.
  */
 static int
 seal_move(struct relay *r, int d, const char **op)
 {
 	struct relay_dir *rd = &r->dir[d];
-	int i;
+	struct iovec iov[SEAL_BATCH];
+	size_t left, len, chunk;
+	ssize_t n;
+	int i, k;
 
+	for (k = 0; k < SEAL_BATCH; k++) {
+		iov[k].iov_base = relay_scratch + k * SEAL_SLOT + RECORD_HDR;
+		iov[k].iov_len = RECORD_MAX;
+	}
 	for (i = 0; i < RELAY_BURST && relay_can_read(r, rd); i++) {
-		ssize_t n = read_source(r, d, relay_scratch + RECORD_HDR, RECORD_MAX);
-		size_t len;
-
+		do {
+			n = readv(r->fd[d], iov, SEAL_BATCH);
+		} while (n < 0 && errno == EINTR);
 		if (n < 0) {
 			*op = "read";
 			return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
 		}
 		rd->bytes += (uint64_t)n;
 		rd->eof = n == 0;
-		len = record_seal(r->tx, relay_scratch + RECORD_HDR, (size_t)n,
-		                  relay_scratch);
+		len = 0;
+		left = (size_t)n;
+		do {
+			chunk = left < RECORD_MAX ? left : RECORD_MAX;
+			len += record_seal(r->tx, relay_scratch + len + RECORD_HDR,
+			                   chunk, relay_scratch + len);
+			left -= chunk;
+		} while (left > 0);
 		if (pass_on(r, d, relay_scratch, len, op) != 0) {
 			return -1;
 		}
-		if (n < RECORD_MAX) {
+		if ((size_t)n < SEAL_BATCH * RECORD_MAX) {
 			return 0;
 		}
 	}
@@ -561,9 +584,17 @@ static int
 open_pending(struct relay *r, int d, const char **op)
 {
 	struct relay_dir *rd = &r->dir[d];
+	uint8_t *start, *to;
 	size_t used, plen;
+	int err = 0;
 
-	while (rd->len == 0 && rd->rlen > 0) {
+	if (rd->len > 0 || rd->rlen == 0) {
+		return 0;       /* the sink has not taken the last ones yet */
+	}
+	/* Open every whole record in hand, moving each one's bytes down to
+	 * follow the last one's, and send them in one go. */
+	start = to = rd->rbuf + rd->roff;
+	while (rd->rlen > 0) {
 		uint8_t *rec = rd->rbuf + rd->roff;
 		enum frame_result fr = rd->eof ? FRAME_BAD
 		                       : record_open(r->rx, rec, rd->rlen, &used,
@@ -572,24 +603,27 @@ open_pending(struct relay *r, int d, const char **op)
 			break;
 		}
 		if (fr == FRAME_BAD) {
-			return seal_broke(r, rd->eof ? "sent bytes after its end"
-			                  : "sent a record that does not open "
-			                    "(tampered, replayed or cut)");
+			err = seal_broke(r, rd->eof ? "sent bytes after its end"
+			                 : "sent a record that does not open "
+			                   "(tampered, replayed or cut)");
+			break;
 		}
 		rd->eof = plen == 0;
 		rd->bytes += plen;
-		if (pass_on(r, d, rec + RECORD_HDR, plen, op) != 0) {
-			return -1;
-		}
+		memmove(to, rec + RECORD_HDR, plen);
+		to += plen;
 		rd->roff += used;
 		rd->rlen -= used;
+	}
+	if (to > start && pass_on(r, d, start, (size_t)(to - start), op) != 0) {
+		return -1;
 	}
 	if (rd->rlen == 0) {
 		buf_give(rd->rbuf);
 		rd->rbuf = NULL;
 		rd->roff = 0;
 	}
-	return 0;
+	return err;
 }
 
 /* Sealed relaying, from the sealed side: read records, then open them. */
