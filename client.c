@@ -43,6 +43,7 @@ static const char usage_text[] =
 #define CTL_IN_SIZE     (64 * 1024)  /* a burst of NEW_USERs in one read */
 #define CTL_OUT_SIZE    (16 * 1024)
 #define MAX_INFLIGHT    1024         /* users connecting, from NEW_USER */
+#define BUSY_GRACE_MS   1000         /* ... all stuck that long: refuse */
 
 enum ctl_state { C_IDLE, C_CONNECTING, C_HELLO_SENT, C_AUTH_SENT, C_ATTACHED };
 
@@ -95,6 +96,8 @@ struct client {
 	int pool_want;                       /* -pool */
 	int npooled;                         /* users in U_POOL_DIAL/IDLE */
 	int inflight;                        /* users in U_LOCAL/U_TUNNEL */
+	int held;                            /* control frames wait: see ctl_take */
+	int64_t full_since;                  /* MAX_INFLIGHT in flight since */
 	struct log_limit log_busy, log_fail;
 	int proxy_version;                   /* -proxy-protocol; 0 = off */
 	uint8_t run_id[RUN_ID_LEN];
@@ -582,6 +585,8 @@ ctl_reset(struct client *c)
 	close_fd(&c->fd);
 	c->in.len = c->out.len = 0;
 	c->in.seal = c->out.seal = NULL;
+	c->held = 0;
+	c->full_since = 0;
 	crypto_wipe(&c->hs, sizeof(c->hs));
 	crypto_wipe(&c->keys, sizeof(c->keys));
 	c->state = C_IDLE;
@@ -845,18 +850,45 @@ on_ctl_msg(struct client *c, const struct msg *m)
 	}
 }
 
-static void
-ctl_readable(struct client *c)
+/*
+ * Handle the frames the control buffer holds.  While MAX_INFLIGHT users
+ * are in flight, the rest wait there and nothing more is read, so a burst
+ * of users only slows down; if none of them gets through for BUSY_GRACE_MS,
+ * the server is not letting them finish, and its NEW_USERs are refused as
+ * "client busy" until some do.
+ */
+static enum frame_result
+ctl_take(struct client *c)
 {
-	struct msg m;
 	enum frame_result fr = FRAME_MORE;
-	int rc = fbuf_fill(&c->in, c->fd);
-	char what[512];
+	int64_t now = now_ms();
+	struct msg m;
 
-	while (c->fd >= 0 && (fr = fbuf_take(&c->in, &m)) == FRAME_OK) {
-		c->last_rx = now_ms();
+	while (c->fd >= 0) {
+		if (c->inflight < MAX_INFLIGHT) {
+			c->full_since = 0;
+		} else if (c->full_since == 0) {
+			c->full_since = now;
+		}
+		c->held = c->full_since != 0 && now - c->full_since < BUSY_GRACE_MS;
+		if (c->held || (fr = fbuf_take(&c->in, &m)) != FRAME_OK) {
+			break;
+		}
+		c->last_rx = now;
 		on_ctl_msg(c, &m);
 	}
+	return fr;
+}
+
+/* The control connection is readable (fill), or frames held back may go
+ * on (not fill). */
+static void
+ctl_readable(struct client *c, int fill)
+{
+	int rc = fill ? fbuf_fill(&c->in, c->fd) : 1;
+	enum frame_result fr = ctl_take(c);
+	char what[512];
+
 	if (c->fd < 0) {
 		return;
 	}
@@ -925,6 +957,9 @@ run_timers(struct client *c, int64_t now)
 	if (c->state != C_ATTACHED && c->exit_status < 0 && c->drain_status < 0) {
 		next = earliest(next, c->deadline);
 	}
+	if (c->held) {
+		next = earliest(next, c->full_since + BUSY_GRACE_MS);
+	}
 	for (u = c->users; u != NULL; u = next_u) {
 		next_u = u->next;      /* user_close moves u to the dead list */
 		/* A parked tunnel waits as long as it takes for a user. */
@@ -956,7 +991,7 @@ ctl_sync(struct client *c)
 		return;
 	}
 	e = c->state == C_CONNECTING ? POLLOUT
-	    : (short)(POLLIN | (c->out.len ? POLLOUT : 0));
+	    : (short)((c->held ? 0 : POLLIN) | (c->out.len ? POLLOUT : 0));
 	if (loop_watch(c->loop, &c->ctl_w, c->fd, e) != 0) {
 		ctl_retry(c, "watch control connection");
 	}
@@ -969,8 +1004,10 @@ ctl_event(struct client *c, short rev)
 		ctl_connected(c);
 		return;
 	}
-	if (rev & (POLLIN | POLLHUP | POLLERR)) {
-		ctl_readable(c);
+	if (c->held && (rev & (POLLHUP | POLLERR))) {
+		ctl_retry(c, "lost the control connection");  /* can't read on */
+	} else if (rev & (POLLIN | POLLHUP | POLLERR)) {
+		ctl_readable(c, 1);
 	}
 }
 
@@ -1065,7 +1102,12 @@ static void
 run(struct client *c)
 {
 	while (c->exit_status < 0) {
-		int64_t now = now_ms(), next = run_timers(c, now);
+		int64_t now, next;
+		if (c->held) {
+			ctl_readable(c, 0);
+		}
+		now = now_ms();
+		next = run_timers(c, now);
 		int timeout = next < 0 ? -1 : (int)(next - now + 1);
 		struct loop_event *ev;
 		int n;
