@@ -8,16 +8,16 @@
  *
  * On x86 the cipher runs four blocks at once in SSE2 registers; the plain
  * C below does everything else, the tail of every message included, and
- * on its own when built with -DDIALBACK_PORTABLE_CRYPTO (make test runs
- * the unit test both ways).
+ * on its own when built with -DDIALBACK_PORTABLE_CRYPTO.  tests/unit runs
+ * the vectors under every path this CPU has (chacha20_force), and
+ * tests/unit-portable the plain C.
  */
 #include <string.h>
 
 #include "crypto.h"
 #include "sha256.h"
 
-#if defined(__SSE2__) && !defined(DIALBACK_PORTABLE_CRYPTO)
-#define CHACHA_SSE2 1
+#ifdef CHACHA20_HAVE_SSE2
 #include <emmintrin.h>
 #endif
 
@@ -79,7 +79,7 @@ static void chacha20_block(uint32_t x[16], const uint32_t s[16])
 	}
 }
 
-#ifdef CHACHA_SSE2
+#ifdef CHACHA20_HAVE_SSE2
 #define ROTL4(v, n) \
 	_mm_or_si128(_mm_slli_epi32((v), (n)), _mm_srli_epi32((v), 32 - (n)))
 #define QR4(a, b, c, d) do { \
@@ -152,6 +152,30 @@ static size_t chacha20_xor4(uint8_t *out, const uint8_t *in, size_t len,
 }
 #endif
 
+/* The path chacha20_xor runs, -1 until its first call picks one.  It
+ * depends on the build and the CPU only, never on a key or the data. */
+static int chacha_path = -1;
+
+static int chacha_best(void)
+{
+#ifdef CHACHA20_HAVE_SSE2
+	return CHACHA20_SSE2;
+#else
+	return CHACHA20_PLAIN;
+#endif
+}
+
+int chacha20_force(int path)
+{
+	if (path == -1) {
+		path = chacha_best();
+	} else if (path < CHACHA20_PLAIN || path > chacha_best()) {
+		return -1;
+	}
+	chacha_path = path;
+	return path;
+}
+
 void chacha20_xor(uint8_t *out, const uint8_t *in, size_t len,
                   const uint8_t key[CHACHA20_KEY_LEN],
                   const uint8_t nonce[CHACHA20_NONCE_LEN], uint32_t counter)
@@ -160,9 +184,12 @@ void chacha20_xor(uint8_t *out, const uint8_t *in, size_t len,
 	uint8_t ks[CHACHA_BLOCK];
 	size_t i;
 
+	if (chacha_path < 0) {
+		chacha_path = chacha_best();
+	}
 	chacha20_init(s, key, nonce, counter);
-#ifdef CHACHA_SSE2
-	if (len >= 4 * CHACHA_BLOCK) {
+#ifdef CHACHA20_HAVE_SSE2
+	if (chacha_path == CHACHA20_SSE2 && len >= 4 * CHACHA_BLOCK) {
 		i = chacha20_xor4(out, in, len, s);
 		out += i;
 		in += i;
