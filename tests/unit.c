@@ -367,13 +367,13 @@ static void test_chacha20(struct tally *t)
 		0x5c971061, 0x3d631689, 0x2098d9d6, 0x91dbd320,
 	};
 	/* Lengths that end each path's runs early, on time and late, and
-	 * that take several runs and then single blocks. */
+	 * that take AVX2's eight blocks, SSE2's four and single ones. */
 	static const size_t lens[] = {
 		0, 1, 63, 64, 65, 255, 256, 257, 319, 320, 511, 512, 513,
 		767, 768, 769, 832, 1023, 1024, 1025, 1100,
 	};
-	/* The counter wraps in the first run, in a later one, or not at
-	 * all. */
+	/* The counter wraps in the first run of eight, in the run of four
+	 * after it, or not at all. */
 	static const uint32_t counters[] = { 0xfffffffeU, 0xfffffff6U, 7 };
 	uint8_t key[32], nonce[12], in[1100], want[1100], got[1100];
 	uint32_t x[16], c;
@@ -739,6 +739,9 @@ static void test_chacha_paths(struct tally *t)
 		int path;
 		const char *name;
 	} p[] = {
+#ifdef CHACHA20_HAVE_AVX2
+		{ CHACHA20_AVX2, "AVX2" },
+#endif
 #ifdef CHACHA20_HAVE_SSE2
 		{ CHACHA20_SSE2, "SSE2" },
 #endif
@@ -765,7 +768,7 @@ static void test_chacha_paths(struct tally *t)
 	}
 	/* Left to itself, chacha20_xor takes the fastest path there is. */
 	CHECK_INT(t, chacha20_force(-1), best);
-	CHECK_INT(t, chacha20_force(CHACHA20_SSE2 + 1), -1);
+	CHECK_INT(t, chacha20_force(CHACHA20_AVX2 + 1), -1);
 	CHECK_INT(t, chacha20_force(-2), -1);
 	CHECK_INT(t, chacha20_force(-1), best);
 }
