@@ -6,18 +6,21 @@
  * compilers turn into plain word moves, so neither the host's byte order
  * nor the alignment of the caller's buffers matters.
  *
- * On x86 the cipher runs four blocks at once in SSE2 registers; the plain
- * C below does everything else, the tail of every message included, and
- * on its own when built with -DDIALBACK_PORTABLE_CRYPTO (make test runs
- * the unit test both ways).
+ * On x86 the cipher runs four blocks at once in SSE2 registers, and on
+ * x86-64 CPUs that have AVX2 eight at once, picked at run time so that a
+ * plain -O2 build has it; the plain C below does everything else, the
+ * tail of every message included, and on its own when built with
+ * -DDIALBACK_PORTABLE_CRYPTO.  tests/unit runs the vectors under every
+ * path this CPU has (chacha20_force), tests/unit-portable the plain C.
  */
 #include <string.h>
 
 #include "crypto.h"
 #include "sha256.h"
 
-#if defined(__SSE2__) && !defined(DIALBACK_PORTABLE_CRYPTO)
-#define CHACHA_SSE2 1
+#ifdef CHACHA20_HAVE_AVX2
+#include <immintrin.h>
+#elif defined(CHACHA20_HAVE_SSE2)
 #include <emmintrin.h>
 #endif
 
@@ -79,7 +82,7 @@ static void chacha20_block(uint32_t x[16], const uint32_t s[16])
 	}
 }
 
-#ifdef CHACHA_SSE2
+#ifdef CHACHA20_HAVE_SSE2
 #define ROTL4(v, n) \
 	_mm_or_si128(_mm_slli_epi32((v), (n)), _mm_srli_epi32((v), 32 - (n)))
 #define QR4(a, b, c, d) do { \
@@ -152,6 +155,140 @@ static size_t chacha20_xor4(uint8_t *out, const uint8_t *in, size_t len,
 }
 #endif
 
+#ifdef CHACHA20_HAVE_AVX2
+/* Rotations by 16 and 8 move whole bytes, so one byte shuffle does each;
+ * by 12 and 7 they are two shifts and an OR. */
+#define ROTL8X(v, n) \
+	_mm256_or_si256(_mm256_slli_epi32((v), (n)), \
+	                _mm256_srli_epi32((v), 32 - (n)))
+#define QR8(a, b, c, d) do { \
+	a = _mm256_add_epi32(a, b); \
+	d = _mm256_shuffle_epi8(_mm256_xor_si256(d, a), rot16); \
+	c = _mm256_add_epi32(c, d); b = ROTL8X(_mm256_xor_si256(b, c), 12); \
+	a = _mm256_add_epi32(a, b); \
+	d = _mm256_shuffle_epi8(_mm256_xor_si256(d, a), rot8); \
+	c = _mm256_add_epi32(c, d); b = ROTL8X(_mm256_xor_si256(b, c), 7); \
+} while (0)
+
+/* chacha20_xor8: chacha20_xor4 in AVX2, eight blocks a run.  Lane k of
+ * vector i is word i of block k; the XOR takes the state eight words at
+ * a time, a 4x4 transpose within each 128-bit half of words i..i+3 and
+ * i+4..i+7, then a swap of halves, giving words i..i+7 of each block.
+ * Called only once the CPU is known to have AVX2. */
+__attribute__((target("avx2")))
+static size_t chacha20_xor8(uint8_t *out, const uint8_t *in, size_t len,
+                            uint32_t s[16])
+{
+	const __m256i rot16 = _mm256_set_epi8(
+		13, 12, 15, 14, 9, 8, 11, 10, 5, 4, 7, 6, 1, 0, 3, 2,
+		13, 12, 15, 14, 9, 8, 11, 10, 5, 4, 7, 6, 1, 0, 3, 2);
+	const __m256i rot8 = _mm256_set_epi8(
+		14, 13, 12, 15, 10, 9, 8, 11, 6, 5, 4, 7, 2, 1, 0, 3,
+		14, 13, 12, 15, 10, 9, 8, 11, 6, 5, 4, 7, 2, 1, 0, 3);
+	__m256i x[16], o[16];
+	size_t done = 0;
+	int i, k;
+
+	for (i = 0; i < 16; i++) {
+		o[i] = _mm256_set1_epi32((int)s[i]);
+	}
+	o[12] = _mm256_add_epi32(o[12], _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0));
+	for (; len >= 8 * CHACHA_BLOCK; len -= 8 * CHACHA_BLOCK) {
+		memcpy(x, o, sizeof(x));
+		for (i = 0; i < 10; i++) {
+			QR8(x[0], x[4], x[8], x[12]);
+			QR8(x[1], x[5], x[9], x[13]);
+			QR8(x[2], x[6], x[10], x[14]);
+			QR8(x[3], x[7], x[11], x[15]);
+			QR8(x[0], x[5], x[10], x[15]);
+			QR8(x[1], x[6], x[11], x[12]);
+			QR8(x[2], x[7], x[8], x[13]);
+			QR8(x[3], x[4], x[9], x[14]);
+		}
+		for (i = 0; i < 16; i++) {
+			x[i] = _mm256_add_epi32(x[i], o[i]);
+		}
+		for (i = 0; i < 16; i += 8) {
+			__m256i u[4], v[4], t0, t1, t2, t3;
+
+			/* u[k] holds words i..i+3 of blocks k and k + 4. */
+			t0 = _mm256_unpacklo_epi32(x[i], x[i + 1]);
+			t1 = _mm256_unpacklo_epi32(x[i + 2], x[i + 3]);
+			t2 = _mm256_unpackhi_epi32(x[i], x[i + 1]);
+			t3 = _mm256_unpackhi_epi32(x[i + 2], x[i + 3]);
+			u[0] = _mm256_unpacklo_epi64(t0, t1);
+			u[1] = _mm256_unpackhi_epi64(t0, t1);
+			u[2] = _mm256_unpacklo_epi64(t2, t3);
+			u[3] = _mm256_unpackhi_epi64(t2, t3);
+			t0 = _mm256_unpacklo_epi32(x[i + 4], x[i + 5]);
+			t1 = _mm256_unpacklo_epi32(x[i + 6], x[i + 7]);
+			t2 = _mm256_unpackhi_epi32(x[i + 4], x[i + 5]);
+			t3 = _mm256_unpackhi_epi32(x[i + 6], x[i + 7]);
+			v[0] = _mm256_unpacklo_epi64(t0, t1);
+			v[1] = _mm256_unpackhi_epi64(t0, t1);
+			v[2] = _mm256_unpacklo_epi64(t2, t3);
+			v[3] = _mm256_unpackhi_epi64(t2, t3);
+			for (k = 0; k < 4; k++) {
+				int lo = k * CHACHA_BLOCK + 4 * i;
+				int hi = lo + 4 * CHACHA_BLOCK;
+				__m256i m;
+
+				m = _mm256_loadu_si256((const __m256i *)(in + lo));
+				_mm256_storeu_si256((__m256i *)(out + lo),
+					_mm256_xor_si256(m,
+					_mm256_permute2x128_si256(u[k], v[k], 0x20)));
+				m = _mm256_loadu_si256((const __m256i *)(in + hi));
+				_mm256_storeu_si256((__m256i *)(out + hi),
+					_mm256_xor_si256(m,
+					_mm256_permute2x128_si256(u[k], v[k], 0x31)));
+			}
+		}
+		o[12] = _mm256_add_epi32(o[12], _mm256_set1_epi32(8));
+		in += 8 * CHACHA_BLOCK;
+		out += 8 * CHACHA_BLOCK;
+		done += 8 * CHACHA_BLOCK;
+	}
+	s[12] += (uint32_t)(done / CHACHA_BLOCK);
+	/* o holds the key, x the last key stream, if they were spilled. */
+	crypto_wipe(x, sizeof(x));
+	crypto_wipe(o, sizeof(o));
+	return done;
+}
+#endif
+
+/* The path chacha20_xor runs, -1 until its first call picks one.  It
+ * depends on the build and the CPU only, never on a key or the data. */
+static int chacha_path = -1;
+
+static int chacha_best(void)
+{
+#ifdef CHACHA20_HAVE_AVX2
+	/* __builtin_cpu_supports also asks the OS (XGETBV) whether it
+	 * saves the AVX registers; __builtin_cpu_init makes it safe to
+	 * call before the constructors have run. */
+	__builtin_cpu_init();
+	if (__builtin_cpu_supports("avx2")) {
+		return CHACHA20_AVX2;
+	}
+#endif
+#ifdef CHACHA20_HAVE_SSE2
+	return CHACHA20_SSE2;
+#else
+	return CHACHA20_PLAIN;
+#endif
+}
+
+int chacha20_force(int path)
+{
+	if (path == -1) {
+		path = chacha_best();
+	} else if (path < CHACHA20_PLAIN || path > chacha_best()) {
+		return -1;
+	}
+	chacha_path = path;
+	return path;
+}
+
 void chacha20_xor(uint8_t *out, const uint8_t *in, size_t len,
                   const uint8_t key[CHACHA20_KEY_LEN],
                   const uint8_t nonce[CHACHA20_NONCE_LEN], uint32_t counter)
@@ -160,9 +297,21 @@ void chacha20_xor(uint8_t *out, const uint8_t *in, size_t len,
 	uint8_t ks[CHACHA_BLOCK];
 	size_t i;
 
+	if (chacha_path < 0) {
+		chacha_path = chacha_best();
+	}
 	chacha20_init(s, key, nonce, counter);
-#ifdef CHACHA_SSE2
-	if (len >= 4 * CHACHA_BLOCK) {
+#ifdef CHACHA20_HAVE_AVX2
+	if (chacha_path == CHACHA20_AVX2 && len >= 8 * CHACHA_BLOCK) {
+		i = chacha20_xor8(out, in, len, s);
+		out += i;
+		in += i;
+		len -= i;
+	}
+#endif
+#ifdef CHACHA20_HAVE_SSE2
+	/* After AVX2's runs of eight, at most one run of four is left. */
+	if (chacha_path >= CHACHA20_SSE2 && len >= 4 * CHACHA_BLOCK) {
 		i = chacha20_xor4(out, in, len, s);
 		out += i;
 		in += i;

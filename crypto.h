@@ -64,6 +64,30 @@ void chacha20_xor(uint8_t *out, const uint8_t *in, size_t len,
                   const uint8_t key[CHACHA20_KEY_LEN],
                   const uint8_t nonce[CHACHA20_NONCE_LEN], uint32_t counter);
 
+/*
+ * The code that runs chacha20_xor's long messages: plain C everywhere,
+ * four blocks at once in SSE2 where the compiler targets it, and eight at
+ * once in AVX2 on x86-64 with GCC or clang, compiled in by a function
+ * attribute and used only if the CPU has AVX2.  -DDIALBACK_PORTABLE_CRYPTO
+ * leaves only the plain C.  Every path gives the same bytes; chacha20_xor
+ * takes the fastest this build and CPU have, chosen on its first call.
+ */
+#if defined(__SSE2__) && !defined(DIALBACK_PORTABLE_CRYPTO)
+#define CHACHA20_HAVE_SSE2 1
+#if defined(__x86_64__) && (defined(__clang__) || __GNUC__ >= 5)
+#define CHACHA20_HAVE_AVX2 1
+#endif
+#endif
+
+enum chacha20_path { CHACHA20_PLAIN, CHACHA20_SSE2, CHACHA20_AVX2 };
+
+/* chacha20_force: a hook for the unit test, so that it checks each path:
+ * chacha20_xor runs path from now on, or with -1 the one it would choose.
+ * Returns the path now in use, or -1 with nothing changed if this build
+ * or this CPU lacks path.
+ * Not for concurrent use with chacha20_xor (dialback has one thread). */
+int chacha20_force(int path);
+
 /* poly1305: the one-time authenticator of RFC 8439 §2.5 over len bytes.
  * A key must never authenticate two different messages. */
 void poly1305(uint8_t tag[AEAD_TAG_LEN], const uint8_t *msg, size_t len,

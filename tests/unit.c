@@ -366,12 +366,18 @@ static void test_chacha20(struct tally *t)
 		0x53372767, 0xb00a5631, 0x974c541a, 0x359e9963,
 		0x5c971061, 0x3d631689, 0x2098d9d6, 0x91dbd320,
 	};
+	/* Lengths that end each path's runs early, on time and late, and
+	 * that take AVX2's eight blocks, SSE2's four and single ones. */
 	static const size_t lens[] = {
-		0, 1, 63, 64, 65, 255, 256, 257, 319, 320, 511, 512, 513, 1100,
+		0, 1, 63, 64, 65, 255, 256, 257, 319, 320, 511, 512, 513,
+		767, 768, 769, 832, 1023, 1024, 1025, 1100,
 	};
+	/* The counter wraps in the first run of eight, in the run of four
+	 * after it, or not at all. */
+	static const uint32_t counters[] = { 0xfffffffeU, 0xfffffff6U, 7 };
 	uint8_t key[32], nonce[12], in[1100], want[1100], got[1100];
-	uint32_t x[16];
-	size_t i, j, n, m;
+	uint32_t x[16], c;
+	size_t i, j, k, n, m;
 
 	/* §2.1.1, the quarter round alone, and §2.2.1, on a state. */
 	memset(x, 0, sizeof(x));
@@ -417,23 +423,29 @@ static void test_chacha20(struct tally *t)
 		       "RFC 8439 %s: wrong output block by block", v[i].name);
 	}
 
-	/* Long messages take the four-block path where there is one; it
-	 * must agree with single blocks, across a counter wrap too. */
+	/* Long messages take the path's runs of blocks; they must agree
+	 * with single blocks, which are always the plain C, across a
+	 * counter wrap too. */
 	for (i = 0; i < sizeof(in); i++) {
 		in[i] = (uint8_t)(i * 31 + 7);
 		key[i % 32] = (uint8_t)(i * 5);
 	}
-	for (i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
-		n = lens[i];
-		for (j = 0; j < n; j += 64) {
-			m = n - j < 64 ? n - j : 64;
-			chacha20_xor(want + j, in + j, m, key, nonce,
-			             0xfffffffeU + (uint32_t)(j / 64));
+	for (k = 0; k < sizeof(counters) / sizeof(counters[0]); k++) {
+		c = counters[k];
+		for (i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+			n = lens[i];
+			for (j = 0; j < n; j += 64) {
+				m = n - j < 64 ? n - j : 64;
+				chacha20_xor(want + j, in + j, m, key, nonce,
+				             c + (uint32_t)(j / 64));
+			}
+			memset(got, 0, sizeof(got));
+			chacha20_xor(got, in, n, key, nonce, c);
+			CHECKF(t, memcmp(got, want, n) == 0 &&
+			          (n == 1100 || got[n] == 0),
+			       "chacha20_xor of %zu bytes from block %#x "
+			       "differs by block", n, (unsigned)c);
 		}
-		memset(got, 0, sizeof(got));
-		chacha20_xor(got, in, n, key, nonce, 0xfffffffeU);
-		CHECKF(t, memcmp(got, want, n) == 0 && (n == 1100 || got[n] == 0),
-		       "chacha20_xor of %zu bytes differs by block", n);
 	}
 }
 
@@ -713,6 +725,52 @@ static void test_aead(struct tally *t)
 			       "aead_open of %zu bytes took a flipped last byte", n);
 		}
 	}
+}
+
+/*
+ * ChaCha20 and the AEAD once for each path of chacha20_xor in this build
+ * (crypto.h): the vectors, and long messages against the plain C that
+ * short calls take.  A path this CPU lacks is a skip; tests/unit-portable
+ * has only the plain C.
+ */
+static void test_chacha_paths(struct tally *t)
+{
+	static const struct {
+		int path;
+		const char *name;
+	} p[] = {
+#ifdef CHACHA20_HAVE_AVX2
+		{ CHACHA20_AVX2, "AVX2" },
+#endif
+#ifdef CHACHA20_HAVE_SSE2
+		{ CHACHA20_SSE2, "SSE2" },
+#endif
+		{ CHACHA20_PLAIN, "plain C" },
+	};
+	size_t i;
+	int fail, best = -1;
+
+	for (i = 0; i < sizeof(p) / sizeof(p[0]); i++) {
+		if (chacha20_force(p[i].path) != p[i].path) {
+			tally_skip(t, p[i].name, "this CPU lacks it");
+			continue;
+		}
+		if (best < 0) {
+			best = p[i].path;
+		}
+		fail = t->fail;
+		test_chacha20(t);
+		test_aead(t);
+		if (t->fail > fail) {
+			printf("(the %d failures above: ChaCha20 in %s)\n",
+			       t->fail - fail, p[i].name);
+		}
+	}
+	/* Left to itself, chacha20_xor takes the fastest path there is. */
+	CHECK_INT(t, chacha20_force(-1), best);
+	CHECK_INT(t, chacha20_force(CHACHA20_AVX2 + 1), -1);
+	CHECK_INT(t, chacha20_force(-2), -1);
+	CHECK_INT(t, chacha20_force(-1), best);
 }
 
 /* ---- X25519 (RFC 7748) -------------------------------------------------- */
@@ -3334,9 +3392,8 @@ int main(void)
 	test_sha256(&t);
 	test_hmac(&t);
 	test_hkdf(&t);
-	test_chacha20(&t);
 	test_poly1305(&t);
-	test_aead(&t);
+	test_chacha_paths(&t);
 	test_x25519(&t);
 	test_equal_ct(&t);
 	test_frame_types(&t);
