@@ -2118,15 +2118,30 @@ test_pool_control_drop(struct test *t)
 	printf("# client baseline: %d descriptors\n", base);
 }
 
-/* ==== the protocol, spoken by a scripted client =========================== */
+/* ==== the protocol, spoken by scripted peers ============================== */
 
 #define TOKEN  "feature-token"
 
+/*
+ * One connection a scripted peer speaks on: frames in the clear until it
+ * is sealed, then each frame, and on a tunnel each piece of the user's
+ * stream, inside a record (tx toward the peer, rx from it).  Reads take
+ * exactly one frame or record and nothing after it, so the frame and the
+ * bytes behind it can be read by different helpers.
+ */
+struct chan {
+	int fd;
+	int sealed;
+	struct seal tx, rx;
+};
+
 /* A client of our own, speaking the wire protocol with blocking helpers. */
 struct fake {
-	int ctl;
-	uint8_t cn[NONCE_LEN], sn[NONCE_LEN], run_id[RUN_ID_LEN];
-	uint8_t key[PROOF_LEN];
+	struct chan ctl;
+	struct handshake hs;               /* HELLO until REPLY */
+	struct session_keys keys;          /* after WELCOME */
+	uint8_t run_id[RUN_ID_LEN];
+	uint8_t e_s[KEY_LEN];              /* the server's ephemeral key */
 	uint8_t hello[FRAME_HDR + FRAME_MAX], auth[FRAME_HDR + FRAME_MAX];
 	size_t hello_n, auth_n;
 	int tun_port, pub_port;
@@ -2134,64 +2149,125 @@ struct fake {
 
 enum { RF_OK = 1, RF_CLOSED = 0, RF_TIMEOUT = -1, RF_BAD = -2 };
 
-/*
- * read_frame: read exactly one frame from fd (and nothing after it) by
- * deadline, into *m.  RF_OK; RF_CLOSED on EOF or a reset (*how says
- * which); RF_TIMEOUT; RF_BAD if it does not decode.
- */
+/* read_exact: n bytes from fd by deadline.  RF_OK, RF_TIMEOUT, or
+ * RF_CLOSED on EOF or an error (*how says which). */
 static int
-read_frame(int fd, struct msg *m, int64_t deadline, const char **how)
+read_exact(int fd, uint8_t *buf, size_t n, int64_t deadline, const char **how)
 {
-	uint8_t buf[FRAME_HDR + FRAME_MAX];
-	size_t len, used;
-	ssize_t r;
+	ssize_t r = tl_read_full(fd, buf, n, deadline);
 
 	*how = "EOF";
-	r = tl_read_full(fd, buf, FRAME_HDR, deadline);
 	if (r < 0 && errno == ETIMEDOUT) {
 		return RF_TIMEOUT;
 	}
 	if (r < 0) {
 		*how = strerror(errno);
 	}
-	if (r < FRAME_HDR) {
-		return RF_CLOSED;
+	return r == (ssize_t)n ? RF_OK : RF_CLOSED;
+}
+
+/*
+ * read_record: read exactly one record from ch by deadline and open it
+ * with ch's rx into out (RECORD_MAX bytes), its size into *n (0: the end
+ * record).  RF_OK; RF_CLOSED on EOF or a reset (*how); RF_TIMEOUT; RF_BAD
+ * if it is too long or does not open.
+ */
+static int
+read_record(struct chan *ch, uint8_t *out, size_t *n, int64_t deadline,
+            const char **how)
+{
+	uint8_t buf[RECORD_HDR + RECORD_MAX + TAG_LEN];
+	size_t len, used;
+	int r;
+
+	if ((r = read_exact(ch->fd, buf, RECORD_HDR, deadline, how)) != RF_OK) {
+		return r;
 	}
-	len = (size_t)buf[1] << 8 | buf[2];
-	if (len > FRAME_MAX) {
+	len = wire_get16(buf);
+	if (len > RECORD_MAX) {
 		return RF_BAD;
 	}
-	r = tl_read_full(fd, buf + FRAME_HDR, len, deadline);
-	if (r < 0 && errno == ETIMEDOUT) {
-		return RF_TIMEOUT;
+	r = read_exact(ch->fd, buf + RECORD_HDR, len + TAG_LEN, deadline, how);
+	if (r != RF_OK) {
+		return r;
 	}
-	if (r < 0) {
-		*how = strerror(errno);
+	if (record_open(&ch->rx, buf, RECORD_HDR + len + TAG_LEN, &used, n)
+	    != FRAME_OK) {
+		return RF_BAD;
 	}
-	if (r < (ssize_t)len) {
-		return RF_CLOSED;
+	memcpy(out, buf + RECORD_HDR, *n);
+	return RF_OK;
+}
+
+/*
+ * read_frame: read exactly one frame from ch (in its record, once sealed)
+ * by deadline, into *m.  RF_OK; RF_CLOSED on EOF or a reset (*how says
+ * which); RF_TIMEOUT; RF_BAD if it does not open or decode.
+ */
+static int
+read_frame(struct chan *ch, struct msg *m, int64_t deadline, const char **how)
+{
+	uint8_t buf[RECORD_MAX];
+	size_t len, used;
+	int r;
+
+	if (ch->sealed) {
+		if ((r = read_record(ch, buf, &len, deadline, how)) != RF_OK) {
+			return r;
+		}
+	} else {
+		if ((r = read_exact(ch->fd, buf, FRAME_HDR, deadline, how))
+		    != RF_OK) {
+			return r;
+		}
+		len = wire_get16(buf + 1);
+		if (len > FRAME_MAX) {
+			return RF_BAD;
+		}
+		r = read_exact(ch->fd, buf + FRAME_HDR, len, deadline, how);
+		if (r != RF_OK) {
+			return r;
+		}
+		len += FRAME_HDR;
 	}
-	if (frame_decode(buf, FRAME_HDR + len, m, &used) != FRAME_OK
-	    || used != FRAME_HDR + len) {
+	if (frame_decode(buf, len, m, &used) != FRAME_OK || used != len) {
 		return RF_BAD;
 	}
 	return RF_OK;
 }
 
-/* send_msg: encode *m and send it on fd.  Its bytes go to raw (may be
- * NULL), its size to *raw_n.  0, or -1 and fail(). */
+/* send_wire: the n bytes of data go out on fd within IO_MS. */
 static int
-send_msg(struct test *t, int fd, const struct msg *m, uint8_t *raw,
+send_wire(struct test *t, int fd, const void *data, size_t n,
+          const char *what)
+{
+	if (tl_write_all(fd, data, n, tl_now_ms() + IO_MS) < 0) {
+		return fail(t, "%s: send: %s", what, strerror(errno));
+	}
+	return 0;
+}
+
+/* send_msg: encode *m and send it on ch (in a record once sealed).  Its
+ * bytes on the wire go to raw (may be NULL), their size to *raw_n.  0, or
+ * -1 and fail(). */
+static int
+send_msg(struct test *t, struct chan *ch, const struct msg *m, uint8_t *raw,
          size_t *raw_n, const char *what)
 {
-	uint8_t buf[FRAME_HDR + FRAME_MAX];
-	size_t n = frame_encode(buf, m);
+	uint8_t frame[FRAME_HDR + FRAME_MAX];
+	uint8_t rec[RECORD_HDR + FRAME_HDR + FRAME_MAX + TAG_LEN];
+	size_t n = frame_encode(frame, m);
+	const uint8_t *out = frame;
 
+	if (ch->sealed) {
+		n = record_seal(&ch->tx, frame, n, rec);
+		out = rec;
+	}
 	if (raw != NULL) {
-		memcpy(raw, buf, n);
+		memcpy(raw, out, n);
 		*raw_n = n;
 	}
-	if (tl_write_all(fd, buf, n, tl_now_ms() + IO_MS) < 0) {
+	if (tl_write_all(ch->fd, out, n, tl_now_ms() + IO_MS) < 0) {
 		return fail(t, "%s: sending %s: %s", what, msg_name(m->type),
 		            strerror(errno));
 	}
@@ -2199,11 +2275,11 @@ send_msg(struct test *t, int fd, const struct msg *m, uint8_t *raw,
 }
 
 /*
- * expect_msg: the next frame on fd, PINGs answered and PONGs skipped,
+ * expect_msg: the next frame on ch, PINGs answered and PONGs skipped,
  * must be of type within ms; into *m.  0, or -1 and fail().
  */
 static int
-expect_msg(struct test *t, int fd, int type, struct msg *m, int ms,
+expect_msg(struct test *t, struct chan *ch, int type, struct msg *m, int ms,
            const char *what)
 {
 	int64_t deadline = tl_now_ms() + ms;
@@ -2212,11 +2288,11 @@ expect_msg(struct test *t, int fd, int type, struct msg *m, int ms,
 	int r;
 
 	for (;;) {
-		r = read_frame(fd, m, deadline, &how);
+		r = read_frame(ch, m, deadline, &how);
 		if (r == RF_OK && m->type == MSG_PING) {
 			memset(&pong, 0, sizeof(pong));
 			pong.type = MSG_PONG;
-			if (send_msg(t, fd, &pong, NULL, NULL, what) < 0) {
+			if (send_msg(t, ch, &pong, NULL, NULL, what) < 0) {
 				return -1;
 			}
 			continue;
@@ -2237,11 +2313,13 @@ expect_msg(struct test *t, int fd, int type, struct msg *m, int ms,
 		}
 		return fail(t, "%s: %s before a %s", what,
 		            r == RF_CLOSED ? how : r == RF_TIMEOUT ? "timeout"
-		            : "a frame that does not decode", msg_name((unsigned)type));
+		            : ch->sealed ? "a record that does not open or decode"
+		            : "a frame that does not decode",
+		            msg_name((unsigned)type));
 	}
 }
 
-/* expect_closed: the server closes fd (EOF or reset) within ms. */
+/* expect_closed: the peer closes fd (EOF or reset) within ms. */
 static int
 expect_closed(struct test *t, int fd, int ms, const char *what)
 {
@@ -2274,128 +2352,65 @@ expect_quiet(struct test *t, int fd, int ms, const char *what)
 	return 0;
 }
 
-/* fake_hello_as: dial the control port, send a HELLO of version with a
- * fresh nonce and run id run_id (NULL: a fresh one, as a new client
- * process would), and read the CHALLENGE.  0, or -1 and fail(). */
+/* expect_eof: fd reads a clean EOF (not a reset, no bytes) within ms. */
 static int
-fake_hello_as(struct test *t, struct fake *f, int version,
-              const uint8_t *run_id)
+expect_eof(struct test *t, int fd, int ms, const char *what)
 {
-	struct msg m;
+	const char *how = "?";
+	size_t extra = 0;
 
-	memset(f, 0, sizeof(*f));
-	f->ctl = user_open(t, "127.0.0.1", t->ctl);
-	if (f->ctl < 0) {
-		return -1;
+	if (tl_wait_closed(fd, tl_now_ms() + ms, &extra, &how) < 0) {
+		return fail(t, "%s: no EOF within %d ms", what, ms);
 	}
-	memset(&m, 0, sizeof(m));
-	m.type = MSG_HELLO;
-	random_bytes(f->cn, NONCE_LEN);
-	if (run_id != NULL) {
-		memcpy(f->run_id, run_id, RUN_ID_LEN);
-	} else {
-		random_bytes(f->run_id, RUN_ID_LEN);
+	if (extra > 0 || strcmp(how, "EOF") != 0) {
+		return fail(t, "%s: %zu bytes, then %s; want EOF alone", what, extra,
+		            how);
 	}
-	memcpy(m.nonce, f->cn, NONCE_LEN);
-	memcpy(m.run_id, f->run_id, RUN_ID_LEN);
-	f->hello_n = frame_encode(f->hello, &m);
-	f->hello[FRAME_HDR + PROTO_MAGIC_LEN] = (uint8_t)version;
-	if (tl_write_all(f->ctl, f->hello, f->hello_n, tl_now_ms() + IO_MS) < 0) {
-		return fail(t, "sending HELLO: %s", strerror(errno));
-	}
-	if (version != PROTO_VERSION) {
-		return 0;
-	}
-	if (expect_msg(t, f->ctl, MSG_CHALLENGE, &m, IO_MS, "after HELLO") < 0) {
-		return -1;
-	}
-	memcpy(f->sn, m.nonce, NONCE_LEN);
 	return 0;
 }
 
-/* fake_hello: fake_hello_as with a fresh run id. */
+/* ---- the user's stream on a tunnel ---- */
+
+/* chan_send_bytes: the n bytes of data go out on ch: raw, or sealed in
+ * records of up to RECORD_MAX bytes.  0, or -1 and fail(). */
 static int
-fake_hello(struct test *t, struct fake *f, int version)
+chan_send_bytes(struct test *t, struct chan *ch, const void *data, size_t n,
+                const char *who)
 {
-	return fake_hello_as(t, f, version, NULL);
-}
+	uint8_t rec[RECORD_HDR + RECORD_MAX + TAG_LEN];
+	const uint8_t *p = data;
+	size_t k;
 
-/* fake_send_auth: AUTH with token's proof, public port 0, pool. */
-static int
-fake_send_auth(struct test *t, struct fake *f, const char *token, int pool)
-{
-	struct msg m;
-
-	memset(&m, 0, sizeof(m));
-	m.type = MSG_AUTH;
-	key_auth_proof(token, f->cn, f->sn, m.proof);
-	m.public_port = 0;
-	m.pool = (uint16_t)pool;
-	return send_msg(t, f->ctl, &m, f->auth, &f->auth_n, "AUTH");
-}
-
-/* fake_attach_as: HELLO (run id run_id, NULL: fresh), CHALLENGE, AUTH,
- * WELCOME with the right token. */
-static int
-fake_attach_as(struct test *t, struct fake *f, int pool,
-               const uint8_t *run_id)
-{
-	struct msg m;
-
-	if (fake_hello_as(t, f, PROTO_VERSION, run_id) < 0
-	    || fake_send_auth(t, f, TOKEN, pool) < 0
-	    || expect_msg(t, f->ctl, MSG_WELCOME, &m, IO_MS, "after AUTH") < 0) {
-		return -1;
+	if (!ch->sealed) {
+		return send_wire(t, ch->fd, data, n, who);
 	}
-	if (m.tunnel_port != t->tun || m.public_port != t->pub) {
-		return fail(t, "WELCOME names tunnel port %d and public port %d, "
-		            "want %d and %d", m.tunnel_port, m.public_port, t->tun,
-		            t->pub);
+	while (n > 0) {
+		k = n < RECORD_MAX ? n : RECORD_MAX;
+		if (send_wire(t, ch->fd, rec, record_seal(&ch->tx, p, k, rec), who)
+		    < 0) {
+			return -1;
+		}
+		p += k;
+		n -= k;
 	}
-	f->tun_port = m.tunnel_port;
-	f->pub_port = m.public_port;
-	key_session(TOKEN, f->cn, f->sn, f->key);
 	return 0;
 }
 
-/* fake_attach: fake_attach_as with a fresh run id. */
+/* chan_end: the end of ch's stream toward the peer: the empty end record
+ * (when sealed), then a FIN.  0, or -1 and fail(). */
 static int
-fake_attach(struct test *t, struct fake *f, int pool)
+chan_end(struct test *t, struct chan *ch, const char *who)
 {
-	return fake_attach_as(t, f, pool, NULL);
-}
+	uint8_t rec[RECORD_HDR + TAG_LEN];
 
-/* join_frame: the JOIN for id into out (FRAME_HDR + FRAME_MAX bytes), its
- * proof made with key, or spoiled when wrong.  Returns its size. */
-static size_t
-join_frame(const uint8_t key[PROOF_LEN], const uint8_t id[USER_ID_LEN],
-           int wrong, uint8_t *out)
-{
-	struct msg m;
-
-	memset(&m, 0, sizeof(m));
-	m.type = MSG_JOIN;
-	memcpy(m.user_id, id, USER_ID_LEN);
-	key_join_proof(key, id, m.proof);
-	if (wrong) {
-		m.proof[0] ^= 1;
-	}
-	return frame_encode(out, &m);
-}
-
-/* tunnel_join: dial the tunnel port and send the join bytes. */
-static int
-tunnel_join(struct test *t, const uint8_t *join, size_t n, const char *what)
-{
-	int fd = user_open(t, "127.0.0.1", t->tun);
-
-	if (fd < 0) {
+	if (ch->sealed && send_wire(t, ch->fd, rec,
+	                            record_seal(&ch->tx, rec, 0, rec), who) < 0) {
 		return -1;
 	}
-	if (tl_write_all(fd, join, n, tl_now_ms() + IO_MS) < 0) {
-		return fail(t, "%s: sending JOIN: %s", what, strerror(errno));
+	if (shutdown(ch->fd, SHUT_WR) < 0) {
+		return fail(t, "%s: shutdown: %s", who, strerror(errno));
 	}
-	return fd;
+	return 0;
 }
 
 /* expect_bytes: exactly the n bytes of data arrive on fd. */
@@ -2420,16 +2435,271 @@ expect_bytes(struct test *t, int fd, const void *data, size_t n,
 	return 0;
 }
 
+/* chan_expect_bytes: exactly the n bytes of data arrive on ch: raw, or
+ * in records that open (and no more than them). */
+static int
+chan_expect_bytes(struct test *t, struct chan *ch, const void *data, size_t n,
+                  const char *what)
+{
+	int64_t deadline = tl_now_ms() + IO_MS;
+	uint8_t got[512], rec[RECORD_MAX];
+	const char *how;
+	size_t have = 0, k;
+	int r;
+
+	if (!ch->sealed) {
+		return expect_bytes(t, ch->fd, data, n, what);
+	}
+	if (n > sizeof(got)) {
+		return fail(t, "%s: chan_expect_bytes: %zu is too many", what, n);
+	}
+	while (have < n) {
+		r = read_record(ch, rec, &k, deadline, &how);
+		if (r != RF_OK) {
+			return fail(t, "%s: %s after %zu of %zu bytes", what,
+			            r == RF_CLOSED ? how : r == RF_TIMEOUT ? "timeout"
+			            : "a record that does not open", have, n);
+		}
+		if (k == 0 || k > n - have) {
+			return fail(t, "%s: a record of %zu bytes after %zu of %zu",
+			            what, k, have, n);
+		}
+		memcpy(got + have, rec, k);
+		have += k;
+	}
+	if (memcmp(got, data, n) != 0) {
+		return fail(t, "%s: got \"%.*s\", want \"%.*s\"", what, (int)n, got,
+		            (int)n, (const char *)data);
+	}
+	return 0;
+}
+
+/* chan_expect_eof: the end of the peer's stream on ch: the empty end
+ * record (when sealed), then a clean EOF, within ms. */
+static int
+chan_expect_eof(struct test *t, struct chan *ch, int ms, const char *what)
+{
+	uint8_t rec[RECORD_MAX];
+	const char *how;
+	size_t k;
+	int r;
+
+	if (ch->sealed) {
+		r = read_record(ch, rec, &k, tl_now_ms() + ms, &how);
+		if (r != RF_OK || k != 0) {
+			return fail(t, "%s: %s, want the end record", what,
+			            r == RF_OK ? "a record with bytes"
+			            : r == RF_CLOSED ? how : r == RF_TIMEOUT ? "timeout"
+			            : "a record that does not open");
+		}
+	}
+	return expect_eof(t, ch->fd, ms, what);
+}
+
+/* ---- a scripted client ---- */
+
+/* fake_hello: dial the control port, send a HELLO with a fresh ephemeral
+ * key (public port 0) and a fresh run id, read the CHALLENGE and mix
+ * both in with the key exchange.  0, or -1 and fail(). */
+static int
+fake_hello(struct test *t, struct fake *f)
+{
+	struct msg m;
+
+	memset(f, 0, sizeof(*f));
+	f->ctl.fd = user_open(t, "127.0.0.1", t->ctl);
+	if (f->ctl.fd < 0) {
+		return -1;
+	}
+	random_bytes(f->run_id, RUN_ID_LEN);
+	hs_init(&f->hs);
+	memset(&m, 0, sizeof(m));
+	m.type = MSG_HELLO;
+	memcpy(m.pub, f->hs.e_pub, KEY_LEN);
+	hs_mix_msg(&f->hs, &m);
+	if (send_msg(t, &f->ctl, &m, f->hello, &f->hello_n, "HELLO") < 0
+	    || expect_msg(t, &f->ctl, MSG_CHALLENGE, &m, IO_MS, "after HELLO")
+	       < 0) {
+		return -1;
+	}
+	if (m.version != PROTO_VERSION) {
+		return fail(t, "CHALLENGE of version %d, want %d", m.version,
+		            PROTO_VERSION);
+	}
+	memcpy(f->e_s, m.pub, KEY_LEN);
+	hs_mix_msg(&f->hs, &m);
+	if (hs_mix_dh(&f->hs, m.pub) != 0) {
+		return fail(t, "the server's ephemeral key is of low order");
+	}
+	return 0;
+}
+
+/* fake_send_auth: mix in token's psk and send AUTH, the ATTACH in it
+ * asking for pool tunnels under f's run id. */
+static int
+fake_send_auth(struct test *t, struct fake *f, const char *token, int pool)
+{
+	uint8_t psk[KEY_LEN], frame[FRAME_HDR + FRAME_MAX];
+	struct msg a, m;
+	size_t n;
+
+	psk_derive(token, strlen(token), psk);
+	hs_mix_psk(&f->hs, psk);
+	memset(&a, 0, sizeof(a));
+	a.type = MSG_ATTACH;
+	memcpy(a.run_id, f->run_id, RUN_ID_LEN);
+	a.pool = (uint16_t)pool;
+	n = frame_encode(frame, &a);
+	memset(&m, 0, sizeof(m));
+	m.type = MSG_AUTH;
+	hs_seal(&f->hs, frame, n, m.sealed);
+	m.sealed_len = (uint16_t)(n + TAG_LEN);
+	return send_msg(t, &f->ctl, &m, f->auth, &f->auth_n, "AUTH");
+}
+
+/*
+ * expect_reply: the server's answer to AUTH must be a message of type:
+ * a REPLY that opens (into *m), or for an ERROR a clear one too; *sealed
+ * (may be NULL) says which it was.  A WELCOME seals the control
+ * connection from here on.  0, or -1 and fail().
+ */
+static int
+expect_reply(struct test *t, struct fake *f, int type, struct msg *m, int ms,
+             const char *what, int *sealed)
+{
+	uint8_t plain[SEALED_MAX];
+	struct msg r;
+	size_t n, used;
+
+	if (type == MSG_ERROR) {
+		/* An ERROR may come in the clear, or sealed in a REPLY. */
+		const char *how;
+		int rc = read_frame(&f->ctl, &r, tl_now_ms() + ms, &how);
+
+		if (rc == RF_OK && r.type == MSG_ERROR) {
+			*m = r;
+			if (sealed != NULL) {
+				*sealed = 0;
+			}
+			return 0;
+		}
+		if (rc != RF_OK || r.type != MSG_REPLY) {
+			return fail(t, "%s: %s, want ERROR or REPLY", what,
+			            rc == RF_OK ? msg_name(r.type) : rc == RF_CLOSED
+			            ? how : rc == RF_TIMEOUT ? "timeout"
+			            : "a frame that does not decode");
+		}
+	} else if (expect_msg(t, &f->ctl, MSG_REPLY, &r, ms, what) < 0) {
+		return -1;
+	}
+	n = r.sealed_len - TAG_LEN;
+	if (hs_open(&f->hs, r.sealed, r.sealed_len, plain) != 0) {
+		return fail(t, "%s: the server's REPLY does not open", what);
+	}
+	if (frame_decode(plain, n, m, &used) != FRAME_OK || used != n) {
+		return fail(t, "%s: the REPLY holds no frame", what);
+	}
+	if (m->type != type) {
+		return fail(t, "%s: the REPLY holds %s (code %d \"%s\"), want %s",
+		            what, msg_name(m->type), m->code, m->text,
+		            msg_name((unsigned)type));
+	}
+	if (sealed != NULL) {
+		*sealed = 1;
+	}
+	if (type == MSG_WELCOME) {
+		hs_split(&f->hs, 1, &f->keys);
+		f->ctl.sealed = 1;
+		f->ctl.tx = f->keys.tx;
+		f->ctl.rx = f->keys.rx;
+	}
+	return 0;
+}
+
+/* fake_attach_as: HELLO, CHALLENGE, AUTH (run id run_id, NULL: fresh, as
+ * a new client process would), WELCOME with the right token. */
+static int
+fake_attach_as(struct test *t, struct fake *f, int pool,
+               const uint8_t *run_id)
+{
+	struct msg m;
+
+	if (fake_hello(t, f) < 0) {
+		return -1;
+	}
+	if (run_id != NULL) {
+		memcpy(f->run_id, run_id, RUN_ID_LEN);
+	}
+	if (fake_send_auth(t, f, TOKEN, pool) < 0
+	    || expect_reply(t, f, MSG_WELCOME, &m, IO_MS, "after AUTH", NULL)
+	       < 0) {
+		return -1;
+	}
+	if (m.tunnel_port != t->tun || m.public_port != t->pub || m.flags != 0) {
+		return fail(t, "WELCOME names tunnel port %d, public port %d, flags "
+		            "%d; want %d, %d, 0", m.tunnel_port, m.public_port,
+		            m.flags, t->tun, t->pub);
+	}
+	f->tun_port = m.tunnel_port;
+	f->pub_port = m.public_port;
+	return 0;
+}
+
+/* fake_attach: fake_attach_as with a fresh run id. */
+static int
+fake_attach(struct test *t, struct fake *f, int pool)
+{
+	return fake_attach_as(t, f, pool, NULL);
+}
+
+/*
+ * join_make: the JOIN for user id under f's session into out (FRAME_HDR +
+ * FRAME_MAX bytes), its proof spoiled when wrong, and in *tun the
+ * tunnel's keys, the client's side, tx past the proof (fd -1 until
+ * tunnel_join).  Returns the JOIN's size.
+ */
+static size_t
+join_make(struct fake *f, const uint8_t id[USER_ID_LEN], int wrong,
+          uint8_t *out, struct chan *tun)
+{
+	struct msg m;
+
+	memset(tun, 0, sizeof(*tun));
+	tun->fd = -1;
+	tun->sealed = 1;
+	tunnel_keys(f->keys.tunnel, id, 1, &tun->tx, &tun->rx);
+	memset(&m, 0, sizeof(m));
+	m.type = MSG_JOIN;
+	memcpy(m.user_id, id, USER_ID_LEN);
+	join_proof(&tun->tx, id, m.proof);
+	if (wrong) {
+		m.proof[0] ^= 1;
+	}
+	return frame_encode(out, &m);
+}
+
+/* tunnel_join: dial the tunnel port and send the join bytes. */
+static int
+tunnel_join(struct test *t, const uint8_t *join, size_t n, const char *what)
+{
+	int fd = user_open(t, "127.0.0.1", t->tun);
+
+	if (fd < 0) {
+		return -1;
+	}
+	if (tl_write_all(fd, join, n, tl_now_ms() + IO_MS) < 0) {
+		return fail(t, "%s: sending JOIN: %s", what, strerror(errno));
+	}
+	return fd;
+}
+
 /* send_bytes: the n bytes of data go out on fd within IO_MS; who names
  * the sender in the failure. */
 static int
 send_bytes(struct test *t, int fd, const void *data, size_t n,
            const char *who)
 {
-	if (tl_write_all(fd, data, n, tl_now_ms() + IO_MS) < 0) {
-		return fail(t, "%s: send: %s", who, strerror(errno));
-	}
-	return 0;
+	return send_wire(t, fd, data, n, who);
 }
 
 /* user_addr: "127.0.0.1:PORT" of fd's own end, into buf (64). */
@@ -2472,35 +2742,38 @@ test_replay_join(struct test *t)
 	uint8_t join[FRAME_HDR + FRAME_MAX], ticket[USER_ID_LEN];
 	char ua[64], src[64], dst[64], want_dst[64];
 	struct tl_proc *server;
+	struct chan tun;
 	struct fake f;
 	struct msg m;
 	size_t join_n;
-	int t1, t2, u;
+	int t2, u;
 
 	if ((server = proto_server(t)) == NULL || fake_attach(t, &f, 1) < 0
-	    || expect_msg(t, f.ctl, MSG_TICKET, &m, IO_MS, "pool 1") < 0) {
+	    || expect_msg(t, &f.ctl, MSG_TICKET, &m, IO_MS, "pool 1") < 0) {
 		return;
 	}
 	memcpy(ticket, m.user_id, USER_ID_LEN);
-	join_n = join_frame(f.key, ticket, 0, join);
-	if ((t1 = tunnel_join(t, join, join_n, "first JOIN")) < 0
+	join_n = join_make(&f, ticket, 0, join, &tun);
+	if ((tun.fd = tunnel_join(t, join, join_n, "first JOIN")) < 0
 	    || wait_log(t, server, "parked for", IO_MS) < 0) {
 		return;
 	}
 	if ((t2 = tunnel_join(t, join, join_n, "replayed JOIN")) < 0
 	    || expect_closed(t, t2, 6000, "the replayed JOIN's connection") < 0
-	    || expect_quiet(t, t1, 1000, "the first, parked tunnel") < 0
+	    || expect_quiet(t, tun.fd, 1000, "the first, parked tunnel") < 0
 	    || wait_log(t, server, "JOIN names no waiting user", 3000) < 0) {
 		return;
 	}
 	user_close(t, t2);
 
-	/* A user arrives: the parked tunnel gets NEW_USER, then its bytes. */
+	/* A user arrives: the parked tunnel gets NEW_USER in its first
+	 * record, then the user's bytes in the next. */
 	if ((u = user_open(t, "127.0.0.1", t->pub)) < 0) {
 		return;
 	}
 	if (send_bytes(t, u, hello, sizeof(hello) - 1, "user") < 0
-	    || expect_msg(t, t1, MSG_NEW_USER, &m, IO_MS, "pooled tunnel") < 0) {
+	    || expect_msg(t, &tun, MSG_NEW_USER, &m, IO_MS, "pooled tunnel")
+	       < 0) {
 		return;
 	}
 	wire_addr_str(&m.src, src, sizeof(src));
@@ -2511,18 +2784,18 @@ test_replay_join(struct test *t)
 		     want_dst);
 		return;
 	}
-	if (expect_bytes(t, t1, hello, sizeof(hello) - 1,
-	                 "user bytes on the pooled tunnel") < 0) {
+	if (chan_expect_bytes(t, &tun, hello, sizeof(hello) - 1,
+	                      "user bytes on the pooled tunnel") < 0) {
 		return;
 	}
-	if (send_bytes(t, t1, reply, sizeof(reply) - 1, "pooled tunnel") < 0
-	    || expect_bytes(t, u, reply, sizeof(reply) - 1,
-	                    "the reply at the user") < 0
+	if (chan_send_bytes(t, &tun, reply, sizeof(reply) - 1, "pooled tunnel")
+	    < 0 || expect_bytes(t, u, reply, sizeof(reply) - 1,
+	                        "the reply at the user") < 0
 	    || expect_log(t, server, "joined to a pooled tunnel") < 0) {
 		return;
 	}
 	/* The used ticket is replaced. */
-	if (expect_msg(t, f.ctl, MSG_TICKET, &m, IO_MS, "refill") < 0) {
+	if (expect_msg(t, &f.ctl, MSG_TICKET, &m, IO_MS, "refill") < 0) {
 		return;
 	}
 	if (memcmp(m.user_id, ticket, USER_ID_LEN) == 0) {
@@ -2530,37 +2803,39 @@ test_replay_join(struct test *t)
 	}
 }
 
-/* A recorded HELLO and AUTH, replayed, meet a fresh challenge and fail. */
+/* A recorded HELLO and AUTH, replayed, meet a fresh challenge (another
+ * ephemeral key) and fail. */
 static void
 test_replay_auth(struct test *t)
 {
 	struct tl_proc *server;
+	struct chan c2;
 	struct fake f;
 	struct msg m;
-	int c2;
 
 	if ((server = proto_server(t)) == NULL || fake_attach(t, &f, 0) < 0) {
 		return;
 	}
-	if ((c2 = user_open(t, "127.0.0.1", t->ctl)) < 0) {
+	memset(&c2, 0, sizeof(c2));
+	if ((c2.fd = user_open(t, "127.0.0.1", t->ctl)) < 0) {
 		return;
 	}
-	if (tl_write_all(c2, f.hello, f.hello_n, tl_now_ms() + IO_MS) < 0) {
+	if (tl_write_all(c2.fd, f.hello, f.hello_n, tl_now_ms() + IO_MS) < 0) {
 		fail(t, "replaying HELLO: %s", strerror(errno));
 		return;
 	}
-	if (expect_msg(t, c2, MSG_CHALLENGE, &m, IO_MS, "replayed HELLO") < 0) {
+	if (expect_msg(t, &c2, MSG_CHALLENGE, &m, IO_MS, "replayed HELLO") < 0) {
 		return;
 	}
-	if (memcmp(m.nonce, f.sn, NONCE_LEN) == 0) {
-		fail(t, "the server repeated its challenge nonce");
+	if (memcmp(m.pub, f.e_s, KEY_LEN) == 0) {
+		fail(t, "the server repeated its ephemeral key");
 		return;
 	}
-	if (tl_write_all(c2, f.auth, f.auth_n, tl_now_ms() + IO_MS) < 0) {
+	if (tl_write_all(c2.fd, f.auth, f.auth_n, tl_now_ms() + IO_MS) < 0) {
 		fail(t, "replaying AUTH: %s", strerror(errno));
 		return;
 	}
-	if (expect_msg(t, c2, MSG_ERROR, &m, IO_MS, "replayed AUTH") < 0) {
+	if (expect_msg(t, &c2, MSG_ERROR, &m, IO_MS, "replayed AUTH") < 0) {
 		return;
 	}
 	if (m.code != ERR_AUTH) {
@@ -2568,14 +2843,14 @@ test_replay_auth(struct test *t)
 		     ERR_AUTH);
 		return;
 	}
-	if (expect_closed(t, c2, 3000, "the replaying connection") < 0) {
+	if (expect_closed(t, c2.fd, 3000, "the replaying connection") < 0) {
 		return;
 	}
 	/* The session that was recorded is untouched. */
 	memset(&m, 0, sizeof(m));
 	m.type = MSG_PING;
-	if (send_msg(t, f.ctl, &m, NULL, NULL, "first session") < 0
-	    || expect_msg(t, f.ctl, MSG_PONG, &m, IO_MS, "first session") < 0
+	if (send_msg(t, &f.ctl, &m, NULL, NULL, "first session") < 0
+	    || expect_msg(t, &f.ctl, MSG_PONG, &m, IO_MS, "first session") < 0
 	    || expect_log(t, server, "wrong token") < 0) {
 		return;
 	}
@@ -2591,17 +2866,18 @@ test_forged_join_real_user(struct test *t)
 	uint8_t join[FRAME_HDR + FRAME_MAX];
 	char ua[64], src[64];
 	struct tl_proc *server;
+	struct chan good;
 	struct fake f;
 	struct msg m;
 	size_t join_n;
-	int u, bad, good;
+	int u, bad;
 
 	if ((server = proto_server(t)) == NULL || fake_attach(t, &f, 0) < 0
 	    || (u = user_open(t, "127.0.0.1", t->pub)) < 0) {
 		return;
 	}
 	if (send_bytes(t, u, hello, sizeof(hello) - 1, "user") < 0
-	    || expect_msg(t, f.ctl, MSG_NEW_USER, &m, IO_MS, "control") < 0) {
+	    || expect_msg(t, &f.ctl, MSG_NEW_USER, &m, IO_MS, "control") < 0) {
 		return;
 	}
 	wire_addr_str(&m.src, src, sizeof(src));
@@ -2609,7 +2885,7 @@ test_forged_join_real_user(struct test *t)
 		fail(t, "NEW_USER names %s, want the user's %s", src, ua);
 		return;
 	}
-	join_n = join_frame(f.key, m.user_id, 1, join);
+	join_n = join_make(&f, m.user_id, 1, join, &good);
 	if ((bad = tunnel_join(t, join, join_n, "forged JOIN")) < 0
 	    || expect_closed(t, bad, 6000, "the forged JOIN's connection") < 0
 	    || wait_log(t, server, "JOIN with a wrong proof", 3000) < 0
@@ -2617,13 +2893,13 @@ test_forged_join_real_user(struct test *t)
 		return;
 	}
 	user_close(t, bad);
-	join_n = join_frame(f.key, m.user_id, 0, join);
-	if ((good = tunnel_join(t, join, join_n, "true JOIN")) < 0
-	    || expect_bytes(t, good, hello, sizeof(hello) - 1,
-	                    "the user's bytes on the joined tunnel") < 0) {
+	join_n = join_make(&f, m.user_id, 0, join, &good);
+	if ((good.fd = tunnel_join(t, join, join_n, "true JOIN")) < 0
+	    || chan_expect_bytes(t, &good, hello, sizeof(hello) - 1,
+	                         "the user's bytes on the joined tunnel") < 0) {
 		return;
 	}
-	if (send_bytes(t, good, reply, sizeof(reply) - 1, "tunnel") < 0
+	if (chan_send_bytes(t, &good, reply, sizeof(reply) - 1, "tunnel") < 0
 	    || expect_bytes(t, u, reply, sizeof(reply) - 1,
 	                    "the reply at the user") < 0
 	    || expect_log(t, server, "joined after") < 0) {
@@ -2633,30 +2909,34 @@ test_forged_join_real_user(struct test *t)
 
 /* ==== test: refusals ====================================================== */
 
-/* A proof made with another token: ERROR 1 "wrong token"; the server
- * goes on serving. */
+/* An AUTH sealed under another token's psk: ERROR 1 "wrong token", in
+ * the clear (the server has no key the client could open it with); the
+ * server goes on serving. */
 static void
 test_wrong_token_proof(struct test *t)
 {
 	struct tl_proc *server, *client;
 	struct fake f;
 	struct msg m;
+	int sealed;
 
-	if ((server = proto_server(t)) == NULL || fake_hello(t, &f, PROTO_VERSION)
-	    < 0 || fake_send_auth(t, &f, "not-" TOKEN, 0) < 0
-	    || expect_msg(t, f.ctl, MSG_ERROR, &m, IO_MS, "AUTH, wrong token")
-	       < 0) {
+	if ((server = proto_server(t)) == NULL || fake_hello(t, &f) < 0
+	    || fake_send_auth(t, &f, "not-" TOKEN, 0) < 0
+	    || expect_reply(t, &f, MSG_ERROR, &m, IO_MS, "AUTH, wrong token",
+	                    &sealed) < 0) {
 		return;
 	}
-	if (m.code != ERR_AUTH || strstr(m.text, "wrong token") == NULL) {
-		fail(t, "ERROR code %d \"%s\", want %d \"wrong token\"", m.code,
-		     m.text, ERR_AUTH);
+	if (m.code != ERR_AUTH || strstr(m.text, "wrong token") == NULL
+	    || sealed) {
+		fail(t, "ERROR code %d \"%s\"%s, want %d \"wrong token\" in the "
+		     "clear", m.code, m.text, sealed ? " sealed" : "", ERR_AUTH);
 		return;
 	}
-	if (expect_closed(t, f.ctl, 3000, "the refused control connection") < 0) {
+	if (expect_closed(t, f.ctl.fd, 3000, "the refused control connection")
+	    < 0) {
 		return;
 	}
-	user_close(t, f.ctl);
+	user_close(t, f.ctl.fd);
 	/* A real client with the wrong token gives up, and says why. */
 	client = start_client(t, "client", t->ctl, t->pub, NULL, 0, "-token",
 	                      "wrong", NULL);
@@ -2670,27 +2950,52 @@ test_wrong_token_proof(struct test *t)
 	}
 }
 
-/* Another protocol version: ERROR 2 naming both.  A client pointed at the
- * tunnel port: exit 1, told to use the control port. */
+/* hello_of_version: a HELLO laid out as protocol 2's but saying version,
+ * into out; its size. */
+static size_t
+hello_of_version(int version, uint8_t *out)
+{
+	struct msg m;
+	size_t n;
+
+	memset(&m, 0, sizeof(m));
+	m.type = MSG_HELLO;
+	random_bytes(m.pub, KEY_LEN);
+	n = frame_encode(out, &m);
+	out[FRAME_HDR + PROTO_MAGIC_LEN] = (uint8_t)version;
+	return n;
+}
+
+/* Another protocol version (a newer client's): ERROR 2 naming both.  A
+ * client pointed at the tunnel port: exit 1, told to use the control
+ * port. */
 static void
 test_version_mismatch(struct test *t)
 {
+	uint8_t hello[FRAME_HDR + FRAME_MAX];
 	struct tl_proc *server, *client;
-	struct fake f;
+	struct chan ch;
 	struct msg m;
-	char want[64];
+	char want[64], want2[64];
 
-	if ((server = proto_server(t)) == NULL || fake_hello(t, &f, 2) < 0
-	    || expect_msg(t, f.ctl, MSG_ERROR, &m, IO_MS, "HELLO version 2") < 0) {
+	memset(&ch, 0, sizeof(ch));
+	if ((server = proto_server(t)) == NULL
+	    || (ch.fd = user_open(t, "127.0.0.1", t->ctl)) < 0
+	    || send_wire(t, ch.fd, hello, hello_of_version(PROTO_VERSION + 1,
+	                                                   hello), "HELLO") < 0
+	    || expect_msg(t, &ch, MSG_ERROR, &m, IO_MS, "HELLO of a newer "
+	                  "version") < 0) {
 		return;
 	}
-	if (m.code != ERR_VERSION || strstr(m.text, "speaks 1") == NULL
-	    || strstr(m.text, "client 2") == NULL) {
-		fail(t, "ERROR code %d \"%s\", want %d naming versions 1 and 2",
-		     m.code, m.text, ERR_VERSION);
+	snprintf(want, sizeof(want), "server speaks %d", PROTO_VERSION);
+	snprintf(want2, sizeof(want2), "client %d", PROTO_VERSION + 1);
+	if (m.code != ERR_VERSION || strstr(m.text, want) == NULL
+	    || strstr(m.text, want2) == NULL) {
+		fail(t, "ERROR code %d \"%s\", want %d naming versions %d and %d",
+		     m.code, m.text, ERR_VERSION, PROTO_VERSION, PROTO_VERSION + 1);
 		return;
 	}
-	if (expect_closed(t, f.ctl, 3000, "the refused control connection") < 0) {
+	if (expect_closed(t, ch.fd, 3000, "the refused control connection") < 0) {
 		return;
 	}
 	client = start_client(t, "client", t->tun, t->pub, NULL, 0, "-token",
@@ -2772,23 +3077,25 @@ test_session_resume(struct test *t)
 	char a_addr[64], b_addr[64], ua[64], src[64], want[160];
 	struct tl_proc *server;
 	struct fake a, b, c;
+	struct chan tun;
 	struct msg m;
 	size_t join_n;
-	int u, tun;
+	int u, sealed;
 
 	if ((server = proto_server(t)) == NULL || fake_attach(t, &a, 0) < 0
 	    || wait_log(t, server, "attached: serving public port", IO_MS) < 0) {
 		return;
 	}
-	user_addr(a.ctl, a_addr);
+	user_addr(a.ctl.fd, a_addr);
 	/* fake_attach_as fails on anything but WELCOME, ERROR busy included. */
 	if (fake_attach_as(t, &b, 0, a.run_id) < 0) {
 		return;
 	}
-	user_addr(b.ctl, b_addr);
+	user_addr(b.ctl.fd, b_addr);
 	snprintf(want, sizeof(want), "client %s detached: replaced by its own "
 	         "reconnect", a_addr);
-	if (expect_closed(t, a.ctl, 3000, "session A's control connection") < 0
+	if (expect_closed(t, a.ctl.fd, 3000, "session A's control connection")
+	    < 0
 	    || wait_log(t, server, want, 3000) < 0
 	    || tl_wait_log_count(server, "attached: serving public port", 2,
 	                         IO_MS) != 1) {
@@ -2796,30 +3103,32 @@ test_session_resume(struct test *t)
 		return;
 	}
 
-	/* Another client process: refused, and told who serves the port. */
-	if (fake_hello(t, &c, PROTO_VERSION) < 0
-	    || fake_send_auth(t, &c, TOKEN, 0) < 0
-	    || expect_msg(t, c.ctl, MSG_ERROR, &m, IO_MS, "a third client") < 0) {
+	/* Another client process: refused, and told who serves the port,
+	 * sealed in the REPLY since its AUTH opened. */
+	if (fake_hello(t, &c) < 0 || fake_send_auth(t, &c, TOKEN, 0) < 0
+	    || expect_reply(t, &c, MSG_ERROR, &m, IO_MS, "a third client",
+	                    &sealed) < 0) {
 		return;
 	}
 	snprintf(want, sizeof(want), "public port %d is already served by %s",
 	         t->pub, b_addr);
-	if (m.code != ERR_BUSY || strstr(m.text, want) == NULL) {
-		fail(t, "third client: ERROR code %d \"%s\", want %d \"%s\"", m.code,
-		     m.text, ERR_BUSY, want);
+	if (m.code != ERR_BUSY || strstr(m.text, want) == NULL || !sealed) {
+		fail(t, "third client: ERROR code %d \"%s\"%s, want %d \"%s\" "
+		     "sealed", m.code, m.text, sealed ? "" : " in the clear",
+		     ERR_BUSY, want);
 		return;
 	}
-	if (expect_closed(t, c.ctl, 3000, "the refused third client") < 0
+	if (expect_closed(t, c.ctl.fd, 3000, "the refused third client") < 0
 	    || wait_log(t, server, want, 3000) < 0) {
 		return;
 	}
 
-	/* Users go to session B, and B's key joins them. */
+	/* Users go to session B, and B's keys join them. */
 	if ((u = user_open(t, "127.0.0.1", t->pub)) < 0) {
 		return;
 	}
 	if (send_bytes(t, u, hello, sizeof(hello) - 1, "user") < 0
-	    || expect_msg(t, b.ctl, MSG_NEW_USER, &m, IO_MS, "session B") < 0) {
+	    || expect_msg(t, &b.ctl, MSG_NEW_USER, &m, IO_MS, "session B") < 0) {
 		return;
 	}
 	wire_addr_str(&m.src, src, sizeof(src));
@@ -2827,13 +3136,13 @@ test_session_resume(struct test *t)
 		fail(t, "NEW_USER on session B names %s, want the user's %s", src, ua);
 		return;
 	}
-	join_n = join_frame(b.key, m.user_id, 0, join);
-	if ((tun = tunnel_join(t, join, join_n, "JOIN with B's key")) < 0
-	    || expect_bytes(t, tun, hello, sizeof(hello) - 1,
-	                    "the user's bytes on B's tunnel") < 0) {
+	join_n = join_make(&b, m.user_id, 0, join, &tun);
+	if ((tun.fd = tunnel_join(t, join, join_n, "JOIN with B's keys")) < 0
+	    || chan_expect_bytes(t, &tun, hello, sizeof(hello) - 1,
+	                         "the user's bytes on B's tunnel") < 0) {
 		return;
 	}
-	if (send_bytes(t, tun, reply, sizeof(reply) - 1, "tunnel") < 0
+	if (chan_send_bytes(t, &tun, reply, sizeof(reply) - 1, "tunnel") < 0
 	    || expect_bytes(t, u, reply, sizeof(reply) - 1,
 	                    "the reply at the user") < 0
 	    || expect_alive(t, server) < 0) {
@@ -2845,14 +3154,16 @@ test_session_resume(struct test *t)
 
 /* One direction of a transfer that pump() drives: n bytes of a seeded
  * stream written on wfd must come out, byte for byte, on rfd (which may
- * be wfd itself, through an echo service). */
+ * be wfd itself, through an echo service).  A sealed tunnel's end (wch,
+ * rch) carries the stream in records. */
 struct lane {
 	int wfd, rfd;
+	struct chan *wch, *rch;        /* NULL: raw bytes on wfd, rfd */
 	uint32_t seed;
 	struct tl_stream ws, rs;
-	uint8_t wbuf[16384];
-	size_t woff, wlen;
-	size_t sent, got;
+	uint8_t wbuf[RECORD_HDR + RECORD_MAX + TAG_LEN];
+	size_t woff, wlen;             /* wire bytes not yet sent */
+	size_t sent, got;              /* stream bytes put in wbuf, checked */
 };
 
 static void
@@ -2866,6 +3177,17 @@ lane_init(struct lane *l, int wfd, int rfd, uint32_t seed)
 	tl_stream_init(&l->rs, seed);
 }
 
+/* lane_init_ch: lane_init with either end a tunnel (NULL: the user's
+ * fd, ufd). */
+static void
+lane_init_ch(struct lane *l, struct chan *wch, struct chan *rch, int ufd,
+             uint32_t seed)
+{
+	lane_init(l, wch ? wch->fd : ufd, rch ? rch->fd : ufd, seed);
+	l->wch = wch;
+	l->rch = rch;
+}
+
 /*
  * pump: run the lanes at once, n bytes each, until every byte has been
  * read back and checked, within IO_MS.  Writing and reading interleave,
@@ -2876,15 +3198,16 @@ pump(struct test *t, struct lane *l, int nl, size_t n, const char *what)
 {
 	int64_t deadline = tl_now_ms() + IO_MS;
 	struct pollfd pfd[8];
-	uint8_t buf[16384];
+	uint8_t buf[RECORD_MAX];
+	const char *how;
 	int i, r, done;
 	ssize_t k;
-	size_t j;
+	size_t j, c;
 
 	for (;;) {
 		done = 1;
 		for (i = 0; i < nl; i++) {
-			pfd[2 * i].fd = l[i].sent < n ? l[i].wfd : -1;
+			pfd[2 * i].fd = l[i].sent < n || l[i].wlen > 0 ? l[i].wfd : -1;
 			pfd[2 * i].events = POLLOUT;
 			pfd[2 * i + 1].fd = l[i].got < n ? l[i].rfd : -1;
 			pfd[2 * i + 1].events = POLLIN;
@@ -2914,12 +3237,18 @@ pump(struct test *t, struct lane *l, int nl, size_t n, const char *what)
 		for (i = 0; i < nl; i++) {
 			struct lane *x = &l[i];
 
-			if (pfd[2 * i].revents && x->sent < n) {
+			if (pfd[2 * i].revents && (x->sent < n || x->wlen > 0)) {
 				if (x->wlen == 0) {
+					c = n - x->sent < RECORD_MAX ? n - x->sent : RECORD_MAX;
 					x->woff = 0;
-					x->wlen = n - x->sent < sizeof(x->wbuf)
-					          ? n - x->sent : sizeof(x->wbuf);
-					tl_stream_fill(&x->ws, x->wbuf, x->wlen);
+					if (x->wch != NULL) {
+						tl_stream_fill(&x->ws, buf, c);
+						x->wlen = record_seal(&x->wch->tx, buf, c, x->wbuf);
+					} else {
+						tl_stream_fill(&x->ws, x->wbuf, c);
+						x->wlen = c;
+					}
+					x->sent += c;
 				}
 				k = send(x->wfd, x->wbuf + x->woff, x->wlen, MSG_NOSIGNAL);
 				if (k < 0 && errno != EAGAIN && errno != EINTR) {
@@ -2929,10 +3258,21 @@ pump(struct test *t, struct lane *l, int nl, size_t n, const char *what)
 				if (k > 0) {
 					x->woff += (size_t)k;
 					x->wlen -= (size_t)k;
-					x->sent += (size_t)k;
 				}
 			}
-			if (pfd[2 * i + 1].revents && x->got < n) {
+			if (pfd[2 * i + 1].revents && x->got < n && x->rch != NULL) {
+				/* A whole record, which its sender sends at once. */
+				r = read_record(x->rch, buf, &c, deadline, &how);
+				if (r != RF_OK || c == 0 || c > n - x->got) {
+					return fail(t, "%s: stream %u: %s after %zu of %zu "
+					            "bytes", what, x->seed, r == RF_CLOSED ? how
+					            : r == RF_TIMEOUT ? "timeout" : r == RF_BAD
+					            ? "a record that does not open" : c == 0
+					            ? "the end record" : "too long a record",
+					            x->got, n);
+				}
+				k = (ssize_t)c;
+			} else if (pfd[2 * i + 1].revents && x->got < n) {
 				size_t want = n - x->got < sizeof(buf) ? n - x->got
 				                                        : sizeof(buf);
 
@@ -2945,33 +3285,18 @@ pump(struct test *t, struct lane *l, int nl, size_t n, const char *what)
 					            "bytes", what, x->seed,
 					            k == 0 ? "EOF" : strerror(errno), x->got, n);
 				}
-				for (j = 0; j < (size_t)k; j++) {
-					if (buf[j] != tl_stream_byte(&x->rs)) {
-						return fail(t, "%s: stream %u: byte %zu differs",
-						            what, x->seed, x->got + j);
-					}
-				}
-				x->got += (size_t)k;
+			} else {
+				continue;
 			}
+			for (j = 0; j < (size_t)k; j++) {
+				if (buf[j] != tl_stream_byte(&x->rs)) {
+					return fail(t, "%s: stream %u: byte %zu differs",
+					            what, x->seed, x->got + j);
+				}
+			}
+			x->got += (size_t)k;
 		}
 	}
-}
-
-/* expect_eof: fd reads a clean EOF (not a reset, no bytes) within ms. */
-static int
-expect_eof(struct test *t, int fd, int ms, const char *what)
-{
-	const char *how = "?";
-	size_t extra = 0;
-
-	if (tl_wait_closed(fd, tl_now_ms() + ms, &extra, &how) < 0) {
-		return fail(t, "%s: no EOF within %d ms", what, ms);
-	}
-	if (extra > 0 || strcmp(how, "EOF") != 0) {
-		return fail(t, "%s: %zu bytes, then %s; want EOF alone", what, extra,
-		            how);
-	}
-	return 0;
 }
 
 #define SURVIVE_BYTES (100 * 1024)
@@ -2990,27 +3315,28 @@ test_pairs_survive_control_drop(struct test *t)
 	char fa[64], want[160];
 	struct tl_proc *server;
 	struct lane l[2];
+	struct chan tun;
 	struct fake f;
 	struct msg m;
 	size_t join_n;
 	unsigned long long in, out;
-	int u, tun, i;
+	int u, i;
 
 	if ((server = proto_server(t)) == NULL || fake_attach(t, &f, 0) < 0
 	    || (u = user_open(t, "127.0.0.1", t->pub)) < 0) {
 		return;
 	}
 	if (send_bytes(t, u, hello, sizeof(hello) - 1, "user") < 0
-	    || expect_msg(t, f.ctl, MSG_NEW_USER, &m, IO_MS, "control") < 0) {
+	    || expect_msg(t, &f.ctl, MSG_NEW_USER, &m, IO_MS, "control") < 0) {
 		return;
 	}
-	join_n = join_frame(f.key, m.user_id, 0, join);
-	if ((tun = tunnel_join(t, join, join_n, "JOIN")) < 0
-	    || expect_bytes(t, tun, hello, sizeof(hello) - 1,
-	                    "the user's bytes on the tunnel") < 0) {
+	join_n = join_make(&f, m.user_id, 0, join, &tun);
+	if ((tun.fd = tunnel_join(t, join, join_n, "JOIN")) < 0
+	    || chan_expect_bytes(t, &tun, hello, sizeof(hello) - 1,
+	                         "the user's bytes on the tunnel") < 0) {
 		return;
 	}
-	if (send_bytes(t, tun, reply, sizeof(reply) - 1, "tunnel") < 0
+	if (chan_send_bytes(t, &tun, reply, sizeof(reply) - 1, "tunnel") < 0
 	    || expect_bytes(t, u, reply, sizeof(reply) - 1,
 	                    "the reply at the user") < 0
 	    || wait_log(t, server, "joined after", IO_MS) < 0) {
@@ -3018,47 +3344,46 @@ test_pairs_survive_control_drop(struct test *t)
 	}
 
 	/* The client goes away: its session ends, the pair must not. */
-	user_addr(f.ctl, fa);
-	user_close(t, f.ctl);
+	user_addr(f.ctl.fd, fa);
+	user_close(t, f.ctl.fd);
 	snprintf(want, sizeof(want), "client %s detached: connection closed", fa);
 	if (wait_log(t, server, want, IO_MS) < 0) {
 		return;
 	}
 	for (i = 0; i < ROUNDS; i++) {
-		lane_init(&l[0], u, tun, 100 + (uint32_t)i);
+		lane_init_ch(&l[0], NULL, &tun, u, 100 + (uint32_t)i);
 		if (pump(t, l, 1, ROUND_BYTES, "round trip, user to tunnel") < 0) {
 			return;
 		}
-		lane_init(&l[0], tun, u, 200 + (uint32_t)i);
+		lane_init_ch(&l[0], &tun, NULL, u, 200 + (uint32_t)i);
 		if (pump(t, l, 1, ROUND_BYTES, "round trip, tunnel to user") < 0) {
 			return;
 		}
 	}
-	lane_init(&l[0], u, tun, 7);
-	lane_init(&l[1], tun, u, 8);
+	lane_init_ch(&l[0], NULL, &tun, u, 7);
+	lane_init_ch(&l[1], &tun, NULL, u, 8);
 	if (pump(t, l, 2, SURVIVE_BYTES, "100 KiB each way at once") < 0) {
 		return;
 	}
 
-	/* Half-close: the user's EOF reaches the tunnel, and the other way
-	 * still carries bytes until the tunnel ends too. */
+	/* Half-close: the user's EOF reaches the tunnel (the end record,
+	 * then a FIN), and the other way still carries bytes until the
+	 * tunnel ends too. */
 	if (shutdown(u, SHUT_WR) < 0) {
 		fail(t, "user: shutdown: %s", strerror(errno));
 		return;
 	}
-	if (expect_eof(t, tun, IO_MS, "the tunnel after the user's shutdown") < 0) {
-		return;
-	}
-	if (tl_write_all(tun, tail, sizeof(tail) - 1, tl_now_ms() + IO_MS) < 0) {
-		fail(t, "tunnel: send after the half-close: %s", strerror(errno));
+	if (chan_expect_eof(t, &tun, IO_MS, "the tunnel after the user's "
+	                    "shutdown") < 0
+	    || chan_send_bytes(t, &tun, tail, sizeof(tail) - 1,
+	                       "tunnel, after the half-close") < 0) {
 		return;
 	}
 	if (expect_bytes(t, u, tail, sizeof(tail) - 1,
 	                 "bytes to the user after its EOF") < 0) {
 		return;
 	}
-	if (shutdown(tun, SHUT_WR) < 0) {
-		fail(t, "tunnel: shutdown: %s", strerror(errno));
+	if (chan_end(t, &tun, "tunnel") < 0) {
 		return;
 	}
 	if (expect_eof(t, u, IO_MS, "the user after the tunnel's shutdown") < 0) {
@@ -3263,29 +3588,31 @@ test_pairs_survive_control_drop_client(struct test *t)
 
 /* The control connection of the pending test, read without blocking. */
 struct announcements {
-	uint8_t buf[FRAME_HDR + FRAME_MAX + 8192];
+	uint8_t buf[RECORD_HDR + FRAME_HDR + FRAME_MAX + TAG_LEN + 8192];
 	size_t len;
 	int count;                 /* NEW_USERs so far */
 	const int *index_of_port;  /* source port -> our user, or -1 */
 	uint8_t *announced;        /* per user */
 };
 
-/* read_announcements: read what fd holds, waiting up to ms for it; count
- * NEW_USERs and mark whose they are; answer PINGs.  0, or -1 and fail()
- * on anything else, or a NEW_USER for a stranger or a second time. */
+/* read_announcements: read what ctl (sealed) holds, waiting up to ms
+ * for it; count NEW_USERs and mark whose they are; answer PINGs.  0, or
+ * -1 and fail() on anything else, or a NEW_USER for a stranger or a
+ * second time. */
 static int
-read_announcements(struct test *t, int fd, struct announcements *a, int ms)
+read_announcements(struct test *t, struct chan *ctl, struct announcements *a,
+                   int ms)
 {
 	struct msg m, pong;
-	size_t used;
+	size_t used, plen, fused;
 	ssize_t r;
 	int i;
 
-	if (tl_wait_fd(fd, POLLIN, tl_now_ms() + ms) <= 0) {
+	if (tl_wait_fd(ctl->fd, POLLIN, tl_now_ms() + ms) <= 0) {
 		return 0;
 	}
 	for (;;) {
-		r = read(fd, a->buf + a->len, sizeof(a->buf) - a->len);
+		r = read(ctl->fd, a->buf + a->len, sizeof(a->buf) - a->len);
 		if (r < 0 && errno == EINTR) {
 			continue;
 		}
@@ -3298,20 +3625,25 @@ read_announcements(struct test *t, int fd, struct announcements *a, int ms)
 		}
 		a->len += (size_t)r;
 		for (;;) {
-			enum frame_result fr = frame_decode(a->buf, a->len, &m, &used);
+			enum frame_result fr = record_open(&ctl->rx, a->buf, a->len,
+			                                   &used, &plen);
 
 			if (fr == FRAME_MORE) {
 				break;
 			}
 			if (fr == FRAME_BAD) {
-				return fail(t, "control: a frame that does not decode");
+				return fail(t, "control: a record that does not open");
+			}
+			if (frame_decode(a->buf + RECORD_HDR, plen, &m, &fused)
+			    != FRAME_OK || fused != plen) {
+				return fail(t, "control: a record that holds no frame");
 			}
 			memmove(a->buf, a->buf + used, a->len - used);
 			a->len -= used;
 			if (m.type == MSG_PING) {
 				memset(&pong, 0, sizeof(pong));
 				pong.type = MSG_PONG;
-				if (send_msg(t, fd, &pong, NULL, NULL, "control") < 0) {
+				if (send_msg(t, ctl, &pong, NULL, NULL, "control") < 0) {
 					return -1;
 				}
 				continue;
@@ -3404,7 +3736,7 @@ test_pending_cap(struct test *t)
 			index_of_port[tl_local_port(fd)] = opened;
 			opened++;
 		}
-		if (read_announcements(t, f.ctl, a, 100) < 0) {
+		if (read_announcements(t, &f.ctl, a, 100) < 0) {
 			goto out;
 		}
 		if (tl_now_ms() >= deadline) {
@@ -3416,7 +3748,7 @@ test_pending_cap(struct test *t)
 	last = tl_now_ms();
 	deadline = last + 10000;
 	while (a->count < PENDING_CAP) {
-		if (read_announcements(t, f.ctl, a, 100) < 0) {
+		if (read_announcements(t, &f.ctl, a, 100) < 0) {
 			goto out;
 		}
 		if (tl_now_ms() >= deadline) {
@@ -3471,7 +3803,7 @@ test_pending_cap(struct test *t)
 		}
 	}
 	/* Nothing more on control: the cap holds. */
-	if (read_announcements(t, f.ctl, a, 200) < 0) {
+	if (read_announcements(t, &f.ctl, a, 200) < 0) {
 		goto out;
 	}
 	if (a->count != PENDING_CAP) {
@@ -3505,10 +3837,10 @@ test_pending_cap(struct test *t)
 	memset(&m, 0, sizeof(m));
 	m.type = MSG_PING;
 	if (expect_alive(t, server) < 0
-	    || send_msg(t, f.ctl, &m, NULL, NULL, "control") < 0
-	    || expect_msg(t, f.ctl, MSG_PONG, &m, IO_MS, "control") < 0
+	    || send_msg(t, &f.ctl, &m, NULL, NULL, "control") < 0
+	    || expect_msg(t, &f.ctl, MSG_PONG, &m, IO_MS, "control") < 0
 	    || user_open(t, "127.0.0.1", t->pub) < 0
-	    || expect_msg(t, f.ctl, MSG_NEW_USER, &m, IO_MS,
+	    || expect_msg(t, &f.ctl, MSG_NEW_USER, &m, IO_MS,
 	                  "a user after the others left") < 0) {
 		goto out;
 	}
