@@ -2401,10 +2401,11 @@ chan_send_bytes(struct test *t, struct chan *ch, const void *data, size_t n,
 static int
 chan_end(struct test *t, struct chan *ch, const char *who)
 {
+	static const uint8_t none[1];
 	uint8_t rec[RECORD_HDR + TAG_LEN];
 
 	if (ch->sealed && send_wire(t, ch->fd, rec,
-	                            record_seal(&ch->tx, rec, 0, rec), who) < 0) {
+	                            record_seal(&ch->tx, none, 0, rec), who) < 0) {
 		return -1;
 	}
 	if (shutdown(ch->fd, SHUT_WR) < 0) {
@@ -3058,6 +3059,274 @@ test_not_dialback(struct test *t)
 	}
 	if (served == 0) {
 		fail(t, "the client never sent anything to the HTTP server");
+	}
+}
+
+/* ==== the protocol, spoken by a scripted server =========================== */
+
+/* A server of our own, for the real client: control and tunnel
+ * listeners, and the one control connection it holds at a time. */
+struct fake_srv {
+	int lctl, ltun;
+	int ctl_port, tun_port;
+	struct chan ctl;
+	struct handshake hs;               /* HELLO until REPLY */
+	struct session_keys keys;          /* after a sealed WELCOME */
+	struct msg hello, attach;          /* the client's; attach once opened */
+	uint8_t reply[FRAME_HDR + FRAME_MAX];
+	size_t reply_n;                    /* the last REPLY as sent */
+};
+
+/* fsrv_open: both listeners on 127.0.0.1, any free ports, closed at
+ * teardown.  0, or -1 and fail(). */
+static int
+fsrv_open(struct test *t, struct fake_srv *fs)
+{
+	memset(fs, 0, sizeof(*fs));
+	fs->ctl.fd = -1;
+	if ((fs->lctl = tl_listen("127.0.0.1", 0)) >= 0) {
+		user_track(t, fs->lctl);
+	}
+	if ((fs->ltun = tl_listen("127.0.0.1", 0)) >= 0) {
+		user_track(t, fs->ltun);
+	}
+	if (fs->lctl < 0 || fs->ltun < 0 || tl_set_nonblock(fs->lctl) < 0
+	    || tl_set_nonblock(fs->ltun) < 0) {
+		return fail(t, "fake server: listen: %s", strerror(errno));
+	}
+	fs->ctl_port = tl_local_port(fs->lctl);
+	fs->tun_port = tl_local_port(fs->ltun);
+	return 0;
+}
+
+/* accept_one: a connection on listener lfd (non-blocking) within ms; it
+ * is non-blocking and closed at teardown.  The fd, or -1 and fail(). */
+static int
+accept_one(struct test *t, int lfd, int ms, const char *what)
+{
+	int64_t deadline = tl_now_ms() + ms;
+	int fd;
+
+	for (;;) {
+		if (tl_wait_fd(lfd, POLLIN, deadline) <= 0) {
+			return fail(t, "%s: no connection within %d ms", what, ms);
+		}
+		if ((fd = accept(lfd, NULL, NULL)) >= 0) {
+			break;
+		}
+		if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR
+		    && errno != ECONNABORTED) {
+			return fail(t, "%s: accept: %s", what, strerror(errno));
+		}
+	}
+	user_track(t, fd);
+	if (tl_set_nonblock(fd) < 0) {
+		return fail(t, "%s: %s", what, strerror(errno));
+	}
+	return fd;
+}
+
+/* fsrv_hello: take the client's control connection, read its HELLO
+ * (version 2), answer a CHALLENGE and mix both in with the key
+ * exchange.  0, or -1 and fail(). */
+static int
+fsrv_hello(struct test *t, struct fake_srv *fs)
+{
+	struct msg r;
+
+	memset(&fs->ctl, 0, sizeof(fs->ctl));
+	fs->ctl.fd = accept_one(t, fs->lctl, START_MS, "the client's control "
+	                        "connection");
+	if (fs->ctl.fd < 0 || expect_msg(t, &fs->ctl, MSG_HELLO, &fs->hello,
+	                                 IO_MS, "the client's HELLO") < 0) {
+		return -1;
+	}
+	if (fs->hello.version != PROTO_VERSION) {
+		return fail(t, "the client's HELLO says version %d, want %d",
+		            fs->hello.version, PROTO_VERSION);
+	}
+	hs_init(&fs->hs);
+	memset(&r, 0, sizeof(r));
+	r.type = MSG_CHALLENGE;
+	memcpy(r.pub, fs->hs.e_pub, KEY_LEN);
+	hs_mix_msg(&fs->hs, &fs->hello);
+	hs_mix_msg(&fs->hs, &r);
+	if (hs_mix_dh(&fs->hs, fs->hello.pub) != 0) {
+		return fail(t, "the client's ephemeral key is of low order");
+	}
+	return send_msg(t, &fs->ctl, &r, NULL, NULL, "CHALLENGE");
+}
+
+/* fsrv_auth: mix in secret's psk (none with no_psk), read the client's
+ * AUTH and try to open it; *opened says whether it did, and then
+ * fs->attach holds the ATTACH.  0, or -1 and fail(). */
+static int
+fsrv_auth(struct test *t, struct fake_srv *fs, const char *secret,
+          int no_psk, int *opened)
+{
+	uint8_t psk[KEY_LEN], plain[SEALED_MAX];
+	struct msg m;
+	size_t n, used;
+
+	if (!no_psk) {
+		psk_derive(secret, strlen(secret), psk);
+		hs_mix_psk(&fs->hs, psk);
+	}
+	if (expect_msg(t, &fs->ctl, MSG_AUTH, &m, IO_MS, "the client's AUTH")
+	    < 0) {
+		return -1;
+	}
+	n = m.sealed_len - TAG_LEN;
+	*opened = hs_open(&fs->hs, m.sealed, m.sealed_len, plain) == 0;
+	if (*opened && (frame_decode(plain, n, &fs->attach, &used) != FRAME_OK
+	                || used != n || fs->attach.type != MSG_ATTACH)) {
+		return fail(t, "the client's AUTH holds no ATTACH");
+	}
+	return 0;
+}
+
+/* How a scripted server answers an AUTH. */
+enum reply_kind {
+	REPLY_SEALED,          /* a REPLY sealed under its handshake */
+	REPLY_GARBAGE,         /* a REPLY of random bytes */
+	REPLY_CLEAR            /* the inner frame in the clear, no REPLY */
+};
+
+/* fsrv_reply: answer with *inner (WELCOME or ERROR) as kind says; its
+ * bytes are kept in fs->reply.  A sealed WELCOME seals the control
+ * connection from here on.  0, or -1 and fail(). */
+static int
+fsrv_reply(struct test *t, struct fake_srv *fs, const struct msg *inner,
+           enum reply_kind kind)
+{
+	uint8_t frame[FRAME_HDR + FRAME_MAX];
+	size_t n = frame_encode(frame, inner);
+	struct msg r;
+
+	if (kind == REPLY_CLEAR) {
+		return send_msg(t, &fs->ctl, inner, fs->reply, &fs->reply_n,
+		                "a clear answer to AUTH");
+	}
+	memset(&r, 0, sizeof(r));
+	r.type = MSG_REPLY;
+	r.sealed_len = (uint16_t)(n + TAG_LEN);
+	if (kind == REPLY_SEALED) {
+		hs_seal(&fs->hs, frame, n, r.sealed);
+	} else {
+		random_bytes(r.sealed, r.sealed_len);
+	}
+	if (send_msg(t, &fs->ctl, &r, fs->reply, &fs->reply_n, "REPLY") < 0) {
+		return -1;
+	}
+	if (kind == REPLY_SEALED && inner->type == MSG_WELCOME) {
+		hs_split(&fs->hs, 0, &fs->keys);
+		fs->ctl.sealed = 1;
+		fs->ctl.tx = fs->keys.tx;
+		fs->ctl.rx = fs->keys.rx;
+	}
+	return 0;
+}
+
+/* welcome_msg: the WELCOME a scripted server grants: its tunnel port,
+ * public port pub, a heartbeat no test waits out, the flags asked. */
+static void
+welcome_msg(const struct fake_srv *fs, int pub, struct msg *m)
+{
+	memset(m, 0, sizeof(*m));
+	m->type = MSG_WELCOME;
+	m->tunnel_port = (uint16_t)fs->tun_port;
+	m->public_port = (uint16_t)pub;
+	m->heartbeat_s = 60;
+	m->flags = fs->attach.flags;
+}
+
+/* ==== test: a server that cannot prove the token ========================== */
+
+/* The ways a server without the token may answer an AUTH. */
+static const struct {
+	const char *name;
+	const char *secret;        /* its psk's; NULL: it mixes in none */
+	enum reply_kind kind;
+	int replayed;              /* sends the REPLY of an earlier session */
+} any_proof[] = {
+	{ "right", TOKEN, REPLY_SEALED, 0 },    /* the control: it attaches */
+	{ "other-token", "not-" TOKEN, REPLY_SEALED, 0 },
+	{ "no-psk", NULL, REPLY_SEALED, 0 },
+	{ "garbage", TOKEN, REPLY_GARBAGE, 0 },
+	{ "clear-welcome", TOKEN, REPLY_CLEAR, 0 },
+	{ "replayed", TOKEN, REPLY_SEALED, 1 },
+};
+
+/* A fake server that does not know the client's token answers its HELLO
+ * and AUTH with a WELCOME sealed under another psk, under none, as
+ * garbage, in the clear, or replayed from a real session: the real
+ * client exits 1 at once, says so, and dials no tunnel.  The first round,
+ * with the token, shows the fake server is otherwise right. */
+static void
+test_fake_server_any_proof(struct test *t)
+{
+	static const char want[] = "server could not prove it knows the token: "
+	                           "wrong server or wrong token";
+	uint8_t recorded[FRAME_HDR + FRAME_MAX];
+	size_t recorded_n = 0, i;
+	struct tl_proc *client;
+	struct fake_srv fs;
+	struct msg w;
+	char name[32];
+	int p[2], opened;
+
+	if (pick_ports(t, p, 2) < 0 || fsrv_open(t, &fs) < 0) {
+		return;
+	}
+	for (i = 0; i < sizeof(any_proof) / sizeof(any_proof[0]); i++) {
+		snprintf(name, sizeof(name), "client-%s", any_proof[i].name);
+		client = start_client(t, name, fs.ctl_port, p[0], NULL, 0,
+		                      "-token", TOKEN, NULL);
+		if (client == NULL || fsrv_hello(t, &fs) < 0
+		    || fsrv_auth(t, &fs, any_proof[i].secret
+		                 ? any_proof[i].secret : "", !any_proof[i].secret,
+		                 &opened) < 0) {
+			return;
+		}
+		welcome_msg(&fs, p[1], &w);
+		if (i == 0) {
+			if (!opened) {
+				fail(t, "the real client's AUTH does not open with its "
+				     "token");
+				return;
+			}
+			if (fsrv_reply(t, &fs, &w, REPLY_SEALED) < 0
+			    || wait_log(t, client, "forwarding", START_MS) < 0
+			    || stop(t, client) < 0) {
+				return;
+			}
+			memcpy(recorded, fs.reply, fs.reply_n);
+			recorded_n = fs.reply_n;
+			user_close(t, fs.ctl.fd);
+			continue;
+		}
+		if (any_proof[i].replayed) {
+			if (send_wire(t, fs.ctl.fd, recorded, recorded_n,
+			              "the recorded REPLY") < 0) {
+				return;
+			}
+		} else if (fsrv_reply(t, &fs, &w, any_proof[i].kind) < 0) {
+			return;
+		}
+		if (expect_exit(t, client, 1, START_MS) < 0
+		    || expect_log(t, client, want) < 0
+		    || expect_closed(t, fs.ctl.fd, 3000, name) < 0) {
+			return;
+		}
+		if (tl_file_contains(client->log, "forwarding")) {
+			fail(t, "%s: the client says it is forwarding", name);
+			return;
+		}
+		if (tl_wait_fd(fs.ltun, POLLIN, tl_now_ms()) != 0) {
+			fail(t, "%s: the client dialed the tunnel port", name);
+			return;
+		}
+		user_close(t, fs.ctl.fd);
 	}
 }
 
@@ -4147,6 +4416,7 @@ static const struct tl_case tests[] = {
 	{ "wrong_token_proof", test_wrong_token_proof, 0 },
 	{ "version_mismatch", test_version_mismatch, 0 },
 	{ "not_dialback", test_not_dialback, 0 },
+	{ "fake_server_any_proof", test_fake_server_any_proof, 0 },
 	{ "session_resume", test_session_resume, 0 },
 	{ "pairs_survive_control_drop", test_pairs_survive_control_drop, 0 },
 	{ "pairs_survive_control_drop_client",
