@@ -3330,6 +3330,102 @@ test_fake_server_any_proof(struct test *t)
 	}
 }
 
+/* ==== test: a peer of protocol version 1 ================================== */
+
+#define V1_NONCE_LEN 16            /* protocol 1's nonces */
+
+/* A version 1 client (its HELLO: magic, version 1, nonce[16], run
+ * id[8]) gets a clear ERROR from the real server naming both versions.
+ * A version 1 server, answering a HELLO as it did (an ERROR naming both
+ * versions) or with its own CHALLENGE (magic, version 1, nonce[16]),
+ * makes the real client exit 1 with a line naming both. */
+static void
+test_version_1_peer(struct test *t)
+{
+	uint8_t v1[FRAME_HDR + PROTO_MAGIC_LEN + 1 + V1_NONCE_LEN + RUN_ID_LEN];
+	uint8_t *p = v1 + FRAME_HDR;
+	char want[160], name[32];
+	struct tl_proc *server, *client;
+	struct fake_srv fs;
+	struct chan ch;
+	struct msg m;
+	int round;
+
+	v1[0] = MSG_HELLO;
+	wire_put16(v1 + 1, sizeof(v1) - FRAME_HDR);
+	memcpy(p, PROTO_MAGIC, PROTO_MAGIC_LEN);
+	p[PROTO_MAGIC_LEN] = 1;
+	random_bytes(p + PROTO_MAGIC_LEN + 1, V1_NONCE_LEN + RUN_ID_LEN);
+	memset(&ch, 0, sizeof(ch));
+	if ((server = proto_server(t)) == NULL
+	    || (ch.fd = user_open(t, "127.0.0.1", t->ctl)) < 0
+	    || send_wire(t, ch.fd, v1, sizeof(v1), "version 1 HELLO") < 0
+	    || expect_msg(t, &ch, MSG_ERROR, &m, IO_MS, "version 1 HELLO") < 0) {
+		return;
+	}
+	snprintf(want, sizeof(want), "server speaks %d, client 1", PROTO_VERSION);
+	if (m.code != ERR_VERSION || strstr(m.text, want) == NULL) {
+		fail(t, "ERROR code %d \"%s\", want %d \"%s\"", m.code, m.text,
+		     ERR_VERSION, want);
+		return;
+	}
+	if (expect_closed(t, ch.fd, 3000, "the version 1 client") < 0
+	    || wait_log(t, server, want, 3000) < 0
+	    || expect_alive(t, server) < 0) {
+		return;
+	}
+
+	if (fsrv_open(t, &fs) < 0) {
+		return;
+	}
+	for (round = 0; round < 2; round++) {
+		snprintf(name, sizeof(name), "client-%s", round ? "challenge"
+		         : "error");
+		client = start_client(t, name, fs.ctl_port, t->pub, NULL, 0,
+		                      "-token", TOKEN, NULL);
+		memset(&ch, 0, sizeof(ch));
+		if (client == NULL || (ch.fd = accept_one(t, fs.lctl, START_MS,
+		                                           name)) < 0
+		    || expect_msg(t, &ch, MSG_HELLO, &m, IO_MS, name) < 0) {
+			return;
+		}
+		if (round == 0) {
+			/* What a version 1 server said to a newer client. */
+			memset(&m, 0, sizeof(m));
+			m.type = MSG_ERROR;
+			m.code = ERR_VERSION;
+			snprintf(m.text, sizeof(m.text), "protocol version mismatch: "
+			         "server speaks 1, client %d; run the same dialback "
+			         "release on both sides", m.version ? m.version
+			         : PROTO_VERSION);
+			snprintf(want, sizeof(want), "server speaks 1, client %d",
+			         PROTO_VERSION);
+			if (send_msg(t, &ch, &m, NULL, NULL, name) < 0) {
+				return;
+			}
+		} else {
+			uint8_t c[FRAME_HDR + PROTO_MAGIC_LEN + 1 + V1_NONCE_LEN];
+
+			c[0] = MSG_CHALLENGE;
+			wire_put16(c + 1, sizeof(c) - FRAME_HDR);
+			memcpy(c + FRAME_HDR, PROTO_MAGIC, PROTO_MAGIC_LEN);
+			c[FRAME_HDR + PROTO_MAGIC_LEN] = 1;
+			random_bytes(c + FRAME_HDR + PROTO_MAGIC_LEN + 1, V1_NONCE_LEN);
+			snprintf(want, sizeof(want), "speaks protocol version 1, this "
+			         "client %d", PROTO_VERSION);
+			if (send_wire(t, ch.fd, c, sizeof(c), name) < 0) {
+				return;
+			}
+		}
+		if (expect_exit(t, client, 1, START_MS) < 0
+		    || expect_log(t, client, want) < 0
+		    || expect_closed(t, ch.fd, 3000, name) < 0) {
+			return;
+		}
+		user_close(t, ch.fd);
+	}
+}
+
 /* ==== test: a session resumed by its own client =========================== */
 
 /* The same client process (same run id) back on a second control
@@ -4417,6 +4513,7 @@ static const struct tl_case tests[] = {
 	{ "version_mismatch", test_version_mismatch, 0 },
 	{ "not_dialback", test_not_dialback, 0 },
 	{ "fake_server_any_proof", test_fake_server_any_proof, 0 },
+	{ "version_1_peer", test_version_1_peer, 0 },
 	{ "session_resume", test_session_resume, 0 },
 	{ "pairs_survive_control_drop", test_pairs_survive_control_drop, 0 },
 	{ "pairs_survive_control_drop_client",
