@@ -2369,6 +2369,24 @@ expect_eof(struct test *t, int fd, int ms, const char *what)
 	return 0;
 }
 
+/* expect_reset: fd reads a reset (ECONNRESET: not EOF, no bytes) within
+ * ms. */
+static int
+expect_reset(struct test *t, int fd, int ms, const char *what)
+{
+	const char *how = "?";
+	size_t extra = 0;
+
+	if (tl_wait_closed(fd, tl_now_ms() + ms, &extra, &how) < 0) {
+		return fail(t, "%s: neither reset nor closed within %d ms", what, ms);
+	}
+	if (extra > 0 || strcmp(how, strerror(ECONNRESET)) != 0) {
+		return fail(t, "%s: %zu bytes, then %s; want a reset (%s)", what,
+		            extra, how, strerror(ECONNRESET));
+	}
+	return 0;
+}
+
 /* ---- the user's stream on a tunnel ---- */
 
 /* chan_send_bytes: the n bytes of data go out on ch: raw, or sealed in
@@ -3423,6 +3441,216 @@ test_version_1_peer(struct test *t)
 			return;
 		}
 		user_close(t, ch.fd);
+	}
+}
+
+/* ==== test: tampered, cut and replayed tunnel records ===================== */
+
+/* fsrv_attach: the whole handshake with the right token; a sealed
+ * WELCOME, and the client says "forwarding".  0, or -1 and fail(). */
+static int
+fsrv_attach(struct test *t, struct fake_srv *fs, struct tl_proc *client,
+            int pub)
+{
+	struct msg w;
+	int opened;
+
+	if (fsrv_hello(t, fs) < 0
+	    || fsrv_auth(t, fs, TOKEN, 0, &opened) < 0) {
+		return -1;
+	}
+	if (!opened) {
+		return fail(t, "the real client's AUTH does not open with its "
+		            "token");
+	}
+	welcome_msg(fs, pub, &w);
+	if (fsrv_reply(t, fs, &w, REPLY_SEALED) < 0
+	    || wait_log(t, client, "forwarding", START_MS) < 0) {
+		return -1;
+	}
+	return 0;
+}
+
+#define TT_PORT0 40000             /* user i's source port: TT_PORT0 + i */
+
+/*
+ * tt_user: the fake server announces user i on control; the client's
+ * local connection comes to lsvc (into *local), then its tunnel dial,
+ * whose JOIN must name the user with a proof that holds (*tun: the
+ * server's side, sealed).  One round trip shows the tunnel works.  0, or
+ * -1 and fail().
+ */
+static int
+tt_user(struct test *t, struct fake_srv *fs, int lsvc, int i,
+        struct chan *tun, int *local)
+{
+	static const uint8_t lo[4] = { 127, 0, 0, 1 };
+	char down[64], up[64];
+	struct msg m, j;
+
+	memset(&m, 0, sizeof(m));
+	m.type = MSG_NEW_USER;
+	random_bytes(m.user_id, USER_ID_LEN);
+	m.src.family = m.dst.family = 4;
+	memcpy(m.src.addr, lo, 4);
+	memcpy(m.dst.addr, lo, 4);
+	m.src.port = (uint16_t)(TT_PORT0 + i);
+	m.dst.port = 8007;
+	memset(tun, 0, sizeof(*tun));
+	if (send_msg(t, &fs->ctl, &m, NULL, NULL, "NEW_USER") < 0
+	    || (*local = accept_one(t, lsvc, IO_MS, "the client's local "
+	                            "connection")) < 0
+	    || (tun->fd = accept_one(t, fs->ltun, IO_MS, "the client's tunnel"))
+	       < 0
+	    || expect_msg(t, tun, MSG_JOIN, &j, IO_MS, "the client's tunnel")
+	       < 0) {
+		return -1;
+	}
+	if (memcmp(j.user_id, m.user_id, USER_ID_LEN) != 0) {
+		return fail(t, "user %d: the JOIN names another user", i);
+	}
+	tunnel_keys(fs->keys.tunnel, m.user_id, 0, &tun->tx, &tun->rx);
+	if (join_check(&tun->rx, m.user_id, j.proof) != 0) {
+		return fail(t, "user %d: the client's JOIN proof does not hold", i);
+	}
+	tun->sealed = 1;
+	snprintf(down, sizeof(down), "to the service, user %d", i);
+	snprintf(up, sizeof(up), "from the service, user %d", i);
+	if (chan_send_bytes(t, tun, down, strlen(down), "tunnel") < 0
+	    || expect_bytes(t, *local, down, strlen(down), "at the service") < 0
+	    || send_bytes(t, *local, up, strlen(up), "service") < 0
+	    || chan_expect_bytes(t, tun, up, strlen(up), "on the tunnel") < 0) {
+		return -1;
+	}
+	return 0;
+}
+
+/* What the fake server does to the stream of the user of each round. */
+static const struct {
+	const char *name;
+	int at;                    /* the byte of a 64-byte record flipped */
+} tamper[] = {
+	{ "length, high byte", 0 },
+	{ "length, low byte", 1 },
+	{ "first byte of ciphertext", RECORD_HDR },
+	{ "last byte of ciphertext", RECORD_HDR + 63 },
+	{ "first byte of the tag", RECORD_HDR + 64 },
+	{ "last byte of the tag", RECORD_HDR + 64 + TAG_LEN - 1 },
+	{ "cut: a FIN without the end record", -1 },
+	{ "a record replayed", -2 },
+};
+
+/* A fake server gives the real client users, and breaks each one's
+ * tunnel stream in turn: a record with one byte flipped (length,
+ * ciphertext, tag), a FIN without the end record, a record sent twice.
+ * Each time the client resets that user's connection to the service (a
+ * reset, not a FIN) with one log line, and serves the next user; the
+ * last one ends cleanly both ways. */
+static void
+test_tampered_tunnel(struct test *t)
+{
+	static const char *const why[] = {
+		"tunnel sent a record that does not open",
+		"tunnel closed without its end record"
+	};
+	uint8_t data[1024], wire[2 * (RECORD_HDR + TAG_LEN) + 64 + 1024];
+	char what[160], want[160];
+	struct tl_proc *client;
+	struct fake_srv fs;
+	struct chan tun;
+	struct msg m;
+	size_t n, i, nt = sizeof(tamper) / sizeof(tamper[0]);
+	int lsvc, local, p[1];
+
+	if (pick_ports(t, p, 1) < 0 || fsrv_open(t, &fs) < 0) {
+		return;
+	}
+	if ((lsvc = tl_listen("127.0.0.1", 0)) < 0 || tl_set_nonblock(lsvc) < 0) {
+		fail(t, "listen: %s", strerror(errno));
+		return;
+	}
+	user_track(t, lsvc);
+	client = start_client(t, "client", fs.ctl_port, tl_local_port(lsvc),
+	                      NULL, 0, "-token", TOKEN, NULL);
+	if (client == NULL || fsrv_attach(t, &fs, client, p[0]) < 0) {
+		return;
+	}
+	memset(data, 'x', sizeof(data));
+	for (i = 0; i < nt; i++) {
+		if (tt_user(t, &fs, lsvc, (int)i, &tun, &local) < 0) {
+			return;
+		}
+		snprintf(what, sizeof(what), "user %zu, %s: the service's "
+		         "connection", i, tamper[i].name);
+		if (tamper[i].at >= 0) {
+			/* The flipped record, and a good one behind it, so that a
+			 * length made longer has the bytes it claims. */
+			n = record_seal(&tun.tx, data, 64, wire);
+			wire[tamper[i].at] ^= 1;
+			n += record_seal(&tun.tx, data, sizeof(data), wire + n);
+			if (send_wire(t, tun.fd, wire, n, what) < 0) {
+				return;
+			}
+		} else if (tamper[i].at == -1) {
+			if (shutdown(tun.fd, SHUT_WR) < 0) {
+				fail(t, "%s: shutdown: %s", what, strerror(errno));
+				return;
+			}
+		} else {
+			n = record_seal(&tun.tx, data, 64, wire);
+			if (send_wire(t, tun.fd, wire, n, what) < 0
+			    || expect_bytes(t, local, data, 64, what) < 0
+			    || send_wire(t, tun.fd, wire, n, what) < 0) {
+				return;
+			}
+		}
+		snprintf(want, sizeof(want), "user 127.0.0.1:%zu closed: %s",
+		         TT_PORT0 + i, why[tamper[i].at == -1]);
+		if (expect_reset(t, local, IO_MS, what) < 0
+		    || wait_log(t, client, want, IO_MS) < 0) {
+			return;
+		}
+		snprintf(want, sizeof(want), "user 127.0.0.1:%zu closed", TT_PORT0 + i);
+		if (tl_count_in_file(client->log, want) != 1) {
+			fail(t, "%s: %d lines say \"%s\", want 1", what,
+			     tl_count_in_file(client->log, want), want);
+			return;
+		}
+		user_close(t, local);
+		user_close(t, tun.fd);
+	}
+
+	/* The next user is served, and ends cleanly each way. */
+	if (tt_user(t, &fs, lsvc, (int)nt, &tun, &local) < 0
+	    || chan_end(t, &tun, "tunnel") < 0
+	    || expect_eof(t, local, IO_MS, "the service after the tunnel's end")
+	       < 0) {
+		return;
+	}
+	if (shutdown(local, SHUT_WR) < 0) {
+		fail(t, "service: shutdown: %s", strerror(errno));
+		return;
+	}
+	snprintf(what, sizeof(what), "to the service, user %zu", nt);
+	snprintf(want, sizeof(want), "from the service, user %zu", nt);
+	n = strlen(want);
+	snprintf(want, sizeof(want), "user 127.0.0.1:%zu closed: %zu bytes in, "
+	         "%zu out", TT_PORT0 + nt, strlen(what), n);
+	if (chan_expect_eof(t, &tun, IO_MS, "the tunnel after the service's "
+	                    "end") < 0
+	    || wait_log(t, client, want, IO_MS) < 0) {
+		return;
+	}
+	/* Its session never noticed: the control connection answers. */
+	memset(&m, 0, sizeof(m));
+	m.type = MSG_PING;
+	if (send_msg(t, &fs.ctl, &m, NULL, NULL, "control") < 0
+	    || expect_msg(t, &fs.ctl, MSG_PONG, &m, IO_MS, "control") < 0
+	    || expect_alive(t, client) < 0) {
+		return;
+	}
+	if (tl_file_contains(client->log, "lost connection")) {
+		fail(t, "the client lost its control connection");
 	}
 }
 
@@ -4514,6 +4742,7 @@ static const struct tl_case tests[] = {
 	{ "not_dialback", test_not_dialback, 0 },
 	{ "fake_server_any_proof", test_fake_server_any_proof, 0 },
 	{ "version_1_peer", test_version_1_peer, 0 },
+	{ "tampered_tunnel", test_tampered_tunnel, 0 },
 	{ "session_resume", test_session_resume, 0 },
 	{ "pairs_survive_control_drop", test_pairs_survive_control_drop, 0 },
 	{ "pairs_survive_control_drop_client",
