@@ -3654,6 +3654,62 @@ test_tampered_tunnel(struct test *t)
 	}
 }
 
+/* ==== test: plaintext tunnels ============================================= */
+
+/* -plaintext takes both ends.  A client asking a server that does not
+ * allow it exits 1 with the server's reason; a server that allows it
+ * still seals the tunnels of a client that did not ask; both asking,
+ * plaintext is granted.  Either way users are served.  (That the bytes
+ * on the wire are then raw, and otherwise not, is capture's to show.) */
+static void
+test_plaintext_refused(struct test *t)
+{
+	static const char why[] = "this server does not allow plaintext tunnels";
+	static const char granted[] = "(plaintext tunnels)";
+	struct tl_proc *server, *client;
+	int p[4];
+
+	if (pick_server_ports(t, p, 4) < 0
+	    || start_svc(t, "svc", "echo", p[3], NULL) == NULL
+	    || (server = start_server(t, "server", NULL)) == NULL) {
+		return;
+	}
+	client = start_client(t, "client-asks", t->ctl, p[3], NULL, 0,
+	                      "-plaintext", NULL);
+	if (client == NULL || expect_exit(t, client, 1, START_MS) < 0
+	    || expect_log(t, client, why) < 0
+	    || wait_log(t, server, why, 3000) < 0
+	    || expect_alive(t, server) < 0 || stop(t, server) < 0) {
+		return;
+	}
+	if (tl_file_contains(client->log, "forwarding")) {
+		fail(t, "the refused client says it is forwarding");
+		return;
+	}
+
+	if ((server = start_server(t, "server-plaintext", "-plaintext", NULL))
+	    == NULL
+	    || (client = start_client(t, "client-sealed", t->ctl, p[3], NULL, 1,
+	                              NULL)) == NULL
+	    || wait_log(t, server, "attached: serving public port", IO_MS) < 0
+	    || echo_user(t, t->pub, 100000, 41, "a user, sealed tunnel") < 0) {
+		return;
+	}
+	if (tl_file_contains(server->log, granted)) {
+		fail(t, "the server granted plaintext tunnels to a client that did "
+		     "not ask");
+		return;
+	}
+	if (stop(t, client) < 0
+	    || wait_log(t, server, "detached", IO_MS) < 0
+	    || (client = start_client(t, "client-plaintext", t->ctl, p[3], NULL,
+	                              1, "-plaintext", NULL)) == NULL
+	    || wait_log(t, server, granted, IO_MS) < 0
+	    || echo_user(t, t->pub, 100000, 42, "a user, plaintext tunnel") < 0) {
+		return;
+	}
+}
+
 /* ==== test: a session resumed by its own client =========================== */
 
 /* The same client process (same run id) back on a second control
@@ -4743,6 +4799,7 @@ static const struct tl_case tests[] = {
 	{ "fake_server_any_proof", test_fake_server_any_proof, 0 },
 	{ "version_1_peer", test_version_1_peer, 0 },
 	{ "tampered_tunnel", test_tampered_tunnel, 0 },
+	{ "plaintext_refused", test_plaintext_refused, 0 },
 	{ "session_resume", test_session_resume, 0 },
 	{ "pairs_survive_control_drop", test_pairs_survive_control_drop, 0 },
 	{ "pairs_survive_control_drop_client",
