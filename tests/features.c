@@ -4,10 +4,15 @@
  * real nginx), SIGUSR1 status, a real browser loading a page through the
  * tunnel, the pool of pre-dialed tunnels (-pool N: filling, serving,
  * refilling, and what happens when the service, the client or the server
- * goes away), and the protocol's defences, probed by a scripted client
- * that speaks the wire format itself (replayed JOIN and AUTH, a forged
- * JOIN, a wrong token, another version, a client at the wrong port or at
- * something that is not dialback), and the failure handling the README
+ * goes away), and protocol 2's defences, probed by a scripted client that
+ * speaks the wire format itself with keys.c's handshake and records
+ * (replayed JOIN and AUTH, a forged JOIN, a wrong token, another version,
+ * a version 1 client, a client at the wrong port or at something that is
+ * not dialback) and by a scripted server facing the real client (one that
+ * cannot prove the token, a version 1 server, tampered, cut and replayed
+ * tunnel records); -plaintext on one end or both; a packet capture of the
+ * loopback interface showing neither the users' bytes nor the token on
+ * the wire, unless -plaintext; and the failure handling the README
  * promises: a client's reconnect replacing its own session, joined pairs
  * outliving their control connection (scripted, and with the real client
  * behind a proxy that cuts it), the cap of 4096 users waiting for their
@@ -31,13 +36,22 @@
  * header at its start (HAProxy's proxy-protocol.txt, version 1 and 2), and
  * answers one line describing what it found, then closes.
  * tests/features --cut-proxy PORT TARGET is a relay that drops every
- * connection on SIGUSR1 (see cut_proxy), and tests/features --nofile N
- * PROG ARGS runs PROG with RLIMIT_NOFILE N, soft and hard.
+ * connection on SIGUSR1 (see cut_proxy), tests/features --nofile N
+ * PROG ARGS runs PROG with RLIMIT_NOFILE N, soft and hard, and
+ * tests/features --capture FILE PORT... records the TCP payloads of
+ * those ports on loopback (see capture_run; root only).
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __linux__
+#include <asm/socket.h>         /* SO_RCVBUFFORCE */
+#include <linux/if_ether.h>     /* ETH_P_ALL */
+#include <linux/if_packet.h>    /* sockaddr_ll, PACKET_STATISTICS */
+#include <net/if.h>             /* if_nametoindex */
+#endif
 
 #include "tests/testlib.h"
 #include "common.h"
@@ -3710,6 +3724,528 @@ test_plaintext_refused(struct test *t)
 	}
 }
 
+/* ==== test: what the wire shows =========================================== */
+
+/*
+ * tests/features --capture FILE PORT...: with a packet socket on the
+ * loopback interface (root only: CAP_NET_RAW), append the payload of
+ * every TCP segment from or to one of the ports to FILE, in the order
+ * seen; print "ready".  On SIGTERM read what is still queued, print
+ * "captured N segments, B bytes, D dropped, T truncated" and exit 0.
+ * Each segment is taken once, as it arrives (not as it leaves).
+ */
+#define CAP_MAX_PORTS 8
+#define CAP_BUF       (256 * 1024)   /* more than a loopback GSO segment */
+
+static volatile sig_atomic_t capture_stop;
+
+static void
+on_capture_signal(int sig)
+{
+	(void)sig;
+	capture_stop = 1;
+}
+
+#ifdef __linux__
+/* capture_open: a packet socket on lo, or -1 with errno set. */
+static int
+capture_open(void)
+{
+	struct sockaddr_ll sll;
+	int fd = socket(AF_PACKET, SOCK_DGRAM, htons(ETH_P_ALL)), e;
+
+	if (fd < 0) {
+		return -1;
+	}
+	memset(&sll, 0, sizeof(sll));
+	sll.sll_family = AF_PACKET;
+	sll.sll_protocol = htons(ETH_P_ALL);
+	sll.sll_ifindex = (int)if_nametoindex("lo");
+	if (sll.sll_ifindex == 0
+	    || bind(fd, (struct sockaddr *)&sll, sizeof(sll)) < 0) {
+		e = sll.sll_ifindex == 0 ? ENODEV : errno;
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	return fd;
+}
+
+/* tcp_payload: the payload of the TCP segment in IP packet p (n bytes,
+ * IPv4 or IPv6 without extension headers) when its source or destination
+ * port is one of ports[0..np); else NULL.  *len gets its size. */
+static const uint8_t *
+tcp_payload(const uint8_t *p, size_t n, const int *ports, int np, size_t *len)
+{
+	size_t ip, total, off;
+	int sport, dport, i;
+
+	if (n >= 20 && p[0] >> 4 == 4 && p[9] == 6) {
+		ip = (size_t)(p[0] & 15) * 4;
+		total = wire_get16(p + 2);
+	} else if (n >= 40 && p[0] >> 4 == 6 && p[6] == 6) {
+		ip = 40;
+		total = 40 + (size_t)wire_get16(p + 4);
+	} else {
+		return NULL;
+	}
+	/* A GSO packet's length field may say 0; the socket knows better. */
+	if (total <= ip || total > n) {
+		total = n;
+	}
+	if (ip + 20 > total) {
+		return NULL;
+	}
+	sport = wire_get16(p + ip);
+	dport = wire_get16(p + ip + 2);
+	off = ip + (size_t)(p[ip + 12] >> 4) * 4;
+	if (off > total) {
+		return NULL;
+	}
+	for (i = 0; i < np; i++) {
+		if (ports[i] == sport || ports[i] == dport) {
+			*len = total - off;
+			return p + off;
+		}
+	}
+	return NULL;
+}
+
+static int
+capture_run(const char *path, char **arg, int nports)
+{
+	unsigned long segs = 0, bytes = 0, truncated = 0;
+	int ports[CAP_MAX_PORTS], fd = -1, i, size = 64 << 20, stopping, rc = 1;
+	struct tpacket_stats st;
+	struct sockaddr_ll from;
+	struct sigaction sa;
+	socklen_t sl;
+	uint8_t *buf = NULL;
+	FILE *out = NULL;
+
+	if (nports < 1 || nports > CAP_MAX_PORTS) {
+		fprintf(stderr, "capture: 1 to %d ports\n", CAP_MAX_PORTS);
+		return 2;
+	}
+	for (i = 0; i < nports; i++) {
+		ports[i] = atoi(arg[i]);
+	}
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_capture_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	if ((fd = capture_open()) < 0 || tl_set_nonblock(fd) < 0) {
+		fprintf(stderr, "capture: packet socket on lo: %s\n",
+		        strerror(errno));
+		goto out;
+	}
+	/* Room for all a test sends, so the kernel drops nothing even when
+	 * this process is slow to be scheduled. */
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof(size)) < 0) {
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
+	}
+	if ((out = fopen(path, "wb")) == NULL || (buf = malloc(CAP_BUF)) == NULL) {
+		fprintf(stderr, "capture: %s: %s\n", path, strerror(errno));
+		goto out;
+	}
+	printf("ready\n");
+	fflush(stdout);
+	for (;;) {
+		/* Seen before the last reads: what was sent before SIGTERM
+		 * is queued by then, and gets read. */
+		stopping = capture_stop;
+		for (;;) {
+			const uint8_t *p;
+			size_t len = 0;
+			ssize_t n;
+
+			sl = sizeof(from);
+			n = recvfrom(fd, buf, CAP_BUF, MSG_TRUNC,
+			             (struct sockaddr *)&from, &sl);
+			if (n < 0 && errno == EINTR) {
+				continue;
+			}
+			if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+				break;
+			}
+			if (n < 0) {
+				fprintf(stderr, "capture: recvfrom: %s\n", strerror(errno));
+				goto out;
+			}
+			if (from.sll_pkttype == PACKET_OUTGOING) {
+				continue;    /* loopback shows each packet twice */
+			}
+			if ((size_t)n > CAP_BUF) {
+				truncated++;
+				continue;
+			}
+			p = tcp_payload(buf, (size_t)n, ports, nports, &len);
+			if (p != NULL && len > 0) {
+				if (fwrite(p, 1, len, out) != len) {
+					fprintf(stderr, "capture: %s: %s\n", path,
+					        strerror(errno));
+					goto out;
+				}
+				segs++;
+				bytes += len;
+			}
+		}
+		if (stopping) {
+			break;
+		}
+		poll(&(struct pollfd){ .fd = fd, .events = POLLIN }, 1, 50);
+	}
+	memset(&st, 0, sizeof(st));
+	sl = sizeof(st);
+	getsockopt(fd, SOL_PACKET, PACKET_STATISTICS, &st, &sl);
+	rc = fclose(out) == 0 ? 0 : 1;
+	out = NULL;
+	if (rc != 0) {
+		fprintf(stderr, "capture: %s: %s\n", path, strerror(errno));
+		goto out;
+	}
+	printf("captured %lu segments, %lu bytes, %u dropped, %lu truncated\n",
+	       segs, bytes, st.tp_drops, truncated);
+out:
+	if (out != NULL) {
+		fclose(out);
+	}
+	if (fd >= 0) {
+		close(fd);
+	}
+	free(buf);
+	return rc;
+}
+#else
+static int
+capture_open(void)
+{
+	errno = ENOSYS;
+	return -1;
+}
+
+static int
+capture_run(const char *path, char **arg, int nports)
+{
+	(void)path;
+	(void)arg;
+	(void)nports;
+	fprintf(stderr, "capture: no packet sockets here\n");
+	return 1;
+}
+#endif
+
+/* The pattern's 16-byte windows, found by their first 8 bytes in an
+ * open-addressing table, and which of them a search saw. */
+#define WIN_LEN  16
+#define WIN_BITS 18
+
+struct windows {
+	const uint8_t *pat;
+	size_t n;                       /* windows: pattern size - 15 */
+	uint32_t *slot;                 /* offset + 1; 0 = empty */
+	uint8_t *seen;
+};
+
+static size_t
+win_hash(const uint8_t *p)
+{
+	uint64_t k = 0;
+	int i;
+
+	for (i = 0; i < 8; i++) {
+		k = k << 8 | p[i];
+	}
+	return (size_t)((k * 0x9e3779b97f4a7c15ull) >> (64 - WIN_BITS));
+}
+
+/* windows_init: index every window of pat (len bytes, len - 15 below
+ * 2^WIN_BITS / 2).  0, or -1 if out of memory. */
+static int
+windows_init(struct windows *w, const uint8_t *pat, size_t len)
+{
+	size_t i, h, mask = ((size_t)1 << WIN_BITS) - 1;
+
+	w->pat = pat;
+	w->n = len - WIN_LEN + 1;
+	w->slot = calloc(mask + 1, sizeof(*w->slot));
+	w->seen = calloc(w->n, 1);
+	if (w->slot == NULL || w->seen == NULL) {
+		return -1;
+	}
+	for (i = 0; i < w->n; i++) {
+		for (h = win_hash(pat + i); w->slot[h] != 0; h = (h + 1) & mask) {
+			continue;
+		}
+		w->slot[h] = (uint32_t)i + 1;
+	}
+	return 0;
+}
+
+static void
+windows_free(struct windows *w)
+{
+	free(w->slot);
+	free(w->seen);
+}
+
+/* windows_scan: how many of the pattern's windows occur in data (len
+ * bytes), marked in w->seen. */
+static size_t
+windows_scan(struct windows *w, const uint8_t *data, size_t len)
+{
+	size_t i, h, off, found = 0, mask = ((size_t)1 << WIN_BITS) - 1;
+
+	memset(w->seen, 0, w->n);
+	for (i = 0; i + WIN_LEN <= len; i++) {
+		for (h = win_hash(data + i); w->slot[h] != 0; h = (h + 1) & mask) {
+			off = w->slot[h] - 1;
+			if (memcmp(w->pat + off, data + i, WIN_LEN) == 0) {
+				found += !w->seen[off];
+				w->seen[off] = 1;
+				break;
+			}
+		}
+	}
+	return found;
+}
+
+/* read_binary: the whole file, as it is (tl_read_file changes NULs),
+ * malloc'd, its size in *len; NULL if it can't be read. */
+static uint8_t *
+read_binary(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	uint8_t *buf = NULL, *nb;
+	size_t cap = 0, n = 0, k;
+
+	if (f == NULL) {
+		return NULL;
+	}
+	for (;;) {
+		if (n == cap) {
+			cap = cap ? 2 * cap : 1 << 20;
+			if ((nb = realloc(buf, cap)) == NULL) {
+				free(buf);
+				fclose(f);
+				return NULL;
+			}
+			buf = nb;
+		}
+		if ((k = fread(buf + n, 1, cap - n, f)) == 0) {
+			break;
+		}
+		n += k;
+	}
+	if (ferror(f)) {
+		free(buf);
+		buf = NULL;
+	}
+	fclose(f);
+	*len = n;
+	return buf;
+}
+
+/* mem_has: needle (n bytes) occurs in data (len bytes). */
+static int
+mem_has(const uint8_t *data, size_t len, const uint8_t *needle, size_t n)
+{
+	const uint8_t *p = data, *end = data + len;
+
+	while (n > 0 && (size_t)(end - p) >= n
+	       && (p = memchr(p, needle[0], (size_t)(end - p - (ptrdiff_t)n + 1)))
+	          != NULL) {
+		if (memcmp(p, needle, n) == 0) {
+			return 1;
+		}
+		p++;
+	}
+	return 0;
+}
+
+#define CAP_TOKEN   "capture-token-0a4f7e19c2d8"
+#define CAP_PATTERN (64 * 1024)
+#define CAP_SEED    51
+
+/*
+ * capture_round: capture the control and tunnel ports while a server and
+ * client with -token CAP_TOKEN (and -plaintext on both, with plaintext)
+ * carry one user who sends the pattern (64 KiB of stream CAP_SEED) to an
+ * echo service and gets it back; the payloads seen go to *data (malloc'd,
+ * *len bytes).  0, or -1 and fail().
+ */
+static int
+capture_round(struct test *t, int plaintext, uint8_t **data, size_t *len)
+{
+	const char *kind = plaintext ? "plaintext" : "sealed";
+	char file[300], cp[16], tp[16], name[32];
+	const char *argv[6] = { tl_h.self, "--capture", file, cp, tp, NULL };
+	unsigned long segs, bytes, dropped, truncated;
+	struct tl_proc *cap, *server, *client;
+	char *log, *line;
+	int p[4], ok;
+
+	if (pick_server_ports(t, p, 4) < 0) {
+		return -1;
+	}
+	snprintf(file, sizeof(file), "%s/capture-%s.bin", t->dir, kind);
+	snprintf(cp, sizeof(cp), "%d", t->ctl);
+	snprintf(tp, sizeof(tp), "%d", t->tun);
+	snprintf(name, sizeof(name), "capture-%s", kind);
+	if ((cap = start(t, name, argv, NULL, 0)) == NULL
+	    || wait_log(t, cap, "ready", START_MS) < 0) {
+		return -1;
+	}
+	snprintf(name, sizeof(name), "svc-%s", kind);
+	if (start_svc(t, name, "echo", p[3], NULL) == NULL) {
+		return -1;
+	}
+	snprintf(name, sizeof(name), "server-%s", kind);
+	server = start_server(t, name, "-token", CAP_TOKEN,
+	                      plaintext ? "-plaintext" : NULL, NULL);
+	snprintf(name, sizeof(name), "client-%s", kind);
+	if (server == NULL
+	    || (client = start_client(t, name, t->ctl, p[3], NULL, 1, "-token",
+	                              CAP_TOKEN, plaintext ? "-plaintext" : NULL,
+	                              NULL)) == NULL
+	    || echo_user(t, t->pub, CAP_PATTERN, CAP_SEED, "the pattern, echoed")
+	       < 0) {
+		return -1;
+	}
+	if (plaintext && expect_log(t, server, "(plaintext tunnels)") < 0) {
+		return -1;
+	}
+	kill(cap->pid, SIGTERM);
+	if (!tl_proc_wait(cap, STOP_MS) || !WIFEXITED(cap->status)
+	    || WEXITSTATUS(cap->status) != 0) {
+		return fail(t, "%s did not stop with exit 0", cap->name);
+	}
+	log = tl_read_file(cap->log, NULL);
+	line = log ? strstr(log, "captured ") : NULL;
+	ok = line != NULL && sscanf(line, "captured %lu segments, %lu bytes, %lu "
+	                            "dropped, %lu truncated", &segs, &bytes,
+	                            &dropped, &truncated) == 4;
+	free(log);
+	if (!ok) {
+		return fail(t, "%s: no \"captured\" line", cap->name);
+	}
+	printf("# %s: %lu segments, %lu bytes on ports %d and %d, %lu dropped, "
+	       "%lu truncated\n", kind, segs, bytes, t->ctl, t->tun, dropped,
+	       truncated);
+	if (dropped > 0 || truncated > 0) {
+		return fail(t, "%s: the capture missed packets", kind);
+	}
+	/* Both ways through the tunnel: at least twice the pattern. */
+	if (bytes < 2 * CAP_PATTERN) {
+		return fail(t, "%s: %lu bytes captured, want at least %d", kind,
+		            bytes, 2 * CAP_PATTERN);
+	}
+	*data = read_binary(file, len);
+	if (*data == NULL || *len != bytes) {
+		return fail(t, "%s: reading %s: %zu bytes of %lu", file, kind,
+		            *data ? *len : 0, bytes);
+	}
+	if (stop(t, client) < 0 || stop(t, server) < 0) {
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * capture: what a recording of the wire shows.  With -token on both ends,
+ * the control and tunnel connections never show a 16-byte window of the
+ * 64 KiB pattern a user sent both ways, nor the token, nor any 8 bytes of
+ * the psk derived from it (the client's run id travels sealed too, but is
+ * not observable from outside to look for).  With -plaintext on both, the
+ * pattern does show, which proves the capture sees the tunnel.  Needs
+ * root for the packet socket: skipped without it, failed with CI=true.
+ */
+static void
+test_capture(struct test *t)
+{
+	uint8_t *pat = NULL, *data = NULL, psk[KEY_LEN];
+	struct windows w = { NULL, 0, NULL, NULL };
+	struct tl_stream s;
+	size_t len = 0, found, i;
+	int fd, round;
+
+	if ((fd = capture_open()) < 0) {
+		if ((errno == EPERM || errno == EACCES || errno == ENOSYS)
+		    && !tl_in_ci()) {
+			t->skip = "no packet socket for the capture (needs root on "
+			          "Linux)";
+		} else if (errno == EPERM || errno == EACCES || errno == ENOSYS) {
+			fail(t, "no packet socket for the capture (%s), and CI=true: "
+			     "CI runs the tests as root", strerror(errno));
+		} else {
+			fail(t, "packet socket on lo: %s", strerror(errno));
+		}
+		return;
+	}
+	close(fd);
+	pat = malloc(CAP_PATTERN);
+	if (pat == NULL) {
+		fail(t, "out of memory");
+		return;
+	}
+	tl_stream_init(&s, CAP_SEED);
+	tl_stream_fill(&s, pat, CAP_PATTERN);
+	psk_derive(CAP_TOKEN, strlen(CAP_TOKEN), psk);
+	if (windows_init(&w, pat, CAP_PATTERN) < 0) {
+		fail(t, "out of memory");
+		goto out;
+	}
+	for (round = 0; round < 2; round++) {
+		const char *kind = round ? "plaintext" : "sealed";
+
+		free(data);
+		data = NULL;
+		if (capture_round(t, round, &data, &len) < 0) {
+			goto out;
+		}
+		found = windows_scan(&w, data, len);
+		printf("# %s: %zu of the pattern's %zu windows of %d bytes seen\n",
+		       kind, found, w.n, WIN_LEN);
+		if (mem_has(data, len, (const uint8_t *)CAP_TOKEN,
+		            strlen(CAP_TOKEN))) {
+			fail(t, "%s: the token is on the wire", kind);
+			goto out;
+		}
+		for (i = 0; i + 8 <= KEY_LEN; i++) {
+			if (mem_has(data, len, psk + i, 8)) {
+				fail(t, "%s: bytes %zu-%zu of the psk are on the wire",
+				     kind, i, i + 7);
+				goto out;
+			}
+		}
+		if (round == 0 && found > 0) {
+			fail(t, "sealed: %zu windows of the pattern are on the wire",
+			     found);
+			goto out;
+		}
+		/* Raw, each way: all but the windows that span two segments. */
+		if (round == 1 && found < w.n / 2) {
+			fail(t, "plaintext: only %zu of %zu windows of the pattern on "
+			     "the wire: the capture does not see the tunnel", found,
+			     w.n);
+			goto out;
+		}
+		/* And the search that looked for the token finds them too. */
+		for (i = 0; round == 1 && !w.seen[i]; i++) {
+			continue;
+		}
+		if (round == 1 && !mem_has(data, len, pat + i, WIN_LEN)) {
+			fail(t, "plaintext: mem_has misses a window of the pattern");
+			goto out;
+		}
+	}
+out:
+	windows_free(&w);
+	free(data);
+	free(pat);
+}
+
 /* ==== test: a session resumed by its own client =========================== */
 
 /* The same client process (same run id) back on a second control
@@ -4800,6 +5336,7 @@ static const struct tl_case tests[] = {
 	{ "version_1_peer", test_version_1_peer, 0 },
 	{ "tampered_tunnel", test_tampered_tunnel, 0 },
 	{ "plaintext_refused", test_plaintext_refused, 0 },
+	{ "capture", test_capture, 0 },
 	{ "session_resume", test_session_resume, 0 },
 	{ "pairs_survive_control_drop", test_pairs_survive_control_drop, 0 },
 	{ "pairs_survive_control_drop_client",
@@ -4817,6 +5354,9 @@ main(int argc, char **argv)
 	}
 	if (argc == 4 && strcmp(argv[1], "--cut-proxy") == 0) {
 		return cut_proxy(argv[2], argv[3]);
+	}
+	if (argc >= 4 && strcmp(argv[1], "--capture") == 0) {
+		return capture_run(argv[2], argv + 3, argc - 3);
 	}
 	if (argc >= 4 && strcmp(argv[1], "--nofile") == 0) {
 		/* tests/features --nofile N PROG ARGS: PROG with soft and hard
