@@ -3541,6 +3541,80 @@ static const struct {
 	{ "a record replayed", -2 },
 };
 
+/*
+ * client_busy: a server that announces users without end, to a client
+ * whose service never answers (a listener that never accepts, its queue
+ * full, so further connects hang).  The client holds at most 1024 users in
+ * flight; once that cap has been full for its grace second, each further
+ * NEW_USER is answered USER_FAILED "client busy", its descriptors stay
+ * bounded, and it logs the refusals once, with a count.
+ */
+static void
+test_client_busy(struct test *t)
+{
+	enum { CAP = 1024, EXTRA = 100, SLACK = 8 };
+	static const uint8_t lo[4] = { 127, 0, 0, 1 };
+	struct tl_proc *client;
+	struct fake_srv fs;
+	struct msg m;
+	int lsvc, p[1], i, fds;
+	char what[64];
+
+	if (pick_ports(t, p, 1) < 0 || fsrv_open(t, &fs) < 0) {
+		return;
+	}
+	/* A queue of one that nobody accepts from: connects past it hang. */
+	if ((lsvc = tl_listen("127.0.0.1", 0)) < 0 || listen(lsvc, 0) < 0) {
+		fail(t, "listen: %s", strerror(errno));
+		return;
+	}
+	user_track(t, lsvc);
+	client = start_client(t, "client", fs.ctl_port, tl_local_port(lsvc),
+	                      NULL, 0, "-token", TOKEN, NULL);
+	if (client == NULL || fsrv_attach(t, &fs, client, p[0]) < 0) {
+		return;
+	}
+	for (i = 0; i < CAP + EXTRA; i++) {
+		memset(&m, 0, sizeof(m));
+		m.type = MSG_NEW_USER;
+		random_bytes(m.user_id, USER_ID_LEN);
+		m.src.family = m.dst.family = 4;
+		memcpy(m.src.addr, lo, 4);
+		memcpy(m.dst.addr, lo, 4);
+		m.src.port = (uint16_t)(1 + i);
+		m.dst.port = 8007;
+		if (send_msg(t, &fs.ctl, &m, NULL, NULL, "NEW_USER") < 0) {
+			return;
+		}
+	}
+	/* The first users' connects fill the service's queue and go on
+	 * to relay, so a few more than the cap fit; every one past that is
+	 * refused. */
+	for (i = 0; i < EXTRA - SLACK; i++) {
+		snprintf(what, sizeof(what), "refusal %d", i + 1);
+		if (expect_msg(t, &fs.ctl, MSG_USER_FAILED, &m, T(5000), what) < 0) {
+			return;
+		}
+		if (strcmp(m.text, "client busy") != 0) {
+			fail(t, "%s says \"%s\", not \"client busy\"", what, m.text);
+			return;
+		}
+	}
+	fds = tl_count_fds(client->pid);
+	if (fds >= 0 && fds > CAP + 64) {
+		fail(t, "the client holds %d descriptors with %d users in flight",
+		     fds, CAP);
+		return;
+	}
+	if (tl_count_in_file(client->log, "client busy") != 1) {
+		fail(t, "the client logged %d \"client busy\" lines, want 1 (its "
+		     "refusals are rate-limited)",
+		     tl_count_in_file(client->log, "client busy"));
+		return;
+	}
+	expect_alive(t, client);
+}
+
 /* A fake server gives the real client users, and breaks each one's
  * tunnel stream in turn: a record with one byte flipped (length,
  * ciphertext, tag), a FIN without the end record, a record sent twice.
@@ -5322,6 +5396,7 @@ static const struct tl_case tests[] = {
 	{ "fake_server_any_proof", test_fake_server_any_proof, 0 },
 	{ "version_1_peer", test_version_1_peer, 0 },
 	{ "tampered_tunnel", test_tampered_tunnel, 0 },
+	{ "client_busy", test_client_busy, 0 },
 	{ "plaintext_refused", test_plaintext_refused, 0 },
 	{ "capture", test_capture, 0 },
 	{ "session_resume", test_session_resume, 0 },
