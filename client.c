@@ -200,6 +200,17 @@ user_close(struct client *c, struct cuser *u, const char *why)
 	if (in_flight(u)) {
 		c->inflight--;
 	}
+	/* A pooled tunnel whose user never reached the service ends with its
+	 * end record: the server then closes that user, as in plaintext,
+	 * instead of resetting it for a cut stream. */
+	if (u->state == U_POOL_LOCAL && u->sealed && u->held >= 0) {
+		uint8_t rec[RECORD_HDR + TAG_LEN], none[1] = { 0 };
+
+		if (send(u->held, rec, record_seal(&u->tun_tx, none, 0, rec),
+		         MSG_NOSIGNAL) < 0) {
+			/* going anyway; the server times the user out */
+		}
+	}
 	loop_forget(c->loop, &u->w[0]);    /* their descriptors close below */
 	loop_forget(c->loop, &u->w[1]);
 	if (u->state == U_RELAY) {
