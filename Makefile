@@ -89,37 +89,52 @@ bench: all tests/bench
 
 # The fuzzers compile the server's files (tests/fuzz.c) and client.c
 # (tests/fuzz_client.c) into themselves, and the library from source, so
-# all of it is instrumented.  tests/fuzz_secrets feeds the secrets file
-# parser alone.
+# all of it is instrumented but x25519.c (FUZZ_PLAIN): constant-time
+# arithmetic on fixed 32-byte arrays with no branch on data for coverage
+# to learn from, checked against RFC 7748 by tests/unit, and 1.3 ms a call
+# under the sanitizers against 0.2 ms plain, three calls a handshake.
+# tests/fuzz_record feeds the record layer alone, tests/fuzz_secrets the
+# secrets file parser.
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS    = -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -O1 -g \
                 -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer \
                 -fno-sanitize-recover=all
 FUZZ_SRCS     = common.c net.c protocol.c keys.c relay.c loop.c sha256.c \
-                chacha20poly1305.c x25519.c secrets.c
-FUZZ_DEPS     = tests/fuzzlib.h $(FUZZ_SRCS) common.h protocol.h sha256.h \
-                crypto.h secrets.h
+                chacha20poly1305.c secrets.c
+FUZZ_PLAIN    = tests/fuzz-x25519.o
+FUZZ_DEPS     = tests/fuzzlib.h $(FUZZ_SRCS) $(FUZZ_PLAIN) common.h \
+                protocol.h sha256.h crypto.h secrets.h
 FUZZ_OPTS     = -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=10 \
                 -rss_limit_mb=2048 -print_final_stats=1
+FUZZ_BINS     = tests/fuzz tests/fuzz_client tests/fuzz_record \
+                tests/fuzz_secrets
 
+tests/fuzz-x25519.o: x25519.c crypto.h
+	$(FUZZ_CC) -std=c11 -Wall -Wextra -O2 -g -c -o $@ x25519.c
 tests/fuzz: tests/fuzz.c server.c server_ctl.c server_user.c server.h $(FUZZ_DEPS)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ tests/fuzz.c $(FUZZ_SRCS)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ tests/fuzz.c $(FUZZ_SRCS) $(FUZZ_PLAIN)
 tests/fuzz_client: tests/fuzz_client.c client.c $(FUZZ_DEPS)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ tests/fuzz_client.c $(FUZZ_SRCS)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ tests/fuzz_client.c $(FUZZ_SRCS) \
+		$(FUZZ_PLAIN)
+tests/fuzz_record: tests/fuzz_record.c $(FUZZ_DEPS)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ tests/fuzz_record.c $(FUZZ_SRCS) \
+		$(FUZZ_PLAIN)
 tests/fuzz_secrets: tests/fuzz_secrets.c $(FUZZ_DEPS)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ tests/fuzz_secrets.c $(FUZZ_SRCS)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ tests/fuzz_secrets.c $(FUZZ_SRCS) \
+		$(FUZZ_PLAIN)
 
-fuzz: tests/fuzz tests/fuzz_client tests/fuzz_secrets
+fuzz: $(FUZZ_BINS)
 
 # New inputs go to a temporary directory, so the seed corpora stay as
 # committed; a crash leaves its input in ./crash-* and fails the target.
-fuzz-run: tests/fuzz tests/fuzz_client tests/fuzz_secrets
+fuzz-run: $(FUZZ_BINS)
 	tmp=$$(mktemp -d "$${TMPDIR:-/tmp}/dialback-fuzz.XXXXXX") && \
 	trap 'rm -rf "$$tmp"' EXIT && \
-	mkdir "$$tmp/server" "$$tmp/client" "$$tmp/secrets" && \
+	mkdir "$$tmp/server" "$$tmp/client" "$$tmp/record" "$$tmp/secrets" && \
 	./tests/fuzz $(FUZZ_OPTS) "$$tmp/server" tests/fuzz-corpus && \
 	./tests/fuzz_client $(FUZZ_OPTS) "$$tmp/client" tests/fuzz-corpus-client && \
+	./tests/fuzz_record $(FUZZ_OPTS) "$$tmp/record" tests/fuzz-corpus-record && \
 	./tests/fuzz_secrets $(FUZZ_OPTS) "$$tmp/secrets" tests/fuzz-corpus-secrets
 
 # make install [PREFIX=/usr/local] [DESTDIR=]: the binaries as
@@ -152,7 +167,6 @@ demo: $(BINS) tests/svc
 .PHONY: install uninstall demo
 
 clean:
-	rm -f $(BINS) $(TESTS) tests/bench tests/fuzz tests/fuzz_client \
-	      tests/fuzz_secrets *.o
+	rm -f $(BINS) $(TESTS) tests/bench $(FUZZ_BINS) $(FUZZ_PLAIN) *.o
 
 .PHONY: all test test-valgrind bench clean fuzz fuzz-run
