@@ -132,6 +132,7 @@ crun_init(struct crun *r, unsigned flags, unsigned opts)
 	r->opts = opts;
 	r->c.fd = -1;
 	r->c.exit_status = -1;
+	r->c.drain_status = -1;
 	r->c.backoff_ms = BACKOFF_MIN_MS;
 	r->c.sig_fd = -1;
 	r->c.token = (flags & F_NO_TOKEN) ? "" : "secret";
