@@ -60,7 +60,8 @@ tests/unit: tests/unit.c tests/testlib.h $(LIB) common.h protocol.h sha256.h \
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/unit.c $(LIB)
 # The unit test again with only the plain C of the crypto: no SSE2 or AVX2
 # ChaCha and no unsigned __int128, so the code other machines run is tested
-# here.  tests/unit itself runs ChaCha20 under each path this CPU has.
+# here.  tests/unit itself runs ChaCha20 and Poly1305 under each path this
+# CPU has.
 tests/unit-portable: tests/unit.c tests/testlib.h $(LIB:.o=.c) common.h \
                      protocol.h sha256.h crypto.h
 	$(CC) $(CFLAGS) -DDIALBACK_PORTABLE_CRYPTO -I. $(LDFLAGS) -o $@ \

@@ -773,6 +773,125 @@ static void test_chacha_paths(struct tally *t)
 	CHECK_INT(t, chacha20_force(-1), best);
 }
 
+/*
+ * poly_cross: tags under path against the plain C's, for random keys and
+ * messages of every length to 1100 bytes and some past 16 KiB, with all-
+ * ones messages, and all-ones keys or r = 1, among them for the longest
+ * carries; and AEAD tags, which take Poly1305 in three calls (AD, text,
+ * lengths) on one state, for AD of 0 to 40 bytes.
+ */
+static void poly_cross(struct tally *t, int path, const char *name)
+{
+	static const size_t big[] = { 16383, 16384, 16385, 16399 };
+	static uint8_t rnd[16400 + 128], ones[16400], ct[2][16400];
+	uint8_t key[32], nonce[12], ad[40], tag[2][16];
+	const size_t nbig = sizeof(big) / sizeof(big[0]);
+	const uint8_t *msg;
+	size_t i, len, adlen, bad = 0, first = 0;
+	struct tl_stream s;
+	int k;
+
+	tl_stream_init(&s, 1305);
+	tl_stream_fill(&s, rnd, sizeof(rnd));
+	memset(ones, 0xff, sizeof(ones));
+	for (i = 0; i <= 1100 + nbig; i++) {
+		len = i <= 1100 ? i : big[i - 1101];
+		tl_stream_fill(&s, key, sizeof(key));
+		msg = rnd + i % 128;
+		if (i % 8 == 0) {
+			memset(key, 0xff, sizeof(key));
+		}
+		if (i % 8 == 4) {
+			/* r = 1: three all-ones blocks carry out of h2:h1:h0's
+			 * last word as it folds 2^130 back in. */
+			memset(key, 0, 16);
+			key[0] = 1;
+		}
+		if (i % 4 == 0) {
+			msg = ones;
+		}
+		for (k = 0; k < 2; k++) {
+			poly1305_force(k == 0 ? POLY1305_PLAIN : path);
+			poly1305(tag[k], msg, len, key);
+		}
+		if (memcmp(tag[0], tag[1], 16) != 0 && bad++ == 0) {
+			first = len;
+		}
+	}
+	CHECKF(t, bad == 0, "Poly1305 in %s: %zu tags differ from the plain "
+	       "C's, the first of %zu bytes", name, bad, first);
+
+	bad = 0;
+	for (i = 0; i <= 1100 + nbig; i++) {
+		len = i <= 1100 ? i : big[i - 1101];
+		adlen = i % (sizeof(ad) + 1);
+		tl_stream_fill(&s, key, sizeof(key));
+		tl_stream_fill(&s, nonce, sizeof(nonce));
+		tl_stream_fill(&s, ad, sizeof(ad));
+		for (k = 0; k < 2; k++) {
+			poly1305_force(k == 0 ? POLY1305_PLAIN : path);
+			aead_seal(ct[k], tag[k], key, nonce, ad, adlen,
+			          rnd + i % 128, len);
+		}
+		if ((memcmp(tag[0], tag[1], 16) != 0 ||
+		     memcmp(ct[0], ct[1], len) != 0 ||
+		     aead_open(ct[1], key, nonce, ad, adlen, ct[0], len,
+		               tag[0]) != 0) && bad++ == 0) {
+			first = len;
+		}
+	}
+	CHECKF(t, bad == 0, "AEAD with Poly1305 in %s: %zu tags differ from "
+	       "the plain C's, the first of %zu bytes", name, bad, first);
+}
+
+/*
+ * Poly1305 and the AEAD once for each path of Poly1305 in this build
+ * (crypto.h): the vectors, and then poly_cross against the plain C.
+ * tests/unit-portable has only the plain C.
+ */
+static void test_poly_paths(struct tally *t)
+{
+	static const struct {
+		int path;
+		const char *name;
+	} p[] = {
+#ifdef POLY1305_HAVE_AVX2
+		{ POLY1305_AVX2, "AVX2" },
+#endif
+#ifdef POLY1305_HAVE_INT128
+		{ POLY1305_INT128, "__int128" },
+#endif
+		{ POLY1305_PLAIN, "plain C" },
+	};
+	size_t i;
+	int fail, best = -1;
+
+	for (i = 0; i < sizeof(p) / sizeof(p[0]); i++) {
+		if (poly1305_force(p[i].path) != p[i].path) {
+			tally_skip(t, p[i].name, "this CPU lacks it");
+			continue;
+		}
+		if (best < 0) {
+			best = p[i].path;
+		}
+		fail = t->fail;
+		test_poly1305(t);
+		test_aead(t);
+		if (p[i].path != POLY1305_PLAIN) {
+			poly_cross(t, p[i].path, p[i].name);
+		}
+		if (t->fail > fail) {
+			printf("(the %d failures above: Poly1305 in %s)\n",
+			       t->fail - fail, p[i].name);
+		}
+	}
+	/* Left to itself, Poly1305 takes the fastest path there is. */
+	CHECK_INT(t, poly1305_force(-1), best);
+	CHECK_INT(t, poly1305_force(POLY1305_AVX2 + 1), -1);
+	CHECK_INT(t, poly1305_force(-2), -1);
+	CHECK_INT(t, poly1305_force(-1), best);
+}
+
 /* ---- X25519 (RFC 7748) -------------------------------------------------- */
 
 static void test_x25519(struct tally *t)
@@ -3392,7 +3511,7 @@ int main(void)
 	test_sha256(&t);
 	test_hmac(&t);
 	test_hkdf(&t);
-	test_poly1305(&t);
+	test_poly_paths(&t);
 	test_chacha_paths(&t);
 	test_x25519(&t);
 	test_equal_ct(&t);
