@@ -18,18 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzzlib.h"
 #include "secrets.h"
-
-#define CHECK(cond, ...)                                                \
-	do {                                                            \
-		if (!(cond)) {                                          \
-			fprintf(stderr, "fuzz: %s:%d: check failed: %s: ", \
-			        __FILE__, __LINE__, #cond);             \
-			fprintf(stderr, __VA_ARGS__);                   \
-			fputc('\n', stderr);                            \
-			abort();                                        \
-		}                                                       \
-	} while (0)
 
 #define NAME "fuzz"
 
