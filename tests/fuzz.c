@@ -1000,6 +1000,33 @@ relay_pause(void *arg)
 	}
 }
 
+/* What the user's and the tunnel's peers read. */
+static uint8_t user_got[FUZZ_OUT_MAX], tun_got[FUZZ_OUT_MAX];
+
+/* Read all the server sends the user and the tunnel, turning its loop
+ * between reads: a sealed tunnel's every record goes to the user in a
+ * send of its own, which a Unix socket counts whole, so a few hundred
+ * small ones fill it and the server holds the rest until the reader makes
+ * room.  *eof as peer_recv says, once nothing more comes. */
+static void
+settle(struct run *r, size_t *ulen, int *ueof, size_t *tlen, int *teof)
+{
+	size_t n, m;
+
+	*ulen = *tlen = 0;
+	do {
+		n = peer_recv(r->user_peer[0], user_got + *ulen,
+		              sizeof(user_got) - *ulen, ueof);
+		m = peer_recv(r->tun_peer, tun_got + *tlen,
+		              sizeof(tun_got) - *tlen, teof);
+		*ulen += n;
+		*tlen += m;
+		if (n > 0 || m > 0) {
+			pump(r);
+		}
+	} while (n > 0 || m > 0);
+}
+
 /* Everything the user sent must reach the tunnel, in order and
  * unchanged, and the tunnel's stream the user; a sealed tunnel's records
  * must all open, a pooled one's first holding the NEW_USER. */
@@ -1010,12 +1037,13 @@ check_relayed(struct run *r, const uint8_t *data, size_t len, int fin,
 {
 	struct opened o;
 	struct msg m;
-	size_t got, used = 0;
+	size_t got, tgot, used = 0;
 	int eof;
 
+	settle(r, &got, &eof, &tgot, &o.eof);
+
 	/* The tunnel's stream, at the user. */
-	got = peer_recv(r->user_peer[0], fuzz_out, sizeof(fuzz_out), &eof);
-	CHECK(got == st->len && memcmp(fuzz_out, want, got) == 0,
+	CHECK(got == st->len && memcmp(user_got, want, got) == 0,
 	      "the user got %zu bytes, want %zu%s", got, st->len,
 	      got == st->len ? " (contents differ)" : "");
 	CHECK((eof != 0) == (st->ended || st->broken) || st->lazy,
@@ -1025,25 +1053,23 @@ check_relayed(struct run *r, const uint8_t *data, size_t len, int fin,
 
 	/* The user's bytes, at the tunnel. */
 	if (rx == NULL) {
-		got = peer_recv(r->tun_peer, fuzz_out, sizeof(fuzz_out), &eof);
 		if (pooled) {
-			CHECK(frame_decode(fuzz_out, got, &m, &used) == FRAME_OK &&
+			CHECK(frame_decode(tun_got, tgot, &m, &used) == FRAME_OK &&
 			      m.type == MSG_NEW_USER, "a pooled tunnel's first frame "
 			      "is not a NEW_USER");
 		}
-		CHECK(got - used == len &&
-		      memcmp(fuzz_out + used, data, len) == 0,
-		      "the tunnel got %zu bytes, want %zu", got - used, len);
-		CHECK((eof != 0) == (fin != 0), "the tunnel's side %s",
-		      eof ? "ended" : "is open");
+		CHECK(tgot - used == len && memcmp(tun_got + used, data, len) == 0,
+		      "the tunnel got %zu bytes, want %zu", tgot - used, len);
+		CHECK((o.eof != 0) == (fin != 0), "the tunnel's side %s",
+		      o.eof ? "ended" : "is open");
 		return;
 	}
-	peer_recv_records(r->tun_peer, rx, pooled ? &m : NULL, &o, "tunnel");
+	records_open(tun_got, tgot, rx, pooled ? &m : NULL, &o, "tunnel");
 	if (pooled) {
 		CHECK(m.type == MSG_NEW_USER, "a pooled tunnel's first record "
 		      "holds %s", msg_name(m.type));
 	}
-	CHECK(o.len <= len && memcmp(fuzz_out, data, o.len) == 0 &&
+	CHECK(o.len <= len && memcmp(tun_got, data, o.len) == 0 &&
 	      (!o.ended || o.len == len),
 	      "the tunnel got %zu bytes%s, not the user's %zu", o.len,
 	      o.ended ? " and the end" : "", len);

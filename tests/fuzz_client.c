@@ -594,39 +594,60 @@ proxy_skip(const uint8_t *p, size_t len, int version)
 	return n;
 }
 
-/* Accept the local connections the client made: each carries its PROXY
- * header (when asked for), then a prefix of the pooled user's bytes, and
- * the pooled user's all of them.  Each then answers LOCAL_SAYS and ends. */
+/* Accept the local connections the client made and read all they get,
+ * turning the client's loop between reads: each record's bytes go to the
+ * service in a send of its own, which a Unix socket counts whole, so a
+ * few hundred small ones fill it and the client holds the rest until the
+ * service makes room.  Each carries its PROXY header (when asked for),
+ * then a prefix of the pooled user's bytes, and the pooled user's all of
+ * them.  Each then answers LOCAL_SAYS and ends. */
 static void
 locals_answer(struct crun *r, const uint8_t *want, const struct stream *st)
 {
-	size_t got, skip;
-	int fd, eof, found = 0;
+	static uint8_t got[MAX_LOCAL][PROXY_MAX + SCRIPT_MAX];
+	size_t len[MAX_LOCAL], n, skip;
+	int eof[MAX_LOCAL], fd, i, more, found = 0;
 
 	while ((fd = accept_one(local_lfd)) >= 0) {
 		CHECK(set_nonblock(fd) == 0, "set_nonblock: %s", strerror(errno));
-		got = peer_recv(fd, fuzz_out, sizeof(fuzz_out), &eof);
-		/* (Nothing at all: its relay has not begun.) */
-		skip = r->c.proxy_version && got > 0
-		       ? proxy_skip(fuzz_out, got, r->c.proxy_version) : 0;
-		got -= skip;
-		CHECK(got <= st->len && memcmp(fuzz_out + skip, want, got) == 0,
-		      "a local connection got %zu bytes the pooled tunnel did not "
-		      "carry (%zu)", got, st->len);
-		if (got > 0 && got == st->len) {
-			found++;
-			CHECK((eof != 0) == (st->ended || st->broken),
-			      "the pooled user's service %s, though its stream %s",
-			      eof ? "ended" : "is open", st->broken ? "broke"
-			      : st->ended ? "ended" : "goes on");
-		}
-		peer_send(fd, LOCAL_SAYS, strlen(LOCAL_SAYS));
-		shutdown(fd, SHUT_WR);
 		if (r->nlocal < MAX_LOCAL) {
 			r->local[r->nlocal++] = fd;
 		} else {
+			peer_send(fd, LOCAL_SAYS, strlen(LOCAL_SAYS));
 			close(fd);
 		}
+	}
+	memset(len, 0, sizeof(len));
+	do {
+		more = 0;
+		for (i = 0; i < r->nlocal; i++) {
+			n = peer_recv(r->local[i], got[i] + len[i],
+			              sizeof(got[i]) - len[i], &eof[i]);
+			len[i] += n;
+			more |= n > 0;
+		}
+		if (more) {
+			pump(r);
+		}
+	} while (more);
+
+	for (i = 0; i < r->nlocal; i++) {
+		/* (Nothing at all: its relay has not begun.) */
+		skip = r->c.proxy_version && len[i] > 0
+		       ? proxy_skip(got[i], len[i], r->c.proxy_version) : 0;
+		n = len[i] - skip;
+		CHECK(n <= st->len && memcmp(got[i] + skip, want, n) == 0,
+		      "a local connection got %zu bytes the pooled tunnel did not "
+		      "carry (%zu)", n, st->len);
+		if (n > 0 && n == st->len) {
+			found++;
+			CHECK((eof[i] != 0) == (st->ended || st->broken),
+			      "the pooled user's service %s, though its stream %s",
+			      eof[i] ? "ended" : "is open", st->broken ? "broke"
+			      : st->ended ? "ended" : "goes on");
+		}
+		peer_send(r->local[i], LOCAL_SAYS, strlen(LOCAL_SAYS));
+		shutdown(r->local[i], SHUT_WR);
 	}
 	CHECK(found <= 1, "%d users got the pooled tunnel's bytes", found);
 	/* With room in the backlog, the pooled user reached the service. */

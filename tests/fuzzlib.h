@@ -307,10 +307,11 @@ check_output(int fd, struct seal *rx, unsigned allowed, const char *who)
 	}
 }
 
-/* A sealed byte stream as the peer reads it: every record must open
- * with rx in turn, and nothing may follow the empty record that ends it.
- * With first set, the first record holds one frame, decoded into it.
- * The plaintext is left in fuzz_out[0..len). */
+/* A sealed byte stream as the peer read it, in buf[0..len): every
+ * record must open with rx in turn, and nothing may follow the empty
+ * record that ends it.  With first set, the first record holds one frame,
+ * decoded into it.  The plaintext is left in buf[0..o->len); o->eof is
+ * the caller's. */
 struct opened {
 	size_t len;          /* plaintext bytes */
 	int ended;           /* an empty record came */
@@ -318,16 +319,16 @@ struct opened {
 };
 
 static inline void
-peer_recv_records(int fd, struct seal *rx, struct msg *first,
-                  struct opened *o, const char *who)
+records_open(uint8_t *buf, size_t len, struct seal *rx, struct msg *first,
+             struct opened *o, const char *who)
 {
-	size_t len, off = 0, used = 0, plen;
+	size_t off = 0, used = 0, plen;
 	enum frame_result r;
 
-	memset(o, 0, sizeof(*o));
-	len = peer_recv(fd, fuzz_out, sizeof(fuzz_out), &o->eof);
+	o->len = 0;
+	o->ended = 0;
 	if (first != NULL) {
-		CHECK(peer_take(fuzz_out, len, rx, first, &used) == FRAME_OK,
+		CHECK(peer_take(buf, len, rx, first, &used) == FRAME_OK,
 		      "the first of %zu bytes to the %s peer is no sealed frame",
 		      len, who);
 		off = used;
@@ -335,14 +336,24 @@ peer_recv_records(int fd, struct seal *rx, struct msg *first,
 	while (off < len) {
 		CHECK(!o->ended, "%zu bytes after the end record to the %s peer",
 		      len - off, who);
-		r = record_open(rx, fuzz_out + off, len - off, &used, &plen);
+		r = record_open(rx, buf + off, len - off, &used, &plen);
 		CHECK(r == FRAME_OK, "a %s record to the %s peer at byte %zu of "
 		      "%zu", r == FRAME_MORE ? "truncated" : "bad", who, off, len);
-		memmove(fuzz_out + o->len, fuzz_out + off + RECORD_HDR, plen);
+		memmove(buf + o->len, buf + off + RECORD_HDR, plen);
 		o->len += plen;
 		o->ended = plen == 0;
 		off += used;
 	}
+}
+
+/* The same, read from fd into fuzz_out. */
+static inline void
+peer_recv_records(int fd, struct seal *rx, struct msg *first,
+                  struct opened *o, const char *who)
+{
+	size_t len = peer_recv(fd, fuzz_out, sizeof(fuzz_out), &o->eof);
+
+	records_open(fuzz_out, len, rx, first, o, who);
 }
 
 /* ==== scripts: what a peer sends, once it holds keys ====================
