@@ -550,7 +550,7 @@ main(int argc, char **argv)
 	}
 	if (s.token[0] != '\0' && strlen(s.token) < TOKEN_MIN) {
 		log_warn("warning: the token is %zu bytes; one under %d can be "
-		         "guessed: make one with 'openssl rand -hex 32'",
+		         "guessed: make one with 'head -c 32 /dev/urandom | base64'",
 		         strlen(s.token), TOKEN_MIN);
 	}
 	if (s.token[0] == '\0') {
