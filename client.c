@@ -130,6 +130,7 @@ struct client {
 	struct cuser *users;                 /* connecting or pooled: timed */
 	struct cuser *relaying;
 	struct cuser *dead;                  /* ended this turn */
+	struct relay_pool relays;            /* what the users' relays share */
 };
 
 enum kind { K_SIGNAL, K_CTL, K_USER };
@@ -349,7 +350,7 @@ relay_begin(struct client *c, struct cuser *u, int tunnel, int local,
 	char why[160];
 	int fail;
 
-	relay_init(&u->relay, tunnel, local);
+	relay_init(&u->relay, &c->relays, tunnel, local);
 	if (u->sealed) {
 		relay_seal(&u->relay, 0, &u->tun_tx, &u->tun_rx);
 	}
@@ -1257,6 +1258,7 @@ main(int argc, char **argv)
 	struct client c;
 
 	memset(&c, 0, sizeof(c));
+	relay_pool_init(&c.relays);
 	c.fd = -1;
 	c.exit_status = -1;
 	c.drain_status = -1;

@@ -270,8 +270,27 @@ struct relay_dir {
 	size_t roff, rlen;   /* ... at rbuf + roff */
 };
 
+/* What a process's relays share: the scratch buffer bytes pass through,
+ * and drained buffers and empty pipes kept for reuse while any relay
+ * lives.  One per process, owned by its main struct. */
+#define RELAY_SPARE 16
+struct relay_pool {
+	uint8_t scratch[RELAY_BUF];
+	uint8_t *buf[RELAY_SPARE];
+	int nbuf;
+	int pipe[RELAY_SPARE][2];
+	int npipe;
+	size_t pipe_size;    /* what the kernel let pipes hold */
+	int live;            /* relays between relay_init and relay_close */
+	int splice;          /* move bulk with splice(2); -1: not asked yet */
+};
+
+/* relay_pool_init: an empty pool, before the first relay_init. */
+void relay_pool_init(struct relay_pool *pool);
+
 /* A relayed pair.  dir[0] carries fd[0] -> fd[1], dir[1] fd[1] -> fd[0]. */
 struct relay {
+	struct relay_pool *pool;
 	int fd[2];
 	int splice;          /* move bytes with splice(2), not read/write */
 	int live;            /* between relay_init and relay_close */
@@ -286,8 +305,9 @@ struct relay {
 
 enum relay_state { RELAY_OPEN, RELAY_DONE, RELAY_FAIL };
 
-/* relay_init: take ownership of both descriptors.  Allocates nothing. */
-void relay_init(struct relay *r, int fd0, int fd1);
+/* relay_init: take ownership of both descriptors, drawing buffers and
+ * pipes from pool.  Allocates nothing. */
+void relay_init(struct relay *r, struct relay_pool *pool, int fd0, int fd1);
 
 /* relay_prefill: queue n bytes (n <= RELAY_BUF) in direction d, as if read
  * from its source; used for a JOIN and for bytes read past it.  -1 if out

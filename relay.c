@@ -35,7 +35,6 @@
  * back, and gives it back once drained, so an idle pair holds no buffer and
  * steady traffic mallocs nothing (drained buffers wait in a small pool).
  */
-#define RELAY_SPARE  16         /* drained buffers (and pipes) kept for reuse */
 #define RELAY_BURST  8          /* reads per direction per turn, at most */
 
 #define SPLICE_CHUNK (1 << 20)  /* ask for this much; the pipe limits it */
@@ -47,31 +46,32 @@
 #define SEAL_SLOT    (RECORD_HDR + RECORD_MAX + TAG_LEN)
 _Static_assert(SEAL_BATCH * SEAL_SLOT <= RELAY_BUF, "sealed batch too big");
 
-static uint8_t relay_scratch[RELAY_BUF];
-static uint8_t *relay_spare[RELAY_SPARE];
-static int relay_nspare;
-static int pipe_spare[RELAY_SPARE][2];  /* empty pipes, kept for reuse */
-static int pipe_nspare;
 /* Pipes hold up to 1 MiB (the kernel's default pipe-max-size): fewer,
  * larger splices cost less CPU per byte than 64 KiB ones.  Pages are only
  * taken while bytes wait, i.e. while a sink pushes back.  Where the kernel
- * refuses, pipes keep its default; pipe_size is what they really hold. */
+ * refuses, pipes keep its default; pool->pipe_size is what they hold. */
 #define PIPE_WANT (1 << 20)
-static size_t pipe_size = RELAY_BUF;
-static int relay_live;                  /* relays between init and close */
+
+void
+relay_pool_init(struct relay_pool *pool)
+{
+	memset(pool, 0, sizeof(*pool));
+	pool->pipe_size = RELAY_BUF;
+	pool->splice = -1;
+}
 
 /* With no relay left, the spares go back to the system: an idle process
  * holds exactly the descriptors and memory it started with. */
 static void
-spares_release(void)
+spares_release(struct relay_pool *pool)
 {
-	while (relay_nspare > 0) {
-		free(relay_spare[--relay_nspare]);
+	while (pool->nbuf > 0) {
+		free(pool->buf[--pool->nbuf]);
 	}
-	while (pipe_nspare > 0) {
-		pipe_nspare--;
-		close(pipe_spare[pipe_nspare][0]);
-		close(pipe_spare[pipe_nspare][1]);
+	while (pool->npipe > 0) {
+		pool->npipe--;
+		close(pool->pipe[pool->npipe][0]);
+		close(pool->pipe[pool->npipe][1]);
 	}
 }
 
@@ -113,12 +113,12 @@ splice_wanted(void)
 /* Pipes, like buffers, are held only while bytes are in them, so idle
  * pairs cost no descriptors beyond their two sockets. */
 static int
-pipe_take(int p[2])
+pipe_take(struct relay_pool *pool, int p[2])
 {
-	if (pipe_nspare > 0) {
-		pipe_nspare--;
-		p[0] = pipe_spare[pipe_nspare][0];
-		p[1] = pipe_spare[pipe_nspare][1];
+	if (pool->npipe > 0) {
+		pool->npipe--;
+		p[0] = pool->pipe[pool->npipe][0];
+		p[1] = pool->pipe[pool->npipe][1];
 		return 0;
 	}
 #ifdef __linux__
@@ -140,7 +140,7 @@ pipe_take(int p[2])
 	{
 		int got = fcntl(p[1], F_SETPIPE_SZ, PIPE_WANT);
 		if (got > 0) {
-			pipe_size = (size_t)got;
+			pool->pipe_size = (size_t)got;
 		}
 	}
 #endif
@@ -149,15 +149,15 @@ pipe_take(int p[2])
 
 /* Give back a pipe; an empty one is kept, one with bytes left is closed. */
 static void
-pipe_give(struct relay_dir *rd)
+pipe_give(struct relay_pool *pool, struct relay_dir *rd)
 {
 	if (rd->pipe[0] < 0) {
 		return;
 	}
-	if (rd->piped == 0 && pipe_nspare < RELAY_SPARE) {
-		pipe_spare[pipe_nspare][0] = rd->pipe[0];
-		pipe_spare[pipe_nspare][1] = rd->pipe[1];
-		pipe_nspare++;
+	if (rd->piped == 0 && pool->npipe < RELAY_SPARE) {
+		pool->pipe[pool->npipe][0] = rd->pipe[0];
+		pool->pipe[pool->npipe][1] = rd->pipe[1];
+		pool->npipe++;
 	} else {
 		close(rd->pipe[0]);
 		close(rd->pipe[1]);
@@ -168,43 +168,43 @@ pipe_give(struct relay_dir *rd)
 }
 
 static uint8_t *
-buf_take(void)
+buf_take(struct relay_pool *pool)
 {
-	if (relay_nspare > 0) {
-		return relay_spare[--relay_nspare];
+	if (pool->nbuf > 0) {
+		return pool->buf[--pool->nbuf];
 	}
 	return malloc(RELAY_BUF);
 }
 
 static void
-buf_give(uint8_t *b)
+buf_give(struct relay_pool *pool, uint8_t *b)
 {
 	if (b == NULL) {
 		return;
 	}
-	if (relay_nspare < RELAY_SPARE) {
-		relay_spare[relay_nspare++] = b;
+	if (pool->nbuf < RELAY_SPARE) {
+		pool->buf[pool->nbuf++] = b;
 	} else {
 		free(b);
 	}
 }
 
 void
-relay_init(struct relay *r, int fd0, int fd1)
+relay_init(struct relay *r, struct relay_pool *pool, int fd0, int fd1)
 {
-	static int use_splice = -1;
 	int d;
 
-	if (use_splice < 0) {
-		use_splice = splice_wanted();
+	if (pool->splice < 0) {
+		pool->splice = splice_wanted();
 	}
 	memset(r, 0, sizeof(*r));
+	r->pool = pool;
 	r->fd[0] = fd0;
 	r->fd[1] = fd1;
-	r->splice = use_splice;
+	r->splice = pool->splice;
 	r->sealed = -1;
 	r->live = 1;
-	relay_live++;
+	pool->live++;
 	for (d = 0; d < 2; d++) {
 		r->dir[d].pipe[0] = r->dir[d].pipe[1] = -1;
 	}
@@ -212,9 +212,10 @@ relay_init(struct relay *r, int fd0, int fd1)
 
 /* Keep n bytes that the sink didn't take; -1 if out of memory. */
 static int
-relay_keep(struct relay_dir *rd, const uint8_t *data, size_t n)
+relay_keep(struct relay *r, struct relay_dir *rd, const uint8_t *data,
+           size_t n)
 {
-	if (rd->buf == NULL && (rd->buf = buf_take()) == NULL) {
+	if (rd->buf == NULL && (rd->buf = buf_take(r->pool)) == NULL) {
 		errno = ENOMEM;
 		return -1;
 	}
@@ -229,7 +230,7 @@ relay_prefill(struct relay *r, int d, const void *data, size_t n)
 	if (n == 0) {
 		return 0;
 	}
-	return relay_keep(&r->dir[d], data, n);
+	return relay_keep(r, &r->dir[d], data, n);
 }
 
 void
@@ -250,7 +251,7 @@ relay_put_record(struct relay *r, int d, const void *data, size_t n)
 		errno = EMSGSIZE;
 		return -1;
 	}
-	return relay_keep(&r->dir[d], rec, record_seal(r->tx, data, n, rec));
+	return relay_keep(r, &r->dir[d], rec, record_seal(r->tx, data, n, rec));
 }
 
 int
@@ -265,7 +266,7 @@ relay_feed(struct relay *r, int d, const void *data, size_t n)
 	if (n == 0) {
 		return 0;
 	}
-	if (n > RELAY_BUF || (rd->rbuf == NULL && (rd->rbuf = buf_take()) == NULL)) {
+	if (n > RELAY_BUF || (rd->rbuf == NULL && (rd->rbuf = buf_take(r->pool)) == NULL)) {
 		errno = ENOMEM;
 		return -1;
 	}
@@ -357,7 +358,7 @@ pipe_drain(struct relay *r, int d)
 		rd->piped -= (size_t)k;
 		rd->pipe_full = 0;
 	}
-	pipe_give(rd);
+	pipe_give(r->pool, rd);
 	return 0;
 }
 
@@ -379,7 +380,7 @@ relay_drain(struct relay *r, int d)
 		if (rd->len > 0) {
 			return 0;
 		}
-		buf_give(rd->buf);
+		buf_give(r->pool, rd->buf);
 		rd->buf = NULL;
 		rd->off = 0;
 	}
@@ -401,7 +402,7 @@ relay_splice(struct relay *r, int d, const char **op)
 	for (i = 0; i < RELAY_BURST && relay_can_read(r, rd); i++) {
 		ssize_t n;
 
-		if (rd->pipe[0] < 0 && pipe_take(rd->pipe) != 0) {
+		if (rd->pipe[0] < 0 && pipe_take(r->pool, rd->pipe) != 0) {
 			rd->bulk = 0;     /* no descriptor for a pipe: copy */
 			break;
 		}
@@ -441,12 +442,12 @@ relay_splice(struct relay *r, int d, const char **op)
 		/* Into an empty pipe a splice stops short of its capacity only
 		 * when the source had no more: don't ask again just to hear
 		 * EAGAIN (a third of all calls for small messages). */
-		if ((size_t)n < pipe_size) {
+		if ((size_t)n < r->pool->pipe_size) {
 			break;
 		}
 	}
 	if (rd->piped == 0) {
-		pipe_give(rd);
+		pipe_give(r->pool, rd);
 	}
 	return 0;
 }
@@ -474,7 +475,7 @@ pass_on(struct relay *r, int d, const uint8_t *p, size_t n, const char **op)
 	if (send_some(r->fd[1 - d], p, n, &sent) != 0) {
 		return -1;
 	}
-	if (sent < n && relay_keep(&r->dir[d], p + sent, n - sent) != 0) {
+	if (sent < n && relay_keep(r, &r->dir[d], p + sent, n - sent) != 0) {
 		*op = "buffer";
 		return -1;
 	}
@@ -495,7 +496,7 @@ relay_move(struct relay *r, int d, const char **op)
 	int i;
 
 	for (i = 0; i < RELAY_BURST && relay_can_read(r, rd); i++) {
-		uint8_t *into = rd->buf ? rd->buf + rd->off + rd->len : relay_scratch;
+		uint8_t *into = rd->buf ? rd->buf + rd->off + rd->len : r->pool->scratch;
 		size_t room = rd->buf ? RELAY_BUF - rd->off - rd->len : RELAY_BUF;
 		ssize_t n = read_source(r, d, into, room);
 
@@ -514,7 +515,7 @@ relay_move(struct relay *r, int d, const char **op)
 			if (relay_drain(r, d) != 0) {
 				return -1;
 			}
-		} else if (pass_on(r, d, relay_scratch, (size_t)n, op) != 0) {
+		} else if (pass_on(r, d, r->pool->scratch, (size_t)n, op) != 0) {
 			return -1;
 		}
 		if ((size_t)n < room || rd->len > 0) {
@@ -546,7 +547,7 @@ seal_move(struct relay *r, int d, const char **op)
 	int i, k;
 
 	for (k = 0; k < SEAL_BATCH; k++) {
-		iov[k].iov_base = relay_scratch + k * SEAL_SLOT + RECORD_HDR;
+		iov[k].iov_base = r->pool->scratch + k * SEAL_SLOT + RECORD_HDR;
 		iov[k].iov_len = RECORD_MAX;
 	}
 	for (i = 0; i < RELAY_BURST && relay_can_read(r, rd); i++) {
@@ -563,11 +564,11 @@ seal_move(struct relay *r, int d, const char **op)
 		left = (size_t)n;
 		do {
 			chunk = left < RECORD_MAX ? left : RECORD_MAX;
-			len += record_seal(r->tx, relay_scratch + len + RECORD_HDR,
-			                   chunk, relay_scratch + len);
+			len += record_seal(r->tx, r->pool->scratch + len + RECORD_HDR,
+			                   chunk, r->pool->scratch + len);
 			left -= chunk;
 		} while (left > 0);
-		if (pass_on(r, d, relay_scratch, len, op) != 0) {
+		if (pass_on(r, d, r->pool->scratch, len, op) != 0) {
 			return -1;
 		}
 		if ((size_t)n < SEAL_BATCH * RECORD_MAX) {
@@ -619,7 +620,7 @@ open_pending(struct relay *r, int d, const char **op)
 		return -1;
 	}
 	if (rd->rlen == 0) {
-		buf_give(rd->rbuf);
+		buf_give(r->pool, rd->rbuf);
 		rd->rbuf = NULL;
 		rd->roff = 0;
 	}
@@ -636,7 +637,7 @@ open_move(struct relay *r, int d, const char **op)
 	if (!relay_can_read(r, rd)) {
 		return 0;
 	}
-	if (rd->rbuf == NULL && (rd->rbuf = buf_take()) == NULL) {
+	if (rd->rbuf == NULL && (rd->rbuf = buf_take(r->pool)) == NULL) {
 		*op = "buffer";
 		errno = ENOMEM;
 		return -1;
@@ -743,18 +744,18 @@ relay_close(struct relay *r)
 			close(r->fd[i]);
 			r->fd[i] = -1;
 		}
-		buf_give(r->dir[i].buf);
+		buf_give(r->pool, r->dir[i].buf);
 		r->dir[i].buf = NULL;
 		r->dir[i].len = 0;
-		buf_give(r->dir[i].rbuf);
+		buf_give(r->pool, r->dir[i].rbuf);
 		r->dir[i].rbuf = NULL;
 		r->dir[i].rlen = r->dir[i].roff = 0;
-		pipe_give(&r->dir[i]);
+		pipe_give(r->pool, &r->dir[i]);
 	}
 	if (r->live) {
 		r->live = 0;
-		if (--relay_live == 0) {
-			spares_release();
+		if (--r->pool->live == 0) {
+			spares_release(r->pool);
 		}
 	}
 }

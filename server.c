@@ -516,6 +516,7 @@ main(int argc, char **argv)
 	int r, i;
 
 	memset(&s, 0, sizeof(s));
+	relay_pool_init(&s.relays);
 	parse_args(&s, argc, argv);
 	s.sig_fd = signals_setup();
 	random_open();

@@ -151,6 +151,7 @@ struct server {
 	uint64_t user_seq;
 	int64_t started;
 	uint64_t bytes_in, bytes_out;  /* of users already closed */
+	struct relay_pool relays;      /* what the users' relays share */
 };
 
 /* Free what teardown marked dead.  Lists are singly linked; a pointer to

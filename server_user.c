@@ -263,7 +263,7 @@ pool_take(struct server *s, struct ctl *c, int fd, const struct msg *m,
 		return -1;
 	}
 	tfd = u->relay.fd[1];
-	relay_init(&u->relay, fd, tfd);
+	relay_init(&u->relay, &s->relays, fd, tfd);
 	if (u->sealed) {
 		relay_seal(&u->relay, 1, &u->tun_tx, &u->tun_rx);
 	}
@@ -479,7 +479,7 @@ tun_join(struct server *s, struct tun *t, const struct msg *m)
 		return;
 	}
 	ufd = u->relay.fd[0];
-	relay_init(&u->relay, ufd, t->fd);
+	relay_init(&u->relay, &s->relays, ufd, t->fd);
 	if (u->sealed) {
 		relay_seal(&u->relay, 1, &u->tun_tx, &u->tun_rx);
 	}

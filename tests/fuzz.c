@@ -289,6 +289,7 @@ run_init(struct run *r, const char *token, int ports)
 	int i, j;
 
 	memset(r, 0, sizeof(*r));
+	relay_pool_init(&r->s.relays);
 	r->s.token = token;
 	r->s.heartbeat_s = DEFAULT_HEARTBEAT_S;
 	r->s.lis[ROLE_CONTROL].port = DEFAULT_CONTROL_PORT;

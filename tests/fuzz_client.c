@@ -128,6 +128,7 @@ crun_init(struct crun *r, unsigned flags, unsigned opts)
 	struct sockaddr_un *sun;
 
 	memset(r, 0, sizeof(*r));
+	relay_pool_init(&r->c.relays);
 	r->flags = flags;
 	r->opts = opts;
 	r->c.fd = -1;

@@ -2059,6 +2059,7 @@ static void test_relay_order(struct tally *t)
 	static const size_t sizes[] = { 1, 70000, 3, 200000, 10, 65536, 65535,
 	                                1, 1, 300000, 7, 131072, 2, 65537 };
 	static uint8_t buf[256 * 1024];
+	static struct relay_pool pool;
 	const uint64_t total = 16u << 20;
 	uint64_t sent = 0, got = 0, bad = UINT64_MAX;
 	size_t chunk = 0, left = sizes[0];
@@ -2072,7 +2073,8 @@ static void test_relay_order(struct tally *t)
 		CHECKF(t, 0, "relay order: loopback sockets: %s", strerror(errno));
 		return;
 	}
-	relay_init(&r, b, c);
+	relay_pool_init(&pool);
+	relay_init(&r, &pool, b, c);
 	while (!eof && time(NULL) < deadline) {
 		struct pollfd pfd[4];
 		short ev[2], rev[2];
@@ -2199,6 +2201,7 @@ static void test_relay_sealed(struct tally *t)
 	static const char *const cases[] = {
 		"flip length", "flip body", "flip tag", "replay", "cut", "after end",
 	};
+	static struct relay_pool pool;
 	struct seal tx, rx, ptx, prx;
 	struct relay r;
 	uint8_t rec[256], got[256];
@@ -2216,7 +2219,8 @@ static void test_relay_sealed(struct tally *t)
 		CHECKF(t, 0, "sealed relay: no sockets");
 		return;
 	}
-	relay_init(&r, ub, ta);
+	relay_pool_init(&pool);
+	relay_init(&r, &pool, ub, ta);
 	relay_seal(&r, 1, &tx, &rx);
 	CHECK(t, write(ua, "hello", 5) == 5);
 	CHECK_INT(t, sealed_pump(&r), RELAY_OPEN);
@@ -2257,7 +2261,7 @@ static void test_relay_sealed(struct tally *t)
 			CHECKF(t, 0, "sealed relay, %s: no sockets", cases[c]);
 			return;
 		}
-		relay_init(&r, ub, ta);
+		relay_init(&r, &pool, ub, ta);
 		relay_seal(&r, 1, &tx, &rx);
 		n = record_seal(&ptx, (const uint8_t *)"data", 4, rec);
 		switch (c) {
