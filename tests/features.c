@@ -3803,6 +3803,7 @@ test_plaintext_refused(struct test *t)
 #define CAP_MAX_PORTS 8
 #define CAP_BUF       (256 * 1024)   /* more than a loopback GSO segment */
 
+#ifdef CAPTURE_PACKET
 static volatile sig_atomic_t capture_stop;
 
 static void
@@ -3812,7 +3813,6 @@ on_capture_signal(int sig)
 	capture_stop = 1;
 }
 
-#ifdef CAPTURE_PACKET
 /* capture_open: a packet socket on lo, or -1 with errno set. */
 static int
 capture_open(void)
