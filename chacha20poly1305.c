@@ -6,13 +6,14 @@
  * compilers turn into plain word moves, so neither the host's byte order
  * nor the alignment of the caller's buffers matters.
  *
- * On x86 the cipher runs four blocks at once in SSE2 registers, and on
- * x86-64 CPUs that have AVX2 eight at once, picked at run time so that a
- * plain -O2 build has it; the plain C below does everything else, the
- * tail of every message included, and on its own when built with
- * -DDIALBACK_PORTABLE_CRYPTO.  Poly1305 likewise has plain C; where the
- * compiler has unsigned __int128, a faster path in 64-bit words; and on
- * x86-64 with AVX2, four blocks at once for long messages.
+ * On x86 the cipher runs four blocks at once in SSE2 registers, on
+ * x86-64 CPUs that have AVX2 eight at once, and on those with AVX-512F
+ * sixteen, picked at run time so that a plain -O2 build has them; the
+ * plain C below does everything else, the tail of every message
+ * included, and on its own when built with -DDIALBACK_PORTABLE_CRYPTO.
+ * Poly1305 likewise has plain C; where the compiler has unsigned
+ * __int128, a faster path in 64-bit words; and on x86-64 with AVX2, four
+ * blocks at once for long messages.
  * tests/unit runs the vectors under every path this CPU has
  * (chacha20_force, poly1305_force), tests/unit-portable the plain C.
  */
@@ -259,6 +260,103 @@ static size_t chacha20_xor8(uint8_t *out, const uint8_t *in, size_t len,
 }
 #endif
 
+#ifdef CHACHA20_HAVE_AVX512
+/* AVX-512 rotates a 32-bit lane by any count in one instruction. */
+#define QR16(a, b, c, d) do { \
+	a = _mm512_add_epi32(a, b); \
+	d = _mm512_rol_epi32(_mm512_xor_si512(d, a), 16); \
+	c = _mm512_add_epi32(c, d); \
+	b = _mm512_rol_epi32(_mm512_xor_si512(b, c), 12); \
+	a = _mm512_add_epi32(a, b); \
+	d = _mm512_rol_epi32(_mm512_xor_si512(d, a), 8); \
+	c = _mm512_add_epi32(c, d); \
+	b = _mm512_rol_epi32(_mm512_xor_si512(b, c), 7); \
+} while (0)
+
+/* chacha20_xor16: chacha20_xor8 in AVX-512, sixteen blocks a run.  Lane
+ * k of vector i is word i of block k.  For the XOR, a 4x4 transpose
+ * within each 128-bit quarter of words g..g+3 (g = 0, 4, 8, 12) gives
+ * u[g / 4][k], whose quarter j holds those words of block 4j + k; a 4x4
+ * transpose of quarters across u[0..3][k] then gives blocks k, 4 + k,
+ * 8 + k and 12 + k whole.  Called only once the CPU is known to have
+ * AVX-512F. */
+__attribute__((target("avx512f")))
+static size_t chacha20_xor16(uint8_t *out, const uint8_t *in, size_t len,
+                             uint32_t s[16])
+{
+	__m512i x[16], o[16], u[4][4];
+	size_t done = 0;
+	int i, j, k;
+
+	for (i = 0; i < 16; i++) {
+		o[i] = _mm512_set1_epi32((int)s[i]);
+	}
+	o[12] = _mm512_add_epi32(o[12], _mm512_set_epi32(15, 14, 13, 12, 11,
+		10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0));
+	for (; len >= 16 * CHACHA_BLOCK; len -= 16 * CHACHA_BLOCK) {
+		memcpy(x, o, sizeof(x));
+		for (i = 0; i < 10; i++) {
+			QR16(x[0], x[4], x[8], x[12]);
+			QR16(x[1], x[5], x[9], x[13]);
+			QR16(x[2], x[6], x[10], x[14]);
+			QR16(x[3], x[7], x[11], x[15]);
+			QR16(x[0], x[5], x[10], x[15]);
+			QR16(x[1], x[6], x[11], x[12]);
+			QR16(x[2], x[7], x[8], x[13]);
+			QR16(x[3], x[4], x[9], x[14]);
+		}
+		for (i = 0; i < 16; i++) {
+			x[i] = _mm512_add_epi32(x[i], o[i]);
+		}
+		for (j = 0; j < 4; j++) {
+			__m512i t0, t1, t2, t3;
+
+			i = 4 * j;
+			t0 = _mm512_unpacklo_epi32(x[i], x[i + 1]);
+			t1 = _mm512_unpacklo_epi32(x[i + 2], x[i + 3]);
+			t2 = _mm512_unpackhi_epi32(x[i], x[i + 1]);
+			t3 = _mm512_unpackhi_epi32(x[i + 2], x[i + 3]);
+			u[j][0] = _mm512_unpacklo_epi64(t0, t1);
+			u[j][1] = _mm512_unpackhi_epi64(t0, t1);
+			u[j][2] = _mm512_unpacklo_epi64(t2, t3);
+			u[j][3] = _mm512_unpackhi_epi64(t2, t3);
+		}
+		for (k = 0; k < 4; k++) {
+			__m512i t0, t1, t2, t3, w[4];
+
+			/* 0x44 takes quarters 0, 1 of each source, 0xee 2, 3;
+			 * 0x88 then takes 0, 2 of each, 0xdd 1, 3. */
+			t0 = _mm512_shuffle_i32x4(u[0][k], u[1][k], 0x44);
+			t1 = _mm512_shuffle_i32x4(u[0][k], u[1][k], 0xee);
+			t2 = _mm512_shuffle_i32x4(u[2][k], u[3][k], 0x44);
+			t3 = _mm512_shuffle_i32x4(u[2][k], u[3][k], 0xee);
+			w[0] = _mm512_shuffle_i32x4(t0, t2, 0x88);
+			w[1] = _mm512_shuffle_i32x4(t0, t2, 0xdd);
+			w[2] = _mm512_shuffle_i32x4(t1, t3, 0x88);
+			w[3] = _mm512_shuffle_i32x4(t1, t3, 0xdd);
+			for (j = 0; j < 4; j++) {
+				int at = (4 * j + k) * CHACHA_BLOCK;
+				__m512i m = _mm512_loadu_si512(in + at);
+
+				_mm512_storeu_si512(out + at,
+				                    _mm512_xor_si512(m, w[j]));
+			}
+		}
+		o[12] = _mm512_add_epi32(o[12], _mm512_set1_epi32(16));
+		in += 16 * CHACHA_BLOCK;
+		out += 16 * CHACHA_BLOCK;
+		done += 16 * CHACHA_BLOCK;
+	}
+	s[12] += (uint32_t)(done / CHACHA_BLOCK);
+	/* o holds the key, x and u the last key stream, if they were
+	 * spilled. */
+	crypto_wipe(x, sizeof(x));
+	crypto_wipe(o, sizeof(o));
+	crypto_wipe(u, sizeof(u));
+	return done;
+}
+#endif
+
 /* The path chacha20_xor runs, -1 until its first call picks one.  It
  * depends on the build and the CPU only, never on a key or the data. */
 static int chacha_path = -1;
@@ -275,8 +373,23 @@ static int cpu_has_avx2(void)
 }
 #endif
 
+#ifdef CHACHA20_HAVE_AVX512
+/* cpu_has_avx512: 1 if this CPU and OS run AVX-512F (the OS saving the
+ * zmm registers too), and AVX2, which every such CPU has but which
+ * chacha20_force must be able to take below it. */
+static int cpu_has_avx512(void)
+{
+	return cpu_has_avx2() && __builtin_cpu_supports("avx512f") != 0;
+}
+#endif
+
 static int chacha_best(void)
 {
+#ifdef CHACHA20_HAVE_AVX512
+	if (cpu_has_avx512()) {
+		return CHACHA20_AVX512;
+	}
+#endif
 #ifdef CHACHA20_HAVE_AVX2
 	if (cpu_has_avx2()) {
 		return CHACHA20_AVX2;
@@ -312,8 +425,18 @@ void chacha20_xor(uint8_t *out, const uint8_t *in, size_t len,
 		chacha_path = chacha_best();
 	}
 	chacha20_init(s, key, nonce, counter);
+#ifdef CHACHA20_HAVE_AVX512
+	if (chacha_path == CHACHA20_AVX512 && len >= 16 * CHACHA_BLOCK) {
+		i = chacha20_xor16(out, in, len, s);
+		out += i;
+		in += i;
+		len -= i;
+	}
+#endif
 #ifdef CHACHA20_HAVE_AVX2
-	if (chacha_path == CHACHA20_AVX2 && len >= 8 * CHACHA_BLOCK) {
+	/* After AVX-512's runs of sixteen, at most one run of eight is
+	 * left. */
+	if (chacha_path >= CHACHA20_AVX2 && len >= 8 * CHACHA_BLOCK) {
 		i = chacha20_xor8(out, in, len, s);
 		out += i;
 		in += i;

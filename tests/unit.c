@@ -367,15 +367,20 @@ static void test_chacha20(struct tally *t)
 		0x5c971061, 0x3d631689, 0x2098d9d6, 0x91dbd320,
 	};
 	/* Lengths that end each path's runs early, on time and late, and
-	 * that take AVX2's eight blocks, SSE2's four and single ones. */
+	 * that take AVX-512's sixteen blocks, AVX2's eight, SSE2's four and
+	 * single ones, each after the longer runs. */
 	static const size_t lens[] = {
 		0, 1, 63, 64, 65, 255, 256, 257, 319, 320, 511, 512, 513,
-		767, 768, 769, 832, 1023, 1024, 1025, 1100,
+		767, 768, 769, 832, 1023, 1024, 1025, 1100, 1535, 1536, 1537,
+		1791, 1792, 1793, 1983, 1984, 1985, 2047, 2048, 2049, 2100,
 	};
-	/* The counter wraps in the first run of eight, in the run of four
-	 * after it, or not at all. */
-	static const uint32_t counters[] = { 0xfffffffeU, 0xfffffff6U, 7 };
-	uint8_t key[32], nonce[12], in[1100], want[1100], got[1100];
+	/* The counter wraps in the first run of sixteen or of eight, in the
+	 * run of eight after sixteen, in the run of four after those, or
+	 * not at all. */
+	static const uint32_t counters[] = {
+		0xfffffffeU, 0xfffffff6U, 0xffffffecU, 0xffffffe6U, 7,
+	};
+	uint8_t key[32], nonce[12], in[2100], want[2100], got[2100];
 	uint32_t x[16], c;
 	size_t i, j, k, n, m;
 
@@ -442,7 +447,7 @@ static void test_chacha20(struct tally *t)
 			memset(got, 0, sizeof(got));
 			chacha20_xor(got, in, n, key, nonce, c);
 			CHECKF(t, memcmp(got, want, n) == 0 &&
-			          (n == 1100 || got[n] == 0),
+			          (n == sizeof(got) || got[n] == 0),
 			       "chacha20_xor of %zu bytes from block %#x "
 			       "differs by block", n, (unsigned)c);
 		}
@@ -739,6 +744,9 @@ static void test_chacha_paths(struct tally *t)
 		int path;
 		const char *name;
 	} p[] = {
+#ifdef CHACHA20_HAVE_AVX512
+		{ CHACHA20_AVX512, "AVX-512" },
+#endif
 #ifdef CHACHA20_HAVE_AVX2
 		{ CHACHA20_AVX2, "AVX2" },
 #endif
@@ -768,7 +776,7 @@ static void test_chacha_paths(struct tally *t)
 	}
 	/* Left to itself, chacha20_xor takes the fastest path there is. */
 	CHECK_INT(t, chacha20_force(-1), best);
-	CHECK_INT(t, chacha20_force(CHACHA20_AVX2 + 1), -1);
+	CHECK_INT(t, chacha20_force(CHACHA20_AVX512 + 1), -1);
 	CHECK_INT(t, chacha20_force(-2), -1);
 	CHECK_INT(t, chacha20_force(-1), best);
 }
