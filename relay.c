@@ -275,13 +275,20 @@ relay_feed(struct relay *r, int d, const void *data, size_t n)
 	return 0;
 }
 
-/* A whole record waits in direction d's records from its sealed source. */
+/* A whole record (or a length no record may have) waits in direction d's
+ * records from its sealed source. */
 static int
 record_ready(const struct relay_dir *rd)
 {
-	return rd->rlen >= RECORD_HDR &&
-	       rd->rlen >= RECORD_HDR + (size_t)wire_get16(rd->rbuf + rd->roff) +
-	                   TAG_LEN;
+	size_t n;
+
+	if (rd->rlen < RECORD_HDR) {
+		return 0;
+	}
+	/* An oversized length is ready too: to be refused at once, not
+	 * waited on. */
+	n = wire_get16(rd->rbuf + rd->roff);
+	return n > RECORD_MAX || rd->rlen >= RECORD_HDR + n + TAG_LEN;
 }
 
 static int

@@ -24,7 +24,8 @@
 #define ACCEPT_BATCH    64     /* accepts per listener per turn */
 #define MAX_PENDING     4096   /* users waiting for their join, per session */
 #define SESSION_OUT     (64 * 1024)  /* control output queue once attached */
-#define NEW_USER_SIZE   (FRAME_HDR + USER_ID_LEN + 2 * WIRE_ADDR_LEN)
+#define SEALED(n)       (RECORD_HDR + (n) + TAG_LEN)  /* a frame of n, sealed */
+#define NEW_USER_SIZE   SEALED(FRAME_HDR + USER_ID_LEN + 2 * WIRE_ADDR_LEN)
 #define MAX_HANDSHAKES  64     /* control connections not yet attached */
 #define MAX_PER_SOURCE  8      /* ... of those, from one address */
 #define MAX_TUNNELS     4096   /* tunnel connections without their JOIN */

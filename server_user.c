@@ -355,7 +355,7 @@ pool_refill(struct server *s, struct ctl *c)
 	struct msg m;
 
 	while (c->count[U_TICKET] + c->count[U_POOLED] < c->pool_want &&
-	       c->out.cap - c->out.len >= FRAME_HDR + USER_ID_LEN) {
+	       c->out.cap - c->out.len >= SEALED(FRAME_HDR + USER_ID_LEN)) {
 		memset(&m, 0, sizeof(m));
 		m.type = MSG_TICKET;
 		random_bytes(m.user_id, USER_ID_LEN);

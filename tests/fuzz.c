@@ -224,7 +224,7 @@ enum {
  * RECORD_MAX (which can never open) leaves its user waiting instead of
  * reset.  While it stands (1), such a stream may still look open.
  */
-#define KNOWN_BUG_LAZY_FEED 1
+#define KNOWN_BUG_LAZY_FEED 0
 
 #define MAIN_PORT   DEFAULT_PUBLIC_PORT
 #define PUMP_TURNS  256
