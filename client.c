@@ -22,11 +22,11 @@
 #include "common.h"
 #include "crypto.h"
 
-#define PROG "client"        /* as usage errors name it */
 
 static const char usage_text[] =
-"usage: ./client -remote HOST[:PORT] [-local HOST:PORT] [-port N] [-pool N]\n"
-"                [-token SECRET] [-plaintext] [-proxy-protocol v1|v2] [-v | -q]\n"
+"usage: %s -remote HOST[:PORT] [-local HOST:PORT] [-port N] [-pool N]\n"
+"                [-token SECRET] [-plaintext] [-proxy-protocol v1|v2]\n"
+"                [-config FILE] [-version] [-v | -q]\n"
 "  -remote HOST[:PORT]  the server's control address (port default 8009)\n"
 "  -local HOST:PORT     the service to expose (default 127.0.0.1:8080)\n"
 "  -port N              ask for public port N (in the server's -ports range)\n"
@@ -35,6 +35,9 @@ static const char usage_text[] =
 "  -plaintext           tunnels carry raw bytes, unencrypted (server must allow)\n"
 "  -proxy-protocol v1|v2\n"
 "                       tell the service each user's address (PROXY protocol)\n"
+"  -config FILE         read these flags from FILE, one \"word value\" a line;\n"
+"                       the command line wins (# starts a comment)\n"
+"  -version             print the version and exit\n"
 "  -v, -q               more logging / warnings only\n";
 
 #define BACKOFF_MIN_MS  500
@@ -1171,36 +1174,36 @@ parse_args(struct client *c, int argc, char **argv)
 	struct hostport lhp;
 	char why[64];
 	struct flag flags[] = {
-		{ "remote", &remote, NULL },
-		{ "local", &local, NULL },
-		{ "token", &token, NULL },
-		{ "plaintext", NULL, &c->plaintext },
-		{ "port", &port, NULL },
-		{ "pool", &pool, NULL },
-		{ "proxy-protocol", &proxy, NULL },
-		{ NULL, NULL, NULL },
+		{ "remote", &remote, NULL, NULL },
+		{ "local", &local, NULL, NULL },
+		{ "token", &token, NULL, NULL },
+		{ "plaintext", NULL, &c->plaintext, NULL },
+		{ "port", &port, NULL, NULL },
+		{ "pool", &pool, NULL, NULL },
+		{ "proxy-protocol", &proxy, NULL, NULL },
+		{ NULL, NULL, NULL, NULL },
 	};
 
-	flags_apply(argc, argv, flags, PROG, usage_text);
+	flags_apply(argc, argv, flags, usage_text);
 	if (remote == NULL) {
-		usage_exit(PROG, "-remote HOST is required");
+		usage_exit("-remote HOST is required");
 	}
 	if (addr_parse(remote, DEFAULT_CONTROL_PORT, 0, &c->remote, why,
 	               sizeof(why)) != 0 ||
 	    c->remote.host[0] == '\0') {
-		usage_exit(PROG, "-remote %s: %s", remote,
+		usage_exit("-remote %s: %s", remote,
 		         why[0] ? why : "missing host");
 	}
 	if (addr_parse(local, -1, 0, &lhp, why, sizeof(why)) != 0 ||
 	    lhp.host[0] == '\0') {
-		usage_exit(PROG, "-local %s: %s", local,
+		usage_exit("-local %s: %s", local,
 		         why[0] ? why : "missing host");
 	}
 	if (port != NULL) {
 		struct hostport php;
 		if (addr_parse(port, -1, 0, &php, why, sizeof(why)) != 0 ||
 		    php.host[0] != '\0') {
-			usage_exit(PROG, "-port %s: %s", port,
+			usage_exit("-port %s: %s", port,
 			         why[0] ? why : "want a port number");
 		}
 		c->want_port = atoi(php.port);
@@ -1209,7 +1212,7 @@ parse_args(struct client *c, int argc, char **argv)
 		char *end;
 		long n = strtol(pool, &end, 10);
 		if (*pool == '\0' || *end != '\0' || n < 0 || n > POOL_MAX) {
-			usage_exit(PROG, "-pool %s: want a number from 0 to "
+			usage_exit("-pool %s: want a number from 0 to "
 			         "%d", pool, POOL_MAX);
 		}
 		c->pool_want = (int)n;
@@ -1220,7 +1223,7 @@ parse_args(struct client *c, int argc, char **argv)
 		} else if (strcmp(proxy, "v2") == 0 || strcmp(proxy, "2") == 0) {
 			c->proxy_version = 2;
 		} else {
-			usage_exit(PROG, "-proxy-protocol %s: want v1 or v2",
+			usage_exit("-proxy-protocol %s: want v1 or v2",
 			         proxy);
 		}
 	}

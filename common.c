@@ -179,6 +179,63 @@ heap_note(char *buf, size_t len)
 
 /* ==== command line and signals =========================================== */
 
+/* The name the program was run as: argv[0] for "see ... -h" and usage,
+ * its last path component to begin error lines.  Set by flags_apply. */
+static const char *run_as = "dialback", *run_name = "dialback";
+
+/* Give flag f the value val (NULL: none was given).  A list takes every
+ * value; a switch takes none, or yes/no in a config file. */
+static int
+flag_set(const struct flag *f, const char *val, int from_file, char *err,
+         size_t errlen)
+{
+	if (f->is_set != NULL) {
+		if (val == NULL || (from_file && (strcmp(val, "yes") == 0 ||
+		                                  strcmp(val, "true") == 0))) {
+			*f->is_set = 1;
+		} else if (from_file && (strcmp(val, "no") == 0 ||
+		                         strcmp(val, "false") == 0)) {
+			*f->is_set = 0;
+		} else {
+			snprintf(err, errlen, "flag -%s takes no value", f->name);
+			return -1;
+		}
+		return 0;
+	}
+	if (val == NULL) {
+		snprintf(err, errlen, "flag -%s needs a value", f->name);
+		return -1;
+	}
+	if (f->list == NULL) {
+		*f->value = val;
+		return 0;
+	}
+	/* The command line's values replace a config file's, not add to them. */
+	if (!from_file && f->list->from_file) {
+		f->list->n = 0;
+		f->list->from_file = 0;
+	}
+	if (f->list->n == FLAG_LIST_MAX) {
+		snprintf(err, errlen, "flag -%s: at most %d", f->name,
+		         FLAG_LIST_MAX);
+		return -1;
+	}
+	f->list->v[f->list->n++] = val;
+	f->list->from_file |= from_file;
+	return 0;
+}
+
+static const struct flag *
+flag_find(const struct flag *flags, const char *name, size_t n)
+{
+	for (; flags->name != NULL; flags++) {
+		if (strlen(flags->name) == n && strncmp(flags->name, name, n) == 0) {
+			return flags;
+		}
+	}
+	return NULL;
+}
+
 int
 flags_parse(int argc, char **argv, const struct flag *flags, char *err,
             size_t errlen)
@@ -186,7 +243,7 @@ flags_parse(int argc, char **argv, const struct flag *flags, char *err,
 	int i;
 
 	for (i = 1; i < argc; i++) {
-		const char *arg = argv[i], *name, *eq;
+		const char *arg = argv[i], *name, *eq, *val;
 		const struct flag *f;
 		size_t n;
 
@@ -197,44 +254,127 @@ flags_parse(int argc, char **argv, const struct flag *flags, char *err,
 		name = arg + (arg[1] == '-' ? 2 : 1);
 		eq = strchr(name, '=');
 		n = eq ? (size_t)(eq - name) : strlen(name);
-		for (f = flags; f->name != NULL; f++) {
-			if (strlen(f->name) == n && strncmp(f->name, name, n) == 0) {
-				break;
-			}
-		}
-		if (f->name == NULL) {
+		if ((f = flag_find(flags, name, n)) == NULL) {
 			snprintf(err, errlen, "unknown flag '%s'", arg);
 			return -1;
 		}
-		if (f->is_set != NULL) {
-			if (eq != NULL) {
-				snprintf(err, errlen, "flag -%s takes no value", f->name);
-				return -1;
-			}
-			*f->is_set = 1;
-		} else if (eq != NULL) {
-			*f->value = eq + 1;
-		} else if (i + 1 < argc) {
-			*f->value = argv[++i];
-		} else {
-			snprintf(err, errlen, "flag -%s needs a value", f->name);
+		val = eq ? eq + 1 : NULL;
+		if (eq == NULL && f->is_set == NULL && i + 1 < argc) {
+			val = argv[++i];
+		}
+		if (flag_set(f, val, 0, err, errlen) != 0) {
 			return -1;
 		}
 	}
 	return 0;
 }
 
+/* One line of a config file: "word value", "word" for a switch, '#' to the
+ * end of the line a comment.  The words are the flags' names. */
+static int
+config_line(const struct flag *flags, char *line, char *err, size_t errlen)
+{
+	char *word, *val, *end;
+	const struct flag *f;
+
+	if ((end = strchr(line, '#')) != NULL) {
+		*end = '\0';
+	}
+	word = line + strspn(line, " \t\r");
+	while (*word == '-') {
+		word++;
+	}
+	end = word + strlen(word);
+	while (end > word && strchr(" \t\r", end[-1]) != NULL) {
+		*--end = '\0';
+	}
+	if (*word == '\0') {
+		return 0;
+	}
+	val = word + strcspn(word, " \t=");
+	if (*val != '\0') {
+		*val++ = '\0';
+		val += strspn(val, " \t=");
+	}
+	if ((f = flag_find(flags, word, strlen(word))) == NULL ||
+	    strcmp(word, "config") == 0) {
+		snprintf(err, errlen, "unknown word '%s'", word);
+		return -1;
+	}
+	return flag_set(f, *val != '\0' ? val : NULL, 1, err, errlen);
+}
+
+/* Apply a config file to the table.  Its text is kept for the life of the
+ * process: the flags point into it. */
+static void
+config_apply(const char *path, const struct flag *flags)
+{
+	char *text, *line, *next, err[128];
+	FILE *fp = fopen(path, "r");
+	long size;
+	int lineno = 1;
+
+	if (fp == NULL) {
+		die(1, "-config %s:", path);
+	}
+	if (fseek(fp, 0, SEEK_END) != 0 || (size = ftell(fp)) < 0 ||
+	    size > CONFIG_MAX || fseek(fp, 0, SEEK_SET) != 0) {
+		die(1, "-config %s: not a regular file of at most %d bytes",
+		    path, CONFIG_MAX);
+	}
+	if ((text = calloc(1, (size_t)size + 1)) == NULL) {
+		die(1, "out of memory");
+	}
+	if (fread(text, 1, (size_t)size, fp) != (size_t)size) {
+		die(1, "-config %s: short read", path);
+	}
+	fclose(fp);
+	for (line = text; line != NULL; line = next, lineno++) {
+		if ((next = strchr(line, '\n')) != NULL) {
+			*next++ = '\0';
+		}
+		if (config_line(flags, line, err, sizeof(err)) != 0) {
+			usage_exit("-config %s line %d: %s", path, lineno, err);
+		}
+	}
+}
+
+/* Where -config is on the command line, before the rest is applied over
+ * the file's words. */
+static const char *
+config_path(int argc, char **argv)
+{
+	const char *path = NULL;
+	int i;
+
+	for (i = 1; i < argc; i++) {
+		const char *a = argv[i] + (argv[i][0] == '-' && argv[i][1] == '-');
+		if (strcmp(a, "-config") == 0 && i + 1 < argc) {
+			path = argv[++i];
+		} else if (strncmp(a, "-config=", 8) == 0) {
+			path = a + 8;
+		}
+	}
+	return path;
+}
+
 void
-usage_exit(const char *prog, const char *fmt, ...)
+usage_exit(const char *fmt, ...)
 {
 	va_list ap;
 
-	fprintf(stderr, "%s: ", prog);
+	fprintf(stderr, "%s: ", run_name);
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
-	fprintf(stderr, " (see ./%s -h)\n", prog);
+	fprintf(stderr, " (see %s -h)\n", run_as);
 	exit(2);
+}
+
+const char *
+prog_name(void)
+{
+	return run_name;
 }
 
 int64_t
@@ -244,33 +384,48 @@ earliest(int64_t a, int64_t b)
 }
 
 void
-flags_apply(int argc, char **argv, const struct flag *own, const char *prog,
-            const char *usage)
+flags_apply(int argc, char **argv, const struct flag *own, const char *usage)
 {
-	int help = 0, verbose = 0, quiet = 0;
+	int help = 0, verbose = 0, quiet = 0, version = 0;
+	const char *config = NULL, *slash;
 	const struct flag common[] = {
-		{ "v", NULL, &verbose }, { "q", NULL, &quiet },
-		{ "h", NULL, &help }, { "help", NULL, &help }, { NULL, NULL, NULL },
+		{ "v", NULL, &verbose, NULL }, { "q", NULL, &quiet, NULL },
+		{ "h", NULL, &help, NULL }, { "help", NULL, &help, NULL },
+		{ "version", NULL, &version, NULL },
+		{ "config", &config, NULL, NULL }, { NULL, NULL, NULL, NULL },
 	};
 	struct flag all[FLAGS_MAX + sizeof(common) / sizeof(common[0])];
 	size_t n = 0, i;
 	char err[128];
 
+	if (argc > 0 && argv[0] != NULL && argv[0][0] != '\0') {
+		run_as = argv[0];
+		slash = strrchr(run_as, '/');
+		run_name = slash ? slash + 1 : run_as;
+	}
 	for (; own[n].name != NULL && n < FLAGS_MAX; n++) {
 		all[n] = own[n];
 	}
 	for (i = 0; i < sizeof(common) / sizeof(common[0]); i++) {
 		all[n + i] = common[i];
 	}
+	if ((config = config_path(argc, argv)) != NULL) {
+		config_apply(config, all);
+	}
 	if (flags_parse(argc, argv, all, err, sizeof(err)) != 0) {
-		usage_exit(prog, "%s", err);
+		usage_exit("%s", err);
 	}
 	if (help) {
-		fputs(usage, stdout);
+		printf(usage, run_as);
+		exit(0);
+	}
+	if (version) {
+		printf("%s %s (protocol %d)\n", run_name, DIALBACK_VERSION,
+		       PROTO_VERSION);
 		exit(0);
 	}
 	if (verbose && quiet) {
-		usage_exit(prog, "-v and -q exclude each other");
+		usage_exit("-v and -q exclude each other");
 	}
 	log_set_level(verbose ? LOG_VERBOSE : quiet ? LOG_QUIET : LOG_NORMAL);
 }

@@ -173,12 +173,21 @@ int send_some(int fd, const uint8_t *p, size_t n, size_t *sent);
 
 /* ---- command line and signals (common.c) -------------------------------- */
 
-/* A flag takes a value (value set) or is a switch (is_set set).  Names are
- * given without dashes; "-name", "--name", "-name=v" and "-name v" all work. */
+/* A flag takes a value (value set), several (list set: -allow A -allow B),
+ * or is a switch (is_set set).  Names are given without dashes; "-name",
+ * "--name", "-name=v" and "-name v" all work. */
+#define FLAG_LIST_MAX 64
+struct flag_list {
+	const char *v[FLAG_LIST_MAX];
+	int n;
+	int from_file;           /* some came from -config: argv replaces them */
+};
+
 struct flag {
 	const char *name;
 	const char **value;
 	int *is_set;
+	struct flag_list *list;
 };
 
 /* flags_parse: apply argv to a table ending in {NULL}.  0, or -1 with a
@@ -186,15 +195,23 @@ struct flag {
 int flags_parse(int argc, char **argv, const struct flag *flags, char *err,
                 size_t errlen);
 
-/* flags_apply: flags_parse with the switches every program has added to
- * the table (at most FLAGS_MAX entries of its own): -h and -help print
- * usage and exit 0, -v and -q set the log level; a bad argument is a usage
- * error.  usage_exit: "PROG: <fmt...> (see ./PROG -h)" on stderr, exit 2. */
+/* flags_apply: flags_parse with the flags every program has added to the
+ * table (at most FLAGS_MAX entries of its own): -h and -help print usage
+ * (a printf format given the name run as) and exit 0, -version prints the
+ * version and exits 0, -v and -q set the log level, -config FILE applies
+ * a file of "word value" lines first so that the command line wins.  A bad
+ * argument is a usage error.
+ * usage_exit: "NAME: <fmt...> (see RUN-AS -h)" on stderr, exit 2, NAME
+ * being the name the program was run as (dialback-client, not ./client).
+ * prog_name: that name. */
 #define FLAGS_MAX 32
+#define CONFIG_MAX (64 * 1024)
+#define DIALBACK_VERSION "2.0.0"
 void flags_apply(int argc, char **argv, const struct flag *own,
-                 const char *prog, const char *usage);
-void usage_exit(const char *prog, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3), noreturn));
+                 const char *usage);
+void usage_exit(const char *fmt, ...)
+	__attribute__((format(printf, 1, 2), noreturn));
+const char *prog_name(void);
 
 /* signals_setup: ignore SIGPIPE; make SIGINT, SIGTERM, SIGUSR1 and SIGHUP write
  * their number to a pipe whose (non-blocking) read end is returned, for the

@@ -24,10 +24,9 @@
 
 #include "server.h"
 
-#define PROG "server"        /* as usage errors name it */
 
 static const char usage_text[] =
-"usage: ./server [-control ADDR] [-tunnel ADDR] [-public ADDR] [-ports LO-HI]\n"
+"usage: %s [-control ADDR] [-tunnel ADDR] [-public ADDR] [-ports LO-HI]\n"
 "                [-token SECRET] [-secrets FILE] [-plaintext]\n"
 "                [-heartbeat SECONDS] [-v | -q]\n"
 "  -control ADDR        where clients attach (default 8009)\n"
@@ -39,6 +38,9 @@ static const char usage_text[] =
 "                       LO-HI SECRET (or DIALBACK_SECRETS); SIGHUP re-reads it\n"
 "  -plaintext           allow clients' -plaintext tunnels (raw bytes, splice)\n"
 "  -heartbeat SECONDS   ping interval; 3 silent intervals = dead (default 10)\n"
+"  -config FILE         read these flags from FILE, one \"word value\" a line;\n"
+"                       the command line wins (# starts a comment)\n"
+"  -version             print the version and exit\n"
 "  -v, -q               more logging / warnings only\n"
 "ADDR is PORT, :PORT, HOST:PORT or [IPv6]:PORT; no HOST = all interfaces.\n"
 "SIGUSR1 logs a status block: sessions, ports, users, bytes, uptime.\n";
@@ -469,32 +471,32 @@ parse_args(struct server *s, int argc, char **argv)
 	char *end;
 	long hb;
 	struct flag flags[] = {
-		{ "control", &addr[ROLE_CONTROL], NULL },
-		{ "tunnel", &addr[ROLE_TUNNEL], NULL },
-		{ "public", &addr[ROLE_PUBLIC], NULL },
-		{ "token", &token, NULL },
-		{ "secrets", &secrets, NULL },
-		{ "plaintext", NULL, &s->plaintext },
-		{ "heartbeat", &heartbeat, NULL },
-		{ "ports", &ports, NULL },
-		{ NULL, NULL, NULL },
+		{ "control", &addr[ROLE_CONTROL], NULL, NULL },
+		{ "tunnel", &addr[ROLE_TUNNEL], NULL, NULL },
+		{ "public", &addr[ROLE_PUBLIC], NULL, NULL },
+		{ "token", &token, NULL, NULL },
+		{ "secrets", &secrets, NULL, NULL },
+		{ "plaintext", NULL, &s->plaintext, NULL },
+		{ "heartbeat", &heartbeat, NULL, NULL },
+		{ "ports", &ports, NULL, NULL },
+		{ NULL, NULL, NULL, NULL },
 	};
 
-	flags_apply(argc, argv, flags, PROG, usage_text);
+	flags_apply(argc, argv, flags, usage_text);
 	for (r = 0; r < ROLE_END; r++) {
 		if (addr_parse(addr[r], -1, 1, &s->addr[r], why, sizeof(why)) != 0) {
-			usage_exit(PROG, "-%s %s: %s", role_names[r],
+			usage_exit("-%s %s: %s", role_names[r],
 			         addr[r], why);
 		}
 	}
 	hb = strtol(heartbeat, &end, 10);
 	if (*heartbeat == '\0' || *end != '\0' || hb < 1 || hb > 3600) {
-		usage_exit(PROG, "-heartbeat %s: want whole seconds "
+		usage_exit("-heartbeat %s: want whole seconds "
 		         "from 1 to 3600", heartbeat);
 	}
 	s->heartbeat_s = (int)hb;
 	if (ports != NULL && parse_range(ports, &s->ports_lo, &s->ports_hi) != 0) {
-		usage_exit(PROG, "-ports %s: want LO-HI, two ports from "
+		usage_exit("-ports %s: want LO-HI, two ports from "
 		         "1 to 65535 with LO <= HI", ports);
 	}
 	if (token == NULL) {

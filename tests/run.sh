@@ -64,6 +64,7 @@ if [ $# -eq 0 ]; then
 	done
 fi
 run features ./tests/features
+run cli sh tests/cli.sh
 run manpage sh tests/manpage.sh
 run install sh tests/install.sh
 run demo sh tests/demo.sh

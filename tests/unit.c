@@ -2583,6 +2583,7 @@ static void test_fbuf_flush(struct tally *t)
 struct parsed {
 	const char *remote, *token;
 	int verbose, quiet;
+	struct flag_list allow;
 	char err[64];
 };
 
@@ -2591,11 +2592,12 @@ struct parsed {
 static int parse(struct parsed *p, const char *const args[])
 {
 	const struct flag flags[] = {
-		{ "remote", &p->remote, NULL },
-		{ "token", &p->token, NULL },
-		{ "v", NULL, &p->verbose },
-		{ "q", NULL, &p->quiet },
-		{ NULL, NULL, NULL },
+		{ "remote", &p->remote, NULL, NULL },
+		{ "token", &p->token, NULL, NULL },
+		{ "v", NULL, &p->verbose, NULL },
+		{ "q", NULL, &p->quiet, NULL },
+		{ "allow", NULL, NULL, &p->allow },
+		{ NULL, NULL, NULL, NULL },
 	};
 	char *argv[16];
 	int argc = 0;
@@ -2616,8 +2618,12 @@ static void test_flags_parse(struct tally *t)
 	static const char *const none[] = { NULL };
 	struct parsed p;
 	char tiny[8];
-	const struct flag one[] = { { "remote", &p.remote, NULL },
-	                            { NULL, NULL, NULL } };
+	const struct flag one[] = { { "remote", &p.remote, NULL, NULL },
+	                            { NULL, NULL, NULL, NULL } };
+	const struct flag listed[] = { { "allow", NULL, NULL, &p.allow },
+	                               { NULL, NULL, NULL, NULL } };
+	const char *many[FLAG_LIST_MAX + 2];
+	int i;
 	char *long_argv[] = { "prog", "-no-such-flag-at-all", NULL };
 
 	CHECK_INT(t, parse(&p, none), 0);
@@ -2641,6 +2647,28 @@ static void test_flags_parse(struct tally *t)
 	CHECK(t, p.verbose == 1 && p.quiet == 1);
 	CHECK_STR(t, p.token, "s");
 	CHECK_STR(t, p.remote, "e:5");
+
+	/* A list flag keeps every value, in order, up to its bound; a
+	 * single-value flag keeps the last. */
+	CHECK_INT(t, parse(&p, ARGS("-allow", "10.0.0.0/8", "-remote", "a:1",
+	                            "--allow=::1/128", "-remote", "b:2")), 0);
+	CHECK_INT(t, p.allow.n, 2);
+	CHECK_STR(t, p.allow.v[0], "10.0.0.0/8");
+	CHECK_STR(t, p.allow.v[1], "::1/128");
+	CHECK_STR(t, p.remote, "b:2");
+	many[0] = "prog";
+	for (i = 1; i < FLAG_LIST_MAX + 2; i++) {
+		many[i] = "-allow=x";
+	}
+	memset(&p.allow, 0, sizeof(p.allow));
+	CHECK_INT(t, flags_parse(FLAG_LIST_MAX + 1, (char **)many, listed, p.err,
+	                         sizeof(p.err)), 0);
+	CHECK_INT(t, p.allow.n, FLAG_LIST_MAX);
+	CHECK_INT(t, flags_parse(FLAG_LIST_MAX + 2, (char **)many, listed, p.err,
+	                         sizeof(p.err)), -1);
+	CHECK_STR(t, p.err, "flag -allow: at most 64");
+	CHECK_INT(t, parse(&p, ARGS("-allow")), -1);
+	CHECK_STR(t, p.err, "flag -allow needs a value");
 
 	/* What is refused, and how it is named. */
 	CHECK_INT(t, parse(&p, ARGS("-nope")), -1);
