@@ -30,7 +30,8 @@ static const char usage_text[] =
 "  -remote HOST[:PORT]  the server's control address (port default 8009)\n"
 "  -local HOST:PORT     the service to expose (default 127.0.0.1:8080)\n"
 "  -port N              ask for public port N (in the server's -ports range)\n"
-"  -pool N              keep N tunnels dialed ahead for new users (0-64, default 0)\n"
+"  -pool N              keep N tunnels dialed ahead for new users (0-64; 0 = none;\n"
+"                       default: as many as users recently arrived in a second)\n"
 "  -token SECRET        the server's token (or DIALBACK_TOKEN)\n"
 "  -plaintext           tunnels carry raw bytes, unencrypted (server must allow)\n"
 "  -proxy-protocol v1|v2\n"
@@ -96,7 +97,8 @@ struct client {
 	const char *remote_arg, *local_arg;
 	const char *token;
 	int want_port;                       /* -port; 0 = the server's choice */
-	int pool_want;                       /* -pool */
+	int pool_want;                       /* -pool, or the cap of ... */
+	int pool_auto;                       /* ... one the server sizes */
 	int npooled;                         /* users in U_POOL_DIAL/IDLE */
 	int inflight;                        /* users in U_LOCAL/U_TUNNEL */
 	int held;                            /* control frames wait: see ctl_take */
@@ -762,7 +764,8 @@ on_challenge(struct client *c, const struct msg *m)
 	a.type = MSG_ATTACH;
 	memcpy(a.run_id, c->run_id, RUN_ID_LEN);
 	a.pool = (uint16_t)c->pool_want;
-	a.flags = c->plaintext ? FLAG_PLAINTEXT : 0;
+	a.flags = (c->plaintext ? FLAG_PLAINTEXT : 0) |
+	          (c->pool_auto ? FLAG_POOL_AUTO : 0);
 	n = frame_encode(frame, &a);
 	memset(&r, 0, sizeof(r));
 	r.type = MSG_AUTH;
@@ -1208,6 +1211,8 @@ parse_args(struct client *c, int argc, char **argv)
 		}
 		c->want_port = atoi(php.port);
 	}
+	c->pool_auto = pool == NULL;
+	c->pool_want = POOL_MAX;
 	if (pool != NULL) {
 		char *end;
 		long n = strtol(pool, &end, 10);

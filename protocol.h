@@ -65,7 +65,14 @@
  * each an id no user holds yet.  It dials the tunnel port and JOINs with
  * one; the server parks the tunnel.  When a user arrives and a parked
  * tunnel is there, the server sends the NEW_USER down that tunnel, as its
- * first record (or frame, plaintext), then the user's bytes.
+ * first record (or frame, plaintext), then the user's bytes.  With
+ * FLAG_POOL_AUTO the pool asked for is a cap, and the server sizes the
+ * pool itself: the most users that arrived in one second within the last
+ * POOL_WINDOW_S seconds, at least POOL_FLOOR, at most the cap.  It hands
+ * a parked tunnel out only while the session has been heard from within
+ * 1.5 heartbeats, and sends a PING with it; a user handed out stays
+ * unconfirmed until the next control frame from that client, and is reset
+ * if none comes within JOIN_WAIT_MS (the client froze with it).
  *
  * The server drops a control connection if: the first frame is not a HELLO
  * with the right magic; the version differs (after an ERROR naming both);
@@ -112,6 +119,8 @@
 #define HANDSHAKE_MS         5000  /* hello..welcome, and dial..join */
 #define JOIN_WAIT_MS         10000 /* a user (or ticket) awaits its JOIN */
 #define POOL_MAX             64    /* pooled tunnels per session, at most */
+#define POOL_FLOOR           2     /* ... and with FLAG_POOL_AUTO, at least */
+#define POOL_WINDOW_S        60    /* ... sized to the peak second of these */
 
 enum msg_type {
 	MSG_HELLO = 1,
@@ -172,6 +181,7 @@ struct msg {
 
 /* Flags of ATTACH and WELCOME. */
 #define FLAG_PLAINTEXT 0x01        /* tunnels carry raw bytes after JOIN */
+#define FLAG_POOL_AUTO 0x80        /* ATTACH: pool is a cap; the server sizes it */
 
 enum frame_result { FRAME_OK, FRAME_MORE, FRAME_BAD };
 

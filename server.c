@@ -203,6 +203,8 @@ run_timers(struct server *s, int64_t now)
 		if (now - c->last_rx >= dead_ms) {
 			snprintf(why, sizeof(why), "silent for %llds",
 			         (long long)(now - c->last_rx) / 1000);
+			pool_handed(s, c, "its client went silent with its "
+			            "pooled tunnel");
 			ctl_close(s, c, why);
 			continue;
 		}
@@ -210,6 +212,7 @@ run_timers(struct server *s, int64_t now)
 			struct msg m = { .type = MSG_PING };
 			ctl_send(s, c, &m);
 			c->next_ping = now + s->heartbeat_s * 1000;
+			pool_resize(s, c, now, 0);
 		}
 		due = earliest(due, c->next_ping);
 		due = earliest(due, c->last_rx + dead_ms);
@@ -289,10 +292,13 @@ log_status(struct server *s)
 	char heap[64];
 	struct ctl *c;
 	struct user *u;
+	int st;
 
-	for (u = s->users[U_RELAYING]; u != NULL; u = u->next) {
-		in += u->relay.dir[0].bytes;
-		out += u->relay.dir[1].bytes;
+	for (st = U_HANDED; st <= U_RELAYING; st++) {
+		for (u = s->users[st]; u != NULL; u = u->next) {
+			in += u->relay.dir[0].bytes;
+			out += u->relay.dir[1].bytes;
+		}
 	}
 	for (c = s->ctls; c != NULL; c = c->next) {
 		if (c->dead || c->state != CTL_ATTACHED) {
@@ -310,7 +316,7 @@ log_status(struct server *s)
 	log_info("status: up %llds; sessions: %d; users: %d relaying, %d waiting, "
 	         "%llu in all; bytes: %llu in, %llu out%s",
 	         (long long)(now - s->started) / 1000, sessions,
-	         s->count[U_RELAYING], s->count[U_WAITING],
+	         s->count[U_RELAYING] + s->count[U_HANDED], s->count[U_WAITING],
 	         (unsigned long long)s->user_seq, in, out, heap);
 }
 

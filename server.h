@@ -51,10 +51,12 @@ struct pub {
 /* A user's life.  Without a pool: accepted on the public port, it waits
  * for the JOIN that names it, then relays.  With one: a ticket (an id
  * issued, nothing dialed) becomes a pooled tunnel when the client JOINs
- * with it, and relays once a user takes it.  Every ending leads to
+ * with it, and relays once a user takes it: handed out, it relays while
+ * unconfirmed until its client is next heard from on control.  Every
+ * ending leads to
  * U_DEAD, where sweep() frees it. */
-enum user_state { U_TICKET, U_POOLED, U_WAITING, U_RELAYING, U_DEAD,
-                  U_STATE_END };
+enum user_state { U_TICKET, U_POOLED, U_WAITING, U_HANDED, U_RELAYING,
+                  U_DEAD, U_STATE_END };
 
 struct ctl {
 	struct ctl *next;
@@ -76,6 +78,9 @@ struct ctl {
 	struct pub *pub;               /* the port it serves, once attached */
 	struct pub *own;               /* a -ports listener it opened */
 	int pool_want;                 /* tunnels the client keeps ready */
+	int pool_auto, pool_cap;       /* FLAG_POOL_AUTO: pool_want follows */
+	uint16_t arrivals[POOL_WINDOW_S]; /* ... users a second, a ring */
+	int64_t arrivals_s;            /* the second of the newest count */
 	int count[U_STATE_END];        /* its users in each state */
 	struct user *pooled;           /* its U_POOLED users */
 	int64_t attached_at;
@@ -224,6 +229,15 @@ void pooled_failed(struct server *s, const struct ctl *c,
 void ctl_close_users(struct server *s, struct ctl *c);
 /* pool_refill: issue TICKETs until c's pool is full or its queue is. */
 void pool_refill(struct server *s, struct ctl *c);
+
+/* pool_resize: with FLAG_POOL_AUTO, size c's pool to its recent arrivals
+ * (arrived: one user more now); closes parked tunnels beyond the size. */
+void pool_resize(struct server *s, struct ctl *c, int64_t now, int arrived);
+
+/* pool_handed: the users c's client was handed from its pool relay on as
+ * any others (why NULL: it was heard from, or its session ends), or are
+ * closed with why (it went silent). */
+void pool_handed(struct server *s, struct ctl *c, const char *why);
 /* user_timers: expire late JOINs; the next deadline, or -1. */
 int64_t user_timers(struct server *s, int64_t now);
 /* user_sweep: free the users and tunnels teardown marked dead. */

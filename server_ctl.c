@@ -343,7 +343,10 @@ on_auth(struct server *s, struct ctl *c, const struct msg *m)
 		return;
 	}
 	c->plaintext = (a.flags & FLAG_PLAINTEXT) != 0;
-	c->pool_want = a.pool < POOL_MAX ? a.pool : POOL_MAX;
+	c->pool_cap = a.pool < POOL_MAX ? a.pool : POOL_MAX;
+	c->pool_auto = (a.flags & FLAG_POOL_AUTO) != 0;
+	c->pool_want = c->pool_auto && c->pool_cap > POOL_FLOOR ? POOL_FLOOR
+	                                                       : c->pool_cap;
 	c->state = CTL_ATTACHED;
 	c->attached_at = now_ms();
 	c->next_ping = c->attached_at + s->heartbeat_s * 1000;
@@ -406,6 +409,7 @@ ctl_readable(struct server *s, struct ctl *c)
 
 	while (!c->dead && (fr = fbuf_take(&c->in, &m)) == FRAME_OK) {
 		c->last_rx = now_ms();
+		pool_handed(s, c, NULL);
 		log_debug("control %s: %s in state %s", c->peer,
 		          msg_name(m.type), ctl_state_names[c->state]);
 		switch (c->state) {

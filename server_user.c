@@ -105,7 +105,7 @@ user_close(struct server *s, struct user *u, const char *why)
 		log_info("user #%llu %s closed: %s", (unsigned long long)u->seq,
 		         u->peer, why);
 	}
-	if (u->state == U_RELAYING) {
+	if (u->state == U_RELAYING || u->state == U_HANDED) {
 		s->bytes_in += u->relay.dir[0].bytes;
 		s->bytes_out += u->relay.dir[1].bytes;
 		if (u->pooled) {
@@ -166,13 +166,15 @@ user_sync(struct server *s, struct user *u)
 	}
 }
 
-/* user_start_relay: user u has both sockets; from now on bytes flow.  Bytes
- * already queued go out as far as they will (when kick says which sides
- * to try); interest follows. */
+/* user_start_relay: user u has both sockets; from now on bytes flow, in
+ * state to (relaying, or handed out from the pool).  Bytes already queued
+ * go out as far as they will (when kick says which sides to try);
+ * interest follows. */
 static void
-user_start_relay(struct server *s, struct user *u, const short kick[2])
+user_start_relay(struct server *s, struct user *u, enum user_state to,
+                 const short kick[2])
 {
-	user_set(s, u, U_RELAYING);
+	user_set(s, u, to);
 	if (kick != NULL && relay_step(&u->relay, kick) == RELAY_FAIL) {
 		user_finish(s, u, RELAY_FAIL);
 		return;
@@ -192,6 +194,12 @@ pooled_failed(struct server *s, const struct ctl *c,
 	struct user *u;
 	unsigned i;
 
+	for (u = s->users[U_HANDED]; u != NULL; u = u->next) {
+		if (memcmp(u->id, id, USER_ID_LEN) == 0 && u->sess == c) {
+			user_close(s, u, why);
+			return;
+		}
+	}
 	for (u = s->users[U_RELAYING]; u != NULL; u = u->next) {
 		if (u->pooled && memcmp(u->id, id, USER_ID_LEN) == 0 &&
 		    memcmp(u->sess_run, c->run_id, RUN_ID_LEN) == 0) {
@@ -209,13 +217,15 @@ pooled_failed(struct server *s, const struct ctl *c,
 	}
 }
 
-/* Close the session's users that have not begun relaying. */
+/* Close the session's users that have not begun relaying; those handed
+ * a pooled tunnel relay on without it. */
 void
 ctl_close_users(struct server *s, struct ctl *c)
 {
 	struct user *u, *next;
 	int st;
 
+	pool_handed(s, c, NULL);
 	for (st = U_TICKET; st <= U_WAITING; st++) {
 		struct user *head = st == U_POOLED ? c->pooled : s->users[st];
 
@@ -258,8 +268,12 @@ pool_take(struct server *s, struct ctl *c, int fd, const struct msg *m,
 	uint8_t frame[FRAME_HDR + FRAME_MAX];
 	size_t n;
 	int tfd;
+	int64_t now_t = now_ms();
 
-	if (u == NULL) {
+	/* A client not heard from lately may be frozen: the user waits for a
+	 * JOIN instead, which has a deadline, rather than on a tunnel that
+	 * has none. */
+	if (u == NULL || now_t - c->last_rx > s->heartbeat_s * 1500LL) {
 		return -1;
 	}
 	tfd = u->relay.fd[1];
@@ -278,12 +292,18 @@ pool_take(struct server *s, struct ctl *c, int fd, const struct msg *m,
 	memcpy(u->sess_run, c->run_id, RUN_ID_LEN);
 	memcpy(u->id, m->user_id, USER_ID_LEN);
 	u->seq = ++s->user_seq;
-	u->start = now_ms();
+	u->start = now_t;
+	u->deadline = now_t + JOIN_WAIT_MS;
+	/* The client's next control frame confirms it is alive; ask for one. */
+	if (c->count[U_HANDED] == 0) {
+		struct msg ping = { .type = MSG_PING };
+		ctl_send(s, c, &ping);
+	}
 	memcpy(u->peer, peer, sizeof(u->peer));
 	log_info("user #%llu %s accepted on port %d, joined to a pooled tunnel",
 	         (unsigned long long)u->seq, peer, c->pub->port);
 	/* Send the NEW_USER now rather than a poll turn later. */
-	user_start_relay(s, u, now);
+	user_start_relay(s, u, U_HANDED, now);
 	return 0;
 }
 
@@ -321,6 +341,7 @@ user_arrive(struct server *s, int fd, const struct sockaddr *sa,
 		addr_to_wire((struct sockaddr *)&here, &m.dst);
 	}
 	c->served++;
+	pool_resize(s, c, now, 1);
 	if (pool_take(s, c, fd, &m, peer) == 0) {
 		return;
 	}
@@ -382,6 +403,7 @@ user_event(struct server *s, struct user *u, int side, short rev)
 	case U_POOLED:
 		user_close(s, u, "the client closed it or sent bytes");
 		break;
+	case U_HANDED:
 	case U_RELAYING:
 		both[side] = rev;
 		st = relay_step(&u->relay, both);
@@ -497,7 +519,7 @@ tun_join(struct server *s, struct tun *t, const struct msg *m)
 	 * sets the user's side and makes up for a failed hand-over. */
 	relay_events(&u->relay, ev);
 	tun_give(s, t, u, ev[1]);
-	user_start_relay(s, u, NULL);
+	user_start_relay(s, u, U_RELAYING, NULL);
 }
 
 void
@@ -580,26 +602,105 @@ tun_arrive(struct server *s, int fd, const struct sockaddr *sa)
 	}
 }
 
-/* user_timers: close tickets and waiting users whose JOIN is late; the
- * next deadline among the rest, or -1. */
+/* user_timers: close tickets and waiting users whose JOIN is late, and
+ * users handed a pooled tunnel whose client has not been heard from since;
+ * the next deadline among the rest, or -1. */
 int64_t
 user_timers(struct server *s, int64_t now)
 {
+	static const enum user_state timed[] = { U_TICKET, U_WAITING, U_HANDED };
 	struct user *u, *next;
 	int64_t due = -1;
 	size_t i;
 
-	for (i = 0; i < NJOINABLE; i++) {
-		for (u = s->users[joinable[i]]; u != NULL; u = next) {
+	for (i = 0; i < sizeof(timed) / sizeof(timed[0]); i++) {
+		for (u = s->users[timed[i]]; u != NULL; u = next) {
 			next = u->next;
 			if (now >= u->deadline) {
-				user_close(s, u, "the client did not dial back in time");
+				user_close(s, u, timed[i] == U_HANDED
+				    ? "its client went silent with its pooled tunnel"
+				    : "the client did not dial back in time");
 			} else if (due < 0 || u->deadline < due) {
 				due = u->deadline;
 			}
 		}
 	}
 	return due;
+}
+
+/* pool_handed: c's client was heard from (alive), or is leaving: the users
+ * it was handed relay on as any others.  Otherwise it went silent, and
+ * they are closed with why. */
+void
+pool_handed(struct server *s, struct ctl *c, const char *why)
+{
+	struct user *u, *next;
+
+	if (c->count[U_HANDED] == 0) {
+		return;
+	}
+	for (u = s->users[U_HANDED]; u != NULL; u = next) {
+		next = u->next;
+		if (u->sess != c) {
+			continue;
+		}
+		if (why != NULL) {
+			user_close(s, u, why);
+		} else {
+			user_set(s, u, U_RELAYING);
+		}
+	}
+}
+
+/* The most users that arrived on c's port in one second of the window. */
+static int
+pool_peak(struct ctl *c, int64_t now)
+{
+	int64_t sec = now / 1000, k;
+	int i, peak = 0;
+
+	/* Age the ring: seconds passed since the newest count start at 0. */
+	for (k = c->arrivals_s + 1; k <= sec && k <= c->arrivals_s + POOL_WINDOW_S;
+	     k++) {
+		c->arrivals[k % POOL_WINDOW_S] = 0;
+	}
+	if (sec > c->arrivals_s) {
+		c->arrivals_s = sec;
+	}
+	for (i = 0; i < POOL_WINDOW_S; i++) {
+		peak = c->arrivals[i] > peak ? c->arrivals[i] : peak;
+	}
+	return peak;
+}
+
+/* pool_resize: with FLAG_POOL_AUTO, size c's pool to the peak second of
+ * recent arrivals (one more user now, if arrived); parked tunnels beyond
+ * it are closed.  Runs on arrivals and on each heartbeat. */
+void
+pool_resize(struct server *s, struct ctl *c, int64_t now, int arrived)
+{
+	int want, peak;
+
+	if (!c->pool_auto) {
+		return;
+	}
+	peak = pool_peak(c, now);
+	if (arrived) {
+		uint16_t *n = &c->arrivals[c->arrivals_s % POOL_WINDOW_S];
+		*n = *n < UINT16_MAX ? *n + 1 : *n;
+		peak = *n > peak ? *n : peak;
+	}
+	want = peak < POOL_FLOOR ? POOL_FLOOR : peak;
+	want = want > c->pool_cap ? c->pool_cap : want;
+	if (want != c->pool_want) {
+		log_debug("session %s: pool of %d (peak %d users a second)",
+		          c->peer, want, peak);
+		c->pool_want = want;
+	}
+	while (c->count[U_POOLED] > 0 &&
+	       c->count[U_POOLED] + c->count[U_TICKET] > c->pool_want) {
+		user_close(s, c->pooled, NULL);
+	}
 }
 
 /* user_sweep: free the users and tunnels that teardown marked dead. */

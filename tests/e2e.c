@@ -38,6 +38,11 @@
 
 /* ---- set-ups -------------------------------------------------------------- */
 
+/* start_pool: the client's -pool for start_all; NULL for the default (a
+ * pool the server sizes).  The tests that count descriptors set "0": a
+ * pool sized by their bursts would hold descriptors for a minute. */
+static const char *start_pool;
+
 /* start_all: ports, tests/svc MODE [ARG] on the local port, server,
  * client attached.  0 or -1. */
 static int
@@ -54,11 +59,39 @@ start_all(struct test *t, const char *mode, const char *arg)
 	if (t->server == NULL) {
 		return -1;
 	}
-	t->client = start_client(t, "client", t->ctl, t->loc, NULL, 1, NULL);
+	t->client = start_pool == NULL
+	            ? start_client(t, "client", t->ctl, t->loc, NULL, 1, NULL)
+	            : start_client(t, "client", t->ctl, t->loc, NULL, 1, "-pool",
+	                           start_pool, NULL);
 	if (t->client == NULL) {
 		return -1;
 	}
 	return 0;
+}
+
+/* start_counted: start_all for a test that counts descriptors. */
+static int
+start_counted(struct test *t, const char *mode, const char *arg)
+{
+	int rc;
+
+	start_pool = "0";
+	rc = start_all(t, mode, arg);
+	start_pool = NULL;
+	return rc;
+}
+
+/* setup_counted: setup for a test that counts descriptors (see start_pool). */
+static int setup(struct test *t);
+static int
+setup_counted(struct test *t)
+{
+	int rc;
+
+	start_pool = "0";
+	rc = setup(t);
+	start_pool = NULL;
+	return rc;
 }
 
 /* setup: start_all with svc echo, and the client's "forwarding" line
@@ -1449,7 +1482,7 @@ test_no_fd_leak(struct test *t)
 		t->skip = "no /proc";
 		return;
 	}
-	if (setup(t) < 0) {
+	if (setup_counted(t) < 0) {
 		return;
 	}
 	if (tl_fd_census(t->server->pid, &base_s) < 0
@@ -1519,7 +1552,7 @@ test_no_memory_growth(struct test *t)
 	long s0, c0, s1, c1;
 	struct tl_fds base_s, base_c;
 
-	if (setup(t) < 0
+	if (setup_counted(t) < 0
 	    || tl_fd_census(t->server->pid, &base_s) < 0
 	    || tl_fd_census(t->client->pid, &base_c) < 0
 	    || mixed_rounds(t, 2, 7000) < 0
@@ -1958,7 +1991,7 @@ test_user_flood(struct test *t)
 		t->skip = "descriptor limit too low for 2000 users";
 		return;
 	}
-	if (setup(t) < 0) {
+	if (setup_counted(t) < 0) {
 		return;
 	}
 	if (have_proc && (base_fds(t, t->server, &base_s) < 0
@@ -2276,7 +2309,7 @@ test_no_fd_leak_faults(struct test *t)
 	struct tl_fds base_s, base_c;
 	struct tl_proc *c2;
 
-	if (need_proc(t) < 0 || start_all(t, "echo", "rst") < 0
+	if (need_proc(t) < 0 || start_counted(t, "echo", "rst") < 0
 	    || base_fds(t, t->server, &base_s) < 0
 	    || base_fds(t, t->client, &base_c) < 0) {
 		return;
@@ -2418,7 +2451,8 @@ test_no_fd_leak_faults(struct test *t)
 		fl[i].fd = -1;
 	}
 	n = 0;
-	c2 = start_client(t, "client2", t->ctl, t->loc, NULL, 0, NULL);
+	c2 = start_client(t, "client2", t->ctl, t->loc, NULL, 0, "-pool", "0",
+	                  NULL);
 	if (c2 == NULL || wait_log(t, c2, "forwarding", T(5000)) < 0) {
 		return;
 	}

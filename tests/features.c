@@ -4792,8 +4792,10 @@ test_pairs_survive_control_drop_client(struct test *t)
 	    || (server = start_server(t, "server", NULL)) == NULL
 	    || (proxy = start(t, "cut-proxy", argv, NULL, 0)) == NULL
 	    || wait_log(t, proxy, "ready", START_MS) < 0
-	    || (client = start_client(t, "client", p[4], p[3], NULL, 0, NULL))
-	       == NULL
+	    /* No pool: the pair is one that waited for its JOIN, and no
+	     * TICKET is in flight for the cut to turn into a reset. */
+	    || (client = start_client(t, "client", p[4], p[3], NULL, 0,
+	                              "-pool", "0", NULL)) == NULL
 	    || wait_log(t, client, "forwarding", START_MS) < 0
 	    || (u = user_open(t, "127.0.0.1", t->pub)) < 0) {
 		return;
