@@ -428,8 +428,11 @@ listen_one(const struct addrinfo *ai, const char *what, char *msg, size_t len)
 		return -1;
 	}
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	/* Separate sockets for 0.0.0.0 and ::, so both can bind. */
-	if (ai->ai_family == AF_INET6) {
+	/* Separate sockets for 0.0.0.0 and ::, so both can bind.  An
+	 * IPv4-mapped address (::ffff:127.0.0.1) can only be bound without
+	 * it, and then serves IPv4 users seen as ::ffff:a.b.c.d. */
+	if (ai->ai_family == AF_INET6 && !IN6_IS_ADDR_V4MAPPED(
+	        &((const struct sockaddr_in6 *)ai->ai_addr)->sin6_addr)) {
 		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
 	}
 	if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
