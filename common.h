@@ -134,6 +134,30 @@ const char *wire_addr_str(const struct wire_addr *w, char *buf, size_t len);
 size_t proxy_header(int version, const struct wire_addr *src,
                     const struct wire_addr *dst, uint8_t *out);
 
+/*
+ * A CIDR block, for the server's -allow and -deny.  Addresses are compared
+ * as 16 bytes, IPv4 in its IPv4-mapped form (::ffff:a.b.c.d), so that an
+ * IPv4 user a dual-stack listener sees as ::ffff:a.b.c.d meets the IPv4
+ * blocks.  v4 says which family a block is for; an IPv6 block never
+ * matches an IPv4 address (::/0 is "every IPv6 user"), unless it is
+ * written in the mapped form itself (::ffff:10.0.0.0/104).
+ */
+struct cidr {
+	uint8_t addr[16];    /* the prefix, host bits cleared */
+	int bits;            /* leading bits that must match, 0..128 */
+	int v4;              /* an IPv4 block (bits counted from ::ffff:0:0/96) */
+};
+
+/* cidr_parse: "ADDR/BITS" or a bare "ADDR" (one host), IPv4 or IPv6, into
+ * *c; bits set beyond the prefix are ignored.  0, or -1 with a phrase in
+ * why (len bytes), e.g. "prefix length out of range (0-32)". */
+int cidr_parse(const char *s, struct cidr *c, char *why, size_t len);
+
+/* addr_ip16: sa's address as 16 bytes, IPv4 mapped; 0, or -1 if sa is
+ * neither IPv4 nor IPv6.  cidr_match: 1 if ip (from addr_ip16) is in c. */
+int addr_ip16(const struct sockaddr *sa, uint8_t ip[16]);
+int cidr_match(const struct cidr *c, const uint8_t ip[16]);
+
 /* ---- sockets (net.c) ---------------------------------------------------- */
 
 /* set_nonblock: 0 or -1 (errno set). */

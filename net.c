@@ -227,6 +227,106 @@ proxy_header(int version, const struct wire_addr *src,
 	return 52;
 }
 
+/* ==== CIDR blocks ======================================================== */
+
+static const uint8_t v4_mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                       0xff, 0xff };
+
+static int
+is_mapped(const uint8_t ip[16])
+{
+	return memcmp(ip, v4_mapped, sizeof(v4_mapped)) == 0;
+}
+
+int
+cidr_parse(const char *s, struct cidr *c, char *why, size_t len)
+{
+	char host[INET6_ADDRSTRLEN];
+	const char *slash = strchr(s, '/');
+	size_t hostlen = slash ? (size_t)(slash - s) : strlen(s);
+	uint8_t v4[4];
+	int max, i;
+	long bits;
+
+	memset(c, 0, sizeof(*c));
+	if (hostlen == 0 || hostlen >= sizeof(host)) {
+		snprintf(why, len, "%s", "want an IPv4 or IPv6 address, "
+		         "optionally /BITS");
+		return -1;
+	}
+	memcpy(host, s, hostlen);
+	host[hostlen] = '\0';
+	if (inet_pton(AF_INET, host, v4) == 1) {
+		memcpy(c->addr, v4_mapped, sizeof(v4_mapped));
+		memcpy(c->addr + 12, v4, 4);
+		max = 32;
+	} else if (inet_pton(AF_INET6, host, c->addr) == 1) {
+		max = 128;
+	} else {
+		snprintf(why, len, "%s", "not an IPv4 or IPv6 address");
+		return -1;
+	}
+	bits = max;
+	if (slash != NULL) {
+		const char *d = slash + 1;
+
+		if (*d == '\0' || strlen(d) > 3 || strspn(d, "0123456789") !=
+		    strlen(d)) {
+			snprintf(why, len, "%s", "prefix length is not a number");
+			return -1;
+		}
+		bits = strtol(d, NULL, 10);
+		if (bits > max) {
+			snprintf(why, len, "prefix length out of range (0-%d)", max);
+			return -1;
+		}
+	}
+	/* An IPv4 block counts its bits after the 96 of the mapped prefix;
+	 * an IPv6 block inside ::ffff:0:0/96 is one too. */
+	c->bits = (int)bits + (max == 32 ? 96 : 0);
+	c->v4 = c->bits >= 96 && is_mapped(c->addr);
+	for (i = 0; i < 16; i++) {
+		int keep = c->bits - 8 * i;
+
+		if (keep <= 0) {
+			c->addr[i] = 0;
+		} else if (keep < 8) {
+			c->addr[i] &= (uint8_t)(0xff << (8 - keep));
+		}
+	}
+	return 0;
+}
+
+int
+addr_ip16(const struct sockaddr *sa, uint8_t ip[16])
+{
+	if (sa->sa_family == AF_INET) {
+		memcpy(ip, v4_mapped, sizeof(v4_mapped));
+		memcpy(ip + 12, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+		return 0;
+	}
+	if (sa->sa_family == AF_INET6) {
+		memcpy(ip, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+		return 0;
+	}
+	return -1;
+}
+
+int
+cidr_match(const struct cidr *c, const uint8_t ip[16])
+{
+	int full = c->bits / 8, rest = c->bits % 8;
+
+	if (is_mapped(ip) != c->v4) {
+		return 0;
+	}
+	if (memcmp(ip, c->addr, (size_t)full) != 0) {
+		return 0;
+	}
+	return rest == 0 ||
+	       ((ip[full] ^ c->addr[full]) & (uint8_t)(0xff << (8 - rest))) == 0;
+}
+
 /* ==== sockets ============================================================ */
 
 int
@@ -328,8 +428,11 @@ listen_one(const struct addrinfo *ai, const char *what, char *msg, size_t len)
 		return -1;
 	}
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	/* Separate sockets for 0.0.0.0 and ::, so both can bind. */
-	if (ai->ai_family == AF_INET6) {
+	/* Separate sockets for 0.0.0.0 and ::, so both can bind.  An
+	 * IPv4-mapped address (::ffff:127.0.0.1) can only be bound without
+	 * it, and then serves IPv4 users seen as ::ffff:a.b.c.d. */
+	if (ai->ai_family == AF_INET6 && !IN6_IS_ADDR_V4MAPPED(
+	        &((const struct sockaddr_in6 *)ai->ai_addr)->sin6_addr)) {
 		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
 	}
 	if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <signal.h>
 #include <unistd.h>
@@ -28,6 +29,7 @@
 static const char usage_text[] =
 "usage: %s [-control ADDR] [-tunnel ADDR] [-public ADDR] [-ports LO-HI]\n"
 "                [-token SECRET] [-secrets FILE] [-plaintext]\n"
+"                [-allow CIDR] [-deny CIDR] [-per-ip N]\n"
 "                [-heartbeat SECONDS] [-v | -q]\n"
 "  -control ADDR        where clients attach (default 8009)\n"
 "  -tunnel ADDR         where clients dial back for each user (default 8008)\n"
@@ -37,6 +39,11 @@ static const char usage_text[] =
 "  -secrets FILE        a secret per public port: lines PORT SECRET or\n"
 "                       LO-HI SECRET (or DIALBACK_SECRETS); SIGHUP re-reads it\n"
 "  -plaintext           allow clients' -plaintext tunnels (raw bytes, splice)\n"
+"  -allow CIDR          admit users only from these addresses (repeatable)\n"
+"  -deny CIDR           refuse users from these addresses (repeatable; wins\n"
+"                       over -allow)\n"
+"  -per-ip N            at most N users at once from one address on each\n"
+"                       public port (default 0: no limit)\n"
 "  -heartbeat SECONDS   ping interval; 3 silent intervals = dead (default 10)\n"
 "  -config FILE         read these flags from FILE, one \"word value\" a line;\n"
 "                       the command line wins (# starts a comment)\n"
@@ -439,6 +446,7 @@ server_free(struct server *s)
 	}
 	close_watched(s, &s->sig_w, &s->sig_fd);
 	secrets_free(&s->secrets);
+	ip_table_free(s);
 	if (s->spare_fd >= 0) {
 		close(s->spare_fd);
 	}
@@ -466,16 +474,88 @@ parse_range(const char *arg, int *lo, int *hi)
 	return 0;
 }
 
+/* Two listen hosts that may hold the same port at once: "" (every
+ * interface) overlaps everything, and a family's wildcard (0.0.0.0, ::)
+ * every address of its family.  Different names are let through; bind
+ * says whether they clash. */
+static int
+hosts_overlap(const char *a, const char *b)
+{
+	int i;
+
+	if (a[0] == '\0' || b[0] == '\0' || strcasecmp(a, b) == 0) {
+		return 1;
+	}
+	for (i = 0; i < 2; i++) {
+		const char *w = i ? b : a, *o = i ? a : b;
+
+		if ((strcmp(w, "0.0.0.0") == 0 || strcmp(w, "::") == 0) &&
+		    (strchr(w, ':') != NULL) == (strchr(o, ':') != NULL)) {
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* Two of the server's own flags asking for one port is a usage error
+ * naming both, not an "address in use" from bind that sends the operator
+ * looking for another server.  Port 0 (any free one) never clashes; a
+ * -ports listener opens on the -public host. */
+static void
+check_own_ports(const struct server *s, const char *const given[ROLE_END],
+                const char *ports)
+{
+	const char *pub_host = s->addr[ROLE_PUBLIC].host;
+	int r, q, port[ROLE_END];
+
+	for (r = 0; r < ROLE_END; r++) {
+		port[r] = atoi(s->addr[r].port);
+	}
+	for (q = 1; q < ROLE_END; q++) {
+		for (r = 0; r < q; r++) {
+			if (port[q] != 0 && port[q] == port[r] &&
+			    hosts_overlap(s->addr[q].host, s->addr[r].host)) {
+				usage_exit("-%s %s: same port as -%s", role_names[q],
+				           given[q], role_names[r]);
+			}
+		}
+	}
+	for (r = 0; r < ROLE_END && s->ports_lo != 0; r++) {
+		if (port[r] >= s->ports_lo && port[r] <= s->ports_hi &&
+		    hosts_overlap(s->addr[r].host, pub_host)) {
+			usage_exit("-ports %s: includes the -%s port %d; pick a "
+			           "range beside it", ports, role_names[r], port[r]);
+		}
+	}
+}
+
+/* -allow and -deny: every CIDR parsed now, the bad one named. */
+static void
+parse_cidrs(const char *name, const struct flag_list *l, struct cidr *out,
+            int *n)
+{
+	char why[64];
+	int i;
+
+	for (i = 0; i < l->n; i++) {
+		if (cidr_parse(l->v[i], &out[i], why, sizeof(why)) != 0) {
+			usage_exit("-%s %s: %s", name, l->v[i], why);
+		}
+	}
+	*n = l->n;
+}
+
 static void
 parse_args(struct server *s, int argc, char **argv)
 {
 	const char *addr[ROLE_END] = { "8009", "8008", "8007" };
 	const char *token = NULL, *heartbeat = "10", *ports = NULL;
-	const char *secrets = NULL;
+	const char *secrets = NULL, *per_ip = "0";
+	struct flag_list allow = { .n = 0 }, deny = { .n = 0 };
 	int r;
 	char why[64];
 	char *end;
-	long hb;
+	long hb, pi;
 	struct flag flags[] = {
 		{ "control", &addr[ROLE_CONTROL], NULL, NULL },
 		{ "tunnel", &addr[ROLE_TUNNEL], NULL, NULL },
@@ -485,6 +565,9 @@ parse_args(struct server *s, int argc, char **argv)
 		{ "plaintext", NULL, &s->plaintext, NULL },
 		{ "heartbeat", &heartbeat, NULL, NULL },
 		{ "ports", &ports, NULL, NULL },
+		{ "allow", NULL, NULL, &allow },
+		{ "deny", NULL, NULL, &deny },
+		{ "per-ip", &per_ip, NULL, NULL },
 		{ NULL, NULL, NULL, NULL },
 	};
 
@@ -505,6 +588,15 @@ parse_args(struct server *s, int argc, char **argv)
 		usage_exit("-ports %s: want LO-HI, two ports from "
 		         "1 to 65535 with LO <= HI", ports);
 	}
+	check_own_ports(s, addr, ports);
+	parse_cidrs("allow", &allow, s->allow, &s->nallow);
+	parse_cidrs("deny", &deny, s->deny, &s->ndeny);
+	pi = strtol(per_ip, &end, 10);
+	if (*per_ip == '\0' || *end != '\0' || pi < 0 || pi > 1000000) {
+		usage_exit("-per-ip %s: want a whole number from 0 (no limit) "
+		           "to 1000000", per_ip);
+	}
+	s->per_ip = (int)pi;
 	if (token == NULL) {
 		token = getenv("DIALBACK_TOKEN");
 	}
@@ -515,13 +607,43 @@ parse_args(struct server *s, int argc, char **argv)
 	s->secrets_path = secrets != NULL && secrets[0] != '\0' ? secrets : NULL;
 }
 
+/* Bind every role's listener; report each one that fails, not just the
+ * first, so that one run shows every port to free (exit 1). */
+static void
+listen_all(struct server *s)
+{
+	char err[ROLE_END][256];
+	int r, i, nerr = 0;
+
+	for (r = 0; r < ROLE_END; r++) {
+		struct pub *p = &s->lis[r];
+
+		if ((p->nfd = listen_on(&s->addr[r], role_names[r], p->fd,
+		                        MAX_LISTEN, err[nerr],
+		                        sizeof(err[nerr]))) < 0) {
+			p->nfd = 0;
+			nerr++;
+			continue;
+		}
+		for (i = 0; i < p->nfd; i++) {
+			watch_init(&p->w[i], K_LISTEN, p, r);
+		}
+		p->port = local_port(p->fd[0]);
+	}
+	for (i = 0; i + 1 < nerr; i++) {
+		log_warn("%s", err[i]);
+	}
+	if (nerr > 0) {
+		die(1, "%s", err[nerr - 1]);
+	}
+}
+
 int
 main(int argc, char **argv)
 {
 	struct server s;
 	long nofile;
 	char err[256];
-	int r, i;
 
 	memset(&s, 0, sizeof(s));
 	relay_pool_init(&s.relays);
@@ -536,21 +658,12 @@ main(int argc, char **argv)
 	nofile = raise_fd_limit();
 	s.spare_fd = open("/dev/null", O_RDONLY);
 	s.started = now_ms();
-	for (r = 0; r < ROLE_END; r++) {
-		struct pub *p = &s.lis[r];
-
-		if ((p->nfd = listen_on(&s.addr[r], role_names[r], p->fd, MAX_LISTEN,
-		                        err, sizeof(err))) < 0) {
-			die(1, "%s", err);
-		}
-		for (i = 0; i < p->nfd; i++) {
-			watch_init(&p->w[i], K_LISTEN, p, r);
-		}
-		p->port = local_port(p->fd[0]);
-	}
+	ip_table_init(&s, nofile);
+	listen_all(&s);
+	/* -public 0 took a port only now. */
 	if (s.ports_lo != 0 && s.lis[ROLE_PUBLIC].port >= s.ports_lo &&
 	    s.lis[ROLE_PUBLIC].port <= s.ports_hi) {
-		die(2, "-ports %d-%d includes the -public port %d; pick a range "
+		die(2, "-ports %d-%d: includes the -public port %d; pick a range "
 		    "beside it", s.ports_lo, s.ports_hi, s.lis[ROLE_PUBLIC].port);
 	}
 	if (s.secrets_path != NULL &&

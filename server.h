@@ -119,6 +119,17 @@ struct user {
 	int sealed;                    /* the tunnel carries records */
 	struct seal tun_tx, tun_rx;    /* ... under these keys, from its JOIN */
 	struct relay relay;            /* live once relaying */
+	struct ip_count *ipc;          /* its count for -per-ip, or NULL */
+};
+
+/* Users now from one address on one public port, for -per-ip.  One entry
+ * per pair that has users; it goes when the last of them closes, so
+ * entries never outnumber users. */
+struct ip_count {
+	struct ip_count *next;         /* in its hash bucket */
+	uint8_t ip[16];                /* as addr_ip16 */
+	int port;
+	int n;
 };
 
 /* What a watch belongs to (struct watch's kind). */
@@ -158,6 +169,17 @@ struct server {
 	int64_t started;
 	uint64_t bytes_in, bytes_out;  /* of users already closed */
 	struct relay_pool relays;      /* what the users' relays share */
+	/* Who may use a public port: -allow, -deny, -per-ip. */
+	struct cidr allow[FLAG_LIST_MAX], deny[FLAG_LIST_MAX];
+	int nallow, ndeny;
+	int per_ip;                    /* 0 = no limit */
+	struct ip_count **ip_tab;      /* buckets, while per_ip > 0 */
+	unsigned ip_mask;              /* buckets - 1 */
+	uint64_t ip_seed;              /* keys the bucket hash */
+	struct log_limit log_denied, log_per_ip;
+	/* Users refused at accept, by reason ("denied", "per_ip"), for
+	 * metrics. */
+	uint64_t refused_denied, refused_per_ip;
 };
 
 /* Free what teardown marked dead.  Lists are singly linked; a pointer to
@@ -238,6 +260,12 @@ void pool_resize(struct server *s, struct ctl *c, int64_t now, int arrived);
  * any others (why NULL: it was heard from, or its session ends), or are
  * closed with why (it went silent). */
 void pool_handed(struct server *s, struct ctl *c, const char *why);
+
+/* ip_table_init: the -per-ip table, its buckets sized by the descriptor
+ * limit (users can't outnumber descriptors); nothing without -per-ip.
+ * ip_table_free: free it, once every user is closed. */
+void ip_table_init(struct server *s, long nofile);
+void ip_table_free(struct server *s);
 /* user_timers: expire late JOINs; the next deadline, or -1. */
 int64_t user_timers(struct server *s, int64_t now);
 /* user_sweep: free the users and tunnels teardown marked dead. */

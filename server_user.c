@@ -85,6 +85,119 @@ user_new(struct server *s, struct ctl *c, enum user_state st,
 	return u;
 }
 
+/* ---- who may use a public port: -allow, -deny, -per-ip ----------------- */
+
+/* Any -deny match refuses; then, if there is any -allow, one must match. */
+static int
+ip_admitted(const struct server *s, const uint8_t ip[16])
+{
+	int i;
+
+	for (i = 0; i < s->ndeny; i++) {
+		if (cidr_match(&s->deny[i], ip)) {
+			return 0;
+		}
+	}
+	for (i = 0; i < s->nallow; i++) {
+		if (cidr_match(&s->allow[i], ip)) {
+			return 1;
+		}
+	}
+	return s->nallow == 0;
+}
+
+void
+ip_table_init(struct server *s, long nofile)
+{
+	unsigned n = 256;
+
+	if (s->per_ip == 0) {
+		return;
+	}
+	/* About a bucket per two descriptors, up to 16384 (128 KiB): chains
+	 * stay short, and the seed keeps a peer choosing its addresses from
+	 * piling them into one. */
+	while (n < 16384 && (long)n * 2 < nofile) {
+		n *= 2;
+	}
+	if ((s->ip_tab = calloc(n, sizeof(*s->ip_tab))) == NULL) {
+		die(1, "out of memory for the -per-ip table");
+	}
+	s->ip_mask = n - 1;
+	random_bytes(&s->ip_seed, sizeof(s->ip_seed));
+}
+
+void
+ip_table_free(struct server *s)
+{
+	free(s->ip_tab);
+	s->ip_tab = NULL;
+}
+
+static struct ip_count **
+ip_bucket(struct server *s, const uint8_t ip[16], int port)
+{
+	uint64_t h = s->ip_seed ^ (uint64_t)port;
+	int i;
+
+	for (i = 0; i < 16; i++) {
+		h = (h ^ ip[i]) * 0x100000001b3ULL;
+	}
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	return &s->ip_tab[h & s->ip_mask];
+}
+
+/* ip_take: count one more user from ip on port.  Its entry, NULL with
+ * *full set if -per-ip users are there already, or NULL alone when out of
+ * memory. */
+static struct ip_count *
+ip_take(struct server *s, const uint8_t ip[16], int port, int *full)
+{
+	struct ip_count **head = ip_bucket(s, ip, port), *e;
+
+	*full = 0;
+	for (e = *head; e != NULL; e = e->next) {
+		if (e->port == port && memcmp(e->ip, ip, 16) == 0) {
+			break;
+		}
+	}
+	if (e == NULL) {
+		if ((e = calloc(1, sizeof(*e))) == NULL) {
+			return NULL;
+		}
+		memcpy(e->ip, ip, 16);
+		e->port = port;
+		e->next = *head;
+		*head = e;
+	}
+	if (e->n >= s->per_ip) {
+		*full = 1;
+		return NULL;
+	}
+	e->n++;
+	return e;
+}
+
+/* ip_put: one user fewer; the entry goes with its last user. */
+static void
+ip_put(struct server *s, struct ip_count *e)
+{
+	struct ip_count **pp;
+
+	if (e == NULL || --e->n > 0) {
+		return;
+	}
+	for (pp = ip_bucket(s, e->ip, e->port); *pp != NULL; pp = &(*pp)->next) {
+		if (*pp == e) {
+			*pp = e->next;
+			free(e);
+			return;
+		}
+	}
+}
+
 /*
  * user_close: the end of every user, whatever its state.  why goes into
  * the log line ("user #N ADDR closed: why"); NULL closes quietly.  The
@@ -105,6 +218,8 @@ user_close(struct server *s, struct user *u, const char *why)
 		log_info("user #%llu %s closed: %s", (unsigned long long)u->seq,
 		         u->peer, why);
 	}
+	ip_put(s, u->ipc);
+	u->ipc = NULL;
 	if (u->state == U_RELAYING || u->state == U_HANDED) {
 		s->bytes_in += u->relay.dir[0].bytes;
 		s->bytes_out += u->relay.dir[1].bytes;
@@ -257,11 +372,12 @@ user_find(struct server *s, const uint8_t id[USER_ID_LEN])
 }
 
 /* Hand a new user straight to one of c's pooled tunnels: NEW_USER goes
- * down that tunnel ahead of the user's bytes.  0, or -1 if none is
- * pooled (fd is still the caller's then). */
+ * down that tunnel ahead of the user's bytes, and the user keeps its
+ * -per-ip count ipc.  0, or -1 if none is pooled (fd and ipc are still
+ * the caller's then). */
 static int
 pool_take(struct server *s, struct ctl *c, int fd, const struct msg *m,
-          const char *peer)
+          const char *peer, struct ip_count *ipc)
 {
 	static const short now[2] = { 0, POLLOUT };
 	struct user *u = c->pooled;
@@ -289,6 +405,7 @@ pool_take(struct server *s, struct ctl *c, int fd, const struct msg *m,
 		return -1;
 	}
 	u->pooled = 1;
+	u->ipc = ipc;
 	memcpy(u->sess_run, c->run_id, RUN_ID_LEN);
 	memcpy(u->id, m->user_id, USER_ID_LEN);
 	u->seq = ++s->user_seq;
@@ -319,8 +436,23 @@ user_arrive(struct server *s, int fd, const struct sockaddr *sa,
 	char peer[ADDR_STRLEN];
 	unsigned long held;
 	int64_t now = now_ms();
+	uint8_t ip[16];
+	struct ip_count *ipc = NULL;
+	int full;
 
 	addr_str(sa, peer, sizeof(peer));
+	/* Before anything else: a refused user costs no NEW_USER, and
+	 * learns nothing but the close. */
+	if ((s->nallow > 0 || s->ndeny > 0) &&
+	    (addr_ip16(sa, ip) != 0 || !ip_admitted(s, ip))) {
+		s->refused_denied++;
+		if (log_limited(&s->log_denied, now, &held)) {
+			log_info("user %s refused: not allowed by -allow/-deny (%lu "
+			         "more since the last such line)", peer, held);
+		}
+		close(fd);
+		return;
+	}
 	if (c == NULL || c->count[U_WAITING] >= MAX_PENDING) {
 		if (c == NULL && log_limited(&s->log_no_client, now, &held)) {
 			log_info("user %s closed: no client attached (%lu more since "
@@ -329,6 +461,21 @@ user_arrive(struct server *s, int fd, const struct sockaddr *sa,
 			log_info("user %s closed: %d users already wait for their "
 			         "tunnel (%lu more since the last such line)", peer,
 			         MAX_PENDING, held);
+		}
+		close(fd);
+		return;
+	}
+	if (s->per_ip > 0 && addr_ip16(sa, ip) == 0 &&
+	    (ipc = ip_take(s, ip, pub->port, &full)) == NULL) {
+		if (full) {
+			s->refused_per_ip++;
+			if (log_limited(&s->log_per_ip, now, &held)) {
+				log_info("user %s refused: -per-ip %d reached for port %d "
+				         "(%lu more since the last such line)", peer,
+				         s->per_ip, pub->port, held);
+			}
+		} else {
+			log_warn("user %s closed: out of memory", peer);
 		}
 		close(fd);
 		return;
@@ -342,14 +489,16 @@ user_arrive(struct server *s, int fd, const struct sockaddr *sa,
 	}
 	c->served++;
 	pool_resize(s, c, now, 1);
-	if (pool_take(s, c, fd, &m, peer) == 0) {
+	if (pool_take(s, c, fd, &m, peer, ipc) == 0) {
 		return;
 	}
 	if ((u = user_new(s, c, U_WAITING, m.user_id, now)) == NULL) {
 		log_warn("user %s closed: out of memory", peer);
+		ip_put(s, ipc);
 		close(fd);
 		return;
 	}
+	u->ipc = ipc;
 	u->relay.fd[0] = fd;
 	u->seq = ++s->user_seq;
 	memcpy(u->peer, peer, sizeof(peer));

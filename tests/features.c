@@ -5382,6 +5382,451 @@ test_keepalive(struct test *t)
 
 /* ==== running ============================================================= */
 
+/* ==== test: who may use a public port (-allow, -deny, -per-ip) =========== */
+
+#define REFUSED_MS   T(2000)  /* a refused user is closed within */
+#define DENIED       "refused: not allowed by -allow/-deny"
+
+/* user_from: a user's connection from source address src (any 127.x.y.z
+ * on Linux, or ::1) to host:port, tracked as user_open's are.  -1 and
+ * fail(). */
+static int
+user_from(struct test *t, const char *src, const char *host, int port)
+{
+	int fd = tl_connect_start(src, host, port), e;
+
+	if (fd < 0) {
+		return fail(t, "connect %s -> %s port %d: %s", src, host, port,
+		            strerror(errno));
+	}
+	if (tl_await(fd, POLLOUT, tl_now_ms() + T(5000)) < 0 ||
+	    tl_connect_result(fd) < 0) {
+		e = errno;
+		close(fd);
+		return fail(t, "connect %s -> %s port %d: %s", src, host, port,
+		            strerror(e));
+	}
+	user_track(t, fd);
+	return fd;
+}
+
+/* echo_ping: four bytes a user sends through the echo service come back,
+ * and the user stays open.  0, or -1 and fail(). */
+static int
+echo_ping(struct test *t, int fd, const char *what)
+{
+	int64_t deadline = tl_now_ms() + IO_MS;
+	char got[4];
+	ssize_t r;
+
+	if (tl_write_all(fd, "ping", 4, deadline) < 0) {
+		return fail(t, "%s: sending: %s", what, strerror(errno));
+	}
+	r = tl_read_full(fd, got, 4, deadline);
+	if (r != 4 || memcmp(got, "ping", 4) != 0) {
+		return fail(t, "%s: no echo (%s)", what,
+		            r < 0 ? strerror(errno) : "closed");
+	}
+	return 0;
+}
+
+/* expect_turned_away: a user from src on host:port is closed at once
+ * without a byte, and the server logs "user ADDR refused: " + rest for it
+ * (ADDR as the server sees it: src, or shown_as when not NULL).  rest
+ * NULL: the line is held back by the rate limit; only the close shows. */
+static int
+expect_turned_away(struct test *t, struct tl_proc *server, const char *src,
+                   const char *host, int port, const char *shown_as,
+                   const char *rest)
+{
+	char what[96], addr[64], want[200];
+	int fd = user_from(t, src, host, port);
+
+	if (fd < 0) {
+		return -1;
+	}
+	snprintf(what, sizeof(what), "user from %s on port %d", src, port);
+	tl_fmt_addr(addr, shown_as != NULL ? shown_as : src, tl_local_port(fd));
+	snprintf(want, sizeof(want), "user %s refused: %s", addr, rest);
+	if (expect_closed(t, fd, REFUSED_MS, what) < 0 ||
+	    (rest != NULL && wait_log(t, server, want, REFUSED_MS) < 0)) {
+		return -1;
+	}
+	user_close(t, fd);
+	return 0;
+}
+
+/* steer_setup_pool: an echo service, a server with args (NULL-ended)
+ * whose -public is on t->pub_host, and a client serving it, with pool > 0
+ * keeping that many tunnels dialed ahead (parked before it returns). */
+static struct tl_proc *
+steer_setup_pool(struct test *t, const char *const args[], int pool)
+{
+	const char *a[12] = { NULL };
+	struct tl_proc *server;
+	int p[4], n = 0;
+
+	if (pick_server_ports(t, p, 4) < 0 ||
+	    start_svc(t, "svc", "echo", p[3], NULL) == NULL) {
+		return NULL;
+	}
+	while (args[n] != NULL && n < 11) {
+		a[n] = args[n];
+		n++;
+	}
+	a[n] = NULL;
+	server = start_server(t, "server", a[0], a[1], a[2], a[3], a[4], a[5],
+	                      a[6], a[7], a[8], a[9], a[10], NULL);
+	if (server == NULL ||
+	    attach_client(t, "client", p[3], 0, NULL, pool, 1, t->pub) == NULL ||
+	    (pool > 0 && wait_pool(t, server, pool, pool, POOL_MS, "at start") < 0)) {
+		return NULL;
+	}
+	return server;
+}
+
+static struct tl_proc *
+steer_setup(struct test *t, const char *const args[])
+{
+	return steer_setup_pool(t, args, 0);
+}
+
+/* An -allow list admits only what it names: 127.0.0.1, not ::1 (on the
+ * IPv6 socket of a public port on every interface) nor 127.0.0.2.  A
+ * refused user is closed at once, never announced to the client. */
+static void
+test_allow_only(struct test *t)
+{
+	static const char *const args[] = { "-allow", "127.0.0.1/32", NULL };
+	struct tl_proc *server;
+
+	if (!tl_ipv6_ok()) {
+		missing_tool(t, "no IPv6 on loopback");
+		return;
+	}
+	t->pub_host = "";
+	if ((server = steer_setup(t, args)) == NULL ||
+	    echo_user(t, t->pub, 1000, 1, "user from 127.0.0.1") < 0 ||
+	    expect_turned_away(t, server, "::1", "::1", t->pub, NULL,
+	                       "not allowed by -allow/-deny") < 0 ||
+	    expect_turned_away(t, server, "127.0.0.2", "127.0.0.1", t->pub, NULL,
+	                       NULL) < 0 ||
+	    echo_user(t, t->pub, 1000, 2, "user from 127.0.0.1 after them") < 0) {
+		return;
+	}
+	if (tl_count_in_file(server->log, "accepted on port") != 2) {
+		fail(t, "server announced %d users, want the 2 admitted",
+		     tl_count_in_file(server->log, "accepted on port"));
+	}
+}
+
+/* -deny wins over -allow, in both families; what is allowed and not
+ * denied gets through. */
+static void
+test_deny_wins(struct test *t)
+{
+	static const char *const args[] = {
+		"-allow", "127.0.0.0/8", "-allow", "::1", "-deny", "127.0.0.2",
+		"-deny", "::/0", NULL
+	};
+	struct tl_proc *server;
+	int fd;
+
+	if (!tl_ipv6_ok()) {
+		missing_tool(t, "no IPv6 on loopback");
+		return;
+	}
+	t->pub_host = "";
+	if ((server = steer_setup(t, args)) == NULL ||
+	    echo_user(t, t->pub, 1000, 1, "user from 127.0.0.1") < 0 ||
+	    expect_turned_away(t, server, "127.0.0.2", "127.0.0.1", t->pub, NULL,
+	                       "not allowed by -allow/-deny") < 0 ||
+	    expect_turned_away(t, server, "::1", "::1", t->pub, NULL, NULL) < 0) {
+		return;
+	}
+	if ((fd = user_from(t, "127.0.0.3", "127.0.0.1", t->pub)) < 0 ||
+	    echo_ping(t, fd, "user from 127.0.0.3") < 0) {
+		return;
+	}
+	user_close(t, fd);
+}
+
+/* A public port on ::ffff:127.0.0.1 sees IPv4 users as IPv4-mapped IPv6
+ * addresses; IPv4 blocks must still match them. */
+static void
+test_allow_mapped(struct test *t)
+{
+	static const char *const args[] = {
+		"-allow", "127.0.0.0/8", "-deny", "127.0.0.2", NULL
+	};
+	struct tl_proc *server;
+	char want[96];
+	int fd;
+
+	if (!tl_ipv6_ok()) {
+		missing_tool(t, "no IPv6 on loopback");
+		return;
+	}
+	t->pub_host = "::ffff:127.0.0.1";
+	if ((server = steer_setup(t, args)) == NULL ||
+	    (fd = user_from(t, "127.0.0.1", "127.0.0.1", t->pub)) < 0 ||
+	    echo_ping(t, fd, "user from 127.0.0.1") < 0) {
+		return;
+	}
+	snprintf(want, sizeof(want), "[::ffff:127.0.0.1]:%d accepted",
+	         tl_local_port(fd));
+	if (expect_log(t, server, want) < 0 ||
+	    expect_turned_away(t, server, "127.0.0.2", "127.0.0.1", t->pub,
+	                       "::ffff:127.0.0.2",
+	                       "not allowed by -allow/-deny") < 0) {
+		return;
+	}
+	user_close(t, fd);
+}
+
+/* A burst of refused users gives one log line; the next, 10 s on, counts
+ * the ones held back.  With only -deny, everyone else is admitted. */
+static void
+test_refused_log_limited(struct test *t)
+{
+	enum { BURST = 30 };
+	static const char *const args[] = { "-deny", "127.0.0.2", NULL };
+	struct tl_proc *server;
+	char what[64], want[96];
+	int64_t first = 0;
+	int i, fd;
+
+	if ((server = steer_setup(t, args)) == NULL ||
+	    echo_user(t, t->pub, 100, 1, "user from 127.0.0.1") < 0) {
+		return;
+	}
+	for (i = 0; i < BURST; i++) {
+		snprintf(what, sizeof(what), "refused user %d", i + 1);
+		if ((fd = user_from(t, "127.0.0.2", "127.0.0.1", t->pub)) < 0 ||
+		    expect_closed(t, fd, REFUSED_MS, what) < 0) {
+			return;
+		}
+		user_close(t, fd);
+		if (i == 0) {
+			first = tl_now_ms();   /* the line was written before */
+		}
+	}
+	if (tl_count_in_file(server->log, DENIED) != 1) {
+		fail(t, "%d users refused in a burst gave %d log lines, want 1",
+		     BURST, tl_count_in_file(server->log, DENIED));
+		return;
+	}
+	while (tl_now_ms() < first + LOG_LIMIT_MS + 100) {
+		tl_pause(50);   /* the limiter's window, not a wait for an event */
+	}
+	snprintf(want, sizeof(want), DENIED " (%d more since the last such "
+	         "line)", BURST - 1);
+	if ((fd = user_from(t, "127.0.0.2", "127.0.0.1", t->pub)) < 0 ||
+	    expect_closed(t, fd, REFUSED_MS, "refused user after 10 s") < 0 ||
+	    wait_log(t, server, want, REFUSED_MS) < 0) {
+		return;
+	}
+	user_close(t, fd);
+}
+
+/* -per-ip 2: a third user from one address is refused while two are
+ * there, another address is not, and a place freed is taken again; with
+ * pool, the users take tunnels dialed ahead. */
+static void
+per_ip_run(struct test *t, int pool)
+{
+	static const char *const args[] = { "-per-ip", "2", NULL };
+	struct tl_proc *server;
+	char rest[96], want[96];
+	int a, b, c, e;
+
+	if ((server = steer_setup_pool(t, args, pool)) == NULL ||
+	    (a = user_from(t, "127.0.0.1", "127.0.0.1", t->pub)) < 0 ||
+	    echo_ping(t, a, "first user") < 0 ||
+	    (b = user_from(t, "127.0.0.1", "127.0.0.1", t->pub)) < 0 ||
+	    echo_ping(t, b, "second user") < 0) {
+		return;
+	}
+	snprintf(rest, sizeof(rest), "-per-ip 2 reached for port %d", t->pub);
+	if (expect_turned_away(t, server, "127.0.0.1", "127.0.0.1", t->pub, NULL,
+	                       rest) < 0 ||
+	    (c = user_from(t, "127.0.0.2", "127.0.0.1", t->pub)) < 0 ||
+	    echo_ping(t, c, "user from another address") < 0) {
+		return;
+	}
+	/* The first leaves; once the server has closed it, its place is
+	 * free, and only its. */
+	snprintf(want, sizeof(want), "127.0.0.1:%d closed", tl_local_port(a));
+	user_close(t, a);
+	if (wait_log(t, server, want, IO_MS) < 0 ||
+	    (e = user_from(t, "127.0.0.1", "127.0.0.1", t->pub)) < 0 ||
+	    echo_ping(t, e, "user after one left") < 0 ||
+	    echo_ping(t, b, "second user, still there") < 0 ||
+	    expect_turned_away(t, server, "127.0.0.1", "127.0.0.1", t->pub, NULL,
+	                       NULL) < 0) {
+		return;
+	}
+	if (pool > 0 && tl_count_in_file(server->log, "joined to a pooled "
+	                                 "tunnel") < 2) {
+		fail(t, "the first users did not take pooled tunnels");
+	}
+}
+
+static void
+test_per_ip(struct test *t)
+{
+	per_ip_run(t, 0);
+}
+
+static void
+test_per_ip_pool(struct test *t)
+{
+	per_ip_run(t, 2);
+}
+
+/* -per-ip counts per public port: a user held on one port does not
+ * count against another. */
+static void
+test_per_ip_ports(struct test *t)
+{
+	int lo, p[5], a, b;
+	char range[32], rest[96];
+	struct tl_proc *server;
+
+	if (pick_range(t, 1, &lo, p, 5) < 0) {
+		return;
+	}
+	t->ctl = p[0];
+	t->tun = p[1];
+	t->pub = p[2];
+	snprintf(range, sizeof(range), "%d-%d", lo, lo);
+	if (start_svc(t, "svc-main", "echo", p[3], NULL) == NULL ||
+	    start_svc(t, "svc-a", "echo", p[4], NULL) == NULL ||
+	    (server = start_server(t, "server", "-ports", range, "-per-ip", "1",
+	                           NULL)) == NULL ||
+	    attach_client(t, "client-main", p[3], 0, NULL, 0, 1, t->pub) == NULL ||
+	    attach_client(t, "client-a", p[4], lo, NULL, 0, 1, lo) == NULL) {
+		return;
+	}
+	if ((a = user_from(t, "127.0.0.1", "127.0.0.1", t->pub)) < 0 ||
+	    echo_ping(t, a, "user on -public") < 0 ||
+	    (b = user_from(t, "127.0.0.1", "127.0.0.1", lo)) < 0 ||
+	    echo_ping(t, b, "same address on the -ports port") < 0) {
+		return;
+	}
+	snprintf(rest, sizeof(rest), "-per-ip 1 reached for port %d", t->pub);
+	if (expect_turned_away(t, server, "127.0.0.1", "127.0.0.1", t->pub, NULL,
+	                       rest) < 0) {
+		return;
+	}
+	/* Its line is held back by the rate limit: the close is what shows. */
+	expect_turned_away(t, server, "127.0.0.1", "127.0.0.1", lo, NULL, NULL);
+}
+
+/* Bad -allow, -deny and -per-ip values, and two of the server's own flags
+ * on one port, are usage errors (exit 2) naming them, before any bind. */
+static void
+test_steer_usage(struct test *t)
+{
+	int p[3];
+	char c[16], u[16], pub[16], r1[32], r2[32];
+	char w1[96], w2[96], w3[96];
+	struct {
+		const char *argv[12];
+		const char *want;
+	} cases[] = {
+		{ { "./server", "-allow", "10.0.0.0/33", NULL },
+		  "-allow 10.0.0.0/33: prefix length out of range (0-32)" },
+		{ { "./server", "-allow", "127.0.0.1", "-deny", "fe80::/129",
+		    NULL },
+		  "-deny fe80::/129: prefix length out of range (0-128)" },
+		{ { "./server", "-deny", "example.com", NULL },
+		  "-deny example.com: not an IPv4 or IPv6 address" },
+		{ { "./server", "-per-ip", "lots", NULL }, "-per-ip lots: " },
+		{ { "./server", "-control", c, "-tunnel", c, "-public", pub, NULL },
+		  w1 },
+		{ { "./server", "-control", c, "-tunnel", u, "-public", pub,
+		    "-ports", r1, NULL }, w2 },
+		{ { "./server", "-control", c, "-tunnel", u, "-public", pub,
+		    "-ports", r2, NULL }, w3 },
+	};
+	size_t i;
+
+	if (pick_ports(t, p, 3) < 0) {
+		return;
+	}
+	snprintf(c, sizeof(c), "%d", p[0]);
+	snprintf(u, sizeof(u), "%d", p[1]);
+	snprintf(pub, sizeof(pub), "%d", p[2]);
+	snprintf(r1, sizeof(r1), "%d-%d", p[0], p[0]);
+	snprintf(r2, sizeof(r2), "%d-%d", p[2], p[2]);
+	snprintf(w1, sizeof(w1), "-tunnel %d: same port as -control", p[0]);
+	snprintf(w2, sizeof(w2), "-ports %s: includes the -control port %d", r1,
+	         p[0]);
+	snprintf(w3, sizeof(w3), "-ports %s: includes the -public port %d", r2,
+	         p[2]);
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char name[32];
+		struct tl_proc *s;
+
+		snprintf(name, sizeof(name), "server-%zu", i);
+		s = start(t, name, cases[i].argv, NULL, TL_SPLIT_OUT);
+		if (s == NULL || expect_exit(t, s, 2, T(5000)) < 0) {
+			return;
+		}
+		if (expect_log(t, s, cases[i].want) < 0) {
+			return;
+		}
+		if (tl_file_contains(s->log, "address in use")) {
+			fail(t, "%s: a bind was tried", name);
+			return;
+		}
+	}
+}
+
+/* Every port conflict is reported in one run: two ports held by others,
+ * two lines, then exit 1. */
+static void
+test_port_conflicts(struct test *t)
+{
+	char c[64], u[64], p[64], want[160];
+	const char *argv[8] = { "./server", "-control", c, "-tunnel", u,
+	                        "-public", p, NULL };
+	struct tl_proc *s;
+	int busy_c, busy_p, free_u;
+
+	if (pick_ports(t, &free_u, 1) < 0) {
+		return;
+	}
+	busy_c = tl_listen("127.0.0.1", 0);
+	busy_p = tl_listen("127.0.0.1", 0);
+	if (busy_c < 0 || busy_p < 0) {
+		fail(t, "listen: %s", strerror(errno));
+		return;
+	}
+	user_track(t, busy_c);
+	user_track(t, busy_p);
+	tl_fmt_addr(c, "127.0.0.1", tl_local_port(busy_c));
+	tl_fmt_addr(u, "127.0.0.1", free_u);
+	tl_fmt_addr(p, "127.0.0.1", tl_local_port(busy_p));
+	s = start(t, "server", argv, NULL, TL_SPLIT_OUT);
+	if (s == NULL || expect_exit(t, s, 1, T(5000)) < 0) {
+		return;
+	}
+	snprintf(want, sizeof(want), "bind %s (control port): address in use", c);
+	if (expect_log(t, s, want) < 0) {
+		return;
+	}
+	snprintf(want, sizeof(want), "bind %s (public port): address in use", p);
+	if (expect_log(t, s, want) < 0) {
+		return;
+	}
+	if (tl_count_in_file(s->log, "address in use") != 2 ||
+	    tl_file_contains(s->log, "(tunnel port)")) {
+		fail(t, "want exactly the two conflicts reported");
+	}
+}
+
 static const struct tl_case tests[] = {
 	{ "ports_range", test_ports_range, 0 },
 	{ "ports_takeover", test_ports_takeover, 0 },
@@ -5418,6 +5863,15 @@ static const struct tl_case tests[] = {
 	{ "pending_cap", test_pending_cap, 0 },
 	{ "emfile", test_emfile, 0 },
 	{ "keepalive", test_keepalive, 0 },
+	{ "allow_only", test_allow_only, 0 },
+	{ "deny_wins", test_deny_wins, 0 },
+	{ "allow_mapped", test_allow_mapped, 0 },
+	{ "refused_log_limited", test_refused_log_limited, 0 },
+	{ "per_ip", test_per_ip, 0 },
+	{ "per_ip_ports", test_per_ip_ports, 0 },
+	{ "per_ip_pool", test_per_ip_pool, 0 },
+	{ "steer_usage", test_steer_usage, 0 },
+	{ "port_conflicts", test_port_conflicts, 0 },
 };
 
 int

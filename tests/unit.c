@@ -1543,6 +1543,79 @@ static void test_msg_name(struct tally *t)
 
 /* ---- addresses ---------------------------------------------------------- */
 
+/* cidr_parse and cidr_match: both families, edges of each prefix length,
+ * IPv4-mapped addresses meeting IPv4 blocks, and IPv6 blocks not meeting
+ * IPv4 users. */
+static void test_cidr(struct tally *t)
+{
+	static const struct {
+		const char *block, *ip;
+		int match;
+	} v[] = {
+		{ "127.0.0.1", "127.0.0.1", 1 },
+		{ "127.0.0.1", "127.0.0.2", 0 },
+		{ "127.0.0.1/32", "127.0.0.1", 1 },
+		{ "10.0.0.0/8", "10.255.1.2", 1 },
+		{ "10.0.0.0/8", "11.0.0.0", 0 },
+		{ "10.1.2.3/8", "10.9.9.9", 1 },          /* host bits ignored */
+		{ "192.168.4.0/23", "192.168.5.255", 1 },
+		{ "192.168.4.0/23", "192.168.6.0", 0 },
+		{ "192.168.4.0/23", "192.168.3.255", 0 },
+		{ "0.0.0.0/0", "203.0.113.7", 1 },
+		{ "0.0.0.0/0", "::1", 0 },                /* IPv4 blocks: IPv4 only */
+		{ "0.0.0.0/0", "2001:db8::1", 0 },
+		{ "127.0.0.0/8", "::ffff:127.0.0.1", 1 }, /* as a dual-stack sees it */
+		{ "127.0.0.1", "::ffff:127.0.0.1", 1 },
+		{ "127.0.0.1", "::ffff:127.0.0.2", 0 },
+		{ "::1", "::1", 1 },
+		{ "::1/128", "::2", 0 },
+		{ "::/0", "2001:db8::1", 1 },
+		{ "::/0", "::1", 1 },
+		{ "::/0", "127.0.0.1", 0 },               /* IPv6 blocks: IPv6 only */
+		{ "::/0", "::ffff:127.0.0.1", 0 },
+		{ "2001:db8::/32", "2001:db8:ffff::1", 1 },
+		{ "2001:db8::/33", "2001:db8:8000::1", 0 },
+		{ "2001:db8::/33", "2001:db8:7fff::1", 1 },
+		{ "fe80::/10", "febf::1", 1 },
+		{ "fe80::/10", "fec0::1", 0 },
+		{ "::ffff:10.0.0.0/104", "10.1.2.3", 1 },  /* mapped form: IPv4 */
+		{ "::ffff:10.0.0.0/104", "11.1.2.3", 0 },
+		{ "::ffff:0:0/96", "198.51.100.1", 1 },
+	};
+	static const char *const bad[] = {
+		"", "/8", "10.0.0.0/33", "::/129", "10.0.0.0/", "10.0.0.0/x",
+		"10.0.0.0/-1", "10.0.0.0/8/8", "10.0.0.256", "example.com",
+		"10.0.0.0/0008", "[::1]", "::1/12a", "1.2.3.4 ",
+	};
+	struct cidr c;
+	struct sockaddr_storage ss;
+	uint8_t ip[16];
+	char why[128];
+	size_t i;
+
+	for (i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		int r = cidr_parse(v[i].block, &c, why, sizeof(why));
+
+		CHECKF(t, r == 0, "cidr_parse(\"%s\"): %s", v[i].block, why);
+		if (r != 0 || tl_sockaddr(v[i].ip, 1, &ss) == 0 ||
+		    addr_ip16((struct sockaddr *)&ss, ip) != 0) {
+			CHECKF(t, 0, "cidr case %zu: setup failed", i);
+			continue;
+		}
+		CHECKF(t, cidr_match(&c, ip) == v[i].match,
+		       "cidr_match(%s, %s): want %d", v[i].block, v[i].ip,
+		       v[i].match);
+	}
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		why[0] = '\0';
+		CHECKF(t, cidr_parse(bad[i], &c, why, sizeof(why)) == -1 &&
+		          why[0] != '\0',
+		       "cidr_parse(\"%s\"): want -1 with a reason", bad[i]);
+	}
+	cidr_parse("10.0.0.0/33", &c, why, sizeof(why));
+	CHECK_STR(t, why, "prefix length out of range (0-32)");
+}
+
 static void test_addr_parse(struct tally *t)
 {
 	static const struct {
@@ -3560,6 +3633,7 @@ int main(void)
 	test_frame_text(&t);
 	test_msg_name(&t);
 	test_addr_parse(&t);
+	test_cidr(&t);
 	test_addr_str(&t);
 	test_handshake(&t);
 	test_records(&t);
