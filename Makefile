@@ -37,13 +37,17 @@ SERVER = server.o server_ctl.o server_user.o
 
 server: $(SERVER) $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $(SERVER) $(LIB)
-client: client.o $(LIB)
-	$(CC) $(LDFLAGS) -o $@ client.o $(LIB)
+CLIENT = client.o client_ctl.o client_user.o
+
+client: $(CLIENT) $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $(CLIENT) $(LIB)
 
 server.o: server.c server.h common.h protocol.h
 server_ctl.o: server_ctl.c server.h common.h protocol.h sha256.h
 server_user.o: server_user.c server.h common.h protocol.h sha256.h
-client.o: client.c common.h protocol.h sha256.h
+client.o: client.c client.h common.h protocol.h crypto.h
+client_ctl.o: client_ctl.c client.h common.h protocol.h crypto.h
+client_user.o: client_user.c client.h common.h protocol.h crypto.h
 common.o: common.c common.h protocol.h
 net.o: net.c common.h protocol.h
 protocol.o: protocol.c common.h protocol.h

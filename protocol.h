@@ -172,6 +172,9 @@ struct msg {
 
 /* Flags of ATTACH and WELCOME. */
 #define FLAG_PLAINTEXT 0x01        /* tunnels carry raw bytes after JOIN */
+#define FLAG_ANY_PORT  0x02        /* ATTACH only: any free port of the
+                                    * server's -ports (HELLO's port, if
+                                    * not 0, is a preference) */
 
 enum frame_result { FRAME_OK, FRAME_MORE, FRAME_BAD };
 
