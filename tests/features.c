@@ -17,7 +17,11 @@
  * outliving their control connection (scripted, and with the real client
  * behind a proxy that cuts it), the cap of 4096 users waiting for their
  * tunnel, a server out of file descriptors, and TCP keepalive on both
- * ends of the control connection (read from /proc/net/tcp).  Run from the
+ * ends of the control connection (read from /proc/net/tcp); and several
+ * services from one client (repeated -local, PUBLIC=, -local PORT, one
+ * refused as busy while the others serve, -port 0 for any free port, a
+ * -remote list with a dead first address, -tunnel through a relay, and
+ * the malformed arguments that must exit 2).  Run from the
  * repository root:
  *
  *     ./tests/features [NAME-SUBSTRING]
