@@ -37,13 +37,17 @@ SERVER = server.o server_ctl.o server_user.o
 
 server: $(SERVER) $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $(SERVER) $(LIB)
-client: client.o $(LIB)
-	$(CC) $(LDFLAGS) -o $@ client.o $(LIB)
+CLIENT = client.o client_ctl.o client_user.o
+
+client: $(CLIENT) $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $(CLIENT) $(LIB)
 
 server.o: server.c server.h common.h protocol.h
 server_ctl.o: server_ctl.c server.h common.h protocol.h sha256.h
 server_user.o: server_user.c server.h common.h protocol.h sha256.h
-client.o: client.c common.h protocol.h sha256.h
+client.o: client.c client.h common.h protocol.h crypto.h
+client_ctl.o: client_ctl.c client.h common.h protocol.h crypto.h
+client_user.o: client_user.c client.h common.h protocol.h crypto.h
 common.o: common.c common.h protocol.h
 net.o: net.c common.h protocol.h
 protocol.o: protocol.c common.h protocol.h
@@ -88,7 +92,7 @@ test-valgrind: all tests/e2e tests/svc tests/unit
 bench: all tests/bench
 	./tests/bench $(BENCH_ARGS)
 
-# The fuzzers compile the server's files (tests/fuzz.c) and client.c
+# The fuzzers compile the server's files (tests/fuzz.c) and the client's
 # (tests/fuzz_client.c) into themselves, and the library from source, so
 # all of it is instrumented but x25519.c (FUZZ_PLAIN): constant-time
 # arithmetic on fixed 32-byte arrays with no branch on data for coverage
@@ -118,7 +122,8 @@ tests/fuzz-x25519.o: x25519.c crypto.h
 	$(FUZZ_CC) -std=c11 -Wall -Wextra -O2 -g -c -o $@ x25519.c
 tests/fuzz: tests/fuzz.c server.c server_ctl.c server_user.c server.h $(FUZZ_DEPS)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ tests/fuzz.c $(FUZZ_SRCS) $(FUZZ_PLAIN)
-tests/fuzz_client: tests/fuzz_client.c client.c $(FUZZ_DEPS)
+tests/fuzz_client: tests/fuzz_client.c client.c client_ctl.c client_user.c client.h \
+                   $(FUZZ_DEPS)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ tests/fuzz_client.c $(FUZZ_SRCS) \
 		$(FUZZ_PLAIN)
 tests/fuzz_record: tests/fuzz_record.c $(FUZZ_DEPS)

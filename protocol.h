@@ -27,6 +27,10 @@
  *        public port's from -secrets, else -token, else "" (no token)
  *   C->S AUTH       AEAD(k, n=0, ad=h, ATTACH frame), h = SHA256(h | AUTH
  *                   payload).  ATTACH: run_id[8] pool u16 flags u8
+ *                   (FLAG_PLAINTEXT, FLAG_ANY_PORT: a free port of the
+ *                   server's -ports that -secrets does not name, HELLO's
+ *                   public_port first if this run may have it; WELCOME
+ *                   says which)
  *   S->C REPLY      AEAD(k, n=1, ad=h, WELCOME or ERROR frame).
  *                   WELCOME: tunnel_port u16 public_port u16 heartbeat_s u16
  *                   flags u8
@@ -77,7 +81,9 @@
  * The server drops a control connection if: the first frame is not a HELLO
  * with the right magic; the version differs (after an ERROR naming both);
  * AUTH does not open (after ERR_AUTH); the port asked for is outside the
- * server's ports (ERR_PORT) or served by another client (ERR_BUSY); the
+ * server's ports (ERR_PORT) or served by another client (ERR_BUSY); any
+ * free port is asked for without -ports or after proving a port's own
+ * secret (ERR_PORT), or none is free (ERR_BUSY); the
  * client asks for plaintext tunnels the server does not allow
  * (ERR_PLAINTEXT); a frame or record arrives that the state does not allow
  * or does not open; nothing arrives within HANDSHAKE_MS before REPLY or
@@ -182,6 +188,9 @@ struct msg {
 /* Flags of ATTACH and WELCOME. */
 #define FLAG_PLAINTEXT 0x01        /* tunnels carry raw bytes after JOIN */
 #define FLAG_POOL_AUTO 0x80        /* ATTACH: pool is a cap; the server sizes it */
+#define FLAG_ANY_PORT  0x02        /* ATTACH only: any free port of the
+                                    * server's -ports (HELLO's port, if
+                                    * not 0, is a preference) */
 
 enum frame_result { FRAME_OK, FRAME_MORE, FRAME_BAD };
 

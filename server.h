@@ -67,6 +67,7 @@ struct ctl {
 	struct wire_addr from;         /* peer address, to count per source */
 	struct fbuf in, out;
 	int asked;                     /* the public port HELLO asked for */
+	int hello_port;                /* ... as it said it (0: -public) */
 	struct handshake hs;           /* until attached */
 	int opened;                    /* AUTH opened: REPLY is sealed */
 	uint8_t psk[KEY_LEN];          /* the secret it proved, for -secrets */

@@ -128,6 +128,7 @@ on_hello(struct server *s, struct ctl *c, const struct msg *m)
 		ctl_refuse(s, c, ERR_VERSION, why);
 		return;
 	}
+	c->hello_port = m->public_port;
 	c->asked = m->public_port ? m->public_port : s->lis[ROLE_PUBLIC].port;
 	hs_init(&c->hs);
 	memset(&r, 0, sizeof(r));
@@ -270,7 +271,8 @@ port_claim(struct server *s, struct ctl *c, int port, enum err_code *code,
 		c->own->nfd = listen_on(&hp, "public", c->own->fd, MAX_LISTEN,
 		                        why, len);
 		if (c->own->nfd < 0) {
-			c->own->nfd = 0;
+			free(c->own);      /* port_any tries the next port */
+			c->own = NULL;
 			return -1;
 		}
 		c->own->port = port;
@@ -281,6 +283,58 @@ port_claim(struct server *s, struct ctl *c, int port, enum err_code *code,
 	}
 	c->pub->owner = c;
 	return 0;
+}
+
+/* Whether port_any may hand out port to c: a -ports port no session of
+ * another client holds and -secrets does not name (it has its own secret;
+ * c proved -token). */
+static int
+port_free_for(struct server *s, struct ctl *c, int port)
+{
+	struct ctl *old = port_owner(s, port);
+
+	return port >= s->ports_lo && port <= s->ports_hi &&
+	       port != s->lis[ROLE_PUBLIC].port && port_secret(s, port) == NULL &&
+	       (old == NULL || memcmp(old->run_id, c->run_id, RUN_ID_LEN) == 0);
+}
+
+/* ATTACH with FLAG_ANY_PORT: the port HELLO named, if c may have it (its
+ * own, after a reconnect), else the first free one of -ports.  0, or -1
+ * with the ERROR to send. */
+static int
+port_any(struct server *s, struct ctl *c, int hello_port, enum err_code *code,
+         char *why, size_t len)
+{
+	int port;
+
+	*code = ERR_PORT;
+	if (s->ports_lo == 0) {
+		snprintf(why, len, "any free port asked for, but this server "
+		         "has no -ports range: it serves port %d only",
+		         s->lis[ROLE_PUBLIC].port);
+		return -1;
+	}
+	/* The client proved the secret of the port HELLO named; a port of the
+	 * range without its own secret takes -token, so that must be it. */
+	if (port_secret(s, c->asked) != NULL) {
+		snprintf(why, len, "any free port needs -token, not the secret "
+		         "of port %d", c->asked);
+		return -1;
+	}
+	if (hello_port != 0 && port_free_for(s, c, hello_port) &&
+	    port_claim(s, c, hello_port, code, why, len) == 0) {
+		return 0;
+	}
+	for (port = s->ports_lo; port <= s->ports_hi; port++) {
+		if (port_owner(s, port) == NULL && port_free_for(s, c, port) &&
+		    port_claim(s, c, port, code, why, len) == 0) {
+			return 0;
+		}
+	}
+	*code = ERR_BUSY;
+	snprintf(why, len, "no free port in %d-%d for any free port",
+	         s->ports_lo, s->ports_hi);
+	return -1;
 }
 
 /* Open AUTH into its ATTACH; -1 (with the client refused) if it does not
@@ -338,10 +392,14 @@ on_auth(struct server *s, struct ctl *c, const struct msg *m)
 		ctl_close(s, c, "out of memory");
 		return;
 	}
-	if (port_claim(s, c, c->asked, &code, why, sizeof(why)) != 0) {
+	if ((a.flags & FLAG_ANY_PORT)
+	    ? port_any(s, c, c->hello_port, &code, why, sizeof(why))
+	    : port_claim(s, c, c->asked, &code, why, sizeof(why))) {
 		ctl_refuse(s, c, code, why);
 		return;
 	}
+	/* What a reload checks the session's secret against. */
+	c->asked = c->pub->port;
 	c->plaintext = (a.flags & FLAG_PLAINTEXT) != 0;
 	c->pool_cap = a.pool < POOL_MAX ? a.pool : POOL_MAX;
 	c->pool_auto = (a.flags & FLAG_POOL_AUTO) != 0;

@@ -90,6 +90,31 @@ check $? "the config file's -public won over the command line's"
 ! grep -q "no -token" "$tmp/server.log"
 check $? "the config file's token was not applied"
 
+# A client from a config file: "local" lines repeat like the flag, one
+# service each (named by its port in the log, as it retries a remote
+# that refuses); -local on the command line replaces the file's list.
+cat >"$tmp/client.conf" <<END
+remote 127.0.0.1:1
+local 9001=127.0.0.1:5432
+local 9002=22
+END
+./client -config "$tmp/client.conf" 2>"$tmp/client.log" &
+pid=$!
+pids="$pids $pid"
+wait_for "$tmp/client.log" "^.*\[9001\] connect 127.0.0.1:1" &&
+	wait_for "$tmp/client.log" "^.*\[9002\] connect 127.0.0.1:1"
+check $? "two local lines did not make two services: $(cat "$tmp/client.log")"
+kill "$pid" 2>/dev/null
+./client -config "$tmp/client.conf" -local 9003=1 -local 9004=2 \
+	2>"$tmp/client2.log" &
+pid=$!
+pids="$pids $pid"
+wait_for "$tmp/client2.log" "^.*\[9004\] connect 127.0.0.1:1"
+check $? "-local on the command line made no service: $(cat "$tmp/client2.log")"
+! grep -q "\[900[12]\]" "$tmp/client2.log"
+check $? "the file's local lines were kept beside the command line's"
+kill "$pid" 2>/dev/null
+
 # A value the command line gives wins over a bad one in the file.
 printf 'heartbeat nonsense\n' >"$tmp/hb.conf"
 ./server -config "$tmp/hb.conf" -heartbeat nonsense2 2>"$tmp/err"

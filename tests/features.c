@@ -17,7 +17,11 @@
  * outliving their control connection (scripted, and with the real client
  * behind a proxy that cuts it), the cap of 4096 users waiting for their
  * tunnel, a server out of file descriptors, and TCP keepalive on both
- * ends of the control connection (read from /proc/net/tcp).  Run from the
+ * ends of the control connection (read from /proc/net/tcp); and several
+ * services from one client (repeated -local, PUBLIC=, -local PORT, one
+ * refused as busy while the others serve, -port 0 for any free port, a
+ * -remote list with a dead first address, -tunnel through a relay, and
+ * the malformed arguments that must exit 2).  Run from the
  * repository root:
  *
  *     ./tests/features [NAME-SUBSTRING]
@@ -5380,6 +5384,419 @@ test_keepalive(struct test *t)
 	}
 }
 
+/* ==== test: several services from one client ============================== */
+
+/* forwarded_port: the public port c's "forwarding HOST:PUB -> HOST:LOC"
+ * line names for the service on loc, or -1 if there is none yet. */
+static int
+forwarded_port(struct tl_proc *c, int loc)
+{
+	char *text = tl_read_file(c->log, NULL), *p, want[64];
+	int port = -1;
+
+	if (text == NULL) {
+		return -1;
+	}
+	snprintf(want, sizeof(want), " -> 127.0.0.1:%d", loc);
+	for (p = text; (p = strstr(p, "forwarding 127.0.0.1:")) != NULL; p++) {
+		char *eol = strchr(p, '\n'), *arrow = strstr(p, want);
+		if (arrow != NULL && (eol == NULL || arrow < eol)) {
+			port = atoi(p + strlen("forwarding 127.0.0.1:"));
+		}
+	}
+	free(text);
+	return port;
+}
+
+/* wait_forwarded: forwarded_port within START_MS; -1 and fail() if not. */
+static int
+wait_forwarded(struct test *t, struct tl_proc *c, int loc)
+{
+	int64_t deadline = tl_now_ms() + START_MS;
+	int port;
+
+	while ((port = forwarded_port(c, loc)) < 0) {
+		if (tl_now_ms() >= deadline || tl_proc_poll(c)) {
+			return fail(t, "%s never logged forwarding to 127.0.0.1:%d",
+			            c->name, loc);
+		}
+		tl_pause(20);
+	}
+	return port;
+}
+
+/* Three services of one client, all served at once, each with its bytes:
+ * the server's -public (from a bare "-local PORT"), and two ports of the
+ * range named PUBLIC=HOST:PORT and PUBLIC=PORT. */
+static void
+test_services_many(struct test *t)
+{
+	int lo, hi, p[6], loc_main, loc_a, loc_b;
+	char range[32], l_main[16], l_a[64], l_b[64], r[64];
+	struct tl_proc *client;
+
+	if (pick_range(t, RANGE_N, &lo, p, 6) < 0) {
+		return;
+	}
+	hi = lo + RANGE_N - 1;
+	t->ctl = p[0];
+	t->tun = p[1];
+	t->pub = p[2];
+	loc_main = p[3];
+	loc_a = p[4];
+	loc_b = p[5];
+	snprintf(range, sizeof(range), "%d-%d", lo, hi);
+	snprintf(l_main, sizeof(l_main), "%d", loc_main);
+	snprintf(l_a, sizeof(l_a), "%d=127.0.0.1:%d", lo, loc_a);
+	snprintf(l_b, sizeof(l_b), "%d=%d", hi, loc_b);
+	{
+		const char *argv[] = { "./client", "-remote",
+		                       tl_fmt_addr(r, "127.0.0.1", t->ctl),
+		                       "-local", l_main, "-local", l_a, "-local",
+		                       l_b, tl_plaintext() ? "-plaintext" : NULL,
+		                       NULL };
+		if (start_svc(t, "svc-main", "source", loc_main, "3000") == NULL
+		    || start_svc(t, "svc-a", "source", loc_a, "1111") == NULL
+		    || start_svc(t, "svc-b", "source", loc_b, "2222") == NULL
+		    || start_server(t, "server", "-ports", range, NULL) == NULL
+		    || (client = start(t, "client", argv, NULL, 0)) == NULL) {
+			return;
+		}
+	}
+	if (wait_log_count(t, client, "forwarding", 3, START_MS) < 0
+	    || expect_forwarding(t, client, t->pub, loc_main) < 0
+	    || expect_forwarding(t, client, lo, loc_a) < 0
+	    || expect_forwarding(t, client, hi, loc_b) < 0) {
+		return;
+	}
+	if (download(t, "127.0.0.1", t->pub, 3000, "user on -public") < 0
+	    || download(t, "127.0.0.1", lo, 1111, "user on the low port") < 0
+	    || download(t, "127.0.0.1", hi, 2222, "user on the high port") < 0
+	    || download(t, "127.0.0.1", lo, 1111, "second user, low port") < 0
+	    || download(t, "127.0.0.1", t->pub, 3000, "second user, -public") < 0) {
+		return;
+	}
+	/* The status names each service by its public port. */
+	kill(client->pid, SIGUSR1);
+	snprintf(r, sizeof(r), "[%d] status: up", hi);
+	if (wait_log_count(t, client, "status: up", 3, START_MS) < 0
+	    || expect_log(t, client, r) < 0) {
+		return;
+	}
+	snprintf(r, sizeof(r), "[%d] user 127.0.0.1:", lo);
+	expect_log(t, client, r);
+}
+
+/* -local PORT means 127.0.0.1:PORT. */
+static void
+test_local_shorthand(struct test *t)
+{
+	char l[16], r[64];
+	struct tl_proc *client;
+
+	if (pick_server_ports(t, NULL, 4) < 0) {
+		return;
+	}
+	snprintf(l, sizeof(l), "%d", t->loc);
+	{
+		const char *argv[] = { "./client", "-remote",
+		                       tl_fmt_addr(r, "127.0.0.1", t->ctl), "-local",
+		                       l, tl_plaintext() ? "-plaintext" : NULL,
+		                       NULL };
+		if (start_svc(t, "svc", "source", t->loc, "777") == NULL
+		    || start_server(t, "server", NULL) == NULL
+		    || (client = start(t, "client", argv, NULL, 0)) == NULL
+		    || wait_log(t, client, "forwarding", START_MS) < 0
+		    || expect_forwarding(t, client, t->pub, t->loc) < 0) {
+			return;
+		}
+	}
+	download(t, "127.0.0.1", t->pub, 777, "user through -local PORT");
+}
+
+/* A service whose port another client holds is refused as busy and
+ * retries alone; the client's other services serve all the while, and it
+ * takes the port once the holder leaves. */
+static void
+test_services_busy_alone(struct test *t)
+{
+	int lo, hi, p[6], loc_main, loc_a, loc_b;
+	char range[32], l_main[64], l_a[64], l_b[64], r[64], want[64];
+	struct tl_proc *holder, *client;
+
+	if (pick_range(t, RANGE_N, &lo, p, 6) < 0) {
+		return;
+	}
+	hi = lo + RANGE_N - 1;
+	t->ctl = p[0];
+	t->tun = p[1];
+	t->pub = p[2];
+	loc_main = p[3];
+	loc_a = p[4];
+	loc_b = p[5];
+	snprintf(range, sizeof(range), "%d-%d", lo, hi);
+	snprintf(l_main, sizeof(l_main), "127.0.0.1:%d", loc_main);
+	snprintf(l_a, sizeof(l_a), "%d=127.0.0.1:%d", lo, loc_a);
+	snprintf(l_b, sizeof(l_b), "%d=127.0.0.1:%d", hi, loc_b);
+	if (start_svc(t, "svc-main", "source", loc_main, "3000") == NULL
+	    || start_svc(t, "svc-a", "source", loc_a, "1111") == NULL
+	    || start_svc(t, "svc-b", "source", loc_b, "2222") == NULL
+	    || start_server(t, "server", "-ports", range, NULL) == NULL
+	    || (holder = attach_client(t, "holder", loc_b, lo, NULL, 0, 1, lo))
+	       == NULL) {
+		return;
+	}
+	{
+		const char *argv[] = { "./client", "-remote",
+		                       tl_fmt_addr(r, "127.0.0.1", t->ctl),
+		                       "-local", l_main, "-local", l_a, "-local",
+		                       l_b, tl_plaintext() ? "-plaintext" : NULL,
+		                       NULL };
+		if ((client = start(t, "client", argv, NULL, 0)) == NULL) {
+			return;
+		}
+	}
+	snprintf(want, sizeof(want), "[%d] server", lo);
+	if (wait_log_count(t, client, "forwarding", 2, START_MS) < 0
+	    || expect_forwarding(t, client, t->pub, loc_main) < 0
+	    || expect_forwarding(t, client, hi, loc_b) < 0
+	    || wait_log_count(t, client, "already served by", 2, START_MS) < 0
+	    || expect_log(t, client, want) < 0) {
+		return;
+	}
+	/* Retrying, the busy one leaves the others be. */
+	if (download(t, "127.0.0.1", t->pub, 3000, "user on -public") < 0
+	    || download(t, "127.0.0.1", hi, 2222, "user on the high port") < 0
+	    || download(t, "127.0.0.1", lo, 2222, "user on the holder's port") < 0
+	    || wait_log_count(t, client, "already served by", 3, START_MS) < 0
+	    || download(t, "127.0.0.1", t->pub, 3000, "-public, still") < 0) {
+		return;
+	}
+	if (tl_count_in_file(client->log, "forwarding") != 2) {
+		fail(t, "the client reattached a service that was not refused");
+		return;
+	}
+	/* The holder leaves: the retrying service takes the port. */
+	if (stop(t, holder) < 0
+	    || wait_log_count(t, client, "forwarding", 3, T(40000)) < 0
+	    || expect_forwarding(t, client, lo, loc_a) < 0) {
+		return;
+	}
+	download(t, "127.0.0.1", lo, 1111, "user on the port taken over");
+}
+
+/* -port 0 and 0=HOST:PORT: any free port of -ports, named in the
+ * forwarding line; never one -secrets names (it has its own secret); none
+ * left is "busy", retried. */
+static void
+test_port_any(struct test *t)
+{
+	int lo, p[6], loc_a, loc_b, loc_c, got_a, got_b;
+	char range[32], l_a[64], l_b[64], l_c[64], r[64], path[200], want[64];
+	char secrets[64];
+	struct tl_proc *client;
+
+	if (pick_range(t, RANGE_N, &lo, p, 6) < 0) {
+		return;
+	}
+	t->ctl = p[0];
+	t->tun = p[1];
+	t->pub = p[2];
+	loc_a = p[3];
+	loc_b = p[4];
+	loc_c = p[5];
+	/* Three ports, the first with a secret of its own: two to give. */
+	snprintf(range, sizeof(range), "%d-%d", lo, lo + 2);
+	snprintf(path, sizeof(path), "%s/secrets", t->dir);
+	snprintf(secrets, sizeof(secrets), "%d its-own-secret-long-enough\n", lo);
+	if (tl_write_file(path, secrets, strlen(secrets)) < 0
+	    || chmod(path, 0600) < 0) {
+		fail(t, "%s: %s", path, strerror(errno));
+		return;
+	}
+	snprintf(l_a, sizeof(l_a), "127.0.0.1:%d", loc_a);
+	snprintf(l_b, sizeof(l_b), "0=127.0.0.1:%d", loc_b);
+	snprintf(l_c, sizeof(l_c), "0=127.0.0.1:%d", loc_c);
+	if (start_svc(t, "svc-a", "source", loc_a, "1111") == NULL
+	    || start_svc(t, "svc-b", "source", loc_b, "2222") == NULL
+	    || start_svc(t, "svc-c", "source", loc_c, "3333") == NULL
+	    || start_server(t, "server", "-ports", range, "-secrets", path,
+	                    NULL) == NULL) {
+		return;
+	}
+	{
+		const char *argv[] = { "./client", "-remote",
+		                       tl_fmt_addr(r, "127.0.0.1", t->ctl),
+		                       "-port", "0", "-local", l_a, "-local", l_b,
+		                       tl_plaintext() ? "-plaintext" : NULL, NULL };
+		if ((client = start(t, "client", argv, NULL, 0)) == NULL
+		    || (got_a = wait_forwarded(t, client, loc_a)) < 0
+		    || (got_b = wait_forwarded(t, client, loc_b)) < 0) {
+			return;
+		}
+	}
+	if (got_a == got_b || got_a <= lo || got_a > lo + 2 || got_b <= lo
+	    || got_b > lo + 2) {
+		fail(t, "any free port gave %d and %d, want %d and %d", got_a,
+		     got_b, lo + 1, lo + 2);
+		return;
+	}
+	if (download(t, "127.0.0.1", got_a, 1111, "user on -port 0's port") < 0
+	    || download(t, "127.0.0.1", got_b, 2222, "user on 0='s port") < 0) {
+		return;
+	}
+	/* Nothing left: a third is refused as busy and keeps trying. */
+	{
+		const char *argv[] = { "./client", "-remote",
+		                       tl_fmt_addr(r, "127.0.0.1", t->ctl),
+		                       "-local", l_c,
+		                       tl_plaintext() ? "-plaintext" : NULL, NULL };
+		if ((client = start(t, "client-none-left", argv, NULL, 0)) == NULL
+		    || wait_log_count(t, client, "no free port", 2, START_MS) < 0) {
+			return;
+		}
+	}
+	snprintf(want, sizeof(want), "retrying in");
+	expect_log(t, client, want);
+}
+
+/* -remote A,B: A is dead, so the client moves on to B. */
+static void
+test_remote_list(struct test *t)
+{
+	int p[5];
+	char remote[128], dead[64], want[128], l[64];
+	struct tl_proc *client;
+
+	if (pick_server_ports(t, p, 5) < 0) {
+		return;
+	}
+	snprintf(remote, sizeof(remote), "127.0.0.1:%d,127.0.0.1:%d", p[4],
+	         t->ctl);
+	snprintf(l, sizeof(l), "127.0.0.1:%d", t->loc);
+	{
+		const char *argv[] = { "./client", "-remote", remote, "-local", l,
+		                       tl_plaintext() ? "-plaintext" : NULL, NULL };
+		if (start_svc(t, "svc", "source", t->loc, "4444") == NULL
+		    || start_server(t, "server", NULL) == NULL
+		    || (client = start(t, "client", argv, NULL, 0)) == NULL
+		    || wait_log(t, client, "forwarding", START_MS) < 0
+		    || expect_forwarding(t, client, t->pub, t->loc) < 0) {
+			return;
+		}
+	}
+	snprintf(dead, sizeof(dead), "connect 127.0.0.1:%d:", p[4]);
+	snprintf(want, sizeof(want), "%s Connection refused; retrying", dead);
+	if (expect_log(t, client, want) < 0) {
+		return;
+	}
+	download(t, "127.0.0.1", t->pub, 4444, "user via the second -remote");
+}
+
+/* -tunnel: tunnels go through a relay on another port (as through a
+ * remapped port), which holds the user's tunnel while it lasts. */
+static void
+test_tunnel_override(struct test *t)
+{
+	struct tl_proc *proxy, *client;
+	char pp[16], tp[16], tun[64], l[64], r[64], want[128];
+	const char *pargv[5] = { tl_h.self, "--cut-proxy", pp, tp, NULL };
+	struct lane ln[1];
+	int p[5], u;
+
+	if (pick_server_ports(t, p, 5) < 0) {
+		return;
+	}
+	snprintf(pp, sizeof(pp), "%d", p[4]);
+	snprintf(tp, sizeof(tp), "%d", t->tun);
+	snprintf(tun, sizeof(tun), "127.0.0.1:%d", p[4]);
+	snprintf(l, sizeof(l), "127.0.0.1:%d", t->loc);
+	{
+		const char *argv[] = { "./client", "-remote",
+		                       tl_fmt_addr(r, "127.0.0.1", t->ctl), "-local",
+		                       l, "-tunnel", tun,
+		                       tl_plaintext() ? "-plaintext" : NULL, NULL };
+		if (start_svc(t, "svc", "echo", t->loc, NULL) == NULL
+		    || start_server(t, "server", NULL) == NULL
+		    || (proxy = start(t, "tunnel-relay", pargv, NULL, 0)) == NULL
+		    || wait_log(t, proxy, "ready", START_MS) < 0
+		    || (client = start(t, "client", argv, NULL, 0)) == NULL
+		    || wait_log(t, client, "forwarding", START_MS) < 0) {
+			return;
+		}
+	}
+	snprintf(want, sizeof(want), "(tunnels via %s)", tun);
+	if (expect_log(t, client, want) < 0
+	    || (u = user_open(t, "127.0.0.1", t->pub)) < 0) {
+		return;
+	}
+	lane_init(&ln[0], u, u, 31);
+	if (pump(t, ln, 1, 64 * 1024, "64 KiB echoed through -tunnel") < 0) {
+		return;
+	}
+	/* The relay holds that user's tunnel: cutting it names one. */
+	kill(proxy->pid, SIGUSR1);
+	wait_log(t, proxy, "cut 1: 1 connections", IO_MS);
+}
+
+/* Malformed -remote and -local, and two -local without PUBLIC=: exit 2
+ * at once with one line saying what is wrong, not a retry for ever. */
+static void
+test_bad_services(struct test *t)
+{
+	static const char *const url[] = {
+		"./client", "-remote", "http://example.com", NULL };
+	static const char *const v6[] = {
+		"./client", "-remote", "::1:8009", NULL };
+	static const char *const url2[] = {
+		"./client", "-remote", "127.0.0.1,http://x", NULL };
+	static const char *const garbage[] = {
+		"./client", "-remote", "127.0.0.1", "-local", "garbage", NULL };
+	static const char *const badpub[] = {
+		"./client", "-remote", "127.0.0.1", "-local", "x=127.0.0.1:1",
+		NULL };
+	static const char *const two[] = {
+		"./client", "-remote", "127.0.0.1", "-local", "127.0.0.1:1",
+		"-local", "127.0.0.1:2", NULL };
+	static const char *const twice[] = {
+		"./client", "-remote", "127.0.0.1", "-local", "9001=127.0.0.1:1",
+		"-local", "9001=127.0.0.1:2", NULL };
+	static const char *const badtun[] = {
+		"./client", "-remote", "127.0.0.1", "-tunnel", "host-only", NULL };
+	static const struct {
+		const char *name, *says;
+		const char *const *argv;
+	} cases[] = {
+		{ "remote-url", "not a URL", url },
+		{ "remote-v6-port", "[::1]:8009", v6 },
+		{ "remote-list-url", "not a URL", url2 },
+		{ "local-garbage", "-local garbage", garbage },
+		{ "local-bad-public", "PUBLIC=", badpub },
+		{ "local-two-bare", "only one -local", two },
+		{ "local-port-twice", "9001 is asked for twice", twice },
+		{ "tunnel-no-port", "-tunnel host-only", badtun },
+	};
+	size_t i, len;
+	char *err;
+
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct tl_proc *p = start(t, cases[i].name, cases[i].argv, NULL,
+		                          TL_SPLIT_OUT);
+		if (p == NULL || expect_exit(t, p, 2, T(5000)) < 0) {
+			return;
+		}
+		err = tl_read_file(p->log, &len);
+		if (err == NULL || strchr(err, '\n') != err + len - 1
+		    || strstr(err, cases[i].says) == NULL) {
+			fail(t, "%s: want one line with \"%s\", got \"%s\"",
+			     cases[i].name, cases[i].says, err ? err : "");
+			free(err);
+			return;
+		}
+		free(err);
+	}
+}
+
 /* ==== running ============================================================= */
 
 /* ==== test: who may use a public port (-allow, -deny, -per-ip) =========== */
@@ -5872,6 +6289,13 @@ static const struct tl_case tests[] = {
 	{ "per_ip_pool", test_per_ip_pool, 0 },
 	{ "steer_usage", test_steer_usage, 0 },
 	{ "port_conflicts", test_port_conflicts, 0 },
+	{ "services_many", test_services_many, 0 },
+	{ "local_shorthand", test_local_shorthand, 0 },
+	{ "services_busy_alone", test_services_busy_alone, 0 },
+	{ "port_any", test_port_any, 0 },
+	{ "remote_list", test_remote_list, 0 },
+	{ "tunnel_override", test_tunnel_override, 0 },
+	{ "bad_services", test_bad_services, 0 },
 };
 
 int

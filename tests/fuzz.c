@@ -774,7 +774,7 @@ fuzz_session(unsigned x, unsigned flags, unsigned opts, const uint8_t *data,
 	uint8_t plain[SEALED_MAX];
 	size_t n, used = 0, sent;
 	int ports = (opts & O_PORTS) != 0, attached = 0, valid;
-	int want = asked_port(opts), got, offered, held, owner_port = 0, other;
+	int want = asked_port(opts), got, offered, held, owner_port = 0, other, any;
 
 	run_init(&r, (flags & F_NO_TOKEN) ? "" : "secret", ports);
 	r.s.plaintext = (x & X_SRV_PLAIN) != 0;
@@ -829,12 +829,26 @@ fuzz_session(unsigned x, unsigned flags, unsigned opts, const uint8_t *data,
 	          (ports && got >= lo_port && got <= lo_port + 1);
 	held = owner != NULL && owner_port == got;
 	other = memcmp(a.run_id, owner_run_id, RUN_ID_LEN) != 0;
+	/* Any free port: judged by the port it got, which must be one of
+	 * -ports that is not another run's. */
+	any = valid && (a.flags & FLAG_ANY_PORT) != 0;
+	if (any && m.type == MSG_WELCOME) {
+		got = m.public_port;
+		offered = ports && got >= lo_port && got <= lo_port + 1;
+		held = owner != NULL && owner_port == got;
+	}
 	if (!valid) {
 		CHECK(m.type == MSG_ERROR && m.code == ERR_PROTO && c->dead,
 		      "a malformed ATTACH got %s", msg_name(m.type));
 	} else if ((a.flags & FLAG_PLAINTEXT) && !r.s.plaintext) {
 		CHECK(m.type == MSG_ERROR && m.code == ERR_PLAINTEXT && c->dead,
 		      "plaintext asked, not allowed, got %s", msg_name(m.type));
+	} else if (any && !ports) {
+		CHECK(m.type == MSG_ERROR && m.code == ERR_PORT && c->dead,
+		      "any port asked, no -ports, got %s", msg_name(m.type));
+	} else if (any && m.type == MSG_ERROR) {
+		CHECK(m.code == ERR_BUSY && c->dead, "any port asked: code %u",
+		      m.code);
 	} else if (!offered) {
 		CHECK(m.type == MSG_ERROR && m.code == ERR_PORT && c->dead,
 		      "port %d, not offered, got %s", got, msg_name(m.type));

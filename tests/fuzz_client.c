@@ -42,6 +42,8 @@
 #define main client_main
 #include "../client.c"
 #undef main
+#include "../client_ctl.c"
+#include "../client_user.c"
 
 #include <stddef.h>
 #include <sys/un.h>
@@ -131,52 +133,59 @@ crun_init(struct crun *r, unsigned flags, unsigned opts)
 	relay_pool_init(&r->c.relays);
 	r->flags = flags;
 	r->opts = opts;
-	r->c.fd = -1;
+	/* One service, as main() sets it up from -local. */
+	r->c.svc = calloc(1, sizeof(*r->c.svc));
+	CHECK(r->c.svc != NULL, "out of memory");
+	r->c.nsvc = 1;
+	r->c.svc->cl = &r->c;
+	r->c.svc->fd = -1;
 	r->c.exit_status = -1;
-	r->c.drain_status = -1;
-	r->c.backoff_ms = BACKOFF_MIN_MS;
+	r->c.svc->exit_status = -1;
+	r->c.svc->backoff_ms = BACKOFF_MIN_MS;
 	r->c.sig_fd = -1;
 	r->c.token = (flags & F_NO_TOKEN) ? "" : "secret";
 	r->c.remote_arg = "127.0.0.1";
-	r->c.local_arg = "127.0.0.1:8080";
-	snprintf(r->c.remote.host, sizeof(r->c.remote.host), "127.0.0.1");
-	snprintf(r->c.remote.port, sizeof(r->c.remote.port), "%d",
+	snprintf(r->c.svc->local_arg, sizeof(r->c.svc->local_arg),
+	         "127.0.0.1:8080");
+	snprintf(r->c.remote[0].host, sizeof(r->c.remote[0].host), "127.0.0.1");
+	snprintf(r->c.remote[0].port, sizeof(r->c.remote[0].port), "%d",
 	         DEFAULT_CONTROL_PORT);
-	memcpy(r->c.run_id, "fuzz run", RUN_ID_LEN);
-	r->c.want_port = (flags & F_PORT) ? ASK_PORT : 0;
+	r->c.nremote = 1;
+	memcpy(r->c.svc->run_id, "fuzz run", RUN_ID_LEN);
+	r->c.svc->want_port = (flags & F_PORT) ? ASK_PORT : 0;
 	r->c.pool_want = (flags & F_POOL) ? POOL_ASK : 0;
 	r->c.plaintext = r->plaintext = (opts & O_PLAINTEXT) != 0;
 	r->c.proxy_version = (opts & O_PROXY) ? ((opts & O_PROXY2) ? 2 : 1) : 0;
 	r->c.started = now_ms();
-	CHECK(fbuf_init(&r->c.in, CTL_IN_SIZE) == 0 &&
-	      fbuf_init(&r->c.out, CTL_OUT_SIZE) == 0, "out of memory");
+	CHECK(fbuf_init(&r->c.svc->in, CTL_IN_SIZE) == 0 &&
+	      fbuf_init(&r->c.svc->out, CTL_OUT_SIZE) == 0, "out of memory");
 	/* As main() sets up, less the signal pipe. */
 	r->c.loop = loop_new();
 	watch_init(&r->c.sig_w, K_SIGNAL, NULL, 0);
-	watch_init(&r->c.ctl_w, K_CTL, NULL, 0);
-	sin = (struct sockaddr_in *)&r->c.server_sa;
+	watch_init(&r->c.svc->ctl_w, K_CTL, r->c.svc, 0);
+	sin = (struct sockaddr_in *)&r->c.svc->server_sa;
 	sin->sin_family = AF_INET;
 	sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	sin->sin_port = htons(DEFAULT_CONTROL_PORT);
-	r->c.server_len = sizeof(*sin);
-	snprintf(r->c.server, sizeof(r->c.server), "127.0.0.1:%d",
+	r->c.svc->server_len = sizeof(*sin);
+	snprintf(r->c.svc->server, sizeof(r->c.svc->server), "127.0.0.1:%d",
 	         DEFAULT_CONTROL_PORT);
 	/* The harness's service only where its WELCOME (or one it sealed
 	 * from input, its tunnel port made the harness's) can attach. */
 	if ((flags & F_LOCAL) &&
 	    ((flags & (F_ATTACH | F_POOL)) || (opts & O_RAW_REPLY))) {
-		memcpy(&r->c.local[0].sa, &local_sun, sizeof(local_sun));
-		r->c.local[0].len = local_sun_len;
-		r->c.nlocal = 1;
+		memcpy(&r->c.svc->local[0].sa, &local_sun, sizeof(local_sun));
+		r->c.svc->local[0].len = local_sun_len;
+		r->c.svc->nlocal = 1;
 		r->local_ok = 1;
 	} else if (flags & F_LOCAL) {
 		/* connect() fails at once with ENOENT: no network, no wait. */
-		sun = (struct sockaddr_un *)&r->c.local[0].sa;
+		sun = (struct sockaddr_un *)&r->c.svc->local[0].sa;
 		sun->sun_family = AF_UNIX;
 		snprintf(sun->sun_path, sizeof(sun->sun_path),
 		         "/nonexistent/dialback-fuzz");
-		r->c.local[0].len = sizeof(*sun);
-		r->c.nlocal = 1;
+		r->c.svc->local[0].len = sizeof(*sun);
+		r->c.svc->nlocal = 1;
 	}
 	r->peer = -1;
 }
@@ -193,8 +202,8 @@ pump(struct crun *r)
 		int n;
 
 		flush_control(&r->c);
-		ctl_sync(&r->c);
-		sweep(&r->c);
+		ctl_sync(r->c.svc);
+		user_sweep(&r->c);
 		n = loop_wait(r->c.loop, 0, &ev);
 		CHECK(n >= 0, "%s: %s", loop_backend(r->c.loop), strerror(errno));
 		if (n == 0) {
@@ -272,10 +281,10 @@ drive(struct crun *r)
 {
 	int i;
 
-	for (i = 0; i < 64 && r->c.fd >= 0 && fd_readable(r->c.fd); i++) {
-		ctl_readable(&r->c, 1);
+	for (i = 0; i < 64 && r->c.svc->fd >= 0 && fd_readable(r->c.svc->fd); i++) {
+		ctl_readable(r->c.svc, 1);
 		flush_control(&r->c);
-		sweep(&r->c);
+		user_sweep(&r->c);
 	}
 }
 
@@ -302,7 +311,7 @@ serve_auth(struct crun *r, struct handshake *hs)
 
 	peer_recv_msg(r->peer, NULL, &m);
 	CHECK(m.type == MSG_HELLO && m.version == PROTO_VERSION &&
-	      m.public_port == r->c.want_port,
+	      m.public_port == r->c.svc->want_port,
 	      "the client opened with %s", msg_name(m.type));
 	CHECK(memcmp(m.pub, last_client_pub, KEY_LEN) != 0,
 	      "the client's ephemeral key is the last connection's");
@@ -319,14 +328,14 @@ serve_auth(struct crun *r, struct handshake *hs)
 	peer_send_msg(r->peer, NULL, &ch);
 	drive(r);
 	peer_recv_msg(r->peer, NULL, &m);
-	CHECK(m.type == MSG_AUTH && r->c.state == C_AUTH_SENT,
+	CHECK(m.type == MSG_AUTH && r->c.svc->state == C_AUTH_SENT,
 	      "a CHALLENGE got %s", msg_name(m.type));
 	CHECK(hs_open(hs, m.sealed, m.sealed_len, plain) == 0,
 	      "the client's AUTH does not open");
 	n = m.sealed_len - TAG_LEN;
 	CHECK(frame_decode(plain, n, &a, &used) == FRAME_OK && used == n &&
 	      a.type == MSG_ATTACH &&
-	      memcmp(a.run_id, r->c.run_id, RUN_ID_LEN) == 0 &&
+	      memcmp(a.run_id, r->c.svc->run_id, RUN_ID_LEN) == 0 &&
 	      a.pool == r->c.pool_want &&
 	      a.flags == (r->plaintext ? FLAG_PLAINTEXT : 0),
 	      "AUTH holds %s, or a wrong run id, pool or flags",
@@ -355,14 +364,14 @@ attached(struct crun *r, struct handshake *hs, const struct msg *w)
 {
 	hs_split(hs, 0, &r->keys);
 	r->attached = 1;
-	CHECK(r->c.state == C_ATTACHED && r->c.fd >= 0 &&
-	      memcmp(r->c.keys.tx.key, r->keys.rx.key, KEY_LEN) == 0 &&
-	      memcmp(r->c.keys.rx.key, r->keys.tx.key, KEY_LEN) == 0 &&
-	      memcmp(r->c.keys.tunnel, r->keys.tunnel, KEY_LEN) == 0 &&
-	      r->c.tunnel_port == w->tunnel_port &&
-	      r->c.public_port == w->public_port &&
-	      r->c.heartbeat_s == w->heartbeat_s,
-	      "a WELCOME left the client in state %d", (int)r->c.state);
+	CHECK(r->c.svc->state == C_ATTACHED && r->c.svc->fd >= 0 &&
+	      memcmp(r->c.svc->keys.tx.key, r->keys.rx.key, KEY_LEN) == 0 &&
+	      memcmp(r->c.svc->keys.rx.key, r->keys.tx.key, KEY_LEN) == 0 &&
+	      memcmp(r->c.svc->keys.tunnel, r->keys.tunnel, KEY_LEN) == 0 &&
+	      r->c.svc->tunnel_port == w->tunnel_port &&
+	      r->c.svc->public_port == w->public_port &&
+	      r->c.svc->heartbeat_s == w->heartbeat_s,
+	      "a WELCOME left the client in state %d", (int)r->c.svc->state);
 }
 
 /* Play a good server: the handshake, and a WELCOME. */
@@ -377,7 +386,7 @@ attach(struct crun *r)
 	memset(&m, 0, sizeof(m));
 	m.type = MSG_WELCOME;
 	m.tunnel_port = (uint16_t)tunnel_port;
-	m.public_port = r->c.want_port ? ASK_PORT : DEFAULT_PUBLIC_PORT;
+	m.public_port = r->c.svc->want_port ? ASK_PORT : DEFAULT_PUBLIC_PORT;
 	m.heartbeat_s = DEFAULT_HEARTBEAT_S;
 	m.flags = r->plaintext ? FLAG_PLAINTEXT : 0;
 	serve_reply(r, &hs, plain, frame_encode(plain, &m));
@@ -409,11 +418,11 @@ raw_reply(struct crun *r, const uint8_t *data, size_t len)
 	    (m.flags & FLAG_PLAINTEXT) == (r->plaintext ? FLAG_PLAINTEXT : 0)) {
 		attached(r, &hs, &m);
 	} else if (ok && m.type == MSG_ERROR && m.code == ERR_BUSY) {
-		CHECK(r->c.state == C_IDLE && r->c.fd < 0 &&
-		      r->c.exit_status < 0, "ERR_BUSY: no retry");
+		CHECK(r->c.svc->state == C_IDLE && r->c.svc->fd < 0 &&
+		      r->c.svc->exit_status < 0, "ERR_BUSY: no retry");
 	} else {
-		CHECK(r->c.state == C_IDLE && r->c.fd < 0 &&
-		      r->c.exit_status == 1, "a REPLY of %zu bytes (%s) did not "
+		CHECK(r->c.svc->state == C_STOPPED && r->c.svc->fd < 0 &&
+		      r->c.svc->exit_status == 1, "a REPLY of %zu bytes (%s) did not "
 		      "stop the client", n, ok ? msg_name(m.type) : "malformed");
 	}
 	return len > 0 ? 1 + n : 0;
@@ -424,13 +433,13 @@ raw_reply(struct crun *r, const uint8_t *data, size_t len)
 static void
 expire(struct crun *r, unsigned which)
 {
-	int64_t hb = (int64_t)(r->c.heartbeat_s ? r->c.heartbeat_s
+	int64_t hb = (int64_t)(r->c.svc->heartbeat_s ? r->c.svc->heartbeat_s
 	                                        : DEFAULT_HEARTBEAT_S) * 1000;
 	int64_t later[4] = {
 		0, HANDSHAKE_MS / 2, hb, hb * DEAD_AFTER_BEATS + JOIN_WAIT_MS,
 	};
 
-	if (which == 0 || r->c.state == C_IDLE) {
+	if (which == 0 || r->c.svc->state == C_IDLE) {
 		return;
 	}
 	run_timers(&r->c, now_ms() + later[which]);
@@ -454,7 +463,7 @@ pool_setup(struct crun *r)
 	drive(r);
 	pump(r);
 	take_tunnels(r);
-	CHECK(r->ntun == POOL_ASK && r->c.npooled == POOL_ASK &&
+	CHECK(r->ntun == POOL_ASK && r->c.svc->npooled == POOL_ASK &&
 	      r->tun[0].joined && r->tun[1].joined,
 	      "%d tickets made %d pooled tunnels", POOL_ASK, r->ntun);
 }
@@ -782,12 +791,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	crun_init(&r, flags, opts);
 	fd_pair(&fd, &r.peer);
-	r.c.fd = fd;
-	r.c.state = C_CONNECTING;
-	r.c.deadline = now_ms() + HANDSHAKE_MS;
-	ctl_connected(&r.c);
-	CHECK(r.c.state == C_HELLO_SENT, "connected, but state %d",
-	      (int)r.c.state);
+	r.c.svc->fd = fd;
+	r.c.svc->state = C_CONNECTING;
+	r.c.svc->deadline = now_ms() + HANDSHAKE_MS;
+	ctl_connected(r.c.svc);
+	CHECK(r.c.svc->state == C_HELLO_SENT, "connected, but state %d",
+	      (int)r.c.svc->state);
 	flush_control(&r.c);
 	if (flags & (F_ATTACH | F_POOL)) {
 		attach(&r);
@@ -829,10 +838,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	drive(&r);
 	client_model(sc.buf, r.attached ? sent : 0, model, &tk);
 	if (r.attached && tk.drop) {
-		CHECK(r.c.state == C_IDLE && r.c.fd < 0, "a client took a bad "
+		CHECK((r.c.svc->state == C_IDLE || r.c.svc->state == C_STOPPED) &&
+		      r.c.svc->fd < 0, "a client took a bad "
 		      "record or a message it does not take");
 	} else if (r.attached && !ctl_fin) {
-		CHECK(r.c.state == C_ATTACHED, "a client dropped records it "
+		CHECK(r.c.svc->state == C_ATTACHED, "a client dropped records it "
 		      "takes");
 	}
 	if (r.attached) {
