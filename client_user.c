@@ -266,9 +266,10 @@ pool_joined(struct cuser *u)
 	uint8_t frame[FRAME_HDR + FRAME_MAX];
 	size_t n = join_frame(u, frame);
 
-	/* A fresh socket always has room for one small frame. */
-	if (send(u->fd, frame, n, MSG_NOSIGNAL) != (ssize_t)n ||
-	    fbuf_init(&u->in, FBUF_SMALL) != 0) {
+	/* A fresh socket always has room for one small frame.  The buffer
+	 * for what comes back waits until something does: a parked tunnel
+	 * costs its descriptor and nothing more. */
+	if (send(u->fd, frame, n, MSG_NOSIGNAL) != (ssize_t)n) {
 		user_close(u, NULL);
 		return;
 	}
@@ -427,8 +428,15 @@ static void
 pool_readable(struct cuser *u)
 {
 	struct msg m;
-	int rc = fbuf_fill(&u->in, u->held);
-	enum frame_result fr = fbuf_take(&u->in, &m);
+	int rc;
+	enum frame_result fr;
+
+	if (u->in.data == NULL && fbuf_init(&u->in, FBUF_SMALL) != 0) {
+		user_close(u, "out of memory");
+		return;
+	}
+	rc = fbuf_fill(&u->in, u->held);
+	fr = fbuf_take(&u->in, &m);
 
 	if (fr == FRAME_OK && m.type == MSG_NEW_USER) {
 		u->svc->npooled--;

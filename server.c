@@ -327,6 +327,18 @@ log_status(struct server *s)
 	         (unsigned long long)s->user_seq, in, out, heap);
 }
 
+/* The seconds of arrivals a self-sized pool follows: POOL_WINDOW_S, or
+ * fewer from DIALBACK_POOL_WINDOW, so that the tests can watch a pool
+ * shrink without waiting a minute. */
+static int
+pool_window(void)
+{
+	const char *e = getenv("DIALBACK_POOL_WINDOW");
+	long w = e != NULL ? strtol(e, NULL, 10) : 0;
+
+	return w >= 1 && w <= POOL_WINDOW_S ? (int)w : POOL_WINDOW_S;
+}
+
 static int
 dispatch(struct server *s, const struct loop_event *ev, int n)
 {
@@ -647,6 +659,7 @@ main(int argc, char **argv)
 
 	memset(&s, 0, sizeof(s));
 	relay_pool_init(&s.relays);
+	s.pool_window_s = pool_window();
 	parse_args(&s, argc, argv);
 	s.sig_fd = signals_setup();
 	random_open();

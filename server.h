@@ -169,6 +169,7 @@ struct server {
 	uint64_t user_seq;
 	int64_t started;
 	uint64_t bytes_in, bytes_out;  /* of users already closed */
+	int pool_window_s;             /* POOL_WINDOW_S, or fewer for tests */
 	struct relay_pool relays;      /* what the users' relays share */
 	/* Who may use a public port: -allow, -deny, -per-ip. */
 	struct cidr allow[FLAG_LIST_MAX], deny[FLAG_LIST_MAX];

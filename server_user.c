@@ -803,20 +803,19 @@ pool_handed(struct server *s, struct ctl *c, const char *why)
 
 /* The most users that arrived on c's port in one second of the window. */
 static int
-pool_peak(struct ctl *c, int64_t now)
+pool_peak(struct ctl *c, int64_t now, int window)
 {
 	int64_t sec = now / 1000, k;
 	int i, peak = 0;
 
 	/* Age the ring: seconds passed since the newest count start at 0. */
-	for (k = c->arrivals_s + 1; k <= sec && k <= c->arrivals_s + POOL_WINDOW_S;
-	     k++) {
-		c->arrivals[k % POOL_WINDOW_S] = 0;
+	for (k = c->arrivals_s + 1; k <= sec && k <= c->arrivals_s + window; k++) {
+		c->arrivals[k % window] = 0;
 	}
 	if (sec > c->arrivals_s) {
 		c->arrivals_s = sec;
 	}
-	for (i = 0; i < POOL_WINDOW_S; i++) {
+	for (i = 0; i < window; i++) {
 		peak = c->arrivals[i] > peak ? c->arrivals[i] : peak;
 	}
 	return peak;
@@ -833,9 +832,9 @@ pool_resize(struct server *s, struct ctl *c, int64_t now, int arrived)
 	if (!c->pool_auto) {
 		return;
 	}
-	peak = pool_peak(c, now);
+	peak = pool_peak(c, now, s->pool_window_s);
 	if (arrived) {
-		uint16_t *n = &c->arrivals[c->arrivals_s % POOL_WINDOW_S];
+		uint16_t *n = &c->arrivals[c->arrivals_s % s->pool_window_s];
 		*n = *n < UINT16_MAX ? *n + 1 : *n;
 		peak = *n > peak ? *n : peak;
 	}

@@ -1897,6 +1897,195 @@ test_pool_serves(struct test *t)
 }
 
 /*
+ * pool_auto: with no -pool the server sizes the pool to the busiest second
+ * of recent arrivals (DIALBACK_POOL_WINDOW shortens the window to 8 s for
+ * the test): 2 parked at start, grown past 15 after a burst of 40, every
+ * user of the next burst of 10 put on a parked tunnel, back to 2 once the
+ * window has passed, and never more than POOL_MAX after 150 at once.
+ */
+static void
+test_pool_auto(struct test *t)
+{
+	struct tl_proc *server, *client;
+	int p[4], parked = -1, want = -1, before, after;
+	int64_t deadline;
+
+	if (pick_server_ports(t, p, 4) < 0
+	    || start_svc(t, "svc", "echo", p[3], NULL) == NULL) {
+		return;
+	}
+	setenv("DIALBACK_POOL_WINDOW", "8", 1);
+	server = start_server(t, "server", "-heartbeat", "1", NULL);
+	unsetenv("DIALBACK_POOL_WINDOW");
+	if (server == NULL
+	    || (client = start_client(t, "client", t->ctl, p[3], NULL, 0,
+	                              NULL)) == NULL
+	    || wait_log(t, client, "forwarding", START_MS) < 0
+	    || wait_pool(t, server, 2, 2, POOL_MS, "at start") < 0
+	    || echo_concurrent(t, t->pub, 40, 4000, 300) < 0) {
+		return;
+	}
+	/* The burst's busiest second had at least 20 of the 40. */
+	deadline = tl_now_ms() + POOL_MS;
+	do {
+		if (pool_status(t, server, &parked, &want) < 0) {
+			return;
+		}
+		if (want >= 20 && parked == want) {
+			break;
+		}
+		tl_pause(50);
+	} while (tl_now_ms() < deadline);
+	if (want < 20 || want > POOL_MAX || parked != want) {
+		fail(t, "after a burst of 40 users: %d of %d pooled tunnels parked, "
+		     "want a full pool of 20 to %d", parked, want, POOL_MAX);
+		return;
+	}
+	before = tl_count_in_file(server->log, "joined to a pooled tunnel");
+	if (echo_concurrent(t, t->pub, 10, 4000, 400) < 0) {
+		return;
+	}
+	after = tl_count_in_file(server->log, "joined to a pooled tunnel");
+	if (after - before != 10) {
+		fail(t, "%d of a burst of 10 users found a parked tunnel, with %d "
+		     "parked; want all 10", after - before, parked);
+		return;
+	}
+	/* 8 s of window, then the next heartbeat trims the pool. */
+	if (wait_pool(t, server, 2, 2, T(15000), "after the window") < 0
+	    || echo_concurrent(t, t->pub, 150, 1000, 500) < 0) {
+		return;
+	}
+	deadline = tl_now_ms() + POOL_MS;
+	do {
+		if (pool_status(t, server, &parked, &want) < 0) {
+			return;
+		}
+		if (want == POOL_MAX && parked == want) {
+			break;
+		}
+		tl_pause(50);
+	} while (tl_now_ms() < deadline);
+	if (want != POOL_MAX || parked != POOL_MAX) {
+		fail(t, "after 150 users at once: %d of %d pooled tunnels parked, "
+		     "want the cap, %d of %d", parked, want, POOL_MAX, POOL_MAX);
+		return;
+	}
+	expect_alive(t, client);
+}
+
+/*
+ * pool_frozen_client: a client that stops (SIGSTOP) with tunnels parked.
+ * A user put on one at once is reset within JOIN_WAIT_MS, as one waiting
+ * for a JOIN would be, with the reason logged; a user arriving more than
+ * 1.5 heartbeats after the client was last heard from gets no parked
+ * tunnel at all.
+ */
+static int expect_closed(struct test *t, int fd, int ms, const char *what);
+
+static void
+test_pool_frozen_client(struct test *t)
+{
+	struct tl_proc *server, *client;
+	int p[4], a = -1, b = -1, n0;
+	int64_t t0;
+
+	if (pick_server_ports(t, p, 4) < 0
+	    || start_svc(t, "svc", "echo", p[3], NULL) == NULL
+	    || (server = start_server(t, "server", "-heartbeat", "2", NULL))
+	       == NULL
+	    || (client = start_client(t, "client", t->ctl, p[3], NULL, 0,
+	                              NULL)) == NULL
+	    || wait_log(t, client, "forwarding", START_MS) < 0
+	    || wait_pool(t, server, 2, 2, POOL_MS, "at start") < 0) {
+		return;
+	}
+	kill(client->pid, SIGSTOP);
+	t0 = tl_now_ms();
+	if ((a = user_open(t, "127.0.0.1", t->pub)) < 0
+	    || tl_write_all(a, "hello", 5, tl_now_ms() + T(2000)) < 0
+	    || wait_log(t, server, "joined to a pooled tunnel", T(2000)) < 0) {
+		goto out;
+	}
+	/* Last heard from at most one heartbeat (2 s) before the stop. */
+	tl_pause((int)(t0 + 3500 - tl_now_ms()));
+	n0 = tl_count_in_file(server->log, "joined to a pooled tunnel");
+	if ((b = user_open(t, "127.0.0.1", t->pub)) < 0) {
+		goto out;
+	}
+	if (wait_log(t, server, "its client went silent with its pooled tunnel",
+	             T(JOIN_WAIT_MS + 2000)) < 0) {
+		goto out;
+	}
+	if (tl_now_ms() - t0 > T(JOIN_WAIT_MS + 2000)) {
+		fail(t, "the user on a frozen client's pooled tunnel was closed "
+		     "after %lld ms, want at most %d",
+		     (long long)(tl_now_ms() - t0), JOIN_WAIT_MS);
+		goto out;
+	}
+	if (expect_closed(t, a, T(2000), "the user on the frozen pool") < 0) {
+		goto out;
+	}
+	if (tl_count_in_file(server->log, "joined to a pooled tunnel") != n0) {
+		fail(t, "a user arriving 3.5 s after the client froze (heartbeat "
+		     "2 s) was put on a parked tunnel");
+	}
+out:
+	kill(client->pid, SIGCONT);
+	if (a >= 0) {
+		close(a);
+	}
+	if (b >= 0) {
+		close(b);
+	}
+}
+
+/*
+ * pool_frozen_deadline: as pool_frozen_client with the default heartbeat
+ * (10 s, which the tests' servers don't have: the session outlives the wait): the user handed a parked
+ * tunnel by a client that froze is reset by its own deadline, JOIN_WAIT_MS,
+ * while the session is still attached.
+ */
+static void
+test_pool_frozen_deadline(struct test *t)
+{
+	struct tl_proc *server, *client;
+	int p[4], a = -1;
+	int64_t t0;
+
+	if (pick_server_ports(t, p, 4) < 0
+	    || start_svc(t, "svc", "echo", p[3], NULL) == NULL
+	    || (server = start_server(t, "server", "-heartbeat", "10",
+	                               NULL)) == NULL
+	    || (client = start_client(t, "client", t->ctl, p[3], NULL, 0,
+	                              NULL)) == NULL
+	    || wait_log(t, client, "forwarding", START_MS) < 0
+	    || wait_pool(t, server, 2, 2, POOL_MS, "at start") < 0) {
+		return;
+	}
+	kill(client->pid, SIGSTOP);
+	t0 = tl_now_ms();
+	if ((a = user_open(t, "127.0.0.1", t->pub)) < 0
+	    || wait_log(t, server, "joined to a pooled tunnel", T(2000)) < 0
+	    || wait_log(t, server, "its client went silent with its pooled tunnel",
+	                T(JOIN_WAIT_MS + 2000)) < 0
+	    || expect_closed(t, a, T(2000), "the user on the frozen pool") < 0) {
+		goto out;
+	}
+	if (tl_now_ms() - t0 < JOIN_WAIT_MS - 500) {
+		fail(t, "closed after %lld ms, before its %d ms deadline",
+		     (long long)(tl_now_ms() - t0), JOIN_WAIT_MS);
+	} else if (tl_count_in_file(server->log, "detached") != 0) {
+		fail(t, "the session ended before the user's own deadline");
+	}
+out:
+	kill(client->pid, SIGCONT);
+	if (a >= 0) {
+		close(a);
+	}
+}
+
+/*
  * pooled_refused_user: a user on a pooled tunnel whose service is down is
  * closed within 3 s, and the server names the reason.  data: what the
  * user sends first (n may be 0).
@@ -5714,7 +5903,7 @@ test_tunnel_override(struct test *t)
 	{
 		const char *argv[] = { "./client", "-remote",
 		                       tl_fmt_addr(r, "127.0.0.1", t->ctl), "-local",
-		                       l, "-tunnel", tun,
+		                       l, "-tunnel", tun, "-pool", "0",
 		                       tl_plaintext() ? "-plaintext" : NULL, NULL };
 		if (start_svc(t, "svc", "echo", t->loc, NULL) == NULL
 		    || start_server(t, "server", NULL) == NULL
@@ -5734,7 +5923,8 @@ test_tunnel_override(struct test *t)
 	if (pump(t, ln, 1, 64 * 1024, "64 KiB echoed through -tunnel") < 0) {
 		return;
 	}
-	/* The relay holds that user's tunnel: cutting it names one. */
+	/* The relay holds that user's tunnel and no other (no pool): cutting
+	 * it names one. */
 	kill(proxy->pid, SIGUSR1);
 	wait_log(t, proxy, "cut 1: 1 connections", IO_MS);
 }
@@ -6258,6 +6448,9 @@ static const struct tl_case tests[] = {
 	{ "status", test_status, 0 },
 	{ "browser", test_browser, 0 },
 	{ "pool_serves", test_pool_serves, 0 },
+	{ "pool_auto", test_pool_auto, 0 },
+	{ "pool_frozen_client", test_pool_frozen_client, 0 },
+	{ "pool_frozen_deadline", test_pool_frozen_deadline, 0 },
 	{ "pool_local_down", test_pool_local_down, 0 },
 	{ "pool_session_end", test_pool_session_end, 0 },
 	{ "pool_control_drop", test_pool_control_drop, 0 },
