@@ -119,7 +119,7 @@ struct service {
 	int64_t full_since;                  /* MAX_INFLIGHT in flight since */
 	int npooled;                         /* users in U_POOL_DIAL/IDLE */
 	int inflight;                        /* users in U_LOCAL/U_TUNNEL */
-	struct log_limit log_busy, log_fail;
+	struct log_limit log_busy, log_fail, log_pool;
 	uint64_t users_total;
 	struct cuser *users;                 /* connecting or pooled: timed */
 	struct cuser *relaying;

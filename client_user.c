@@ -161,7 +161,7 @@ user_sync(struct cuser *u)
 }
 
 static void
-report_failure(struct cuser *u, const char *why)
+report_text(struct cuser *u, const char *text)
 {
 	struct service *s = u->svc;
 	struct msg m;
@@ -171,10 +171,52 @@ report_failure(struct cuser *u, const char *why)
 		memset(&m, 0, sizeof(m));
 		m.type = MSG_USER_FAILED;
 		memcpy(m.user_id, u->id, USER_ID_LEN);
-		/* cut to fit TEXT_MAX; the text is for a log line */
-		snprintf(m.text, sizeof(m.text), "%.120s %.78s", s->local_arg, why);
+		snprintf(m.text, sizeof(m.text), "%s", text);
 		ctl_send(s, &m);
 	}
+}
+
+/* The service could not be reached: USER_FAILED "SERVICE WHY". */
+static void
+report_failure(struct cuser *u, const char *why)
+{
+	char text[TEXT_MAX + 1];
+
+	/* cut to fit TEXT_MAX; the text is for a log line */
+	snprintf(text, sizeof(text), "%.120s %.78s", u->svc->local_arg, why);
+	report_text(u, text);
+}
+
+/*
+ * The tunnel could not be dialed.  Usually the server's firewall lets the
+ * control port through and not the tunnel port, so both sides say where
+ * the dial went and what to check, at once: USER_FAILED "tunnel ADDR: WHY
+ * - is port N open...", which the server logs as such, and the user closed
+ * here.  A parked tunnel's dial has no user to close, only the line.
+ */
+static void
+tunnel_failed(struct cuser *u, const char *why)
+{
+	const struct sockaddr *sa = (const struct sockaddr *)&u->svc->tunnel_sa;
+	char text[TEXT_MAX + 1], addr[ADDR_STRLEN];
+	unsigned long held;
+
+	addr_str(sa, addr, sizeof(addr));
+	snprintf(text, sizeof(text), "tunnel %.70s: %.60s — is port %d "
+	         "open on the server's firewall?", addr, why,
+	         ntohs(sa->sa_family == AF_INET6
+	               ? ((const struct sockaddr_in6 *)sa)->sin6_port
+	               : ((const struct sockaddr_in *)sa)->sin_port));
+	if (u->state == U_POOL_DIAL) {
+		if (log_limited(&u->svc->log_pool, now_ms(), &held)) {
+			log_info("pooled tunnel not dialed: %s%s", text,
+			         held_note(held));
+		}
+		user_close(u, NULL);
+		return;
+	}
+	report_text(u, text);
+	user_close(u, text);
 }
 
 /* Try local addresses in turn until one connect starts. */
@@ -203,8 +245,12 @@ tunnel_dial(struct cuser *u)
 
 	u->fd = connect_start((struct sockaddr *)&s->tunnel_sa, s->tunnel_len);
 	if (u->fd < 0) {
-		user_fail(u, "tunnel dial", strerror(errno));
+		tunnel_failed(u, strerror(errno));
+		return;
 	}
+	/* A dial into a firewall that drops hangs for minutes: give it as
+	 * long as a handshake, so the user hears why before its JOIN is due. */
+	u->deadline = earliest(u->deadline, now_ms() + HANDSHAKE_MS);
 }
 
 static size_t
@@ -305,11 +351,8 @@ user_connected(struct cuser *u)
 		const char *why = strerror(errno);
 		if (u->state == U_LOCAL || u->state == U_POOL_LOCAL) {
 			local_failed(u, why);
-		} else if (u->state == U_POOL_DIAL) {
-			log_debug("pooled tunnel dial: %s", why);
-			user_close(u, NULL);
 		} else {
-			user_fail(u, "tunnel dial", why);
+			tunnel_failed(u, why);
 		}
 		return;
 	}
@@ -503,9 +546,10 @@ user_timers(struct service *s, int64_t now)
 			int local = u->state == U_LOCAL || u->state == U_POOL_LOCAL;
 			if (local) {
 				report_failure(u, "timed out");
+				user_close(u, "local service did not answer in time");
+			} else {
+				tunnel_failed(u, "no answer in time");
 			}
-			user_close(u, local ? "local service did not answer in time"
-			                    : "tunnel dial timed out");
 		} else {
 			next = earliest(next, u->deadline);
 		}

@@ -48,7 +48,8 @@
  *   S->C NEW_USER   user_id[16] src addr dst addr   (addr: family u8 (4|6),
  *                   address[16] (IPv4 in the first 4 bytes), port u16)
  *   S->C TICKET     user_id[16]: an id for a pooled tunnel (see below)
- *   C->S USER_FAILED user_id[16] reason[0..TEXT_MAX]
+ *   C->S USER_FAILED user_id[16] reason[0..TEXT_MAX]: "SERVICE WHY", or
+ *                   "tunnel ADDR: WHY ..." when the dial back failed
  *   both PING / PONG (empty); a peer silent for 3 heartbeats is dead;
  *        ERROR before a close.
  *

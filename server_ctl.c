@@ -441,8 +441,12 @@ on_session_msg(struct server *s, struct ctl *c, const struct msg *m)
 	case MSG_PONG:
 		break;
 	case MSG_USER_FAILED:
-		snprintf(why, sizeof(why), "client could not reach its local "
-		         "service: %s", m->text);
+		/* "tunnel ADDR: ..." is a dial back that failed; anything else
+		 * names the service that could not be reached. */
+		snprintf(why, sizeof(why), "%s: %s",
+		         strncmp(m->text, "tunnel ", 7) == 0
+		         ? "client could not dial back"
+		         : "client could not reach its local service", m->text);
 		u = user_find(s, m->user_id);
 		if (u != NULL && u->sess == c && u->state == U_WAITING) {
 			user_close(s, u, why);

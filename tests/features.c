@@ -5929,6 +5929,93 @@ test_tunnel_override(struct test *t)
 	wait_log(t, proxy, "cut 1: 1 connections", IO_MS);
 }
 
+/*
+ * tunnel_blocked: the tunnel port is not reachable where the client dials
+ * it (-tunnel stands in for a firewall).  Refused: the user is closed at
+ * once, not after the server's 10 s wait, and both logs name the address
+ * dialed and ask whether the port is open; the client's parked tunnels
+ * say so too.  Dropped (a listener whose queue is full, as a firewall that
+ * drops SYNs): the user is closed after the dial's 5 s, with the same line.
+ */
+static void
+tunnel_blocked_case(struct test *t, const char *name, int port, int want_ms)
+{
+	struct tl_proc *client;
+	char tun[64], l[64], r[64], want[128], cname[32];
+	const char *argv[] = { "./client", "-remote",
+	                       tl_fmt_addr(r, "127.0.0.1", t->ctl), "-local", l,
+	                       "-tunnel", tun,
+	                       tl_plaintext() ? "-plaintext" : NULL, NULL };
+	int64_t t0;
+	int u;
+
+	snprintf(tun, sizeof(tun), "127.0.0.1:%d", port);
+	snprintf(l, sizeof(l), "127.0.0.1:%d", t->loc);
+	snprintf(cname, sizeof(cname), "client-%s", name);
+	if ((client = start(t, cname, argv, NULL, 0)) == NULL
+	    || wait_log(t, client, "forwarding", START_MS) < 0) {
+		return;
+	}
+	snprintf(want, sizeof(want), "tunnel 127.0.0.1:%d: ", port);
+	t0 = tl_now_ms();
+	if ((u = user_open(t, "127.0.0.1", t->pub)) < 0) {
+		return;
+	}
+	if (expect_closed(t, u, T(want_ms + 2000), name) == 0) {
+		snprintf(want, sizeof(want), "is port %d open on the server's "
+		         "firewall?", port);
+		if (tl_now_ms() - t0 > want_ms + 2000) {
+			fail(t, "%s: the user was closed after %lld ms, want within "
+			     "%d", name, (long long)(tl_now_ms() - t0), want_ms);
+		} else if (wait_log(t, client, want, T(2000)) == 0) {
+			snprintf(want, sizeof(want), "client could not dial back: "
+			         "tunnel 127.0.0.1:%d: ", port);
+			wait_log(t, t->server, want, T(2000));
+		}
+	}
+	close(u);
+	kill(client->pid, SIGTERM);
+	expect_exit(t, client, 0, T(5000));
+}
+
+static void
+test_tunnel_blocked(struct test *t)
+{
+	int p[5], full = -1, q[2] = { -1, -1 }, i;
+
+	if (pick_server_ports(t, p, 5) < 0
+	    || start_svc(t, "svc", "echo", t->loc, NULL) == NULL
+	    || (t->server = start_server(t, "server", NULL)) == NULL) {
+		return;
+	}
+	tunnel_blocked_case(t, "refused", p[4], 1000);
+	if (t->failed) {
+		return;
+	}
+	if (tl_count_in_file(t->server->log, "user #") == 0) {
+		fail(t, "no user reached the server");
+		return;
+	}
+	/* A queue of one, filled: more SYNs go unanswered. */
+	if ((full = tl_listen("127.0.0.1", 0)) < 0 || listen(full, 0) < 0) {
+		fail(t, "listen: %s", strerror(errno));
+		goto out;
+	}
+	for (i = 0; i < 2; i++) {
+		q[i] = tl_connect_start(NULL, "127.0.0.1", tl_local_port(full));
+	}
+	tunnel_blocked_case(t, "dropped", tl_local_port(full), HANDSHAKE_MS);
+out:
+	for (i = 0; i < 2; i++) {
+		if (q[i] >= 0) {
+			close(q[i]);
+		}
+	}
+	if (full >= 0) {
+		close(full);
+	}
+}
+
 /* Malformed -remote and -local, and two -local without PUBLIC=: exit 2
  * at once with one line saying what is wrong, not a retry for ever. */
 static void
@@ -6488,6 +6575,7 @@ static const struct tl_case tests[] = {
 	{ "port_any", test_port_any, 0 },
 	{ "remote_list", test_remote_list, 0 },
 	{ "tunnel_override", test_tunnel_override, 0 },
+	{ "tunnel_blocked", test_tunnel_blocked, 0 },
 	{ "bad_services", test_bad_services, 0 },
 };
 
