@@ -240,6 +240,7 @@ struct bench {
 	struct tunnel dly;              /* the tunnel across it */
 	int dport[D_COUNT];             /* where each delayed path starts */
 	double ttfb[K_COUNT][2][D_COUNT]; /* [kind][p50, p99][path], ms */
+	double dly_idle_cpu[2];         /* its server's, client's, ms/s */
 	int svc_life;           /* the service exits when this closes */
 	int relay_life;         /* the relays and the link exit when this
 	                         * closes */
@@ -1176,11 +1177,14 @@ link_room(struct ldir *dr)
 	return LINK_QBYTES - dr->len;
 }
 
-/* link_read: what fd[d] has, stamped with when it may be delivered. */
+/* link_read: what fd[d] has, stamped with when it may be delivered.  The
+ * clock is read here, not once a turn: what came in while this turn
+ * handled other connections must not leave early. */
 static void
-link_read(struct link *l, struct lconn *c, int d, int64_t now)
+link_read(struct link *l, struct lconn *c, int d)
 {
 	struct ldir *dr = &c->dir[d];
+	int64_t now = now_us();
 	/* The dialer could not have sent before its SYN-ACK came back. */
 	int64_t due = (d == 0 ? max64(now, c->t0 + 2 * l->delay) : now) + l->delay;
 	size_t room = link_room(dr);
@@ -1330,12 +1334,14 @@ link_close(struct lconn *c)
 }
 
 /* link_accept: every waiting connection on listener i; exits on an
- * error, as the relays do. */
+ * error, as the relays do.  Each one's clock starts at its accept(): in a
+ * burst, the later ones called connect() after this turn began. */
 static void
-link_accept(struct link *l, int i, int64_t now)
+link_accept(struct link *l, int i)
 {
 	for (;;) {
 		int fd = accept(l->lis[i].fd, NULL, NULL);
+		int64_t now = now_us();
 		struct lconn *c;
 
 		if (fd < 0) {
@@ -1470,13 +1476,13 @@ link_main(struct link *l)
 				if ((d == 0 || !c->connecting)
 				    && (q[d].revents & (POLLIN | POLLHUP | POLLERR))
 				    && !c->dir[d].eof && c->close_due == NEVER) {
-					link_read(l, c, d, now);
+					link_read(l, c, d);
 				}
 			}
 		}
 		for (j = 0; j < l->nlis; j++) {
 			if (l->pfd[j].revents) {
-				link_accept(l, j, now);
+				link_accept(l, j);
 			}
 		}
 	}
@@ -1933,11 +1939,14 @@ link_tunnel_listen(struct link *l, struct tunnel *t, int *tunnel_flag)
 {
 	int i;
 
+	int e;
+
 	*tunnel_flag = 0;
 	if (link_listen(l, L_CONTROL, DLY_HOST, 0, t->ctl_port) == 0
 	    && link_listen(l, L_TUNNEL, DLY_HOST, t->tun_port, t->tun_port) == 0) {
 		return 0;
 	}
+	e = errno;
 	for (i = L_CONTROL; i <= L_TUNNEL; i++) {
 		if (l->lis[i].fd >= 0) {
 			close(l->lis[i].fd);
@@ -1945,6 +1954,7 @@ link_tunnel_listen(struct link *l, struct tunnel *t, int *tunnel_flag)
 		}
 	}
 	if (!client_has_flag("-tunnel")) {
+		errno = e;
 		return -1;
 	}
 	*tunnel_flag = 1;
@@ -3142,6 +3152,27 @@ check_floors(const struct bench *b, struct samples s[D_COUNT])
 	return 0;
 }
 
+/* dly_idle: the delayed tunnel's CPU while it sits idle, attached (and
+ * with its pool, if any, dialed), for o.idle_s. */
+static int
+dly_idle(struct bench *b)
+{
+	struct pstat p0[2], p1[2];
+	int i;
+
+	if (procs_stat(&b->dly, p0) < 0) {
+		return -1;
+	}
+	tl_pause((int)(b->o.idle_s * 1000));
+	if (procs_stat(&b->dly, p1) < 0) {
+		return -1;
+	}
+	for (i = 0; i < 2; i++) {
+		b->dly_idle_cpu[i] = (p1[i].cpu_s - p0[i].cpu_s) * 1000 / b->o.idle_s;
+	}
+	return 0;
+}
+
 /*
  * run_delayed: time to first byte of new users over the delayed paths,
  * each kind in its rounds, the paths taking turns (in reverse on odd
@@ -3156,6 +3187,9 @@ run_delayed(struct bench *b)
 	int k, r, i, d, rc = -1;
 
 	memset(s, 0, sizeof(s));
+	if (b->dly.on && dly_idle(b) < 0) {
+		return -1;
+	}
 	for (k = 0; k < K_COUNT; k++) {
 		const struct dkind_info *ki = &dkind_info[k];
 		int rounds = b->o.quick ? ki->quick_rounds : ki->rounds;
@@ -3535,6 +3569,14 @@ print_delayed(const struct bench *b)
 	       "%d, the control and every tunnel connection across it.  1 RTT is "
 	       "the\nfloor for a forwarder with a connection across the link "
 	       "already open.\n", b->o.pool);
+	if (!isnan(b->dly_idle_cpu[0])) {
+		printf("The tunnel idle (attached, before the users): server %d "
+		       "sockets, client %d,\nCPU %.0f and %.0f ms/s over %.1f s "
+		       "(goal 0: %s).\n", b->dly.idle_socks[0],
+		       b->dly.idle_socks[1], b->dly_idle_cpu[0], b->dly_idle_cpu[1],
+		       b->o.idle_s, b->dly_idle_cpu[0] == 0 && b->dly_idle_cpu[1] == 0
+		       ? "met" : "MISSED");
+	}
 }
 
 static void
@@ -3604,6 +3646,11 @@ write_csv_delayed(const struct bench *b, FILE *f, const char *commit,
 	char name[64], v[D_COUNT][32], r[32], rr[32], tg[16];
 	int k, q, d, u, met;
 
+	for (u = 0; u < 2 && !isnan(b->dly_idle_cpu[0]); u++) {
+		fprintf(f, "%s CPU idle (delayed tunnel),ms/s,,,%.0f,,,,<=0,%s,%s,%s\n",
+		        u ? "client" : "server", b->dly_idle_cpu[u],
+		        b->dly_idle_cpu[u] == 0 ? "yes" : "no", commit, date);
+	}
 	for (k = 0; k < K_COUNT && b->o.delay_ms > 0; k++) {
 		for (q = 0; q < 2; q++) {
 			const double *x = b->ttfb[k][q];
@@ -3926,6 +3973,7 @@ main(int argc, char **argv)
 	snprintf(b.dly.server.name, sizeof(b.dly.server.name), "server-delayed");
 	snprintf(b.dly.client.name, sizeof(b.dly.client.name), "client-delayed");
 	b.relay_life_r = -1;
+	b.dly_idle_cpu[0] = b.dly_idle_cpu[1] = NAN;
 	for (m = 0; m < M_COUNT; m++) {
 		for (p = 0; p < P_COUNT; p++) {
 			b.result[m][p] = NAN;
