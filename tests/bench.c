@@ -1445,9 +1445,12 @@ link_main(struct link *l)
 			for (d = 0; d < 2; d++) {
 				struct pollfd *q = &l->pfd[base + 2 * i + (size_t)d];
 
-				/* Closing: nothing to do but wait, and a reset
-				 * socket's POLLERR would spin. */
-				q->fd = l->c[i]->close_due == NEVER ? l->c[i]->fd[d] : -1;
+				/* Closing, or fd[d] done both ways (its EOF read,
+				 * ours sent): nothing to do but wait, and its
+				 * POLLERR or POLLHUP would spin. */
+				q->fd = l->c[i]->close_due == NEVER
+				        && !(l->c[i]->dir[d].eof && l->c[i]->dir[!d].shut)
+				        ? l->c[i]->fd[d] : -1;
 				q->events = q->fd < 0 ? 0 : link_events(l->c[i], d);
 				q->revents = 0;
 			}
@@ -1473,10 +1476,16 @@ link_main(struct link *l)
 				link_connected(l, c, now);
 			}
 			for (d = 0; d < 2; d++) {
-				if ((d == 0 || !c->connecting)
-				    && (q[d].revents & (POLLIN | POLLHUP | POLLERR))
-				    && !c->dir[d].eof && c->close_due == NEVER) {
+				if ((d == 1 && c->connecting) || c->close_due != NEVER
+				    || !(q[d].revents & (POLLIN | POLLHUP | POLLERR))) {
+					continue;
+				}
+				if (!c->dir[d].eof) {
 					link_read(l, c, d);
+				} else if (q[d].revents & POLLERR) {
+					/* Reset past its EOF: poll() would say so
+					 * every turn. */
+					c->close_due = now + l->delay;
 				}
 			}
 		}
@@ -2515,6 +2524,41 @@ out:
 	return rc;
 }
 
+/* half_close: an upload to port that shuts its side after 1000 bytes
+ * must get the service's count back, then EOF: both ends' half-close
+ * passed through (over the delayed paths, through the link).  -1 with a
+ * message naming path. */
+static int
+half_close(struct bench *b, int port, const char *path)
+{
+	uint8_t reply[8];
+	char what[64];
+	int fd = dial(port), rc = -1;
+
+	snprintf(what, sizeof(what), "half-close over the delayed %s path", path);
+	memset(b->buf, 'u', 1000);
+	if (fd < 0 || send_all(fd, b->buf, 1000, what) < 0
+	    || shutdown(fd, SHUT_WR) < 0
+	    || recv_full(fd, reply, sizeof(reply), what) < 0) {
+		goto out;
+	}
+	if (get_u64(reply) != 1000 - 1) {
+		bench_fail("%s: the service got %llu bytes, not 999", what,
+		           (unsigned long long)get_u64(reply));
+		goto out;
+	}
+	if (read(fd, reply, 1) != 0) {
+		bench_fail("%s: no EOF after the count", what);
+		goto out;
+	}
+	rc = 0;
+out:
+	if (fd >= 0) {
+		close(fd);
+	}
+	return rc;
+}
+
 /* ==== measurements ======================================================= */
 
 /*
@@ -3286,6 +3330,9 @@ run_all(struct bench *b)
 			return bench_fail("no echo over the delayed %s path", dpath_names[i]);
 		}
 		close(fd);
+		if (half_close(b, b->dport[i], dpath_names[i]) < 0) {
+			return -1;
+		}
 	}
 	for (i = 0; i < P_COUNT; i++) {
 		if (!path_on(b, (int)i)) {
