@@ -40,7 +40,7 @@ static const char usage_text[] =
 "                       server's -ports range; 0: any free one there)\n"
 "  -tunnel HOST:PORT    dial tunnels here, not the tunnel port the server\n"
 "                       names on the -remote host (for remapped ports)\n"
-"  -pool N              keep N tunnels dialed ahead for new users (0-64; 0 = none;\n"
+"  -pool N              keep N tunnels dialed ahead for new users (0-128; 0 = none;\n"
 "                       default: as many as users recently arrived in a second)\n"
 "  -token SECRET        the server's token (or DIALBACK_TOKEN)\n"
 "  -plaintext           tunnels carry raw bytes, unencrypted (server must allow)\n"

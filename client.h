@@ -25,6 +25,7 @@
 
 #define BACKOFF_MIN_MS  500
 #define BACKOFF_MAX_MS  30000
+#define MUTE_TRIES      4     /* peers that take HELLO and never answer */
 #define MAX_LOCAL_ADDRS 8
 #define MAX_SERVICES    FLAG_LIST_MAX  /* one per -local */
 #define MAX_REMOTES     8              /* -remote A,B,... */
@@ -114,6 +115,9 @@ struct service {
 	int64_t deadline;                    /* handshake, or next attempt */
 	int64_t last_rx, next_ping;
 	int backoff_ms;
+	int mute;                            /* attempts in a row whose peer
+	                                      * took the HELLO and never
+	                                      * answered as a server would */
 	int exit_status;                     /* C_STOPPED: with this status */
 	int held;                            /* control frames wait: ctl_take */
 	int64_t full_since;                  /* MAX_INFLIGHT in flight since */

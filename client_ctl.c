@@ -73,6 +73,30 @@ ctl_fail(struct service *s, int status, const char *why)
 	svc_stopped(s->cl, s);
 }
 
+/*
+ * ctl_mute: the peer took the connection and the HELLO, then closed or
+ * said nothing (how).  A dialback server answers at once, so a few such
+ * attempts in a row mean -remote names something else, most often the
+ * server's public port: stop, saying so, rather than retry for ever.
+ */
+static void
+ctl_mute(struct service *s, const char *how)
+{
+	char what[ADDR_STRLEN + 256];
+
+	if (++s->mute < MUTE_TRIES) {
+		snprintf(what, sizeof(what), "%s: %s before answering (is -remote "
+		         "the control port?)", s->server, how);
+		ctl_retry(s, what);
+		return;
+	}
+	snprintf(what, sizeof(what), "%s: %s before answering, %d times in a "
+	         "row: not a dialback control port; check -remote (the server's "
+	         "control port, default %d, not its public port)", s->server, how,
+	         s->mute, DEFAULT_CONTROL_PORT);
+	ctl_fail(s, 1, what);
+}
+
 static void
 sa_set_port(struct sockaddr_storage *sa, int port)
 {
@@ -193,8 +217,14 @@ on_error_msg(struct service *s, const struct msg *m)
 		             "server's",
 		[ERR_PORT] = " — pick another -port",
 	};
-	char what[TEXT_MAX + 128];
+	char what[ADDR_STRLEN + TEXT_MAX + 128];
 
+	if (m->code == ERR_AUTH && s->cl->token[0] == '\0') {
+		snprintf(what, sizeof(what), "server %s requires a token: give the "
+		         "client -token or DIALBACK_TOKEN", s->server);
+		ctl_fail(s, 1, what);
+		return;
+	}
 	snprintf(what, sizeof(what), "server %s refused: %s%s", s->server,
 	         m->text, m->code < ERR_CODE_END && hint[m->code] ? hint[m->code]
 	                                                           : "");
@@ -214,6 +244,7 @@ on_challenge(struct service *s, const struct msg *m)
 	struct msg a, r;
 	size_t n;
 
+	s->mute = 0;        /* it answers as a server */
 	hs_mix_msg(&s->hs, m);
 	if (hs_mix_dh(&s->hs, m->pub) != 0) {
 		ctl_retry(s, "the server sent a low-order key");
@@ -400,6 +431,8 @@ ctl_readable(struct service *s, int fill)
 		} else {
 			ctl_retry(s, "malformed message from server");
 		}
+	} else if (rc <= 0 && s->state == C_HELLO_SENT) {
+		ctl_mute(s, rc == 0 ? "closed the connection" : strerror(errno));
 	} else if (rc <= 0) {
 		snprintf(what, sizeof(what), "lost connection to %s: %s",
 		         s->server, rc == 0 ? "closed by server" : strerror(errno));
@@ -421,8 +454,14 @@ ctl_timers(struct service *s, int64_t now)
 			ctl_connect(s);
 		}
 		break;
-	case C_CONNECTING:
 	case C_HELLO_SENT:
+		if (now >= s->deadline) {
+			snprintf(what, sizeof(what), "said nothing for %ds",
+			         HANDSHAKE_MS / 1000);
+			ctl_mute(s, what);
+		}
+		break;
+	case C_CONNECTING:
 	case C_AUTH_SENT:
 		if (now >= s->deadline) {
 			snprintf(what, sizeof(what), "no answer from %s within %ds "

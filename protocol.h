@@ -125,7 +125,7 @@
 #define DEAD_AFTER_BEATS     3     /* silence of this many heartbeats = dead */
 #define HANDSHAKE_MS         5000  /* hello..welcome, and dial..join */
 #define JOIN_WAIT_MS         10000 /* a user (or ticket) awaits its JOIN */
-#define POOL_MAX             64    /* pooled tunnels per session, at most */
+#define POOL_MAX             128   /* pooled tunnels per session, at most */
 #define POOL_FLOOR           2     /* ... and with FLAG_POOL_AUTO, at least */
 #define POOL_WINDOW_S        60    /* ... sized to the peak second of these */
 

@@ -1621,10 +1621,44 @@ count_sockets(pid_t pid)
 	return tl_fd_census(pid, &c) < 0 ? -1 : c.sockets;
 }
 
+/* users_left: the users t's server still relays or holds waiting, from
+ * the status block SIGUSR1 makes it log; -1 if it logs none in time. */
+static int
+users_left(struct tunnel *t)
+{
+	static const char key[] = "status: up";
+	int n = tl_count_in_file(t->server.log, key), relaying, waiting;
+	int64_t deadline = tl_now_ms() + 2000;
+	char *log, *p, *last = NULL;
+
+	kill(t->server.pid, SIGUSR1);
+	while (tl_count_in_file(t->server.log, key) <= n) {
+		if (tl_now_ms() >= deadline) {
+			return -1;
+		}
+		tl_pause(2);
+	}
+	if ((log = tl_read_file(t->server.log, NULL)) == NULL) {
+		return -1;
+	}
+	for (p = log; (p = strstr(p, "; users: ")) != NULL; p++) {
+		last = p;
+	}
+	if (last == NULL || sscanf(last, "; users: %d relaying, %d waiting",
+	                           &relaying, &waiting) != 2) {
+		relaying = -1, waiting = 0;
+	}
+	free(log);
+	return relaying < 0 ? -1 : relaying + waiting;
+}
+
 /* settle: wait until every server and client holds only its idle
  * sockets: every relayed connection has been torn down.  If they don't,
  * connections leaked, and whatever they still do would skew every later
- * number: -1.  settle_one: the same for tunnel t. */
+ * number: -1.  settle_one: the same for tunnel t.  A client whose pool
+ * sizes itself parks more tunnels after a burst, one socket on each side
+ * apiece: equal growth on both sides is idle too once the server says it
+ * relays nobody. */
 static int
 settle_one(struct bench *b, struct tunnel *t)
 {
@@ -1641,6 +1675,11 @@ settle_one(struct bench *b, struct tunnel *t)
 		s = count_sockets(t->server.pid);
 		c = count_sockets(t->client.pid);
 		if (s == t->base_socks[0] && c == t->base_socks[1]) {
+			return 0;
+		}
+		if (b->o.pool < 0 && s - t->base_socks[0] == c - t->base_socks[1]
+		    && users_left(t) == 0 && s == count_sockets(t->server.pid)
+		    && c == count_sockets(t->client.pid)) {
 			return 0;
 		}
 		if (tl_now_ms() >= deadline) {
@@ -1814,12 +1853,16 @@ start_tunnel(struct bench *b, int p)
 	char pool[16];
 	const char *client_argv[] = {
 		"./client", "-remote", ctl, "-local", loc, "-token", TOKEN,
-		"-pool", pool, "-plaintext", NULL
+		"-plaintext", "-pool", pool, NULL
 	};
 
+	/* Drop what this tunnel goes without: -plaintext, -pool. */
+	if (b->o.pool < 0) {
+		client_argv[8] = NULL;
+	}
 	if (p == P_SEALED) {
 		server_argv[9] = NULL;
-		client_argv[9] = NULL;
+		memmove(&client_argv[7], &client_argv[8], 3 * sizeof(char *));
 	}
 	if (tl_free_ports("127.0.0.1", ports, 3) < 0) {
 		return bench_fail("free ports:");
@@ -2042,7 +2085,7 @@ start_dly_tunnel(struct bench *b, const struct link *l, int tunnel_flag)
 	};
 	const char *client_argv[] = {
 		"./client", "-remote", rem, "-local", loc, "-token", TOKEN,
-		"-pool", pool, "-tunnel", via, NULL
+		"-tunnel", via, "-pool", pool, NULL
 	};
 
 	snprintf(ctl, sizeof(ctl), "127.0.0.1:%d", t->ctl_port);
@@ -2053,8 +2096,11 @@ start_dly_tunnel(struct bench *b, const struct link *l, int tunnel_flag)
 	         l->lis[L_CONTROL].port);
 	snprintf(via, sizeof(via), "127.0.0.1:%d", l->lis[L_TUNNEL].port);
 	snprintf(pool, sizeof(pool), "%d", b->o.pool);
-	if (!tunnel_flag) {
+	if (b->o.pool < 0) {
 		client_argv[9] = NULL;
+	}
+	if (!tunnel_flag) {
+		memmove(&client_argv[7], &client_argv[9], 3 * sizeof(char *));
 	}
 	if (bench_start(b, &t->server, server_argv, "listening") < 0
 	    || bench_start(b, &t->client, client_argv, "forwarding") < 0
@@ -3227,10 +3273,11 @@ dly_idle(struct bench *b)
 static int
 run_delayed(struct bench *b)
 {
-	struct samples s[D_COUNT];
+	struct samples s[D_COUNT], warm;
 	int k, r, i, d, rc = -1;
 
 	memset(s, 0, sizeof(s));
+	memset(&warm, 0, sizeof(warm));
 	if (b->dly.on && dly_idle(b) < 0) {
 		return -1;
 	}
@@ -3240,6 +3287,19 @@ run_delayed(struct bench *b)
 
 		fprintf(stderr, "bench: time to first byte over a %d ms link, %s\n",
 		        b->o.delay_ms, ki->name);
+		/* A pool that sizes itself learns from what arrives: bursts are
+		 * measured after one of their size, unmeasured, on every path
+		 * alike (as a page's next load follows its first). */
+		for (d = 0; ki->burst > 1 && d < D_COUNT; d++) {
+			if ((d != D_TUNNEL || b->dly.on)
+			    && ttfb_burst(b, d, ki->burst, &warm) < 0) {
+				check_alive(b);
+				bench_fail("warming the delayed %s path failed",
+				           dpath_names[d]);
+				goto out;
+			}
+			warm.n = 0;
+		}
 		for (r = 0; r < rounds; r++) {
 			for (i = 0; i < D_COUNT; i++) {
 				d = r % 2 ? D_COUNT - 1 - i : i;
@@ -3271,6 +3331,7 @@ out:
 	for (d = 0; d < D_COUNT; d++) {
 		free(s[d].v);
 	}
+	free(warm.v);
 	return rc;
 }
 
@@ -3568,9 +3629,22 @@ ttfb_name(const struct bench *b, int k, int q, char *buf, size_t len)
 
 /* print_delayed: the delayed link's table: each kind's p50 and p99 over
  * each path, in ms and in round trips, the goals beside. */
+/* pool_words: the clients' pool, for the tables' headings. */
+static const char *
+pool_words(const struct bench *b, char *buf, size_t len)
+{
+	if (b->o.pool < 0) {
+		snprintf(buf, len, "%s", "pool sized by the server (the default)");
+	} else {
+		snprintf(buf, len, "-pool %d", b->o.pool);
+	}
+	return buf;
+}
+
 static void
 print_delayed(const struct bench *b)
 {
+	char pw[64];
 	char name[64], v[D_COUNT][2][16];
 	int k, q, d, any = 0;
 
@@ -3612,10 +3686,10 @@ print_delayed(const struct bench *b)
 	       "dial crosses it,\n2 RTT (its byte lands 1.5 RTT after connect, "
 	       "the echo is back 0.5 later);\nrelay = bare relay A -> link -> "
 	       "relay B, which dials across it per user\n(2 RTT);  tunnel = "
-	       "./server -> link -> ./client on default flags, client\n-pool "
-	       "%d, the control and every tunnel connection across it.  1 RTT is "
+	       "./server -> link -> ./client on default flags, client\n%s, "
+	       "the control and every tunnel connection across it.  1 RTT is "
 	       "the\nfloor for a forwarder with a connection across the link "
-	       "already open.\n", b->o.pool);
+	       "already open.\n", pool_words(b, pw, sizeof(pw)));
 	if (!isnan(b->dly_idle_cpu[0])) {
 		printf("The tunnel idle (attached, before the users): server %d "
 		       "sockets, client %d,\nCPU %.0f and %.0f ms/s over %.1f s "
@@ -3630,14 +3704,14 @@ static void
 print_table(const struct bench *b, const char *commit, const char *date,
             int complete)
 {
-	char goal[32];
+	char goal[32], pw[64];
 	int m, p, met = 0, targets = 0, gmet = 0, goals = 0, g;
 
 	printf("\ndialback bench%s, commit %s, %s, %ld CPUs, %d repeats, "
-	       "%.2g s throughput runs, %.2g s others (medians), client -pool "
-	       "%d%s\n\n", complete ? "" : " (FAILED, incomplete)", commit, date,
+	       "%.2g s throughput runs, %.2g s others (medians), client "
+	       "%s%s\n\n", complete ? "" : " (FAILED, incomplete)", commit, date,
 	       sysconf(_SC_NPROCESSORS_ONLN), b->o.repeat, b->o.tput_s,
-	       b->o.short_s, b->o.pool,
+	       b->o.short_s, pool_words(b, pw, sizeof(pw)),
 	       b->o.hold ? ", the tunnels holding the idle connections throughout"
 	                 : "");
 	printf("%-42s %-7s %9s %9s %9s %6s %8s %8s\n", "metric", "unit", "direct",
@@ -3827,7 +3901,8 @@ usage(FILE *f)
 	    "  -csv FILE       where the numbers go (default bench.csv)\n"
 	    "  -only WORD      only the phases whose name has WORD (upload,\n"
 	    "                  download, round trips, new connections)\n"
-	    "  -pool N         run the client with -pool N (default 0)\n"
+	    "  -pool N         run the clients with -pool N (default: no -pool,\n"
+	    "                  the pool the server sizes)\n"
 	    "  -hold           keep the idle connections open while the rest\n"
 	    "                  is measured\n"
 	    "  -tunnels WHICH  both (default), plaintext (./server and ./client\n"
@@ -3862,6 +3937,7 @@ parse_opts(int argc, char **argv, struct opts *o)
 	char *end;
 
 	o->csv = "bench.csv";
+	o->pool = -1;
 	o->tunnels[0] = o->tunnels[1] = 1;
 	o->delay_ms = 10;
 	for (i = 1; i < argc; i++) {
@@ -3916,7 +3992,7 @@ parse_opts(int argc, char **argv, struct opts *o)
 			}
 		} else if (flag_is(a, "pool")) {
 			o->pool = (int)strtol(v, &end, 10);
-			if (*end != '\0' || o->pool < 0 || o->pool > 64) {
+			if (*end != '\0' || o->pool < 0 || o->pool > POOL_MAX) {
 				goto bad;
 			}
 		} else {

@@ -1901,7 +1901,7 @@ test_pool_serves(struct test *t)
  * of recent arrivals (DIALBACK_POOL_WINDOW shortens the window to 8 s for
  * the test): 2 parked at start, grown past 15 after a burst of 40, every
  * user of the next burst of 10 put on a parked tunnel, back to 2 once the
- * window has passed, and never more than POOL_MAX after 150 at once.
+ * window has passed, and never more than POOL_MAX after 300 at once.
  */
 static void
 test_pool_auto(struct test *t)
@@ -1953,7 +1953,7 @@ test_pool_auto(struct test *t)
 	}
 	/* 8 s of window, then the next heartbeat trims the pool. */
 	if (wait_pool(t, server, 2, 2, T(15000), "after the window") < 0
-	    || echo_concurrent(t, t->pub, 150, 1000, 500) < 0) {
+	    || echo_concurrent(t, t->pub, 2 * POOL_MAX + 44, 1000, 500) < 0) {
 		return;
 	}
 	deadline = tl_now_ms() + POOL_MS;
@@ -1967,7 +1967,7 @@ test_pool_auto(struct test *t)
 		tl_pause(50);
 	} while (tl_now_ms() < deadline);
 	if (want != POOL_MAX || parked != POOL_MAX) {
-		fail(t, "after 150 users at once: %d of %d pooled tunnels parked, "
+		fail(t, "after 300 users at once: %d of %d pooled tunnels parked, "
 		     "want the cap, %d of %d", parked, want, POOL_MAX, POOL_MAX);
 		return;
 	}
@@ -6016,6 +6016,55 @@ out:
 	}
 }
 
+/*
+ * not_control_port: a client pointed at the server's public port, with no
+ * client serving it, sees each connection taken and closed before any
+ * answer; after a few attempts it stops, exit 1, saying -remote is not a
+ * control port.  Without one, it would retry for ever.
+ */
+static void
+test_not_control_port(struct test *t)
+{
+	struct tl_proc *client;
+
+	if (pick_server_ports(t, NULL, 4) < 0
+	    || start_server(t, "server", NULL) == NULL
+	    || (client = start_client(t, "client", t->pub, t->loc, NULL, 0,
+	                              NULL)) == NULL) {
+		return;
+	}
+	if (expect_exit(t, client, 1, T(20000)) == 0
+	    && expect_log(t, client, "not a dialback control port; check -remote "
+	                  "(the server's control port, default 8009, not its "
+	                  "public port)") == 0
+	    && tl_count_in_file(client->log, " before answering") != 4) {
+		fail(t, "want 4 attempts (client.h's MUTE_TRIES) before the "
+		     "client gave up");
+	}
+}
+
+/*
+ * requires_token: a client with no token facing a server that has one is
+ * told so in those words, and exits 1 at once.
+ */
+static void
+test_requires_token(struct test *t)
+{
+	struct tl_proc *client;
+
+	if (pick_server_ports(t, NULL, 4) < 0
+	    || start_server(t, "server", "-token", "a-token-of-twenty-bytes",
+	                    NULL) == NULL
+	    || (client = start_client(t, "client", t->ctl, t->loc, NULL, 0,
+	                              NULL)) == NULL) {
+		return;
+	}
+	if (expect_exit(t, client, 1, T(5000)) == 0) {
+		expect_log(t, client, "requires a token: give the client -token or "
+		           "DIALBACK_TOKEN");
+	}
+}
+
 /* Malformed -remote and -local, and two -local without PUBLIC=: exit 2
  * at once with one line saying what is wrong, not a retry for ever. */
 static void
@@ -6576,6 +6625,8 @@ static const struct tl_case tests[] = {
 	{ "remote_list", test_remote_list, 0 },
 	{ "tunnel_override", test_tunnel_override, 0 },
 	{ "tunnel_blocked", test_tunnel_blocked, 0 },
+	{ "not_control_port", test_not_control_port, 0 },
+	{ "requires_token", test_requires_token, 0 },
 	{ "bad_services", test_bad_services, 0 },
 };
 

@@ -878,8 +878,14 @@ fuzz_session(unsigned x, unsigned flags, unsigned opts, const uint8_t *data,
 		      memcmp(c->keys.tx.key, r.ctl_keys.rx.key, KEY_LEN) == 0 &&
 		      memcmp(c->keys.tunnel, r.ctl_keys.tunnel, KEY_LEN) == 0,
 		      "the session keys differ from the client's");
-		CHECK(c->pool_want == (a.pool < POOL_MAX ? a.pool : POOL_MAX),
-		      "a pool of %u asked, %d kept", a.pool, c->pool_want);
+		{
+			int cap = a.pool < POOL_MAX ? a.pool : POOL_MAX;
+			int want = (a.flags & FLAG_POOL_AUTO) && cap > POOL_FLOOR
+			           ? POOL_FLOOR : cap;
+			CHECK(c->pool_want == want && c->pool_cap == cap,
+			      "a pool of %u asked (flags %u), %d of %d kept", a.pool,
+			      a.flags, c->pool_want, c->pool_cap);
+		}
 		if (held) {
 			CHECK(owner->dead && c->own == owner_own,
 			      "a reconnect did not take over its old session");
