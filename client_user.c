@@ -195,18 +195,26 @@ report_failure(struct cuser *u, const char *why)
  * here.  A parked tunnel's dial has no user to close, only the line.
  */
 static void
-tunnel_failed(struct cuser *u, const char *why)
+tunnel_failed(struct cuser *u, int err)
 {
 	const struct sockaddr *sa = (const struct sockaddr *)&u->svc->tunnel_sa;
 	char text[TEXT_MAX + 1], addr[ADDR_STRLEN];
 	unsigned long held;
+	/* Refused, unreachable or unanswered (err 0) is the network's doing;
+	 * anything else (out of descriptors, say) is this host's. */
+	int net = err == 0 || err == ECONNREFUSED || err == ETIMEDOUT ||
+	          err == EHOSTUNREACH || err == ENETUNREACH || err == ECONNRESET;
 
 	addr_str(sa, addr, sizeof(addr));
-	snprintf(text, sizeof(text), "tunnel %.70s: %.60s — is port %d "
-	         "open on the server's firewall?", addr, why,
-	         ntohs(sa->sa_family == AF_INET6
-	               ? ((const struct sockaddr_in6 *)sa)->sin6_port
-	               : ((const struct sockaddr_in *)sa)->sin_port));
+	snprintf(text, sizeof(text), "tunnel %.70s: %.60s", addr,
+	         err == 0 ? "no answer in time" : strerror(err));
+	if (net) {
+		snprintf(text + strlen(text), sizeof(text) - strlen(text),
+		         " — is port %d open on the server's firewall?",
+		         ntohs(sa->sa_family == AF_INET6
+		               ? ((const struct sockaddr_in6 *)sa)->sin6_port
+		               : ((const struct sockaddr_in *)sa)->sin_port));
+	}
 	if (u->state == U_POOL_DIAL) {
 		if (log_limited(&u->svc->log_pool, now_ms(), &held)) {
 			log_info("pooled tunnel not dialed: %s%s", text,
@@ -245,7 +253,7 @@ tunnel_dial(struct cuser *u)
 
 	u->fd = connect_start((struct sockaddr *)&s->tunnel_sa, s->tunnel_len);
 	if (u->fd < 0) {
-		tunnel_failed(u, strerror(errno));
+		tunnel_failed(u, errno);
 		return;
 	}
 	/* A dial into a firewall that drops hangs for minutes: give it as
@@ -348,11 +356,10 @@ static void
 user_connected(struct cuser *u)
 {
 	if (connect_done(u->fd) != 0) {
-		const char *why = strerror(errno);
 		if (u->state == U_LOCAL || u->state == U_POOL_LOCAL) {
-			local_failed(u, why);
+			local_failed(u, strerror(errno));
 		} else {
-			tunnel_failed(u, why);
+			tunnel_failed(u, errno);
 		}
 		return;
 	}
@@ -548,7 +555,7 @@ user_timers(struct service *s, int64_t now)
 				report_failure(u, "timed out");
 				user_close(u, "local service did not answer in time");
 			} else {
-				tunnel_failed(u, "no answer in time");
+				tunnel_failed(u, 0);
 			}
 		} else {
 			next = earliest(next, u->deadline);

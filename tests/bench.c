@@ -4039,7 +4039,10 @@ raise_nofile(struct opts *o)
 	rl.rlim_cur = rl.rlim_max;
 	setrlimit(RLIMIT_NOFILE, &rl);
 	getrlimit(RLIMIT_NOFILE, &rl);
-	room = rl.rlim_cur == RLIM_INFINITY ? 1000000 : ((long)rl.rlim_cur - 64) / 2;
+	/* Two descriptors a connection, and room for a full pool (a parked
+	 * tunnel and a dial in flight each) besides. */
+	room = rl.rlim_cur == RLIM_INFINITY ? 1000000
+	       : ((long)rl.rlim_cur - 64 - 2 * POOL_MAX) / 2;
 	if (o->conns > room) {
 		fprintf(stderr, "bench: descriptor limit %ld: holding %ld "
 		        "connections, not %d\n", (long)rl.rlim_cur, room, o->conns);
