@@ -121,4 +121,15 @@ printf 'heartbeat nonsense\n' >"$tmp/hb.conf"
 grep -q "nonsense2" "$tmp/err"
 check $? "the command line's value did not win: $(cat "$tmp/err")"
 
+# The example config files name only real flags, their commented-out
+# lines too.
+for prog in server client; do
+	ex=contrib/$prog.conf.example
+	sed 's/^#\([a-z][a-z-]* \)/\1/' "$ex" >"$tmp/$prog.conf"
+	for f in "$ex" "$tmp/$prog.conf"; do
+		"./$prog" -config "$f" -version >/dev/null 2>"$tmp/err"
+		check $? "$f: $(cat "$tmp/err")"
+	done
+done
+
 finish
