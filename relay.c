@@ -46,6 +46,9 @@
 #define SEAL_SLOT    (RECORD_HDR + RECORD_MAX + TAG_LEN)
 _Static_assert(SEAL_BATCH * SEAL_SLOT <= RELAY_BUF, "sealed batch too big");
 
+/* Opened records are sent where they lie, up to OPEN_IOV in one sendmsg. */
+#define OPEN_IOV     16
+
 /* Pipes hold up to 1 MiB (the kernel's default pipe-max-size): fewer,
  * larger splices cost less CPU per byte than 64 KiB ones.  Pages are only
  * taken while bytes wait, i.e. while a sink pushes back.  Where the kernel
@@ -585,6 +588,45 @@ seal_move(struct relay *r, int d, const char **op)
 	return 0;
 }
 
+/* pass_on_iov: pass_on for n pieces, total bytes in all, in one sendmsg. */
+static int
+pass_on_iov(struct relay *r, int d, const struct iovec *iov, int n,
+            size_t total, const char **op)
+{
+	struct msghdr mh;
+	ssize_t k;
+	size_t sent;
+	int i;
+
+	memset(&mh, 0, sizeof(mh));
+	mh.msg_iov = (struct iovec *)iov;
+	mh.msg_iovlen = (size_t)n;
+	do {
+		k = sendmsg(r->fd[1 - d], &mh, MSG_NOSIGNAL);
+	} while (k < 0 && errno == EINTR);
+	if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+		*op = "write";
+		return -1;
+	}
+	sent = k < 0 ? 0 : (size_t)k;
+	if (sent == total) {
+		return 0;
+	}
+	/* Keep what the sink refused, in order: it all came from one read
+	 * buffer, so it fits a direction's buffer. */
+	for (i = 0; i < n; i++) {
+		size_t skip = sent < iov[i].iov_len ? sent : iov[i].iov_len;
+		sent -= skip;
+		if (skip < iov[i].iov_len &&
+		    relay_keep(r, &r->dir[d], (const uint8_t *)iov[i].iov_base + skip,
+		               iov[i].iov_len - skip) != 0) {
+			*op = "buffer";
+			return -1;
+		}
+	}
+	return 0;
+}
+
 /* Open the records waiting in direction d and pass their bytes on, while
  * the sink takes them.  An empty record ends the direction; one that does
  * not open, or anything after the end, breaks the stream. */
@@ -592,39 +634,42 @@ static int
 open_pending(struct relay *r, int d, const char **op)
 {
 	struct relay_dir *rd = &r->dir[d];
-	uint8_t *start, *to;
-	size_t used, plen;
-	int err = 0;
+	struct iovec iov[OPEN_IOV];
+	size_t used, plen, total;
+	enum frame_result fr = FRAME_OK;
+	int n, err = 0;
 
-	if (rd->len > 0 || rd->rlen == 0) {
-		return 0;       /* the sink has not taken the last ones yet */
-	}
-	/* Open every whole record in hand, moving each one's bytes down to
-	 * follow the last one's, and send them in one go. */
-	start = to = rd->rbuf + rd->roff;
-	while (rd->rlen > 0) {
-		uint8_t *rec = rd->rbuf + rd->roff;
-		enum frame_result fr = rd->eof ? FRAME_BAD
-		                       : record_open(r->rx, rec, rd->rlen, &used,
-		                                     &plen);
-		if (fr == FRAME_MORE) {
-			break;
+	/* Open the whole records in hand where they lie, OPEN_IOV at a time,
+	 * and send each batch's bytes in one call; stop when the sink has
+	 * not taken the last ones. */
+	while (rd->len == 0 && rd->rlen > 0 && fr == FRAME_OK) {
+		for (n = 0, total = 0; n < OPEN_IOV && rd->rlen > 0; ) {
+			uint8_t *rec = rd->rbuf + rd->roff;
+			fr = rd->eof ? FRAME_BAD
+			     : record_open(r->rx, rec, rd->rlen, &used, &plen);
+			if (fr == FRAME_MORE) {
+				break;
+			}
+			if (fr == FRAME_BAD) {
+				err = seal_broke(r, rd->eof ? "sent bytes after its end"
+				                 : "sent a record that does not open "
+				                   "(tampered, replayed or cut)");
+				break;
+			}
+			rd->eof = plen == 0;
+			rd->bytes += plen;
+			if (plen > 0) {
+				iov[n].iov_base = rec + RECORD_HDR;
+				iov[n].iov_len = plen;
+				total += plen;
+				n++;
+			}
+			rd->roff += used;
+			rd->rlen -= used;
 		}
-		if (fr == FRAME_BAD) {
-			err = seal_broke(r, rd->eof ? "sent bytes after its end"
-			                 : "sent a record that does not open "
-			                   "(tampered, replayed or cut)");
-			break;
+		if (n > 0 && pass_on_iov(r, d, iov, n, total, op) != 0) {
+			return -1;
 		}
-		rd->eof = plen == 0;
-		rd->bytes += plen;
-		memmove(to, rec + RECORD_HDR, plen);
-		to += plen;
-		rd->roff += used;
-		rd->rlen -= used;
-	}
-	if (to > start && pass_on(r, d, start, (size_t)(to - start), op) != 0) {
-		return -1;
 	}
 	if (rd->rlen == 0) {
 		buf_give(r->pool, rd->rbuf);
