@@ -106,8 +106,14 @@ user_close(struct server *s, struct user *u, const char *why)
 		         u->peer, why);
 	}
 	if (u->state == U_RELAYING) {
+		struct port_stat *ps = port_stat(s, u->port);
+
 		s->bytes_in += u->relay.dir[0].bytes;
 		s->bytes_out += u->relay.dir[1].bytes;
+		if (ps != NULL) {
+			ps->in += u->relay.dir[0].bytes;
+			ps->out += u->relay.dir[1].bytes;
+		}
 		if (u->pooled) {
 			unsigned k = s->recent_next++ % RECENT_POOLED;
 			memcpy(s->recent[k].id, u->id, USER_ID_LEN);
@@ -278,6 +284,7 @@ pool_take(struct server *s, struct ctl *c, int fd, const struct msg *m,
 	memcpy(u->sess_run, c->run_id, RUN_ID_LEN);
 	memcpy(u->id, m->user_id, USER_ID_LEN);
 	u->seq = ++s->user_seq;
+	u->port = c->pub->port;
 	u->start = now_ms();
 	memcpy(u->peer, peer, sizeof(u->peer));
 	log_info("user #%llu %s accepted on port %d, joined to a pooled tunnel",
@@ -302,6 +309,7 @@ user_arrive(struct server *s, int fd, const struct sockaddr *sa,
 
 	addr_str(sa, peer, sizeof(peer));
 	if (c == NULL || c->count[U_WAITING] >= MAX_PENDING) {
+		s->refused[c == NULL ? REF_NO_CLIENT : REF_USERS_WAITING]++;
 		if (c == NULL && log_limited(&s->log_no_client, now, &held)) {
 			log_info("user %s closed: no client attached (%lu more since "
 			         "the last such line)", peer, held);
@@ -331,6 +339,7 @@ user_arrive(struct server *s, int fd, const struct sockaddr *sa,
 	}
 	u->relay.fd[0] = fd;
 	u->seq = ++s->user_seq;
+	u->port = pub->port;
 	memcpy(u->peer, peer, sizeof(peer));
 	log_info("user #%llu %s accepted on port %d", (unsigned long long)u->seq,
 	         peer, pub->port);
@@ -410,6 +419,15 @@ tun_close(struct server *s, struct tun *t, const char *why)
 	s->ntuns--;
 }
 
+void
+tun_fail(struct server *s, struct tun *t, const char *why)
+{
+	if (!t->dead) {
+		s->handshake_failures++;
+	}
+	tun_close(s, t, why);
+}
+
 static void
 tun_free(struct tun *t)
 {
@@ -435,7 +453,7 @@ tun_pool(struct server *s, struct tun *t, struct user *u)
 	struct ctl *c = u->sess;
 
 	if (t->in.len > 0) {
-		tun_close(s, t, "bytes behind a pool JOIN");
+		tun_fail(s, t, "bytes behind a pool JOIN");
 		return;
 	}
 	/* A pooled tunnel says nothing until it is used: anything it sends,
@@ -460,13 +478,13 @@ tun_join(struct server *s, struct tun *t, const struct msg *m)
 	int ufd;
 
 	if (u == NULL) {
-		tun_close(s, t, "JOIN names no waiting user");
+		tun_fail(s, t, "JOIN names no waiting user");
 		return;
 	}
 	tunnel_keys(u->sess->keys.tunnel, u->id, 0, &tx, &rx);
 	if (join_check(&rx, u->id, m->proof) != 0) {
 		/* The user stays: whoever forged this may have seen its id. */
-		tun_close(s, t, "JOIN with a wrong proof");
+		tun_fail(s, t, "JOIN with a wrong proof");
 		return;
 	}
 	u->sealed = !u->sess->plaintext;
@@ -518,15 +536,15 @@ tun_readable(struct server *s, struct tun *t)
 		snprintf(m.text, sizeof(m.text), "this is the tunnel port; point "
 		         "-remote at the control port (%d)", s->lis[ROLE_CONTROL].port);
 		send_now(t->fd, &m);
-		tun_close(s, t, "a HELLO on the tunnel port");
+		tun_fail(s, t, "a HELLO on the tunnel port");
 	} else if (fr == FRAME_OK || fr == FRAME_BAD) {
 		snprintf(why, sizeof(why), "expected JOIN, got %s",
 		         fr == FRAME_OK ? msg_name(m.type) : "garbage");
-		tun_close(s, t, why);
+		tun_fail(s, t, why);
 	} else if (rc == 0) {
-		tun_close(s, t, "closed before its JOIN");
+		tun_fail(s, t, "closed before its JOIN");
 	} else if (rc < 0) {
-		tun_close(s, t, strerror(errno));
+		tun_fail(s, t, strerror(errno));
 	}
 }
 
@@ -545,6 +563,7 @@ tun_evict_oldest(struct server *s)
 		}
 	}
 	if (oldest != NULL) {
+		s->refused[REF_TUNNELS_FULL]++;
 		if (log_limited(&s->log_tunnels, now_ms(), &held)) {
 			log_warn("%d tunnel connections wait for a JOIN: dropping the "
 			         "oldest (%lu more since the last such line)",
@@ -600,6 +619,41 @@ user_timers(struct server *s, int64_t now)
 		}
 	}
 	return due;
+}
+
+struct port_stat *
+port_stat(struct server *s, int port)
+{
+	size_t lo = 0, hi = s->nports;
+	struct port_stat *p;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (s->ports[mid].port == port) {
+			return &s->ports[mid];
+		}
+		if (s->ports[mid].port < port) {
+			lo = mid + 1;
+		} else {
+			hi = mid;
+		}
+	}
+	if (s->nports == s->capports) {
+		size_t cap = s->capports ? s->capports * 2 : 8;
+
+		if ((p = realloc(s->ports, cap * sizeof(*p))) == NULL) {
+			return NULL;
+		}
+		s->ports = p;
+		s->capports = cap;
+	}
+	memmove(&s->ports[lo + 1], &s->ports[lo],
+	        (s->nports - lo) * sizeof(*s->ports));
+	s->nports++;
+	memset(&s->ports[lo], 0, sizeof(s->ports[lo]));
+	s->ports[lo].port = port;
+	return &s->ports[lo];
 }
 
 /* user_sweep: free the users and tunnels that teardown marked dead. */
