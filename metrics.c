@@ -245,14 +245,36 @@ sc_error(struct metrics *m, struct scraper *sc, const char *status)
 	sc_respond(m, sc, status, "text/plain; charset=utf-8");
 }
 
+/* Split the request line "METHOD /PATH HTTP/1.x" (in place) into method
+ * and path, the query string cut off.  0, or -1 if it is not one. */
+static int
+request_line(char *req, char **method, char **path)
+{
+	char *end = req + strcspn(req, "\r\n"), *sp1, *sp2, *q;
+
+	*end = '\0';
+	if ((sp1 = strchr(req, ' ')) == NULL ||
+	    (sp2 = strchr(sp1 + 1, ' ')) == NULL || sp1 == req ||
+	    sp1[1] != '/' || strncmp(sp2 + 1, "HTTP/1.", 7) != 0 ||
+	    strchr(sp2 + 1, ' ') != NULL) {
+		return -1;
+	}
+	*sp1 = *sp2 = '\0';
+	if ((q = strchr(sp1 + 1, '?')) != NULL) {
+		*q = '\0';
+	}
+	*method = req;
+	*path = sp1 + 1;
+	return 0;
+}
+
 /* The request is whole (req[0..req_len), NUL-terminated): answer it. */
 static void
 sc_route(struct metrics *m, struct scraper *sc)
 {
-	char method[8], path[256];
-	char *q;
+	char *method, *path;
 
-	if (sscanf(sc->req, "%7s %255s HTTP/%*d.%*d", method, path) != 2) {
+	if (request_line(sc->req, &method, &path) != 0) {
 		sc_error(m, sc, "400 Bad Request");
 		return;
 	}
@@ -260,9 +282,6 @@ sc_route(struct metrics *m, struct scraper *sc)
 	if (strcmp(method, "GET") != 0 && !sc->head_only) {
 		sc_error(m, sc, "405 Method Not Allowed");
 		return;
-	}
-	if ((q = strchr(path, '?')) != NULL) {
-		*q = '\0';
 	}
 	if (strcmp(path, "/metrics") == 0) {
 		m->fn(m->ctx, METRICS_PROM, &sc->body);

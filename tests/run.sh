@@ -1,6 +1,6 @@
 #!/bin/sh
 # Run the unit tests, the end-to-end tests (arguments go to e2e), the
-# feature tests, the man page check, the make install check and the make
+# feature tests, the -metrics tests, the man page check, the make install check and the make
 # demo check, and print the sum of their "N passed, N failed, N skipped"
 # lines as the very last line (a missing ", N skipped" counts as 0).  A
 # skip is never a pass.
@@ -64,6 +64,7 @@ if [ $# -eq 0 ]; then
 	done
 fi
 run features ./tests/features
+run metrics ./tests/metrics
 run cli sh tests/cli.sh
 run manpage sh tests/manpage.sh
 run install sh tests/install.sh
