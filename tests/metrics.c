@@ -492,8 +492,8 @@ test_prometheus(struct test *t)
 				goto out;
 			}
 			if (tl_now_ms() >= deadline) {
-				fail(t, "prometheus never showed dialback_users_total %.*s "
-				     "within 60 s; last answer: %.300s", 3, want + 1,
+				fail(t, "prometheus never showed dialback_users_total %c "
+				     "within 60 s; last answer: %.300s", want[1],
 				     status < 0 ? "(not listening)" : body(out));
 				goto out;
 			}
@@ -655,14 +655,15 @@ out:
 }
 
 /*
- * Scrapers that connect and send nothing, or ask and never read, hold up
- * nothing: 4 MiB go through the tunnel meanwhile, the server answers a
+ * Scrapers that connect and send nothing, or half a request, or ask and
+ * never read, hold up nothing: 4 MiB go through the tunnel meanwhile, the server answers a
  * scrape once slots free, and the silent ones are closed by the read
  * deadline (not before 4 s, not after 5 s and a margin).
  */
 static void
 test_stalled(struct test *t)
 {
+	static const char half[] = "GET /metrics HTTP/1.0\r\nHost: x\r\n";
 	int p[5], fd[METRICS_CONNS], i;
 	int64_t t0, deadline;
 	char *out = malloc(ANSWER_MAX);
@@ -683,7 +684,12 @@ test_stalled(struct test *t)
 			goto out;
 		}
 	}
-	/* The last asks and never reads: its answer waits in the kernel. */
+	/* The first sends half a request and stops (a read would block);
+	 * the last asks and never reads: its answer waits in the kernel. */
+	if (tl_write_all(fd[0], half, strlen(half), tl_now_ms() + 5000) < 0) {
+		fail(t, "asking: %s", strerror(errno));
+		goto out;
+	}
 	if (tl_write_all(fd[METRICS_CONNS - 1], "GET / HTTP/1.0\r\n\r\n", 18,
 	                 tl_now_ms() + 5000) < 0) {
 		fail(t, "asking: %s", strerror(errno));
