@@ -566,15 +566,14 @@ open_fds(void)
 }
 
 void
-metrics_process(struct mbuf *b, const char *program, int64_t started)
+metrics_process(struct mbuf *b, int64_t started)
 {
 	long fds = open_fds();
 	long long heap = heap_bytes();
 
 	mb_printf(b, "# HELP dialback_build_info The dialback release running "
 	          "(always 1).\n# TYPE dialback_build_info gauge\n"
-	          "dialback_build_info{version=\"%s\",program=\"%s\"} 1\n",
-	          DIALBACK_VERSION, program);
+	          "dialback_build_info{version=\"%s\"} 1\n", DIALBACK_VERSION);
 	mb_printf(b, "# HELP dialback_uptime_seconds Seconds since the process "
 	          "started.\n# TYPE dialback_uptime_seconds gauge\n"
 	          "dialback_uptime_seconds %lld\n",
@@ -682,7 +681,7 @@ client_prom(struct mbuf *b, const struct metrics_client *mc)
 	          "# TYPE dialback_handshake_failures_total counter\n"
 	          "dialback_handshake_failures_total %llu\n",
 	          (unsigned long long)mc->handshake_failures);
-	metrics_process(b, "client", mc->started);
+	metrics_process(b, mc->started);
 }
 
 static void

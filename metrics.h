@@ -91,10 +91,10 @@ void metrics_close(struct metrics *m);
 /* ---- what both programs write ------------------------------------------- */
 
 /* metrics_process: the process's own metrics in the Prometheus format:
- * dialback_build_info{version,program}, dialback_uptime_seconds,
+ * dialback_build_info{version}, dialback_uptime_seconds,
  * dialback_open_fds (where /proc/self/fd exists) and dialback_heap_bytes
  * (where the C library tells). */
-void metrics_process(struct mbuf *b, const char *program, int64_t started);
+void metrics_process(struct mbuf *b, int64_t started);
 
 /* metrics_html_head, metrics_html_tail: the page around a program's
  * tables; title is escaped. */

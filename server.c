@@ -449,7 +449,7 @@ server_prom(struct server *s, struct mbuf *b, const struct port_view *v)
 	          "# TYPE dialback_handshake_failures_total counter\n"
 	          "dialback_handshake_failures_total %llu\n",
 	          (unsigned long long)s->handshake_failures);
-	metrics_process(b, "server", s->started);
+	metrics_process(b, s->started);
 }
 
 /* One row of the page's tables: a name and a number. */

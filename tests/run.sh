@@ -62,6 +62,9 @@ if [ $# -eq 0 ]; then
 	for t in echo concurrent user_flood garbage no_fd_leak local_down; do
 		run "poll-$t" env DIALBACK_POLL=1 ./tests/e2e "$t"
 	done
+	for t in paths stalled cap; do
+		run "poll-metrics-$t" env DIALBACK_POLL=1 ./tests/metrics "$t"
+	done
 fi
 run features ./tests/features
 run metrics ./tests/metrics
