@@ -6,7 +6,8 @@
  * headless Chromium renders / with the session on it; other paths are
  * 404, other methods 405, oversized requests 431; scrapers that stall
  * hold up no relaying and are closed by the read deadline; more than the
- * cap are turned away without harm; a bare port binds 127.0.0.1 only.
+ * cap are turned away without harm; out of descriptors, the listener
+ * does not spin the loop; a bare port binds 127.0.0.1 only.
  * Run from the repository root:
  *
  *     ./tests/metrics [NAME-SUBSTRING]
@@ -14,7 +15,8 @@
  * promtool, prometheus and chromium are used when installed and skipped
  * otherwise, except that with CI=true a missing one is a failure (.ci/run
  * installs them).  Harness: tests/testlib.h ("ok - NAME", ..., then
- * "metrics: N passed, N failed, N skipped").
+ * "metrics: N passed, N failed, N skipped").  tests/metrics --nofile N
+ * PROG ARGS runs PROG with RLIMIT_NOFILE N, soft and hard.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -899,6 +901,115 @@ test_bad_flag(struct test *t)
 	close(busy);
 }
 
+#define EMFILE_LIMIT  48       /* the server's RLIMIT_NOFILE */
+#define EMFILE_SILENT 60       /* silent tunnel connections to exhaust it */
+#define EMFILE_CPU_MS 300      /* most CPU time it may use in the window */
+#define EMFILE_WINDOW 1500
+
+/*
+ * The server out of descriptors (a hard limit of 48, taken by silent
+ * tunnel connections) with a scraper waiting in the metrics listener's
+ * queue: the loop does not spin on the listener it cannot accept from,
+ * and once the tunnel connections time out the scraper is served, with
+ * the connections shed counted as out_of_fds.
+ */
+static void
+test_emfile(struct test *t)
+{
+	char c[64], u[64], pb[64], m[16], lim[16], why[256];
+	const char *argv[] = { tl_h.self, "--nofile", lim, "./server",
+	                       "-control", c, "-tunnel", u, "-public", pb,
+	                       "-metrics", m, NULL };
+	static const char req[] = "GET /metrics HTTP/1.0\r\n\r\n";
+	int silent[EMFILE_SILENT], nsilent = 0, p[5], i, k, fd = -1, status;
+	struct tl_proc *server;
+	char *out = malloc(ANSWER_MAX);
+	int64_t deadline;
+	long cpu0, cpu1;
+	ssize_t n;
+	double v;
+
+	if (out == NULL || pick_server_ports(t, p, 5) < 0) {
+		goto out;
+	}
+	snprintf(lim, sizeof(lim), "%d", EMFILE_LIMIT);
+	snprintf(m, sizeof(m), "%d", p[4]);
+	tl_fmt_addr(c, "127.0.0.1", t->ctl);
+	tl_fmt_addr(u, "127.0.0.1", t->tun);
+	tl_fmt_addr(pb, "127.0.0.1", t->pub);
+	if ((server = start(t, "server", argv, NULL, 0)) == NULL) {
+		goto out;
+	}
+	server->product = 1;     /* ./server, through our --nofile */
+	if (wait_log(t, server, "listening", START_MS) < 0) {
+		goto out;
+	}
+	if (tl_count_fds(server->pid) < 0) {
+		t->skip = "no /proc/PID/fd";
+		goto out;
+	}
+	for (i = 0; i < EMFILE_SILENT; i++) {
+		if ((silent[i] = tl_connect_start(NULL, "127.0.0.1", t->tun)) < 0) {
+			fail(t, "silent connection %d: %s", i + 1, strerror(errno));
+			goto out;
+		}
+		nsilent++;
+	}
+	deadline = tl_now_ms() + T(5000);
+	while ((k = tl_count_fds(server->pid)) != EMFILE_LIMIT) {
+		if (tl_now_ms() >= deadline) {
+			fail(t, "the server holds %d descriptors, want all %d", k,
+			     EMFILE_LIMIT);
+			goto out;
+		}
+		tl_pause(20);
+	}
+	if ((fd = tl_connect("127.0.0.1", p[4], tl_now_ms() + T(3000))) < 0
+	    || tl_write_all(fd, req, strlen(req), tl_now_ms() + T(3000)) < 0) {
+		fail(t, "a scraper could not queue its request: %s",
+		     strerror(errno));
+		goto out;
+	}
+	/* A window to measure, not a wait for anything. */
+	cpu0 = tl_cpu_ms(server->pid);
+	tl_pause(EMFILE_WINDOW);
+	cpu1 = tl_cpu_ms(server->pid);
+	if (cpu0 >= 0 && cpu1 >= 0 && cpu1 - cpu0 > T(EMFILE_CPU_MS)) {
+		fail(t, "out of descriptors, the server used %ld ms of CPU in "
+		     "%d ms: it spins", cpu1 - cpu0, EMFILE_WINDOW);
+		goto out;
+	}
+	/* The tunnel connections time out (HANDSHAKE_MS); then it answers. */
+	n = tl_read_full(fd, out, ANSWER_MAX - 1, tl_now_ms() + T(15000));
+	if (n <= 0) {
+		fail(t, "the waiting scraper was not answered once descriptors "
+		     "were free: %s", n < 0 ? strerror(errno) : "closed");
+		goto out;
+	}
+	out[n] = '\0';
+	if (sscanf(out, "HTTP/1.0 %d", &status) != 1 || status != 200) {
+		fail(t, "the waiting scraper got \"%.60s\"", out);
+		goto out;
+	}
+	if (value(body(out), "dialback_refused_total{reason=\"out_of_fds\"}",
+	          &v) != 0 || v < 1) {
+		fail(t, "the connections shed are not counted as out_of_fds");
+		goto out;
+	}
+	status = ask_why("127.0.0.1", p[4], req, out, ANSWER_MAX, why);
+	if (status != 200) {
+		fail(t, "a scrape after it all: %d %s", status, why);
+	}
+out:
+	for (i = 0; i < nsilent; i++) {
+		close(silent[i]);
+	}
+	if (fd >= 0) {
+		close(fd);
+	}
+	free(out);
+}
+
 /* The client's content (metrics_client_write, for when client.c wires
  * it): the same names, by port; the page escapes what a peer chose; and
  * promtool accepts the exposition. */
@@ -969,12 +1080,27 @@ static const struct tl_case tests[] = {
 	{ "cap", test_cap, 0 },
 	{ "bare_port", test_bare_port, 0 },
 	{ "bad_flag", test_bad_flag, 0 },
+	{ "emfile", test_emfile, 0 },
 	{ "client_content", test_client_content, 0 },
 };
 
 int
 main(int argc, char **argv)
 {
+	if (argc >= 4 && strcmp(argv[1], "--nofile") == 0) {
+		/* tests/metrics --nofile N PROG ARGS: PROG with soft and hard
+		 * RLIMIT_NOFILE N, which it cannot raise. */
+		struct rlimit rl;
+
+		rl.rlim_cur = rl.rlim_max = (rlim_t)strtoul(argv[2], NULL, 10);
+		if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+			fprintf(stderr, "setrlimit %s: %s\n", argv[2], strerror(errno));
+			return 127;
+		}
+		execv(argv[3], argv + 3);
+		fprintf(stderr, "exec %s: %s\n", argv[3], strerror(errno));
+		return 127;
+	}
 	if (tl_use_valgrind() < 0) {
 		return 1;
 	}
