@@ -27,9 +27,10 @@ CFLAGS  += -Werror
 endif
 
 BINS  = server client
-TESTS = tests/unit tests/unit-portable tests/e2e tests/svc tests/features
+TESTS = tests/unit tests/unit-portable tests/e2e tests/svc tests/features \
+        tests/metrics
 LIB   = common.o net.o protocol.o keys.o relay.o loop.o sha256.o \
-        chacha20poly1305.o x25519.o secrets.o
+        chacha20poly1305.o x25519.o secrets.o metrics.o
 
 all: $(BINS)
 
@@ -42,10 +43,10 @@ CLIENT = client.o client_ctl.o client_user.o
 client: $(CLIENT) $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $(CLIENT) $(LIB)
 
-server.o: server.c server.h common.h protocol.h
-server_ctl.o: server_ctl.c server.h common.h protocol.h sha256.h
-server_user.o: server_user.c server.h common.h protocol.h sha256.h
-client.o: client.c client.h common.h protocol.h crypto.h
+server.o: server.c server.h common.h protocol.h metrics.h
+server_ctl.o: server_ctl.c server.h common.h protocol.h sha256.h metrics.h
+server_user.o: server_user.c server.h common.h protocol.h sha256.h metrics.h
+client.o: client.c client.h common.h protocol.h crypto.h metrics.h
 client_ctl.o: client_ctl.c client.h common.h protocol.h crypto.h
 client_user.o: client_user.c client.h common.h protocol.h crypto.h
 common.o: common.c common.h protocol.h
@@ -58,6 +59,7 @@ sha256.o: sha256.c sha256.h crypto.h
 chacha20poly1305.o: chacha20poly1305.c crypto.h sha256.h
 x25519.o: x25519.c crypto.h
 secrets.o: secrets.c secrets.h sha256.h
+metrics.o: metrics.c metrics.h common.h protocol.h
 
 tests/unit: tests/unit.c tests/testlib.h $(LIB) common.h protocol.h sha256.h \
             crypto.h secrets.h
@@ -76,6 +78,9 @@ tests/svc: tests/svc.c tests/testlib.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/svc.c
 tests/features: tests/features.c tests/testlib.h $(LIB) common.h protocol.h sha256.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/features.c $(LIB)
+tests/metrics: tests/metrics.c tests/testlib.h $(LIB) common.h protocol.h \
+               metrics.h
+	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/metrics.c $(LIB)
 tests/bench: tests/bench.c tests/testlib.h $(LIB) common.h
 	$(CC) $(CFLAGS) -I. $(LDFLAGS) -o $@ tests/bench.c $(LIB)
 
@@ -106,10 +111,10 @@ FUZZ_FLAGS    = -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -O1 -g \
                 -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer \
                 -fno-sanitize-recover=all
 FUZZ_SRCS     = common.c net.c protocol.c keys.c relay.c loop.c sha256.c \
-                chacha20poly1305.c secrets.c
+                chacha20poly1305.c secrets.c metrics.c
 FUZZ_PLAIN    = tests/fuzz-x25519.o
 FUZZ_DEPS     = tests/fuzzlib.h $(FUZZ_SRCS) $(FUZZ_PLAIN) common.h \
-                protocol.h sha256.h crypto.h secrets.h
+                protocol.h sha256.h crypto.h secrets.h metrics.h
 # -print_funcs=0: naming a newly covered function starts llvm-symbolizer
 # on pipes, which the targets' descriptor check would take for a leak.
 FUZZ_OPTS     = -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=10 \

@@ -163,18 +163,29 @@ raise_fd_limit(void)
 #define HEAP_UNKNOWN 1
 #endif
 
-void
-heap_note(char *buf, size_t len)
+long long
+heap_bytes(void)
 {
 #if defined(__GLIBC__) && !defined(HEAP_UNKNOWN) && \
     (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
 	struct mallinfo2 mi = mallinfo2();
 
-	snprintf(buf, len, "; heap: %zu KiB in use",
-	         (mi.uordblks + mi.hblkhd + 1023) / 1024);
+	return (long long)(mi.uordblks + mi.hblkhd);
 #else
-	snprintf(buf, len, "%s", "");
+	return -1;
 #endif
+}
+
+void
+heap_note(char *buf, size_t len)
+{
+	long long heap = heap_bytes();
+
+	if (heap < 0) {
+		snprintf(buf, len, "%s", "");
+		return;
+	}
+	snprintf(buf, len, "; heap: %lld KiB in use", (heap + 1023) / 1024);
 }
 
 /* ==== command line and signals =========================================== */

@@ -99,6 +99,8 @@ long raise_fd_limit(void);
 /* heap_note: "; heap: N KiB in use" (malloc's live bytes) for a status
  * line, or "" where the C library can't tell. */
 void heap_note(char *buf, size_t len);
+/* heap_bytes: malloc's live bytes, or -1 where the C library can't tell. */
+long long heap_bytes(void);
 
 /* ---- addresses (net.c) -------------------------------------------------- */
 

@@ -30,7 +30,7 @@ static const char usage_text[] =
 "usage: %s [-control ADDR] [-tunnel ADDR] [-public ADDR] [-ports LO-HI]\n"
 "                [-token SECRET] [-secrets FILE] [-plaintext]\n"
 "                [-allow CIDR] [-deny CIDR] [-per-ip N]\n"
-"                [-heartbeat SECONDS] [-v | -q]\n"
+"                [-heartbeat SECONDS] [-metrics ADDR] [-v | -q]\n"
 "  -control ADDR        where clients attach (default 8009)\n"
 "  -tunnel ADDR         where clients dial back for each user (default 8008)\n"
 "  -public ADDR         where users connect (default 8007)\n"
@@ -45,6 +45,8 @@ static const char usage_text[] =
 "  -per-ip N            at most N users at once from one address on each\n"
 "                       public port (default 0: no limit)\n"
 "  -heartbeat SECONDS   ping interval; 3 silent intervals = dead (default 10)\n"
+"  -metrics ADDR        serve GET /metrics (Prometheus) and GET / (a status\n"
+"                       page) on ADDR; a bare port means 127.0.0.1 (default off)\n"
 "  -config FILE         read these flags from FILE, one \"word value\" a line;\n"
 "                       the command line wins (# starts a comment)\n"
 "  -version             print the version and exit\n"
@@ -56,6 +58,23 @@ static const char *const role_names[ROLE_END] = {
 	[ROLE_CONTROL] = "control",
 	[ROLE_TUNNEL] = "tunnel",
 	[ROLE_PUBLIC] = "public",
+};
+
+/* dialback_refused_total's reason labels. */
+static const char *const refusal_names[REF_END] = {
+	[REF_NO_CLIENT] = "no_client",
+	[REF_USERS_WAITING] = "users_waiting",
+	[REF_OUT_OF_FDS] = "out_of_fds",
+	[REF_HANDSHAKE_FLOOD] = "handshake_flood",
+	[REF_HANDSHAKES_FULL] = "handshakes_full",
+	[REF_TUNNELS_FULL] = "tunnels_full",
+	[REF_WRONG_TOKEN] = "wrong_token",
+	[REF_VERSION] = "version",
+	[REF_PORT_NOT_OFFERED] = "port_not_offered",
+	[REF_PORT_BUSY] = "port_busy",
+	[REF_PLAINTEXT] = "plaintext",
+	[REF_DENIED] = "denied",
+	[REF_PER_IP] = "per_ip",
 };
 
 /* Stop watching fd and close it.  Every descriptor the loop watches is
@@ -100,6 +119,9 @@ shed_one(struct server *s, int lfd)
 	}
 	/* accept() says EMFILE even with nothing queued: count only the
 	 * connections really shed. */
+	if (fd >= 0) {
+		s->refused[REF_OUT_OF_FDS]++;
+	}
 	if (fd >= 0 && log_limited(&s->log_fds, now, &held)) {
 		log_warn("out of file descriptors: closing new connections (%lu "
 		         "more since the last such line); raise 'ulimit -n'", held);
@@ -226,13 +248,14 @@ run_timers(struct server *s, int64_t now)
 	}
 	for (t = s->tuns; t != NULL; t = t->next) {
 		if (!t->dead && now >= t->deadline) {
-			tun_close(s, t, timeout_why(s, now, "no JOIN in time", why,
-			                            sizeof(why)));
+			tun_fail(s, t, timeout_why(s, now, "no JOIN in time", why,
+			                           sizeof(why)));
 		} else if (!t->dead) {
 			due = earliest(due, t->deadline);
 		}
 	}
 	due = earliest(due, user_timers(s, now));
+	due = earliest(due, metrics_timers(s->metrics, now));
 	for (c = s->ctls; c != NULL; c = c->next) {
 		if (!c->dead && c->state == CTL_ATTACHED) {
 			pool_refill(s, c);
@@ -339,6 +362,218 @@ pool_window(void)
 	return w >= 1 && w <= POOL_WINDOW_S ? (int)w : POOL_WINDOW_S;
 }
 
+/* ==== -metrics: what the server shows ==================================== */
+
+/* Per public port: closed users' bytes, plus the relaying ones', and how
+ * many relay now.  A copy, sorted like s->ports; NULL if out of memory. */
+struct port_view {
+	int port;
+	uint64_t in, out;
+	int live;
+};
+
+/* port_view_add: relaying user u's bytes into its port's view. */
+static void
+port_view_add(struct port_view *v, size_t n, const struct user *u)
+{
+	size_t lo = 0, hi = n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (v[mid].port < u->port) {
+			lo = mid + 1;
+		} else {
+			hi = mid;
+		}
+	}
+	if (lo < n && v[lo].port == u->port) {
+		v[lo].in += u->relay.dir[0].bytes;
+		v[lo].out += u->relay.dir[1].bytes;
+		v[lo].live++;
+	}
+}
+
+static struct port_view *
+port_views(struct server *s)
+{
+	struct port_view *v = calloc(s->nports + 1, sizeof(*v));
+	struct user *u;
+	size_t i;
+	int st;
+
+	if (v == NULL) {
+		return NULL;
+	}
+	for (i = 0; i < s->nports; i++) {
+		v[i].port = s->ports[i].port;
+		v[i].in = s->ports[i].in;
+		v[i].out = s->ports[i].out;
+	}
+	/* A scrape walks the relaying users (those handed a pooled tunnel
+	 * too); a turn of the loop never does. */
+	for (st = U_HANDED; st <= U_RELAYING; st++) {
+		for (u = s->users[st]; u != NULL; u = u->next) {
+			port_view_add(v, s->nports, u);
+		}
+	}
+	return v;
+}
+
+static const struct port_view *
+view_of(const struct port_view *v, size_t n, int port)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		if (v[i].port == port) {
+			return &v[i];
+		}
+	}
+	return NULL;
+}
+
+static int
+count_sessions(const struct server *s)
+{
+	const struct ctl *c;
+	int n = 0;
+
+	for (c = s->ctls; c != NULL; c = c->next) {
+		n += !c->dead && c->state == CTL_ATTACHED;
+	}
+	return n;
+}
+
+static void
+server_prom(struct server *s, struct mbuf *b, const struct port_view *v)
+{
+	size_t i;
+
+	mb_printf(b, "# HELP dialback_sessions Clients attached, each serving "
+	          "a public port.\n# TYPE dialback_sessions gauge\n"
+	          "dialback_sessions %d\n", count_sessions(s));
+	mb_printf(b, "# HELP dialback_users_active Users relaying now.\n"
+	          "# TYPE dialback_users_active gauge\n"
+	          "dialback_users_active %d\n",
+	          s->count[U_RELAYING] + s->count[U_HANDED]);
+	mb_printf(b, "# HELP dialback_users_waiting Users waiting for their "
+	          "tunnel.\n# TYPE dialback_users_waiting gauge\n"
+	          "dialback_users_waiting %d\n", s->count[U_WAITING]);
+	mb_printf(b, "# HELP dialback_users_total Users accepted since start.\n"
+	          "# TYPE dialback_users_total counter\n"
+	          "dialback_users_total %llu\n", (unsigned long long)s->user_seq);
+	mb_printf(b, "# HELP dialback_tunnels_pooled Tunnels dialed ahead, "
+	          "waiting for a user.\n# TYPE dialback_tunnels_pooled gauge\n"
+	          "dialback_tunnels_pooled %d\n", s->count[U_POOLED]);
+	mb_printf(b, "# HELP dialback_bytes_total Users' bytes relayed, in "
+	          "(from users) and out (to users), by public port.\n"
+	          "# TYPE dialback_bytes_total counter\n");
+	for (i = 0; v != NULL && i < s->nports; i++) {
+		mb_printf(b, "dialback_bytes_total{direction=\"in\",port=\"%d\"} "
+		          "%llu\n", v[i].port, (unsigned long long)v[i].in);
+		mb_printf(b, "dialback_bytes_total{direction=\"out\",port=\"%d\"} "
+		          "%llu\n", v[i].port, (unsigned long long)v[i].out);
+	}
+	mb_printf(b, "# HELP dialback_refused_total Users and clients turned "
+	          "away, by reason.\n# TYPE dialback_refused_total counter\n");
+	for (i = 0; i < REF_END; i++) {
+		mb_printf(b, "dialback_refused_total{reason=\"%s\"} %llu\n",
+		          refusal_names[i], (unsigned long long)s->refused[i]);
+	}
+	mb_printf(b, "# HELP dialback_handshake_failures_total Control and "
+	          "tunnel handshakes that failed.\n"
+	          "# TYPE dialback_handshake_failures_total counter\n"
+	          "dialback_handshake_failures_total %llu\n",
+	          (unsigned long long)s->handshake_failures);
+	metrics_process(b, s->started);
+}
+
+/* One row of the page's tables: a name and a number. */
+static void
+html_row(struct mbuf *b, const char *name, unsigned long long n)
+{
+	mb_printf(b, "<tr><th>%s</th><td class=\"n\">%llu</td></tr>\n", name, n);
+}
+
+static void
+server_html(struct server *s, struct mbuf *b, const struct port_view *v)
+{
+	const struct port_view *pv;
+	unsigned long long in = 0, out = 0;
+	long long heap = heap_bytes();
+	char since[64];
+	struct ctl *c;
+	size_t i;
+
+	metrics_html_head(b, "dialback server");
+	mb_printf(b, "<p>Version %s, up since %s.</p>\n<h2>Sessions</h2>\n",
+	          DIALBACK_VERSION, metrics_since(s->started, since,
+	                                          sizeof(since)));
+	mb_printf(b, "<table id=\"sessions\">\n<tr><th>port</th><th>client</th>"
+	          "<th>since</th><th>users now</th><th>users in all</th>"
+	          "<th>bytes in</th><th>bytes out</th></tr>\n");
+	for (c = s->ctls; c != NULL; c = c->next) {
+		if (c->dead || c->state != CTL_ATTACHED) {
+			continue;
+		}
+		pv = v != NULL ? view_of(v, s->nports, c->pub->port) : NULL;
+		mb_printf(b, "<tr><td class=\"n\">%d</td><td>", c->pub->port);
+		mb_html(b, c->peer);
+		mb_printf(b, "</td><td>%s</td><td class=\"n\">%d</td>"
+		          "<td class=\"n\">%llu</td><td class=\"n\">%llu</td>"
+		          "<td class=\"n\">%llu</td></tr>\n",
+		          metrics_since(c->attached_at, since, sizeof(since)),
+		          (pv != NULL ? pv->live : 0) + c->count[U_WAITING],
+		          (unsigned long long)c->served,
+		          pv != NULL ? (unsigned long long)pv->in : 0ULL,
+		          pv != NULL ? (unsigned long long)pv->out : 0ULL);
+	}
+	mb_printf(b, "</table>\n");
+	if (s->lis[ROLE_PUBLIC].owner == NULL) {
+		mb_printf(b, "<p>Public port %d: no client attached.</p>\n",
+		          s->lis[ROLE_PUBLIC].port);
+	}
+	for (i = 0; v != NULL && i < s->nports; i++) {
+		in += v[i].in;
+		out += v[i].out;
+	}
+	mb_printf(b, "<h2>Totals</h2>\n<table id=\"totals\">\n");
+	html_row(b, "sessions", (unsigned long long)count_sessions(s));
+	html_row(b, "users relaying",
+	        (unsigned long long)(s->count[U_RELAYING] + s->count[U_HANDED]));
+	html_row(b, "users waiting", (unsigned long long)s->count[U_WAITING]);
+	html_row(b, "users in all", (unsigned long long)s->user_seq);
+	html_row(b, "bytes in", in);
+	html_row(b, "bytes out", out);
+	html_row(b, "handshake failures",
+	         (unsigned long long)s->handshake_failures);
+	if (heap >= 0) {
+		html_row(b, "heap bytes", (unsigned long long)heap);
+	}
+	mb_printf(b, "</table>\n<h2>Refused</h2>\n<table id=\"refused\">\n");
+	for (i = 0; i < REF_END; i++) {
+		html_row(b, refusal_names[i], (unsigned long long)s->refused[i]);
+	}
+	mb_printf(b, "</table>\n");
+	metrics_html_tail(b);
+}
+
+/* The metrics callback (metrics.h): either page, from the server's state. */
+static void
+server_metrics(void *ctx, enum metrics_page page, struct mbuf *b)
+{
+	struct server *s = ctx;
+	struct port_view *v = port_views(s);
+
+	if (page == METRICS_PROM) {
+		server_prom(s, b, v);
+	} else {
+		server_html(s, b, v);
+	}
+	free(v);
+}
+
 static int
 dispatch(struct server *s, const struct loop_event *ev, int n)
 {
@@ -382,6 +617,9 @@ dispatch(struct server *s, const struct loop_event *ev, int n)
 			break;
 		case K_USER:
 			user_event(s, w->obj, w->side, rev);
+			break;
+		case K_METRICS:
+			metrics_event(s->metrics, w, rev);
 			break;
 		}
 	}
@@ -457,6 +695,8 @@ server_free(struct server *s)
 		}
 	}
 	close_watched(s, &s->sig_w, &s->sig_fd);
+	metrics_close(s->metrics);
+	free(s->ports);
 	secrets_free(&s->secrets);
 	ip_table_free(s);
 	if (s->spare_fd >= 0) {
@@ -564,6 +804,7 @@ parse_args(struct server *s, int argc, char **argv)
 	const char *token = NULL, *heartbeat = "10", *ports = NULL;
 	const char *secrets = NULL, *per_ip = "0";
 	struct flag_list allow = { .n = 0 }, deny = { .n = 0 };
+	struct hostport hp;
 	int r;
 	char why[64];
 	char *end;
@@ -580,6 +821,7 @@ parse_args(struct server *s, int argc, char **argv)
 		{ "allow", NULL, NULL, &allow },
 		{ "deny", NULL, NULL, &deny },
 		{ "per-ip", &per_ip, NULL, NULL },
+		{ "metrics", &s->metrics_addr, NULL, NULL },
 		{ NULL, NULL, NULL, NULL },
 	};
 
@@ -609,6 +851,10 @@ parse_args(struct server *s, int argc, char **argv)
 		           "to 1000000", per_ip);
 	}
 	s->per_ip = (int)pi;
+	if (s->metrics_addr != NULL &&
+	    metrics_parse(s->metrics_addr, &hp, why, sizeof(why)) != 0) {
+		usage_exit("-metrics %s: %s", s->metrics_addr, why);
+	}
 	if (token == NULL) {
 		token = getenv("DIALBACK_TOKEN");
 	}
@@ -678,6 +924,18 @@ main(int argc, char **argv)
 	    s.lis[ROLE_PUBLIC].port <= s.ports_hi) {
 		die(2, "-ports %d-%d: includes the -public port %d; pick a range "
 		    "beside it", s.ports_lo, s.ports_hi, s.lis[ROLE_PUBLIC].port);
+	}
+	if (port_stat(&s, s.lis[ROLE_PUBLIC].port) == NULL) {
+		die(1, "out of memory");
+	}
+	if (s.metrics_addr != NULL) {
+		s.metrics = metrics_open(s.loop, K_METRICS, s.metrics_addr,
+		                         server_metrics, &s, err, sizeof(err));
+		if (s.metrics == NULL) {
+			die(1, "%s", err);
+		}
+		log_info("metrics on port %d: GET /metrics, GET /",
+		         metrics_port(s.metrics));
 	}
 	if (s.secrets_path != NULL &&
 	    secrets_load(&s.secrets, s.secrets_path, err, sizeof(err)) != 0) {

@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 
 #include "common.h"
+#include "metrics.h"
 #include "secrets.h"
 
 #define TOKEN_MIN       16     /* shorter tokens get a warning */
@@ -32,6 +33,32 @@
 #define RECENT_POOLED   16     /* ended pooled users kept: pooled_failed */
 
 enum role { ROLE_CONTROL, ROLE_TUNNEL, ROLE_PUBLIC, ROLE_END };
+
+/* Why a user or a client was turned away, for dialback_refused_total
+ * (server.c names them).  A new reason is one line here and one there. */
+enum refusal {
+	REF_NO_CLIENT,       /* a user on a port no client serves */
+	REF_USERS_WAITING,   /* MAX_PENDING users wait for their tunnel */
+	REF_OUT_OF_FDS,      /* shed at EMFILE, user or client */
+	REF_HANDSHAKE_FLOOD, /* MAX_PER_SOURCE handshakes from one address */
+	REF_HANDSHAKES_FULL, /* MAX_HANDSHAKES at once: the oldest dropped */
+	REF_TUNNELS_FULL,    /* MAX_TUNNELS without a JOIN: the oldest dropped */
+	REF_WRONG_TOKEN,     /* AUTH did not open: token or port secret */
+	REF_VERSION,         /* another protocol version */
+	REF_PORT_NOT_OFFERED,
+	REF_PORT_BUSY,       /* served by another client (or would not bind) */
+	REF_PLAINTEXT,       /* -plaintext asked, not allowed */
+	REF_DENIED,          /* -allow/-deny */
+	REF_PER_IP,          /* -per-ip */
+	REF_END
+};
+
+/* Bytes of the users of one public port that have closed; the metrics
+ * add the live ones.  Kept sorted by port in struct server. */
+struct port_stat {
+	int port;
+	uint64_t in, out;
+};
 
 /* A control connection.  Once attached it is a session: it owns the
  * public port and the users waiting for their joins. */
@@ -114,6 +141,7 @@ struct user {
 	uint8_t sess_run[RUN_ID_LEN];  /* ... of the session with this run id */
 	uint8_t id[USER_ID_LEN];
 	uint64_t seq;                  /* for logs; 0 for a tunnel alone */
+	int port;                      /* the public port it came in on */
 	char peer[ADDR_STRLEN];
 	int64_t start, deadline;
 	struct watch w[2];
@@ -134,7 +162,7 @@ struct ip_count {
 };
 
 /* What a watch belongs to (struct watch's kind). */
-enum kind { K_SIGNAL, K_LISTEN, K_CTL, K_TUN, K_USER };
+enum kind { K_SIGNAL, K_LISTEN, K_CTL, K_TUN, K_USER, K_METRICS };
 
 struct server {
 	struct hostport addr[ROLE_END];
@@ -179,9 +207,12 @@ struct server {
 	unsigned ip_mask;              /* buckets - 1 */
 	uint64_t ip_seed;              /* keys the bucket hash */
 	struct log_limit log_denied, log_per_ip;
-	/* Users refused at accept, by reason ("denied", "per_ip"), for
-	 * metrics. */
-	uint64_t refused_denied, refused_per_ip;
+	const char *metrics_addr;      /* -metrics, or NULL */
+	struct metrics *metrics;
+	uint64_t refused[REF_END];
+	uint64_t handshake_failures;   /* control and tunnel handshakes */
+	struct port_stat *ports;       /* by port, ascending */
+	size_t nports, capports;
 };
 
 /* Free what teardown marked dead.  Lists are singly linked; a pointer to
@@ -246,6 +277,9 @@ struct user *user_find(struct server *s, const uint8_t id[USER_ID_LEN]);
 /* user_close: the one ending of every user; why for the log, NULL for
  * none. */
 void user_close(struct server *s, struct user *u, const char *why);
+/* port_stat: port's entry, made if new; NULL if out of memory.  Ports
+ * are a bounded set (-public and -ports), so the table is too. */
+struct port_stat *port_stat(struct server *s, int port);
 /* pooled_failed: c's client could not serve the pooled user named id. */
 void pooled_failed(struct server *s, const struct ctl *c,
                    const uint8_t id[USER_ID_LEN], const char *why);
@@ -277,5 +311,8 @@ void user_sweep(struct server *s);
 void tun_arrive(struct server *s, int fd, const struct sockaddr *sa);
 void tun_readable(struct server *s, struct tun *t);
 void tun_close(struct server *s, struct tun *t, const char *why);
+/* tun_fail: tun_close for a tunnel whose handshake (its JOIN) failed,
+ * counted in dialback_handshake_failures_total. */
+void tun_fail(struct server *s, struct tun *t, const char *why);
 
 #endif

@@ -49,6 +49,11 @@ ctl_close(struct server *s, struct ctl *c, const char *why)
 	} else if (why != NULL) {
 		log_info("control %s dropped: %s", c->peer, why);
 	}
+	/* Once AUTH opened the client has proved its secret: what ends it
+	 * then is a refusal (counted where it is made), not a failure. */
+	if (c->state != CTL_ATTACHED && !c->opened) {
+		s->handshake_failures++;
+	}
 	ctl_close_users(s, c);
 	if (c->pub != NULL) {
 		c->pub->owner = NULL;
@@ -122,6 +127,7 @@ on_hello(struct server *s, struct ctl *c, const struct msg *m)
 		return;
 	}
 	if (m->version != PROTO_VERSION) {
+		s->refused[REF_VERSION]++;
 		snprintf(why, sizeof(why), "protocol version mismatch: server "
 		         "speaks %d, client %d; run the same dialback release on "
 		         "both sides", PROTO_VERSION, m->version);
@@ -282,6 +288,7 @@ port_claim(struct server *s, struct ctl *c, int port, enum err_code *code,
 		c->pub = c->own;
 	}
 	c->pub->owner = c;
+	port_stat(s, port);          /* its bytes show from 0 on */
 	return 0;
 }
 
@@ -348,6 +355,7 @@ auth_open(struct server *s, struct ctl *c, const struct msg *m,
 	char why[TEXT_MAX];
 
 	if (hs_open(&c->hs, m->sealed, m->sealed_len, plain) != 0) {
+		s->refused[REF_WRONG_TOKEN]++;
 		if (port_secret(s, c->asked) != NULL) {
 			snprintf(why, sizeof(why), "wrong secret for public port %d",
 			         c->asked);
@@ -360,6 +368,7 @@ auth_open(struct server *s, struct ctl *c, const struct msg *m,
 	c->opened = 1;
 	if (frame_decode(plain, n, a, &used) != FRAME_OK ||
 	    a->type != MSG_ATTACH || used != n) {
+		s->handshake_failures++;
 		ctl_refuse(s, c, ERR_PROTO, "malformed AUTH");
 		return -1;
 	}
@@ -382,6 +391,7 @@ on_auth(struct server *s, struct ctl *c, const struct msg *m)
 	}
 	memcpy(c->run_id, a.run_id, RUN_ID_LEN);
 	if ((a.flags & FLAG_PLAINTEXT) && !s->plaintext) {
+		s->refused[REF_PLAINTEXT]++;
 		ctl_refuse(s, c, ERR_PLAINTEXT, "this server does not allow "
 		           "plaintext tunnels: drop -plaintext on the client, or "
 		           "give the server -plaintext");
@@ -395,6 +405,8 @@ on_auth(struct server *s, struct ctl *c, const struct msg *m)
 	if ((a.flags & FLAG_ANY_PORT)
 	    ? port_any(s, c, c->hello_port, &code, why, sizeof(why))
 	    : port_claim(s, c, c->asked, &code, why, sizeof(why))) {
+		s->refused[code == ERR_PORT ? REF_PORT_NOT_OFFERED
+		                            : REF_PORT_BUSY]++;
 		ctl_refuse(s, c, code, why);
 		return;
 	}
@@ -531,6 +543,7 @@ ctl_admit(struct server *s, const struct wire_addr *from, const char *peer)
 		}
 	}
 	if (same >= MAX_PER_SOURCE) {
+		s->refused[REF_HANDSHAKE_FLOOD]++;
 		if (log_limited(&s->log_handshakes, now_ms(), &held)) {
 			log_warn("control %s refused: %d handshakes from that address "
 			         "already (%lu more since the last such line)", peer,
@@ -539,6 +552,7 @@ ctl_admit(struct server *s, const struct wire_addr *from, const char *peer)
 		return -1;
 	}
 	if (all >= MAX_HANDSHAKES && oldest != NULL) {
+		s->refused[REF_HANDSHAKES_FULL]++;
 		if (log_limited(&s->log_handshakes, now_ms(), &held)) {
 			log_warn("%d control handshakes at once: dropping the oldest "
 			         "(%lu more since the last such line)", MAX_HANDSHAKES,

@@ -221,8 +221,14 @@ user_close(struct server *s, struct user *u, const char *why)
 	ip_put(s, u->ipc);
 	u->ipc = NULL;
 	if (u->state == U_RELAYING || u->state == U_HANDED) {
+		struct port_stat *ps = port_stat(s, u->port);
+
 		s->bytes_in += u->relay.dir[0].bytes;
 		s->bytes_out += u->relay.dir[1].bytes;
+		if (ps != NULL) {
+			ps->in += u->relay.dir[0].bytes;
+			ps->out += u->relay.dir[1].bytes;
+		}
 		if (u->pooled) {
 			unsigned k = s->recent_next++ % RECENT_POOLED;
 			memcpy(s->recent[k].id, u->id, USER_ID_LEN);
@@ -409,6 +415,7 @@ pool_take(struct server *s, struct ctl *c, int fd, const struct msg *m,
 	memcpy(u->sess_run, c->run_id, RUN_ID_LEN);
 	memcpy(u->id, m->user_id, USER_ID_LEN);
 	u->seq = ++s->user_seq;
+	u->port = c->pub->port;
 	u->start = now_t;
 	u->deadline = now_t + JOIN_WAIT_MS;
 	/* The client's next control frame confirms it is alive; ask for one. */
@@ -445,7 +452,7 @@ user_arrive(struct server *s, int fd, const struct sockaddr *sa,
 	 * learns nothing but the close. */
 	if ((s->nallow > 0 || s->ndeny > 0) &&
 	    (addr_ip16(sa, ip) != 0 || !ip_admitted(s, ip))) {
-		s->refused_denied++;
+		s->refused[REF_DENIED]++;
 		if (log_limited(&s->log_denied, now, &held)) {
 			log_info("user %s refused: not allowed by -allow/-deny (%lu "
 			         "more since the last such line)", peer, held);
@@ -454,6 +461,7 @@ user_arrive(struct server *s, int fd, const struct sockaddr *sa,
 		return;
 	}
 	if (c == NULL || c->count[U_WAITING] >= MAX_PENDING) {
+		s->refused[c == NULL ? REF_NO_CLIENT : REF_USERS_WAITING]++;
 		if (c == NULL && log_limited(&s->log_no_client, now, &held)) {
 			log_info("user %s closed: no client attached (%lu more since "
 			         "the last such line)", peer, held);
@@ -468,7 +476,7 @@ user_arrive(struct server *s, int fd, const struct sockaddr *sa,
 	if (s->per_ip > 0 && addr_ip16(sa, ip) == 0 &&
 	    (ipc = ip_take(s, ip, pub->port, &full)) == NULL) {
 		if (full) {
-			s->refused_per_ip++;
+			s->refused[REF_PER_IP]++;
 			if (log_limited(&s->log_per_ip, now, &held)) {
 				log_info("user %s refused: -per-ip %d reached for port %d "
 				         "(%lu more since the last such line)", peer,
@@ -501,6 +509,7 @@ user_arrive(struct server *s, int fd, const struct sockaddr *sa,
 	u->ipc = ipc;
 	u->relay.fd[0] = fd;
 	u->seq = ++s->user_seq;
+	u->port = pub->port;
 	memcpy(u->peer, peer, sizeof(peer));
 	log_info("user #%llu %s accepted on port %d", (unsigned long long)u->seq,
 	         peer, pub->port);
@@ -581,6 +590,15 @@ tun_close(struct server *s, struct tun *t, const char *why)
 	s->ntuns--;
 }
 
+void
+tun_fail(struct server *s, struct tun *t, const char *why)
+{
+	if (!t->dead) {
+		s->handshake_failures++;
+	}
+	tun_close(s, t, why);
+}
+
 static void
 tun_free(struct tun *t)
 {
@@ -606,7 +624,7 @@ tun_pool(struct server *s, struct tun *t, struct user *u)
 	struct ctl *c = u->sess;
 
 	if (t->in.len > 0) {
-		tun_close(s, t, "bytes behind a pool JOIN");
+		tun_fail(s, t, "bytes behind a pool JOIN");
 		return;
 	}
 	/* A pooled tunnel says nothing until it is used: anything it sends,
@@ -631,13 +649,13 @@ tun_join(struct server *s, struct tun *t, const struct msg *m)
 	int ufd;
 
 	if (u == NULL) {
-		tun_close(s, t, "JOIN names no waiting user");
+		tun_fail(s, t, "JOIN names no waiting user");
 		return;
 	}
 	tunnel_keys(u->sess->keys.tunnel, u->id, 0, &tx, &rx);
 	if (join_check(&rx, u->id, m->proof) != 0) {
 		/* The user stays: whoever forged this may have seen its id. */
-		tun_close(s, t, "JOIN with a wrong proof");
+		tun_fail(s, t, "JOIN with a wrong proof");
 		return;
 	}
 	u->sealed = !u->sess->plaintext;
@@ -689,15 +707,15 @@ tun_readable(struct server *s, struct tun *t)
 		snprintf(m.text, sizeof(m.text), "this is the tunnel port; point "
 		         "-remote at the control port (%d)", s->lis[ROLE_CONTROL].port);
 		send_now(t->fd, &m);
-		tun_close(s, t, "a HELLO on the tunnel port");
+		tun_fail(s, t, "a HELLO on the tunnel port");
 	} else if (fr == FRAME_OK || fr == FRAME_BAD) {
 		snprintf(why, sizeof(why), "expected JOIN, got %s",
 		         fr == FRAME_OK ? msg_name(m.type) : "garbage");
-		tun_close(s, t, why);
+		tun_fail(s, t, why);
 	} else if (rc == 0) {
-		tun_close(s, t, "closed before its JOIN");
+		tun_fail(s, t, "closed before its JOIN");
 	} else if (rc < 0) {
-		tun_close(s, t, strerror(errno));
+		tun_fail(s, t, strerror(errno));
 	}
 }
 
@@ -716,6 +734,7 @@ tun_evict_oldest(struct server *s)
 		}
 	}
 	if (oldest != NULL) {
+		s->refused[REF_TUNNELS_FULL]++;
 		if (log_limited(&s->log_tunnels, now_ms(), &held)) {
 			log_warn("%d tunnel connections wait for a JOIN: dropping the "
 			         "oldest (%lu more since the last such line)",
@@ -849,6 +868,41 @@ pool_resize(struct server *s, struct ctl *c, int64_t now, int arrived)
 	       c->count[U_POOLED] + c->count[U_TICKET] > c->pool_want) {
 		user_close(s, c->pooled, NULL);
 	}
+}
+
+struct port_stat *
+port_stat(struct server *s, int port)
+{
+	size_t lo = 0, hi = s->nports;
+	struct port_stat *p;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (s->ports[mid].port == port) {
+			return &s->ports[mid];
+		}
+		if (s->ports[mid].port < port) {
+			lo = mid + 1;
+		} else {
+			hi = mid;
+		}
+	}
+	if (s->nports == s->capports) {
+		size_t cap = s->capports ? s->capports * 2 : 8;
+
+		if ((p = realloc(s->ports, cap * sizeof(*p))) == NULL) {
+			return NULL;
+		}
+		s->ports = p;
+		s->capports = cap;
+	}
+	memmove(&s->ports[lo + 1], &s->ports[lo],
+	        (s->nports - lo) * sizeof(*s->ports));
+	s->nports++;
+	memset(&s->ports[lo], 0, sizeof(s->ports[lo]));
+	s->ports[lo].port = port;
+	return &s->ports[lo];
 }
 
 /* user_sweep: free the users and tunnels that teardown marked dead. */

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Run the unit tests, the end-to-end tests (arguments go to e2e), the
-# feature tests, the man page check, the make install check and the make
+# feature tests, the -metrics tests, the man page check, the make install check and the make
 # demo check, and print the sum of their "N passed, N failed, N skipped"
 # lines as the very last line (a missing ", N skipped" counts as 0).  A
 # skip is never a pass.
@@ -62,8 +62,12 @@ if [ $# -eq 0 ]; then
 	for t in echo concurrent user_flood garbage no_fd_leak local_down; do
 		run "poll-$t" env DIALBACK_POLL=1 ./tests/e2e "$t"
 	done
+	for t in paths stalled cap; do
+		run "poll-metrics-$t" env DIALBACK_POLL=1 ./tests/metrics "$t"
+	done
 fi
 run features ./tests/features
+run metrics ./tests/metrics
 run cli sh tests/cli.sh
 run manpage sh tests/manpage.sh
 run install sh tests/install.sh
