@@ -22,13 +22,14 @@
 
 #include "client.h"
 #include "crypto.h"
+#include "metrics.h"
 
 
 static const char usage_text[] =
 "usage: %s -remote HOST[:PORT][,HOST[:PORT]...]\n"
 "                [-local [PUBLIC=]HOST:PORT]... [-port N] [-tunnel HOST:PORT]\n"
 "                [-pool N] [-token SECRET] [-plaintext] [-proxy-protocol v1|v2]\n"
-"                [-config FILE] [-version] [-v | -q]\n"
+"                [-metrics ADDR] [-config FILE] [-version] [-v | -q]\n"
 "  -remote HOST[:PORT],...\n"
 "                       the server's control address (port default 8009);\n"
 "                       with several, each attempt takes the next\n"
@@ -46,6 +47,8 @@ static const char usage_text[] =
 "  -plaintext           tunnels carry raw bytes, unencrypted (server must allow)\n"
 "  -proxy-protocol v1|v2\n"
 "                       tell the service each user's address (PROXY protocol)\n"
+"  -metrics ADDR        serve GET /metrics (Prometheus) and GET / (a status\n"
+"                       page) on ADDR; a bare port means 127.0.0.1 (default off)\n"
 "  -config FILE         read these flags from FILE, one \"word value\" a line;\n"
 "                       the command line wins (# starts a comment)\n"
 "  -version             print the version and exit\n"
@@ -133,18 +136,20 @@ svc_stopped(struct client *cl, struct service *s)
 
 /* ==== the loop =========================================================== */
 
+/* A service's state, for the status line and the metrics. */
+static const char *const state_names[] = {
+	[C_IDLE] = "waiting to reconnect",
+	[C_CONNECTING] = "connecting",
+	[C_HELLO_SENT] = "handshaking",
+	[C_AUTH_SENT] = "handshaking",
+	[C_ATTACHED] = "attached",
+	[C_STOPPED] = "stopped",
+};
+
 /* SIGUSR1: a status line for each service in the log. */
 static void
 log_status(struct client *cl)
 {
-	static const char *const names[] = {
-		[C_IDLE] = "waiting to reconnect",
-		[C_CONNECTING] = "connecting",
-		[C_HELLO_SENT] = "handshaking",
-		[C_AUTH_SENT] = "handshaking",
-		[C_ATTACHED] = "attached",
-		[C_STOPPED] = "stopped",
-	};
 	char heap[64];
 	int i;
 
@@ -166,7 +171,7 @@ log_status(struct client *cl)
 		svc_log(s, LOG_NORMAL, "status: up %llds; %s to %s, public port "
 		        "%d; users: %d relaying, %d connecting, %llu in all; open "
 		        "users' bytes: %llu in, %llu out%s",
-		        (long long)(now_ms() - cl->started) / 1000, names[s->state],
+		        (long long)(now_ms() - cl->started) / 1000, state_names[s->state],
 		        s->server[0] ? s->server : cl->remote_arg, s->public_port,
 		        relaying, starting, (unsigned long long)s->users_total,
 		        (unsigned long long)in, (unsigned long long)out, heap);
@@ -198,6 +203,9 @@ dispatch(struct client *cl, const struct loop_event *ev, int n)
 		case K_USER:
 			user_event(w->obj, w->side, ev[i].revents);
 			break;
+		case K_METRICS:
+			metrics_event(cl->metrics, w, ev[i].revents);
+			break;
 		}
 	}
 	return 0;
@@ -224,6 +232,7 @@ run_timers(struct client *cl, int64_t now)
 		next = earliest(next, ctl_timers(&cl->svc[i], now));
 		next = earliest(next, user_timers(&cl->svc[i], now));
 	}
+	next = earliest(next, metrics_timers(cl->metrics, now));
 	if ((worst = all_stopped(cl)) >= 0 && relaying_count(cl) == 0) {
 		cl->exit_status = worst;
 	}
@@ -460,10 +469,19 @@ parse_args(struct client *cl, int argc, char **argv)
 		{ "port", &port, NULL, NULL },
 		{ "pool", &pool, NULL, NULL },
 		{ "proxy-protocol", &proxy, NULL, NULL },
+		{ "metrics", &cl->metrics_addr, NULL, NULL },
 		{ NULL, NULL, NULL, NULL },
 	};
 
 	flags_apply(argc, argv, flags, usage_text);
+	if (cl->metrics_addr != NULL) {
+		struct hostport mhp;
+		char mwhy[128];
+
+		if (metrics_parse(cl->metrics_addr, &mhp, mwhy, sizeof(mwhy)) != 0) {
+			usage_exit("-metrics %s: %s", cl->metrics_addr, mwhy);
+		}
+	}
 	if (remote == NULL) {
 		usage_exit("-remote HOST is required");
 	}
@@ -503,6 +521,65 @@ parse_args(struct client *cl, int argc, char **argv)
 	parse_locals(cl, &locals, port);
 }
 
+/* The metrics callback (metrics.h): every service's numbers, as the
+ * status line has them, and the users it could not serve by reason. */
+static void
+client_metrics(void *ctx, enum metrics_page page, struct mbuf *b)
+{
+	static const char *const reasons[FAIL_END] = {
+		[FAIL_LOCAL] = "local_unreachable",
+		[FAIL_TUNNEL] = "tunnel_unreachable",
+		[FAIL_BUSY] = "client_busy",
+	};
+	struct client *cl = ctx;
+	struct metrics_service *ms = calloc((size_t)cl->nsvc, sizeof(*ms));
+	struct metrics_reason refused[FAIL_END];
+	struct metrics_client mc;
+	int i, r;
+
+	if (ms == NULL) {
+		return;
+	}
+	for (r = 0; r < FAIL_END; r++) {
+		refused[r].reason = reasons[r];
+		refused[r].n = 0;
+	}
+	for (i = 0; i < cl->nsvc; i++) {
+		const struct service *s = &cl->svc[i];
+		const struct cuser *u;
+
+		ms[i].port = s->public_port;
+		ms[i].local = s->local_arg;
+		ms[i].state = state_names[s->state];
+		ms[i].since = s->state == C_ATTACHED ? s->attached_at : 0;
+		ms[i].users_total = s->users_total;
+		ms[i].bytes_in = s->bytes_in;
+		ms[i].bytes_out = s->bytes_out;
+		for (u = s->relaying; u != NULL; u = u->next) {
+			ms[i].users_active++;
+			ms[i].bytes_in += u->relay.dir[0].bytes;
+			ms[i].bytes_out += u->relay.dir[1].bytes;
+		}
+		for (u = s->users; u != NULL; u = u->next) {
+			ms[i].users_connecting += u->state != U_POOL_DIAL &&
+			                          u->state != U_POOL_IDLE;
+		}
+		for (r = 0; r < FAIL_END; r++) {
+			refused[r].n += s->failed[r];
+		}
+	}
+	memset(&mc, 0, sizeof(mc));
+	mc.remote = cl->remote_arg;
+	mc.started = cl->started;
+	mc.svc = ms;
+	mc.nsvc = cl->nsvc;
+	mc.refused = refused;
+	mc.nrefused = FAIL_END;
+	mc.handshake_failures = cl->handshake_failures;
+	metrics_client_write(b, page, &mc);
+	free(ms);
+}
+
 /* A service before its first attempt: due at once, with its own run id. */
 static void
 svc_init(struct service *s)
@@ -536,6 +613,7 @@ client_free(struct client *cl)
 		ctl_free(s);
 	}
 	user_sweep(cl);
+	metrics_close(cl->metrics);
 	loop_unwatch(cl->loop, &cl->sig_w);
 	close_fd(&cl->sig_fd);
 	loop_free(cl->loop);
@@ -564,6 +642,17 @@ main(int argc, char **argv)
 	raise_fd_limit();
 	for (i = 0; i < cl.nsvc; i++) {
 		svc_init(&cl.svc[i]);
+	}
+	if (cl.metrics_addr != NULL) {
+		char err[256];
+
+		cl.metrics = metrics_open(cl.loop, K_METRICS, cl.metrics_addr,
+		                          client_metrics, &cl, err, sizeof(err));
+		if (cl.metrics == NULL) {
+			die(1, "%s", err);
+		}
+		log_info("metrics on port %d: GET /metrics, GET /",
+		         metrics_port(cl.metrics));
 	}
 	cl.started = now_ms();
 	run(&cl);

@@ -86,6 +86,10 @@ struct local_addr {
 };
 
 /* One -local: a local service and its session with the server. */
+/* Why a user could not be served, for -metrics (reason labels in
+ * client.c). */
+enum failure { FAIL_LOCAL, FAIL_TUNNEL, FAIL_BUSY, FAIL_END };
+
 struct service {
 	struct client *cl;
 	char local_arg[300];                 /* HOST:PORT, as logged */
@@ -125,6 +129,9 @@ struct service {
 	int inflight;                        /* users in U_LOCAL/U_TUNNEL */
 	struct log_limit log_busy, log_fail, log_pool;
 	uint64_t users_total;
+	uint64_t bytes_in, bytes_out;        /* of its users already closed */
+	uint64_t failed[FAIL_END];           /* users it could not serve */
+	int64_t attached_at;
 	struct cuser *users;                 /* connecting or pooled: timed */
 	struct cuser *relaying;
 };
@@ -149,11 +156,14 @@ struct client {
 	struct watch sig_w;
 	int64_t started;
 	struct cuser *dead;                  /* users ended this turn */
+	const char *metrics_addr;            /* -metrics, or NULL */
+	struct metrics *metrics;
+	uint64_t handshake_failures;         /* connections lost before attached */
 	struct relay_pool relays;            /* what the users' relays share */
 };
 
 /* What a watch belongs to (struct watch's kind). */
-enum kind { K_SIGNAL, K_CTL, K_USER };
+enum kind { K_SIGNAL, K_CTL, K_USER, K_METRICS };
 
 /* ---- client.c ----------------------------------------------------------- */
 

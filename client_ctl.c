@@ -22,6 +22,8 @@
 static void
 ctl_reset(struct service *s)
 {
+	s->cl->handshake_failures += s->state == C_HELLO_SENT ||
+	                             s->state == C_AUTH_SENT;
 	users_close_pooled(s);
 	loop_unwatch(s->cl->loop, &s->ctl_w);
 	close_fd(&s->fd);
@@ -301,6 +303,7 @@ on_welcome(struct service *s, const struct msg *m)
 	s->public_port = m->public_port;
 	s->heartbeat_s = m->heartbeat_s;
 	s->state = C_ATTACHED;
+	s->attached_at = now_ms();
 	s->backoff_ms = BACKOFF_MIN_MS;
 	s->next_ping = now_ms() + s->heartbeat_s * 1000;
 	if (!cl->tunnel_set) {

@@ -83,6 +83,8 @@ user_close(struct cuser *u, const char *why)
 	loop_forget(cl->loop, &u->w[0]);    /* their descriptors close below */
 	loop_forget(cl->loop, &u->w[1]);
 	if (u->state == U_RELAY) {
+		s->bytes_in += u->relay.dir[0].bytes;
+		s->bytes_out += u->relay.dir[1].bytes;
 		relay_close(&u->relay);
 	}
 	close_fd(&u->fd);
@@ -184,6 +186,7 @@ report_failure(struct cuser *u, const char *why)
 
 	/* cut to fit TEXT_MAX; the text is for a log line */
 	snprintf(text, sizeof(text), "%.120s %.78s", u->svc->local_arg, why);
+	u->svc->failed[FAIL_LOCAL]++;
 	report_text(u, text);
 }
 
@@ -206,6 +209,7 @@ tunnel_failed(struct cuser *u, int err)
 	          err == EHOSTUNREACH || err == ENETUNREACH || err == ECONNRESET;
 
 	addr_str(sa, addr, sizeof(addr));
+	u->svc->failed[FAIL_TUNNEL] += u->state != U_POOL_DIAL;
 	snprintf(text, sizeof(text), "tunnel %.70s: %.60s", addr,
 	         err == 0 ? "no answer in time" : strerror(err));
 	if (net) {
@@ -437,6 +441,7 @@ user_new(struct service *s, const struct msg *m)
 		r.type = MSG_USER_FAILED;
 		memcpy(r.user_id, m->user_id, USER_ID_LEN);
 		snprintf(r.text, sizeof(r.text), "client busy");
+		s->failed[FAIL_BUSY]++;
 		if (log_limited(&s->log_busy, now_ms(), &held)) {
 			svc_log(s, LOG_QUIET, "user refused: client busy, %d local "
 			        "connections in flight%s", MAX_INFLIGHT,

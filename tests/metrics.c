@@ -1067,6 +1067,65 @@ out:
 	free(b.p);
 }
 
+/* The client's own -metrics, live: a user through it is counted once
+ * closed, with its bytes by public port; a user whose service is down is
+ * refused as local_unreachable; promtool accepts what it serves. */
+static void
+test_client_live(struct test *t)
+{
+	char m[16], series[128], promtool[256], path[300], *out = NULL;
+	struct tl_proc *svc;
+	int p[5], fd;
+
+	if (pick_server_ports(t, p, 5) < 0) {
+		return;
+	}
+	snprintf(m, sizeof(m), "%d", p[4]);
+	if ((svc = start_svc(t, "svc", "echo", t->loc, NULL)) == NULL
+	    || start_server(t, "server", NULL) == NULL
+	    || start_client(t, "client", t->ctl, t->loc, NULL, 1, "-metrics", m,
+	                    NULL) == NULL
+	    || echo_user(t, 1000) < 0
+	    || scrape_expect(t, p[4], "dialback_users_total", 1, 5000) < 0
+	    || scrape_expect(t, p[4], "dialback_sessions", 1, 5000) < 0) {
+		return;
+	}
+	snprintf(series, sizeof(series),
+	         "dialback_bytes_total{direction=\"in\",port=\"%d\"}", t->pub);
+	if (scrape_expect(t, p[4], series, 1000, 5000) < 0) {
+		return;
+	}
+	kill(svc->pid, SIGTERM);
+	if (expect_exit(t, svc, 0, T(5000)) < 0
+	    || (fd = user_connect(t, t->pub)) < 0) {
+		return;
+	}
+	if (scrape_expect(t, p[4],
+	                  "dialback_refused_total{reason=\"local_unreachable\"}",
+	                  1, 5000) < 0) {
+		return;
+	}
+	user_close(t, fd);
+	if ((out = malloc(ANSWER_MAX)) == NULL) {
+		fail(t, "out of memory");
+		return;
+	}
+	if (get(t, p[4], "/metrics", out, ANSWER_MAX) != 200) {
+		fail(t, "GET /metrics on the client did not answer 200");
+		goto out;
+	}
+	snprintf(path, sizeof(path), "%s/client-live.txt", t->dir);
+	if (tl_write_file(path, body(out), strlen(body(out))) < 0) {
+		fail(t, "writing %s: %s", path, strerror(errno));
+		goto out;
+	}
+	if (tool(t, "promtool", promtool, sizeof(promtool)) == 0) {
+		promtool_check(t, promtool, path);
+	}
+out:
+	free(out);
+}
+
 /* ==== running ============================================================= */
 
 static const struct tl_case tests[] = {
@@ -1082,6 +1141,7 @@ static const struct tl_case tests[] = {
 	{ "bad_flag", test_bad_flag, 0 },
 	{ "emfile", test_emfile, 0 },
 	{ "client_content", test_client_content, 0 },
+	{ "client_live", test_client_live, 0 },
 };
 
 int
