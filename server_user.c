@@ -847,13 +847,14 @@ void
 pool_resize(struct server *s, struct ctl *c, int64_t now, int arrived)
 {
 	int want, peak;
+	int window = s->pool_window_s > 0 ? s->pool_window_s : POOL_WINDOW_S;
 
 	if (!c->pool_auto) {
 		return;
 	}
-	peak = pool_peak(c, now, s->pool_window_s);
+	peak = pool_peak(c, now, window);
 	if (arrived) {
-		uint16_t *n = &c->arrivals[c->arrivals_s % s->pool_window_s];
+		uint16_t *n = &c->arrivals[c->arrivals_s % window];
 		*n = *n < UINT16_MAX ? *n + 1 : *n;
 		peak = *n > peak ? *n : peak;
 	}

@@ -384,7 +384,8 @@ users_new(struct run *r, int n, struct pub *pub)
 		fd_pair(&fd, &r->user_peer[r->nusers]);
 		user_arrive(&r->s, fd, run_sa(r), pub);
 		struct user *w = r->s.users[U_WAITING];
-		struct user *p = r->s.users[U_RELAYING];
+		/* On a pooled tunnel: handed out, until its client speaks. */
+		struct user *p = r->s.users[U_HANDED];
 
 		if (w != NULL && w->relay.fd[0] == fd) {
 			user_id(r->nusers, w->id);
@@ -721,7 +722,7 @@ pool_setup(struct run *r, struct ctl *c, int want, int sealed)
 		      "a pool JOIN with bytes behind it parked");
 	}
 	users_new(r, 1, c->pub);
-	CHECK(c->count[U_POOLED] == 0 && r->s.users[U_RELAYING] != NULL,
+	CHECK(c->count[U_POOLED] == 0 && r->s.users[U_HANDED] != NULL,
 	      "a user did not take the parked tunnel");
 }
 
@@ -1160,7 +1161,7 @@ fuzz_relay(unsigned x, unsigned flags, const uint8_t *data, size_t len)
 		      "a %s pool JOIN: %d parked", rr.good ? "valid" : "wrong",
 		      owner->count[U_POOLED]);
 		users_new(&r, 1, owner->pub);
-		rr.u = r.s.users[rr.good ? U_RELAYING : U_WAITING];
+		rr.u = r.s.users[rr.good ? U_HANDED : U_WAITING];
 		CHECK(rr.u != NULL, "no user for the pooled tunnel");
 		rr.joined = 1;
 	}
