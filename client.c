@@ -42,7 +42,7 @@ static const char usage_text[] =
 "  -tunnel HOST:PORT    dial tunnels here, not the tunnel port the server\n"
 "                       names on the -remote host (for remapped ports)\n"
 "  -pool N              keep N tunnels dialed ahead for new users (0-128; 0 = none;\n"
-"                       default: as many as users recently arrived in a second)\n"
+"                       default: as many as users lately arrived in 2 s)\n"
 "  -token SECRET        the server's token (or DIALBACK_TOKEN)\n"
 "  -plaintext           tunnels carry raw bytes, unencrypted (server must allow)\n"
 "  -proxy-protocol v1|v2\n"

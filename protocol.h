@@ -72,8 +72,8 @@
  * tunnel is there, the server sends the NEW_USER down that tunnel, as its
  * first record (or frame, plaintext), then the user's bytes.  With
  * FLAG_POOL_AUTO the pool asked for is a cap, and the server sizes the
- * pool itself: the most users that arrived in one second within the last
- * POOL_WINDOW_S seconds, at least POOL_FLOOR, at most the cap.  It hands
+ * pool itself: the most users that arrived in two seconds running within
+ * the last POOL_WINDOW_S seconds, at least POOL_FLOOR, at most the cap.  It hands
  * a parked tunnel out only while the session has been heard from within
  * 1.5 heartbeats, and sends a PING with it; a user handed out stays
  * unconfirmed until the next control frame from that client, and is reset
@@ -127,7 +127,7 @@
 #define JOIN_WAIT_MS         10000 /* a user (or ticket) awaits its JOIN */
 #define POOL_MAX             128   /* pooled tunnels per session, at most */
 #define POOL_FLOOR           2     /* ... and with FLAG_POOL_AUTO, at least */
-#define POOL_WINDOW_S        60    /* ... sized to the peak second of these */
+#define POOL_WINDOW_S        60    /* ... sized to the peak of these seconds */
 
 enum msg_type {
 	MSG_HELLO = 1,

@@ -820,29 +820,39 @@ pool_handed(struct server *s, struct ctl *c, const char *why)
 	}
 }
 
-/* The most users that arrived on c's port in one second of the window. */
-static int
-pool_peak(struct ctl *c, int64_t now, int window)
+/* Age c's ring of arrivals to now: the seconds passed since its newest
+ * count start at 0. */
+static void
+pool_age(struct ctl *c, int64_t now, int window)
 {
 	int64_t sec = now / 1000, k;
-	int i, peak = 0;
 
-	/* Age the ring: seconds passed since the newest count start at 0. */
 	for (k = c->arrivals_s + 1; k <= sec && k <= c->arrivals_s + window; k++) {
 		c->arrivals[k % window] = 0;
 	}
 	if (sec > c->arrivals_s) {
 		c->arrivals_s = sec;
 	}
+}
+
+/* The most users that arrived on c's port in two seconds running within
+ * the window: a burst that straddles a second's edge counts whole. */
+static int
+pool_peak(const struct ctl *c, int window)
+{
+	int i, peak = 0;
+
 	for (i = 0; i < window; i++) {
-		peak = c->arrivals[i] > peak ? c->arrivals[i] : peak;
+		int two = c->arrivals[i] + (window > 1
+		          ? c->arrivals[(i + window - 1) % window] : 0);
+		peak = two > peak ? two : peak;
 	}
 	return peak;
 }
 
-/* pool_resize: with FLAG_POOL_AUTO, size c's pool to the peak second of
- * recent arrivals (one more user now, if arrived); parked tunnels beyond
- * it are closed.  Runs on arrivals and on each heartbeat. */
+/* pool_resize: with FLAG_POOL_AUTO, size c's pool to the peak of recent
+ * arrivals (one more user now, if arrived); parked tunnels beyond it are
+ * closed.  Runs on arrivals and on each heartbeat. */
 void
 pool_resize(struct server *s, struct ctl *c, int64_t now, int arrived)
 {
@@ -852,16 +862,16 @@ pool_resize(struct server *s, struct ctl *c, int64_t now, int arrived)
 	if (!c->pool_auto) {
 		return;
 	}
-	peak = pool_peak(c, now, window);
+	pool_age(c, now, window);
 	if (arrived) {
 		uint16_t *n = &c->arrivals[c->arrivals_s % window];
 		*n = *n < UINT16_MAX ? *n + 1 : *n;
-		peak = *n > peak ? *n : peak;
 	}
+	peak = pool_peak(c, window);
 	want = peak < POOL_FLOOR ? POOL_FLOOR : peak;
 	want = want > c->pool_cap ? c->pool_cap : want;
 	if (want != c->pool_want) {
-		log_debug("session %s: pool of %d (peak %d users a second)",
+		log_debug("session %s: pool of %d (peak %d users in two seconds)",
 		          c->peer, want, peak);
 		c->pool_want = want;
 	}
