@@ -260,7 +260,7 @@ def measure(path, nbytes, secs):
     row = {}
     for what, fn, port in (("upload", upload, path.ports["sink"]),
                            ("download", download, path.ports["source"])):
-        fn(port, nbytes // 8)                     # warm up
+        fn(port, nbytes // 8 if fn is upload else nbytes)      # warm up
         c0 = cpu_ticks(path.pids)
         dt = fn(port, nbytes)
         cpu = cpu_ticks(path.pids) - c0
