@@ -295,7 +295,7 @@ int loop_wait(struct loop *l, int timeout, struct loop_event **ev);
 
 /* ---- relay (relay.c) ---------------------------------------------------- */
 
-#define RELAY_BUF (64 * 1024)
+#define RELAY_BUF (128 * 1024)
 
 /* One direction: bytes read from its source that the sink has not taken
  * yet wait in buf (NULL while there are none).  eof: the source ended;

@@ -42,7 +42,7 @@
 /* Sealing reads up to SEAL_BATCH records' worth at once, each into a slot
  * of the scratch buffer with room for its header and tag; what the sink
  * refuses of them must fit a direction's buffer. */
-#define SEAL_BATCH   3
+#define SEAL_BATCH   7
 #define SEAL_SLOT    (RECORD_HDR + RECORD_MAX + TAG_LEN)
 _Static_assert(SEAL_BATCH * SEAL_SLOT <= RELAY_BUF, "sealed batch too big");
 

@@ -186,7 +186,8 @@ class Path:
         self.name, self.ports, self.pids = name, ports, pids
 
 
-def start_dialback(svc, procs):
+def start_dialback(svc, procs, plain=False):
+    extra = ["-plaintext"] if plain else []
     ports = {}
     pids = []
     for name in ("source", "sink", "echo"):
@@ -194,20 +195,21 @@ def start_dialback(svc, procs):
         server = subprocess.Popen(
             ["./server", "-control", "127.0.0.1:%d" % ctl,
              "-tunnel", "127.0.0.1:%d" % tun, "-public", "127.0.0.1:%d" % pub,
-             "-token", TOKEN, "-q"])
+             "-token", TOKEN, "-q"] + extra)
         procs.append(server)
         wait_port(ctl)
         client = subprocess.Popen(
             ["./client", "-remote", "127.0.0.1:%d" % ctl,
              "-local", "127.0.0.1:%d" % svc.ports[name], "-token", TOKEN,
-             "-q"])
+             "-q"] + extra)
         procs.append(client)
         ports[name] = pub
         pids += [server.pid, client.pid]
     for p in ports.values():
         wait_port(p)
     time.sleep(0.5)
-    return Path("dialback (default: encrypted)", ports, pids)
+    return Path("dialback -plaintext" if plain else
+                "dialback (default: encrypted)", ports, pids)
 
 
 def start_sshd(tmp, procs):
@@ -288,6 +290,7 @@ def main():
         svc = Services(nbytes)
         sshd = start_sshd(tmp, procs)
         paths = [Path("direct (the harness's ceiling)", svc.ports, []),
+                 start_dialback(svc, procs, plain=True),
                  start_dialback(svc, procs)]
         for cipher in ("chacha20-poly1305@openssh.com",
                        "aes128-gcm@openssh.com"):
