@@ -6044,6 +6044,32 @@ test_not_control_port(struct test *t)
 }
 
 /*
+ * silent_remote: a client pointed at a port that accepts and never says a
+ * word (a listener nobody serves) gives up after 4 attempts of 5 s each,
+ * exit 1, naming -remote; it does not retry for ever.
+ */
+static void
+test_silent_remote(struct test *t)
+{
+	struct tl_proc *client;
+	int lfd, port;
+
+	if ((lfd = tl_listen("127.0.0.1", 0)) < 0) {
+		fail(t, "listen: %s", strerror(errno));
+		return;
+	}
+	port = tl_local_port(lfd);
+	if ((client = start_client(t, "client", port, port + 1, NULL, 0, NULL))
+	    != NULL && expect_exit(t, client, 1, T(4 * HANDSHAKE_MS + 15000)) == 0
+	    && expect_log(t, client, "said nothing for 5s before answering, 4 "
+	                  "times in a row: not a dialback control port") == 0
+	    && tl_count_in_file(client->log, " before answering") != 4) {
+		fail(t, "want 4 attempts before the client gave up");
+	}
+	close(lfd);
+}
+
+/*
  * requires_token: a client with no token facing a server that has one is
  * told so in those words, and exits 1 at once.
  */
@@ -6627,6 +6653,7 @@ static const struct tl_case tests[] = {
 	{ "tunnel_blocked", test_tunnel_blocked, 0 },
 	{ "not_control_port", test_not_control_port, 0 },
 	{ "requires_token", test_requires_token, 0 },
+	{ "silent_remote", test_silent_remote, TL_HEAVY },
 	{ "bad_services", test_bad_services, 0 },
 };
 
