@@ -75,9 +75,10 @@
  * pool itself: the most users that arrived in two seconds running within
  * the last POOL_WINDOW_S seconds, at least POOL_FLOOR, at most the cap.  It hands
  * a parked tunnel out only while the session has been heard from within
- * 1.5 heartbeats, and sends a PING with it; a user handed out stays
- * unconfirmed until the next control frame from that client, and is reset
- * if none comes within JOIN_WAIT_MS (the client froze with it).
+ * 1.5 heartbeats; a user handed out stays unconfirmed until that client's
+ * next control frame or the JOIN of a tunnel refilling its pool (with no
+ * refill to come, the server sends a PING), and is reset if neither comes
+ * within JOIN_WAIT_MS (the client froze with it).
  *
  * The server drops a control connection if: the first frame is not a HELLO
  * with the right magic; the version differs (after an ERROR naming both);

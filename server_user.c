@@ -418,8 +418,11 @@ pool_take(struct server *s, struct ctl *c, int fd, const struct msg *m,
 	u->port = c->pub->port;
 	u->start = now_t;
 	u->deadline = now_t + JOIN_WAIT_MS;
-	/* The client's next control frame confirms it is alive; ask for one. */
-	if (c->count[U_HANDED] == 0) {
+	/* The client's next control frame, or the JOIN of the tunnel that
+	 * refills the pool, confirms it is alive; with no refill to come, ask
+	 * for a frame. */
+	if (c->count[U_HANDED] == 0 &&
+	    c->count[U_TICKET] + c->count[U_POOLED] - 1 >= c->pool_want) {
 		struct msg ping = { .type = MSG_PING };
 		ctl_send(s, c, &ping);
 	}
@@ -631,6 +634,7 @@ tun_pool(struct server *s, struct tun *t, struct user *u)
 	 * even EOF, ends it. */
 	tun_give(s, t, u, POLLIN);
 	user_set(s, u, U_POOLED);
+	pool_handed(s, c, NULL);    /* a client that JOINs is alive */
 	if (u->w[1].fd < 0 &&
 	    loop_watch(s->loop, &u->w[1], u->relay.fd[1], POLLIN) != 0) {
 		user_close(s, u, strerror(errno));

@@ -2086,6 +2086,48 @@ out:
 }
 
 /*
+ * pool_alive_long: with a heartbeat of 30 s (no PONG comes in time), a
+ * user on a pooled tunnel of a client that is alive is confirmed
+ * by the JOIN that refills the pool, and is still served past the
+ * JOIN_WAIT_MS that would close it unconfirmed.
+ */
+static void
+test_pool_alive_long(struct test *t)
+{
+	struct tl_proc *server, *client;
+	char back[8];
+	int p[4], u, round;
+
+	if (pick_server_ports(t, p, 4) < 0
+	    || start_svc(t, "svc", "echo", p[3], NULL) == NULL
+	    || (server = start_server(t, "server", "-heartbeat", "30",
+	                              NULL)) == NULL
+	    || (client = start_client(t, "client", t->ctl, p[3], NULL, 0,
+	                              NULL)) == NULL
+	    || wait_log(t, client, "forwarding", START_MS) < 0
+	    || wait_pool(t, server, 2, 2, POOL_MS, "at start") < 0
+	    || (u = user_open(t, "127.0.0.1", t->pub)) < 0) {
+		return;
+	}
+	for (round = 0; round < 2; round++) {
+		if (round == 1) {
+			tl_pause(JOIN_WAIT_MS + 1000);
+		}
+		if (tl_write_all(u, "ping", 4, tl_now_ms() + T(IO_MS)) < 0
+		    || tl_read_full(u, back, 4, tl_now_ms() + T(IO_MS)) != 4
+		    || memcmp(back, "ping", 4) != 0) {
+			fail(t, "echo %s: %s", round ? "past JOIN_WAIT_MS" : "at once",
+			     strerror(errno));
+			break;
+		}
+	}
+	if (tl_count_in_file(server->log, "went silent") != 0) {
+		fail(t, "a live client's pooled user was closed as silent");
+	}
+	close(u);
+}
+
+/*
  * pooled_refused_user: a user on a pooled tunnel whose service is down is
  * closed within 3 s, and the server names the reason.  data: what the
  * user sends first (n may be 0).
@@ -6613,6 +6655,7 @@ static const struct tl_case tests[] = {
 	{ "pool_auto", test_pool_auto, 0 },
 	{ "pool_frozen_client", test_pool_frozen_client, 0 },
 	{ "pool_frozen_deadline", test_pool_frozen_deadline, 0 },
+	{ "pool_alive_long", test_pool_alive_long, TL_HEAVY },
 	{ "pool_local_down", test_pool_local_down, 0 },
 	{ "pool_session_end", test_pool_session_end, 0 },
 	{ "pool_control_drop", test_pool_control_drop, 0 },
