@@ -1656,7 +1656,7 @@ test_client_killed(struct test *t)
 	t->svc = start_svc(t, "svc", "source", t->loc, "1073741824");
 	if (t->svc == NULL || (t->server = start_server(t, "server", NULL)) == NULL
 	    || (t->client = start_client(t, "client", t->ctl, t->loc, NULL, 1,
-	                                 NULL)) == NULL) {
+	                                 "-pool", "0", NULL)) == NULL) {
 		return;
 	}
 	if (have_proc && base_fds(t, t->server, &base_s) < 0) {
@@ -1686,7 +1686,8 @@ test_client_killed(struct test *t)
 	if (start_svc(t, "svc-echo", "echo", t->loc, NULL) == NULL) {
 		return;
 	}
-	c2 = start_client(t, "client2", t->ctl, t->loc, NULL, 0, NULL);
+	c2 = start_client(t, "client2", t->ctl, t->loc, NULL, 0, "-pool", "0",
+	                  NULL);
 	if (c2 == NULL || wait_log(t, c2, "forwarding", T(5000)) < 0) {
 		return;
 	}
@@ -1915,7 +1916,7 @@ silent_flood(struct test *t, int per)
 	struct tl_proc *c2;
 	int64_t t0;
 
-	if (need_proc(t) < 0 || setup(t) < 0
+	if (need_proc(t) < 0 || setup_counted(t) < 0
 	    || base_fds(t, t->server, &base_s) < 0) {
 		return;
 	}
@@ -1935,7 +1936,8 @@ silent_flood(struct test *t, int per)
 	                   "silent tunnel connections") < 0) {
 		return;
 	}
-	c2 = start_client(t, "client2", t->ctl, t->loc, NULL, 0, NULL);
+	c2 = start_client(t, "client2", t->ctl, t->loc, NULL, 0, "-pool", "0",
+	                  NULL);
 	if (c2 == NULL || wait_log(t, c2, "forwarding", T(5000)) < 0) {
 		return;
 	}
