@@ -99,16 +99,6 @@ ctl_mute(struct service *s, const char *how)
 	ctl_fail(s, 1, what);
 }
 
-static void
-sa_set_port(struct sockaddr_storage *sa, int port)
-{
-	if (sa->ss_family == AF_INET) {
-		((struct sockaddr_in *)sa)->sin_port = htons((uint16_t)port);
-	} else if (sa->ss_family == AF_INET6) {
-		((struct sockaddr_in6 *)sa)->sin6_port = htons((uint16_t)port);
-	}
-}
-
 /* resolve: hp's nth address (its last, if it has fewer) into sa, and
  * whether more follow.  0, or -1 with a phrase in why. */
 static int
@@ -170,7 +160,8 @@ ctl_connect(struct service *s)
 			ctl_retry(s, what);
 			return;
 		}
-		sa_set_port(&s->tunnel_sa, atoi(cl->tunnel.port));
+		addr_set_port((struct sockaddr *)&s->tunnel_sa,
+		              atoi(cl->tunnel.port));
 	}
 	s->fd = connect_start((struct sockaddr *)&s->server_sa, s->server_len);
 	if (s->fd < 0) {
@@ -309,7 +300,7 @@ on_welcome(struct service *s, const struct msg *m)
 	if (!cl->tunnel_set) {
 		s->tunnel_sa = s->server_sa;
 		s->tunnel_len = s->server_len;
-		sa_set_port(&s->tunnel_sa, s->tunnel_port);
+		addr_set_port((struct sockaddr *)&s->tunnel_sa, s->tunnel_port);
 	} else {
 		snprintf(via, sizeof(via), " (tunnels via ");
 		addr_str((struct sockaddr *)&s->tunnel_sa, via + strlen(via),

@@ -215,9 +215,7 @@ tunnel_failed(struct cuser *u, int err)
 	if (net) {
 		snprintf(text + strlen(text), sizeof(text) - strlen(text),
 		         " — is port %d open on the server's firewall?",
-		         ntohs(sa->sa_family == AF_INET6
-		               ? ((const struct sockaddr_in6 *)sa)->sin6_port
-		               : ((const struct sockaddr_in *)sa)->sin_port));
+		         addr_port(sa));
 	}
 	if (u->state == U_POOL_DIAL) {
 		if (log_limited(&u->svc->log_pool, now_ms(), &held)) {

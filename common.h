@@ -123,6 +123,11 @@ int addr_parse(const char *s, int default_port, int allow_zero,
 #define ADDR_STRLEN 64
 const char *addr_str(const struct sockaddr *sa, char *buf, size_t len);
 
+/* addr_port: an IPv4 or IPv6 address's port (0 for another family);
+ * addr_set_port: set it. */
+int addr_port(const struct sockaddr *sa);
+void addr_set_port(struct sockaddr *sa, int port);
+
 /* addr_to_wire: a sockaddr in the wire form (family 0 if neither IPv4
  * nor IPv6).  wire_addr_str: the wire form printed as addr_str does. */
 void addr_to_wire(const struct sockaddr *sa, struct wire_addr *w);

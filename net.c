@@ -377,8 +377,20 @@ set_keepalive(int fd)
 	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
 }
 
-static void
-set_port(struct sockaddr *sa, int port)
+int
+addr_port(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET) {
+		return ntohs(((const struct sockaddr_in *)sa)->sin_port);
+	}
+	if (sa->sa_family == AF_INET6) {
+		return ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+	}
+	return 0;
+}
+
+void
+addr_set_port(struct sockaddr *sa, int port)
 {
 	if (sa->sa_family == AF_INET) {
 		((struct sockaddr_in *)sa)->sin_port = htons((uint16_t)port);
@@ -481,7 +493,7 @@ listen_on(const struct hostport *hp, const char *what, int *fds, int max,
 		if (n == 1 && strcmp(hp->port, "0") == 0) {
 			struct addrinfo *rest;
 			for (rest = ai->ai_next; rest != NULL; rest = rest->ai_next) {
-				set_port(rest->ai_addr, local_port(fd));
+				addr_set_port(rest->ai_addr, local_port(fd));
 			}
 		}
 	}
@@ -509,13 +521,7 @@ local_port(int fd)
 	if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) {
 		return 0;
 	}
-	if (ss.ss_family == AF_INET) {
-		return ntohs(((struct sockaddr_in *)&ss)->sin_port);
-	}
-	if (ss.ss_family == AF_INET6) {
-		return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-	}
-	return 0;
+	return addr_port((struct sockaddr *)&ss);
 }
 
 int
