@@ -101,24 +101,29 @@ void poly1305(uint8_t tag[AEAD_TAG_LEN], const uint8_t *msg, size_t len,
  * The code that runs Poly1305, for poly1305 and the AEAD alike: 26-bit
  * limbs in plain C everywhere; 64-bit words with 64 x 64 -> 128-bit
  * multiplies where the compiler has unsigned __int128; and with it, on
- * x86-64 as for ChaCha20, four blocks at once in AVX2 for long messages
- * if the CPU has AVX2.  -DDIALBACK_PORTABLE_CRYPTO leaves only the plain
- * C.  Every path gives the same tags; the fastest this build and CPU
- * have is taken on the first call.
+ * x86-64 as for ChaCha20, four blocks at once in AVX2 or eight in
+ * AVX-512F for long messages, if the CPU has them.
+ * -DDIALBACK_PORTABLE_CRYPTO leaves only the plain C.  Every path gives
+ * the same tags; the fastest this build and CPU have is taken on the
+ * first call.
  */
 #if defined(__SIZEOF_INT128__) && !defined(DIALBACK_PORTABLE_CRYPTO)
 #define POLY1305_HAVE_INT128 1
 #ifdef CHACHA20_HAVE_AVX2
 #define POLY1305_HAVE_AVX2 1
+#define POLY1305_HAVE_AVX512 1
 #endif
 #endif
 
-enum poly1305_path { POLY1305_PLAIN, POLY1305_INT128, POLY1305_AVX2 };
+enum poly1305_path {
+	POLY1305_PLAIN, POLY1305_INT128, POLY1305_AVX2, POLY1305_AVX512
+};
 
 /* poly1305_force: chacha20_force for Poly1305: each message from now on
  * runs path, or with -1 the one that would be chosen.  A forced AVX2 takes
- * messages from 64 bytes on rather than 512, so that the RFC vectors
- * reach it.  Returns the path now in use, or -1 with nothing changed if
+ * runs of four blocks from 64 bytes on rather than 512, and a forced
+ * AVX-512 runs of eight from 128 bytes on rather than 1024 (and then
+ * AVX2's), so that the RFC vectors reach them.  Returns the path now in use, or -1 with nothing changed if
  * this build or CPU lacks path.  Not for concurrent use with poly1305 or
  * the AEAD. */
 int poly1305_force(int path);
