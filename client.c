@@ -28,7 +28,8 @@
 static const char usage_text[] =
 "usage: %s -remote HOST[:PORT][,HOST[:PORT]...]\n"
 "                [-local [PUBLIC=]HOST:PORT]... [-port N] [-tunnel HOST:PORT]\n"
-"                [-pool N] [-token SECRET] [-plaintext] [-proxy-protocol v1|v2]\n"
+"                [-pool N] [-token SECRET] [-secrets FILE] [-plaintext]\n"
+"                [-proxy-protocol v1|v2]\n"
 "                [-metrics ADDR] [-config FILE] [-version] [-v | -q]\n"
 "  -remote HOST[:PORT],...\n"
 "                       the server's control address (port default 8009);\n"
@@ -44,6 +45,9 @@ static const char usage_text[] =
 "  -pool N              keep N tunnels dialed ahead for new users (0-128; 0 = none;\n"
 "                       default: as many as users lately arrived in 2 s)\n"
 "  -token SECRET        the server's token (or DIALBACK_TOKEN)\n"
+"  -secrets FILE        each service's secret by its public port: lines PORT\n"
+"                       SECRET or LO-HI SECRET, as the server's file (or\n"
+"                       DIALBACK_SECRETS); ports it does not name use -token\n"
 "  -plaintext           tunnels carry raw bytes, unencrypted (server must allow)\n"
 "  -proxy-protocol v1|v2\n"
 "                       tell the service each user's address (PROXY protocol)\n"
@@ -465,6 +469,7 @@ parse_args(struct client *cl, int argc, char **argv)
 		{ "local", NULL, NULL, &locals },
 		{ "tunnel", &tunnel, NULL, NULL },
 		{ "token", &token, NULL, NULL },
+		{ "secrets", &cl->secrets_path, NULL, NULL },
 		{ "plaintext", NULL, &cl->plaintext, NULL },
 		{ "port", &port, NULL, NULL },
 		{ "pool", &pool, NULL, NULL },
@@ -518,6 +523,9 @@ parse_args(struct client *cl, int argc, char **argv)
 		token = getenv("DIALBACK_TOKEN");
 	}
 	cl->token = token ? token : "";
+	if (cl->secrets_path == NULL) {
+		cl->secrets_path = getenv("DIALBACK_SECRETS");
+	}
 	parse_locals(cl, &locals, port);
 }
 
@@ -619,6 +627,7 @@ client_free(struct client *cl)
 	loop_free(cl->loop);
 	free(cl->svc);
 	cl->svc = NULL;
+	secrets_free(&cl->secrets);
 }
 
 int
@@ -632,6 +641,14 @@ main(int argc, char **argv)
 	cl.exit_status = -1;
 	cl.sig_fd = -1;
 	parse_args(&cl, argc, argv);
+	if (cl.secrets_path != NULL) {
+		char err[256];
+
+		if (secrets_load(&cl.secrets, cl.secrets_path, err,
+		                 sizeof(err)) != 0) {
+			die(1, "%s", err);
+		}
+	}
 	cl.sig_fd = signals_setup();
 	random_open();
 	cl.loop = loop_new();

@@ -22,6 +22,7 @@
 #include <sys/socket.h>
 
 #include "common.h"
+#include "secrets.h"
 
 #define BACKOFF_MIN_MS  500
 #define BACKOFF_MAX_MS  30000
@@ -143,6 +144,8 @@ struct client {
 	struct hostport tunnel;              /* -tunnel; host "" = -remote's */
 	int tunnel_set;
 	const char *token;
+	const char *secrets_path;            /* -secrets, or NULL */
+	struct secrets secrets;              /* its secrets by public port */
 	int pool_want;                       /* -pool, or the cap of ... */
 	int pool_auto;                       /* ... one the server sizes */
 	int plaintext;                       /* -plaintext: raw tunnels */

@@ -200,6 +200,27 @@ ctl_connected(struct service *s)
 	s->state = C_HELLO_SENT;
 }
 
+/* svc_secret: what s proves: its public port's secret from -secrets,
+ * if it names its port and the file names that port, else -token.  *from
+ * says which, for the hint when the server refuses it. */
+static const char *
+svc_secret(const struct service *s, const char **from)
+{
+	const uint8_t *secret = NULL;
+	size_t len;
+
+	if (s->want_port != 0) {
+		secret = secrets_find(&s->cl->secrets, s->want_port, &len);
+	}
+	if (secret != NULL) {
+		*from = "secrets";
+		/* Secrets are NUL-terminated words, so they serve as strings. */
+		return (const char *)secret;
+	}
+	*from = "token";
+	return s->cl->token;
+}
+
 /* An ERROR from the server: a busy port is worth a retry; nothing else
  * is, and some errors have an obvious next step. */
 static void
@@ -210,17 +231,24 @@ on_error_msg(struct service *s, const struct msg *m)
 		             "server's",
 		[ERR_PORT] = " — pick another -port",
 	};
-	char what[ADDR_STRLEN + TEXT_MAX + 128];
+	char what[ADDR_STRLEN + TEXT_MAX + 320], own[256];
+	const char *from, *secret = svc_secret(s, &from), *h = "";
 
-	if (m->code == ERR_AUTH && s->cl->token[0] == '\0') {
+	if (m->code == ERR_AUTH && secret[0] == '\0') {
 		snprintf(what, sizeof(what), "server %s requires a token: give the "
 		         "client -token or DIALBACK_TOKEN", s->server);
 		ctl_fail(s, 1, what);
 		return;
 	}
+	if (m->code == ERR_AUTH && strcmp(from, "secrets") == 0) {
+		snprintf(own, sizeof(own), " — check port %d's secret in %s "
+		         "against the server's", s->want_port, s->cl->secrets_path);
+		h = own;
+	} else if (m->code < ERR_CODE_END && hint[m->code]) {
+		h = hint[m->code];
+	}
 	snprintf(what, sizeof(what), "server %s refused: %s%s", s->server,
-	         m->text, m->code < ERR_CODE_END && hint[m->code] ? hint[m->code]
-	                                                           : "");
+	         m->text, h);
 	if (m->code == ERR_BUSY) {
 		ctl_retry(s, what);
 	} else {
@@ -234,6 +262,7 @@ on_challenge(struct service *s, const struct msg *m)
 {
 	struct client *cl = s->cl;
 	uint8_t frame[FRAME_HDR + FRAME_MAX], psk[KEY_LEN];
+	const char *from, *secret = svc_secret(s, &from);
 	struct msg a, r;
 	size_t n;
 
@@ -243,7 +272,7 @@ on_challenge(struct service *s, const struct msg *m)
 		ctl_retry(s, "the server sent a low-order key");
 		return;
 	}
-	psk_derive(cl->token, strlen(cl->token), psk);
+	psk_derive(secret, strlen(secret), psk);
 	hs_mix_psk(&s->hs, psk);
 	crypto_wipe(psk, sizeof(psk));
 	memset(&a, 0, sizeof(a));

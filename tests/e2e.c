@@ -2248,6 +2248,91 @@ test_secrets_reload(struct test *t)
 	expect_alive(t, cb);
 }
 
+/*
+ * A client's own -secrets file: one client serves port A and port B, each
+ * proving its own secret from the file while -token is wrong for both.  A
+ * file with B's secret wrong gets B refused with a hint naming the file;
+ * one others may read is refused at start, as the server's is.
+ */
+static void
+test_secrets_client(struct test *t)
+{
+	char path[256], cpath[256], file[256], pa[16], pb[16], lb[96], l[64];
+	char want[400];
+	struct tl_proc *c, *bad;
+	int a, b;
+
+	if (secrets_ports(t, &a, &b) < 0) {
+		return;
+	}
+	snprintf(pa, sizeof(pa), "%d", a);
+	snprintf(pb, sizeof(pb), "%d", b);
+	snprintf(lb, sizeof(lb), "%d=%s", b, tl_fmt_addr(l, t->host, t->loc));
+	snprintf(file, sizeof(file), "%d secret-of-a-000000\n%d secret-of-b-111111\n",
+	         a, b);
+	if (write_secrets(t, path, sizeof(path), file, 0600) < 0 ||
+	    (t->svc = start_svc(t, "svc", "echo", t->loc, NULL)) == NULL) {
+		return;
+	}
+	snprintf(file, sizeof(file), "%d-%d", a, b);
+	t->server = start_server(t, "server", "-ports", file, "-secrets", path,
+	                         "-token", "the-token-for-the-rest", NULL);
+	if (t->server == NULL) {
+		return;
+	}
+	/* The client's file, as a range for B's neighbour to show LO-HI. */
+	snprintf(cpath, sizeof(cpath), "%s/client-secrets", t->dir);
+	snprintf(file, sizeof(file), "# the client's\n%d secret-of-a-000000\n"
+	         "%d-%d secret-of-b-111111\n", a, b, b);
+	if (tl_write_file(cpath, file, strlen(file)) != 0 ||
+	    chmod(cpath, 0600) != 0) {
+		fail(t, "writing %s: %s", cpath, strerror(errno));
+		return;
+	}
+	c = start_client(t, "client", t->ctl, t->loc, NULL, 0, "-port", pa,
+	                 "-local", lb, "-secrets", cpath, "-token",
+	                 "not-the-token-at-all", NULL);
+	if (c == NULL || wait_log(t, c, "forwarding", START_MS) < 0 ||
+	    echo_once(t, a, 100 * 1024, 1, 0, SMALL_MS, "through A") < 0 ||
+	    echo_once(t, b, 100 * 1024, 2, 0, SMALL_MS, "through B") < 0) {
+		return;
+	}
+	/* B's secret wrong in the file: B is refused, with the file named. */
+	snprintf(file, sizeof(file), "%d secret-of-b-WRONG\n", b);
+	if (tl_write_file(cpath, file, strlen(file)) != 0) {
+		fail(t, "writing %s: %s", cpath, strerror(errno));
+		return;
+	}
+	bad = start_client(t, "client-bad", t->ctl, t->loc, NULL, 0, "-port",
+	                   pb, "-secrets", cpath, "-token",
+	                   "secret-of-b-111111", NULL);
+	snprintf(want, sizeof(want), "check port %d's secret in %s against the "
+	         "server's", b, cpath);
+	if (bad == NULL || expect_exit(t, bad, 1, T(5000)) < 0 ||
+	    expect_log(t, bad, want) < 0) {
+		return;
+	}
+	/* Readable by others: refused at start, naming the mode. */
+	if (chmod(cpath, 0644) != 0) {
+		fail(t, "chmod %s: %s", cpath, strerror(errno));
+		return;
+	}
+	bad = start_client(t, "client-mode", t->ctl, t->loc, NULL, 0,
+	                   "-secrets", cpath, NULL);
+	snprintf(want, sizeof(want), "%s has mode 0644", cpath);
+	if (bad == NULL || expect_exit(t, bad, 1, T(3000)) < 0 ||
+	    expect_log(t, bad, want) < 0) {
+		return;
+	}
+	if (tl_file_contains(c->log, "secret-of") ||
+	    tl_file_contains(bad->log, "secret-of")) {
+		fail(t, "a client logged a secret");
+		return;
+	}
+	echo_once(t, a, 1000, 3, 0, SMALL_MS, "A at the end");
+	expect_alive(t, c);
+}
+
 static void
 test_wrong_token_no_loop(struct test *t)
 {
@@ -2535,6 +2620,7 @@ static const struct tl_case tests[] = {
 	{ "wrong_token_no_loop", test_wrong_token_no_loop, 0 },
 	{ "secrets_mode", test_secrets_mode, 0 },
 	{ "secrets_reload", test_secrets_reload, 0 },
+	{ "secrets_client", test_secrets_client, 0 },
 	{ "no_fd_leak_faults", test_no_fd_leak_faults, 0 },
 	{ "svc_direct", test_svc_direct, TL_EXPLICIT },
 };
