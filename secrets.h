@@ -1,5 +1,5 @@
 /*
- * The server's per-service secrets file (secrets.c): which secret a client
+ * The per-service secrets file (secrets.c): which secret a client
  * must prove to serve a port.  One entry a line,
  *
  *     PORT SECRET        8080 s3cret
@@ -8,7 +8,8 @@
  * with blank lines and whole-line '#' comments.  SECRET is one word of
  * printable bytes (no spaces, no control characters; '#' is an ordinary
  * byte there).  Ports run 1..65535, LO <= HI, and no two entries share a
- * port.  Ports the file does not name use -token.
+ * port.  Ports the file does not name use -token.  The server's file says
+ * what each port asks for; the client's, what its services prove.
  *
  * Errors follow common.h: -1 and a phrase in (why, len) naming the file
  * and line.  No phrase ever quotes a word of the file, so a secret typed in
