@@ -2080,6 +2080,25 @@ secrets_ports(struct test *t, int *a, int *b)
 	return 0;
 }
 
+/* secrets_server: the echo service, and a server offering ports a to b
+ * whose secrets file (its name into path) holds text; other ports take a
+ * token no test client holds. */
+static int
+secrets_server(struct test *t, int a, int b, const char *text, char *path,
+               size_t len)
+{
+	char range[32];
+
+	if (write_secrets(t, path, len, text, 0600) < 0 ||
+	    (t->svc = start_svc(t, "svc", "echo", t->loc, NULL)) == NULL) {
+		return -1;
+	}
+	snprintf(range, sizeof(range), "%d-%d", a, b);
+	t->server = start_server(t, "server", "-ports", range, "-secrets", path,
+	                         "-token", "the-token-for-the-rest", NULL);
+	return t->server == NULL ? -1 : 0;
+}
+
 /* A file readable by others: the server refuses to start, naming it and
  * its mode. */
 static void
@@ -2148,14 +2167,7 @@ test_secrets_reload(struct test *t)
 	snprintf(pa, sizeof(pa), "%d", a);
 	snprintf(pb, sizeof(pb), "%d", b);
 	snprintf(file, sizeof(file), "# one service\n%d secret-of-a-000000\n", a);
-	if (write_secrets(t, path, sizeof(path), file, 0600) < 0 ||
-	    (t->svc = start_svc(t, "svc", "echo", t->loc, NULL)) == NULL) {
-		return;
-	}
-	snprintf(file, sizeof(file), "%d-%d", a, b);
-	t->server = start_server(t, "server", "-ports", file, "-secrets", path,
-	                         "-token", "the-token-for-the-rest", NULL);
-	if (t->server == NULL) {
+	if (secrets_server(t, a, b, file, path, sizeof(path)) < 0) {
 		return;
 	}
 	/* A's secret on port B: refused (B is not in the file yet, so B
@@ -2270,14 +2282,7 @@ test_secrets_client(struct test *t)
 	snprintf(lb, sizeof(lb), "%d=%s", b, tl_fmt_addr(l, t->host, t->loc));
 	snprintf(file, sizeof(file), "%d secret-of-a-000000\n%d secret-of-b-111111\n",
 	         a, b);
-	if (write_secrets(t, path, sizeof(path), file, 0600) < 0 ||
-	    (t->svc = start_svc(t, "svc", "echo", t->loc, NULL)) == NULL) {
-		return;
-	}
-	snprintf(file, sizeof(file), "%d-%d", a, b);
-	t->server = start_server(t, "server", "-ports", file, "-secrets", path,
-	                         "-token", "the-token-for-the-rest", NULL);
-	if (t->server == NULL) {
+	if (secrets_server(t, a, b, file, path, sizeof(path)) < 0) {
 		return;
 	}
 	/* The client's file, as a range for B's neighbour to show LO-HI. */
