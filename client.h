@@ -120,6 +120,9 @@ struct service {
 	int64_t deadline;                    /* handshake, or next attempt */
 	int64_t last_rx, next_ping;
 	int backoff_ms;
+	int unproven;                        /* attempts in a row whose server
+	                                      * took AUTH and never proved
+	                                      * the token */
 	int mute;                            /* attempts in a row whose peer
 	                                      * took the HELLO and never
 	                                      * answered as a server would */

@@ -99,6 +99,32 @@ ctl_mute(struct service *s, const char *how)
 	ctl_fail(s, 1, what);
 }
 
+/* The client's verdict on a server that has not proved the token. */
+static const char no_proof[] = "server could not prove it knows the token: "
+                               "wrong server or wrong token";
+
+/*
+ * ctl_unproven: the server took AUTH, then closed or said nothing (how)
+ * instead of proving the token in REPLY.  A server that restarts in the
+ * middle of a handshake does that once; MUTE_TRIES attempts in a row are a
+ * server that can't prove it, and the client stops, as for a REPLY that
+ * does not open.
+ */
+static void
+ctl_unproven(struct service *s, const char *how)
+{
+	char what[ADDR_STRLEN + 256];
+
+	if (++s->unproven < MUTE_TRIES) {
+		snprintf(what, sizeof(what), "%s: %s after AUTH", s->server, how);
+		ctl_retry(s, what);
+		return;
+	}
+	snprintf(what, sizeof(what), "%s (%s %s after AUTH, %d times in a row)",
+	         no_proof, s->server, how, s->unproven);
+	ctl_fail(s, 1, what);
+}
+
 /* resolve: hp's nth address (its last, if it has fewer) into sa, and
  * whether more follow.  0, or -1 with a phrase in why. */
 static int
@@ -227,22 +253,28 @@ static void
 on_error_msg(struct service *s, const struct msg *m)
 {
 	static const char *const hint[ERR_CODE_END] = {
-		[ERR_AUTH] = " — check -token or DIALBACK_TOKEN against the "
-		             "server's",
 		[ERR_PORT] = " — pick another -port",
 	};
-	char what[ADDR_STRLEN + TEXT_MAX + 320], own[256];
+	char what[ADDR_STRLEN + TEXT_MAX + 512], own[448];
 	const char *from, *secret = svc_secret(s, &from), *h = "";
 
 	if (m->code == ERR_AUTH && secret[0] == '\0') {
-		snprintf(what, sizeof(what), "server %s requires a token: give the "
-		         "client -token or DIALBACK_TOKEN", s->server);
+		snprintf(what, sizeof(what), "server requires a token: give the "
+		         "client -token or DIALBACK_TOKEN (server %s)", s->server);
 		ctl_fail(s, 1, what);
 		return;
 	}
-	if (m->code == ERR_AUTH && strcmp(from, "secrets") == 0) {
-		snprintf(own, sizeof(own), " — check port %d's secret in %s "
-		         "against the server's", s->want_port, s->cl->secrets_path);
+	if (m->code == ERR_AUTH) {
+		/* The server took our proof for a wrong one, so it proved
+		 * nothing either: the same verdict as a REPLY that fails. */
+		if (strcmp(from, "secrets") == 0) {
+			snprintf(own, sizeof(own), " — %s; check port %d's secret in "
+			         "%s against the server's", no_proof, s->want_port,
+			         s->cl->secrets_path);
+		} else {
+			snprintf(own, sizeof(own), " — %s; check -token or "
+			         "DIALBACK_TOKEN against the server's", no_proof);
+		}
 		h = own;
 	} else if (m->code < ERR_CODE_END && hint[m->code]) {
 		h = hint[m->code];
@@ -371,10 +403,10 @@ on_ctl_msg(struct service *s, const struct msg *m)
 		break;
 	case C_AUTH_SENT:
 		if (m->type != MSG_REPLY || reply_open(s, m, &r) != 0) {
-			ctl_fail(s, 1, "server could not prove it knows the token: "
-			         "wrong server or wrong token");
+			ctl_fail(s, 1, no_proof);
 			return;
 		}
+		s->unproven = 0;    /* it proved the token */
 		if (r.type == MSG_ERROR) {
 			on_error_msg(s, &r);
 			return;
@@ -451,11 +483,16 @@ ctl_readable(struct service *s, int fill)
 			snprintf(what, sizeof(what), "%s is not a dialback control "
 			         "port (check -remote)", s->server);
 			ctl_fail(s, 1, what);
+		} else if (s->state == C_AUTH_SENT) {
+			/* No server sends a malformed REPLY. */
+			ctl_fail(s, 1, no_proof);
 		} else {
 			ctl_retry(s, "malformed message from server");
 		}
 	} else if (rc <= 0 && s->state == C_HELLO_SENT) {
 		ctl_mute(s, rc == 0 ? "closed the connection" : strerror(errno));
+	} else if (rc <= 0 && s->state == C_AUTH_SENT) {
+		ctl_unproven(s, rc == 0 ? "closed the connection" : strerror(errno));
 	} else if (rc <= 0) {
 		snprintf(what, sizeof(what), "lost connection to %s: %s",
 		         s->server, rc == 0 ? "closed by server" : strerror(errno));
@@ -484,8 +521,14 @@ ctl_timers(struct service *s, int64_t now)
 			ctl_mute(s, what);
 		}
 		break;
-	case C_CONNECTING:
 	case C_AUTH_SENT:
+		if (now >= s->deadline) {
+			snprintf(what, sizeof(what), "said nothing for %ds",
+			         HANDSHAKE_MS / 1000);
+			ctl_unproven(s, what);
+		}
+		break;
+	case C_CONNECTING:
 		if (now >= s->deadline) {
 			snprintf(what, sizeof(what), "no answer from %s within %ds "
 			         "(is -remote the control port?)", s->server,

@@ -213,8 +213,9 @@ tunnel_failed(struct cuser *u, int err)
 	snprintf(text, sizeof(text), "tunnel %.70s: %.60s", addr,
 	         err == 0 ? "no answer in time" : strerror(err));
 	if (net) {
+		/* ASCII, as the server logs only that of a peer's text. */
 		snprintf(text + strlen(text), sizeof(text) - strlen(text),
-		         " — is port %d open on the server's firewall?",
+		         " - is port %d open on the server's firewall?",
 		         addr_port(sa));
 	}
 	if (u->state == U_POOL_DIAL) {

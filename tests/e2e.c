@@ -658,9 +658,11 @@ test_wrong_token(struct test *t)
 	if (c == NULL || expect_exit(t, c, 1, T(5000)) < 0) {
 		return;
 	}
-	if (!tl_file_contains(c->log, "token")) {
-		fail(t, "client-wrong exited 1 but its log does not mention "
-		     "\"token\"");
+	if (!tl_file_contains(c->log, "wrong token") ||
+	    !tl_file_contains(c->log, "server could not prove it knows the "
+	                      "token: wrong server or wrong token")) {
+		fail(t, "client-wrong exited 1 but its log does not say \"wrong "
+		     "token\" and that the server could not prove it");
 		return;
 	}
 

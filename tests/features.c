@@ -3448,7 +3448,8 @@ fsrv_auth(struct test *t, struct fake_srv *fs, const char *secret,
 enum reply_kind {
 	REPLY_SEALED,          /* a REPLY sealed under its handshake */
 	REPLY_GARBAGE,         /* a REPLY of random bytes */
-	REPLY_CLEAR            /* the inner frame in the clear, no REPLY */
+	REPLY_CLEAR,           /* the inner frame in the clear, no REPLY */
+	REPLY_SHORT            /* a REPLY too short to hold a tag */
 };
 
 /* fsrv_reply: answer with *inner (WELCOME or ERROR) as kind says; its
@@ -3465,6 +3466,13 @@ fsrv_reply(struct test *t, struct fake_srv *fs, const struct msg *inner,
 	if (kind == REPLY_CLEAR) {
 		return send_msg(t, &fs->ctl, inner, fs->reply, &fs->reply_n,
 		                "a clear answer to AUTH");
+	}
+	if (kind == REPLY_SHORT) {
+		uint8_t wire[FRAME_HDR + 4] = { MSG_REPLY };
+
+		wire_put16(wire + 1, 4);
+		return send_wire(t, fs->ctl.fd, wire, sizeof(wire),
+		                 "a 4-byte REPLY");
 	}
 	memset(&r, 0, sizeof(r));
 	r.type = MSG_REPLY;
@@ -3513,12 +3521,14 @@ static const struct {
 	{ "no-psk", NULL, REPLY_SEALED, 0 },
 	{ "garbage", TOKEN, REPLY_GARBAGE, 0 },
 	{ "clear-welcome", TOKEN, REPLY_CLEAR, 0 },
+	{ "short-reply", TOKEN, REPLY_SHORT, 0 },
 	{ "replayed", TOKEN, REPLY_SEALED, 1 },
 };
 
 /* A fake server that does not know the client's token answers its HELLO
  * and AUTH with a WELCOME sealed under another psk, under none, as
- * garbage, in the clear, or replayed from a real session: the real
+ * garbage, in the clear, too short, or replayed from a real session: the
+ * real
  * client exits 1 at once, says so, and dials no tunnel.  The first round,
  * with the token, shows the fake server is otherwise right. */
 static void
@@ -3586,6 +3596,44 @@ test_fake_server_any_proof(struct test *t)
 			return;
 		}
 		user_close(t, fs.ctl.fd);
+	}
+}
+
+/* A fake server that takes AUTH and closes, four times in a row, never
+ * proving the token: the client retries (a server may restart mid-
+ * handshake) and then exits 1 with the same verdict, dialing no tunnel. */
+static void
+test_fake_server_closes_after_auth(struct test *t)
+{
+	static const char want[] = "server could not prove it knows the token: "
+	                           "wrong server or wrong token";
+	struct tl_proc *client;
+	struct fake_srv fs;
+	int p[2], opened, i;
+
+	if (pick_ports(t, p, 2) < 0 || fsrv_open(t, &fs) < 0 ||
+	    (client = start_client(t, "client", fs.ctl_port, p[0], NULL, 0,
+	                           "-token", TOKEN, NULL)) == NULL) {
+		return;
+	}
+	for (i = 0; i < 4; i++) {
+		if (fsrv_hello(t, &fs) < 0 ||
+		    fsrv_auth(t, &fs, TOKEN, 0, &opened) < 0) {
+			return;
+		}
+		user_close(t, fs.ctl.fd);
+		if (i < 3 && tl_proc_poll(client)) {
+			fail(t, "the client gave up after %d closes, want 4", i + 1);
+			return;
+		}
+	}
+	if (expect_exit(t, client, 1, START_MS) < 0 ||
+	    expect_log(t, client, want) < 0 ||
+	    expect_log(t, client, "after AUTH, 4 times in a row") < 0) {
+		return;
+	}
+	if (tl_wait_fd(fs.ltun, POLLIN, tl_now_ms()) != 0) {
+		fail(t, "the client dialed the tunnel port");
 	}
 }
 
@@ -6009,10 +6057,15 @@ tunnel_blocked_case(struct test *t, const char *name, int port, int want_ms)
 		if (tl_now_ms() - t0 > want_ms + 2000) {
 			fail(t, "%s: the user was closed after %lld ms, want within "
 			     "%d", name, (long long)(tl_now_ms() - t0), want_ms);
-		} else if (wait_log(t, client, want, T(2000)) == 0) {
+		} else if (wait_log(t, client, want, T(2000)) == 0 &&
+		           wait_log(t, t->server, want, T(2000)) == 0) {
 			snprintf(want, sizeof(want), "client could not dial back: "
 			         "tunnel 127.0.0.1:%d: ", port);
-			wait_log(t, t->server, want, T(2000));
+			if (expect_log(t, t->server, want) == 0 &&
+			    tl_file_contains(t->server->log, "?? is port")) {
+				fail(t, "%s: the server's line mangled the client's "
+				     "text", name);
+			}
 		}
 	}
 	close(u);
@@ -6128,8 +6181,8 @@ test_requires_token(struct test *t)
 		return;
 	}
 	if (expect_exit(t, client, 1, T(5000)) == 0) {
-		expect_log(t, client, "requires a token: give the client -token or "
-		           "DIALBACK_TOKEN");
+		expect_log(t, client, "server requires a token: give the client "
+		           "-token or DIALBACK_TOKEN");
 	}
 }
 
@@ -6666,6 +6719,7 @@ static const struct tl_case tests[] = {
 	{ "version_mismatch", test_version_mismatch, 0 },
 	{ "not_dialback", test_not_dialback, 0 },
 	{ "fake_server_any_proof", test_fake_server_any_proof, 0 },
+	{ "fake_server_closes_after_auth", test_fake_server_closes_after_auth, 0 },
 	{ "version_1_peer", test_version_1_peer, 0 },
 	{ "tampered_tunnel", test_tampered_tunnel, 0 },
 	{ "client_busy", test_client_busy, 0 },
