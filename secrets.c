@@ -151,7 +151,10 @@ parse_line(const char *s, size_t n, struct pending *e, const struct where *w)
 	w1_end = span(s, w1, n, 0);
 	w2 = span(s, w1_end, n, 1);
 	w2_end = span(s, w2, n, 0);
-	i = span(s, w2_end, n, 1);     /* trailing blanks are dropped */
+	i = span(s, w2_end, n, 1);     /* trailing blanks are dropped, */
+	if (i < n && s[i] == '#') {
+		i = n;                  /* and a comment after the secret */
+	}
 
 	if ((dash = memchr(s + w1, '-', w1_end - w1)) != NULL) {
 		lo = port_word(s + w1, (size_t)(dash - (s + w1)));
@@ -309,10 +312,7 @@ mode_breach(mode_t mode)
 	if (mode & 044) {
 		return "readable";
 	}
-	if (mode & 022) {
-		return "writable";
-	}
-	return "executable";
+	return "writable";
 }
 
 int
@@ -345,7 +345,9 @@ secrets_load(struct secrets *out, const char *path, char *why, size_t len)
 		         path);
 		goto done;
 	}
-	if (st.st_mode & 077) {
+	/* Read or write by others is what matters; an execute bit alone
+	 * lets no one see or change the secrets. */
+	if (st.st_mode & 066) {
 		snprintf(why, len, "secrets file %s has mode %04o: it must "
 		         "not be %s by group or others (chmod 600 it)", path,
 		         (unsigned)(st.st_mode & 07777),

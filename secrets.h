@@ -5,9 +5,10 @@
  *     PORT SECRET        8080 s3cret
  *     LO-HI SECRET       9000-9099 other-s3cret
  *
- * with blank lines and whole-line '#' comments.  SECRET is one word of
- * printable bytes (no spaces, no control characters; '#' is an ordinary
- * byte there).  Ports run 1..65535, LO <= HI, and no two entries share a
+ * with blank lines, '#' comment lines, and a comment after the secret
+ * (a word that starts with '#').  SECRET is one word of printable bytes
+ * (no spaces, no control characters; '#' is an ordinary byte there, even
+ * its first).  Ports run 1..65535, LO <= HI, and no two entries share a
  * port.  Ports the file does not name use -token.  The server's file says
  * what each port asks for; the client's, what its services prove.
  *
@@ -41,7 +42,8 @@ struct secrets {
 
 /*
  * secrets_load: read the file at path into *out.  Refuses a file that group
- * or others may use at all (mode & 077), naming its mode, before reading it.
+ * or others may read or write (mode & 066), naming its mode, before
+ * reading it.
  * On error *out is untouched; on success it is overwritten, not freed: keep
  * the old table to diff against, then secrets_free it.
  */
