@@ -33,7 +33,7 @@
 #define CTL_IN_SIZE     (64 * 1024)  /* a burst of NEW_USERs in one read */
 #define CTL_OUT_SIZE    (16 * 1024)
 #define MAX_INFLIGHT    1024         /* users connecting, from NEW_USER,
-                                      * per service */
+                                      * in the whole client */
 #define BUSY_GRACE_MS   1000         /* ... all stuck that long: refuse */
 
 /* C_STOPPED: retrying cannot help (wrong token, port not offered ...);
@@ -155,6 +155,7 @@ struct client {
 	int proxy_version;                   /* -proxy-protocol; 0 = off */
 	struct service *svc;                 /* nsvc of them */
 	int nsvc;
+	int inflight;                        /* users in flight, all services */
 	int exit_status;                     /* >= 0: stop with this status */
 
 	int sig_fd;

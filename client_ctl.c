@@ -453,7 +453,7 @@ ctl_take(struct service *s)
 	struct msg m;
 
 	while (s->fd >= 0) {
-		if (s->inflight < MAX_INFLIGHT) {
+		if (s->cl->inflight < MAX_INFLIGHT) {
 			s->full_since = 0;
 		} else if (s->full_since == 0) {
 			s->full_since = now;

@@ -68,6 +68,7 @@ user_close(struct cuser *u, const char *why)
 	}
 	if (in_flight(u)) {
 		s->inflight--;
+		s->cl->inflight--;
 	}
 	/* A pooled tunnel whose user never reached the service ends with its
 	 * end record: the server then closes that user, as in plaintext,
@@ -298,6 +299,7 @@ relay_begin(struct cuser *u, int tunnel, int local, int join)
 	DLIST_ADD(s->relaying, u);
 	if (in_flight(u)) {
 		s->inflight--;
+		s->cl->inflight--;
 	}
 	u->state = U_RELAY;
 	fail = join && relay_prefill(&u->relay, 1, frame, join_frame(u, frame));
@@ -434,8 +436,9 @@ user_new(struct service *s, const struct msg *m)
 	unsigned long held;
 
 	/* A hostile or broken server could announce users without end: past
-	 * MAX_INFLIGHT each is refused, so descriptors stay bounded. */
-	if (s->inflight >= MAX_INFLIGHT) {
+	 * MAX_INFLIGHT in the whole client each is refused, so descriptors
+	 * stay bounded however many services it floods. */
+	if (s->cl->inflight >= MAX_INFLIGHT) {
 		memset(&r, 0, sizeof(r));
 		r.type = MSG_USER_FAILED;
 		memcpy(r.user_id, m->user_id, USER_ID_LEN);
@@ -452,6 +455,7 @@ user_new(struct service *s, const struct msg *m)
 	u = user_add(s, U_LOCAL, m->user_id);
 	if (u != NULL) {
 		s->inflight++;
+		s->cl->inflight++;
 		user_named(u, m);
 		local_connect(u);
 		user_sync(u);

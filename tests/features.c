@@ -3903,6 +3903,98 @@ test_client_busy(struct test *t)
 	expect_alive(t, client);
 }
 
+/* fsrv_new_user: the fake server announces user i (source port 1 + i
+ * on 127.0.0.1) on its control connection.  0, or -1 and fail(). */
+static int
+fsrv_new_user(struct test *t, struct fake_srv *fs, int i)
+{
+	static const uint8_t lo[4] = { 127, 0, 0, 1 };
+	struct msg m;
+
+	memset(&m, 0, sizeof(m));
+	m.type = MSG_NEW_USER;
+	random_bytes(m.user_id, USER_ID_LEN);
+	m.src.family = m.dst.family = 4;
+	memcpy(m.src.addr, lo, 4);
+	memcpy(m.dst.addr, lo, 4);
+	m.src.port = (uint16_t)(1 + i);
+	m.dst.port = 8007;
+	return send_msg(t, &fs->ctl, &m, NULL, NULL, "NEW_USER");
+}
+
+/*
+ * The cap on users in flight is the client's, not each service's: a
+ * fake server floods one of a client's two services until it answers
+ * "client busy", and then a single user announced to the other service
+ * is refused the same way, instead of a second 1024 connections.
+ */
+static void
+test_client_busy_services(struct test *t)
+{
+	enum { CAP = 1024, EXTRA = 100, SLACK = 8 };
+	struct tl_proc *client;
+	struct fake_srv fs[2];
+	struct msg m;
+	char second[64], pa[16];
+	int lsvc, p[2], i, k;
+
+	if (pick_ports(t, p, 2) < 0 || fsrv_open(t, &fs[0]) < 0) {
+		return;
+	}
+	fs[1] = fs[0];                  /* the same listeners */
+	if ((lsvc = tl_listen("127.0.0.1", 0)) < 0 || listen(lsvc, 0) < 0) {
+		fail(t, "listen: %s", strerror(errno));
+		return;
+	}
+	user_track(t, lsvc);
+	snprintf(pa, sizeof(pa), "%d", p[0]);
+	snprintf(second, sizeof(second), "%d=127.0.0.1:%d", p[1],
+	         tl_local_port(lsvc));
+	client = start_client(t, "client", fs[0].ctl_port, tl_local_port(lsvc),
+	                      NULL, 0, "-token", TOKEN, "-port", pa, "-local",
+	                      second, NULL);
+	/* The services connect in either order; each gets the port its
+	 * HELLO asked for. */
+	for (k = 0; k < 2; k++) {
+		if (client == NULL || fsrv_hello(t, &fs[k]) < 0 ||
+		    fsrv_auth(t, &fs[k], TOKEN, 0, &i) < 0) {
+			return;
+		}
+		welcome_msg(&fs[k], fs[k].hello.public_port, &m);
+		if (fsrv_reply(t, &fs[k], &m, REPLY_SEALED) < 0) {
+			return;
+		}
+	}
+	if (wait_log(t, client, "forwarding", START_MS) < 0) {
+		return;
+	}
+	for (i = 0; i < CAP + EXTRA; i++) {
+		if (fsrv_new_user(t, &fs[0], i) < 0) {
+			return;
+		}
+	}
+	/* As in client_busy, a few users get past the cap while the first
+	 * connects complete; once most of the extra ones are refused, the
+	 * rest hang, and the client is full. */
+	for (i = 0; i < EXTRA - SLACK; i++) {
+		if (expect_msg(t, &fs[0].ctl, MSG_USER_FAILED, &m, T(5000),
+		               "a refusal") < 0) {
+			return;
+		}
+	}
+	if (fsrv_new_user(t, &fs[1], CAP + EXTRA) < 0 ||
+	    expect_msg(t, &fs[1].ctl, MSG_USER_FAILED, &m, T(5000),
+	               "the other service's user") < 0) {
+		return;
+	}
+	if (strcmp(m.text, "client busy") != 0) {
+		fail(t, "the other service's user was refused with \"%s\", not "
+		     "\"client busy\"", m.text);
+		return;
+	}
+	expect_alive(t, client);
+}
+
 /* A fake server gives the real client users, and breaks each one's
  * tunnel stream in turn: a record with one byte flipped (length,
  * ciphertext, tag), a FIN without the end record, a record sent twice.
@@ -6723,6 +6815,7 @@ static const struct tl_case tests[] = {
 	{ "version_1_peer", test_version_1_peer, 0 },
 	{ "tampered_tunnel", test_tampered_tunnel, 0 },
 	{ "client_busy", test_client_busy, 0 },
+	{ "client_busy_services", test_client_busy_services, 0 },
 	{ "plaintext_refused", test_plaintext_refused, 0 },
 	{ "capture", test_capture, 0 },
 	{ "session_resume", test_session_resume, 0 },
