@@ -781,6 +781,29 @@ check_own_ports(const struct server *s, const char *const given[ROLE_END],
 	}
 }
 
+/* check_own_ports for -metrics (hp, as parsed) against the other roles
+ * and the -ports range. */
+static void
+check_metrics_port(const struct server *s, const struct hostport *hp,
+                   const char *ports)
+{
+	int r, port = atoi(hp->port);
+
+	for (r = 0; r < ROLE_END && port != 0; r++) {
+		if (port == atoi(s->addr[r].port) &&
+		    hosts_overlap(hp->host, s->addr[r].host)) {
+			usage_exit("-metrics %s: same port as -%s", s->metrics_addr,
+			           role_names[r]);
+		}
+	}
+	if (port != 0 && s->ports_lo != 0 && port >= s->ports_lo &&
+	    port <= s->ports_hi &&
+	    hosts_overlap(hp->host, s->addr[ROLE_PUBLIC].host)) {
+		usage_exit("-ports %s: includes the -metrics port %d; pick a "
+		           "range beside it", ports, port);
+	}
+}
+
 /* -allow and -deny: every CIDR parsed now, the bad one named. */
 static void
 parse_cidrs(const char *name, const struct flag_list *l, struct cidr *out,
@@ -851,9 +874,11 @@ parse_args(struct server *s, int argc, char **argv)
 		           "to 1000000", per_ip);
 	}
 	s->per_ip = (int)pi;
-	if (s->metrics_addr != NULL &&
-	    metrics_parse(s->metrics_addr, &hp, why, sizeof(why)) != 0) {
-		usage_exit("-metrics %s: %s", s->metrics_addr, why);
+	if (s->metrics_addr != NULL) {
+		if (metrics_parse(s->metrics_addr, &hp, why, sizeof(why)) != 0) {
+			usage_exit("-metrics %s: %s", s->metrics_addr, why);
+		}
+		check_metrics_port(s, &hp, ports);
 	}
 	if (token == NULL) {
 		token = getenv("DIALBACK_TOKEN");
@@ -865,12 +890,13 @@ parse_args(struct server *s, int argc, char **argv)
 	s->secrets_path = secrets != NULL && secrets[0] != '\0' ? secrets : NULL;
 }
 
-/* Bind every role's listener; report each one that fails, not just the
- * first, so that one run shows every port to free (exit 1). */
+/* Bind every role's listener, and -metrics's; report each one that
+ * fails, not just the first, so that one run shows every port to free
+ * (exit 1). */
 static void
 listen_all(struct server *s)
 {
-	char err[ROLE_END][256];
+	char err[ROLE_END + 1][256];
 	int r, i, nerr = 0;
 
 	for (r = 0; r < ROLE_END; r++) {
@@ -887,6 +913,12 @@ listen_all(struct server *s)
 			watch_init(&p->w[i], K_LISTEN, p, r);
 		}
 		p->port = local_port(p->fd[0]);
+	}
+	if (s->metrics_addr != NULL) {
+		s->metrics = metrics_open(s->loop, K_METRICS, s->metrics_addr,
+		                          server_metrics, s, err[nerr],
+		                          sizeof(err[nerr]));
+		nerr += s->metrics == NULL;
 	}
 	for (i = 0; i + 1 < nerr; i++) {
 		log_warn("%s", err[i]);
@@ -928,12 +960,7 @@ main(int argc, char **argv)
 	if (port_stat(&s, s.lis[ROLE_PUBLIC].port) == NULL) {
 		die(1, "out of memory");
 	}
-	if (s.metrics_addr != NULL) {
-		s.metrics = metrics_open(s.loop, K_METRICS, s.metrics_addr,
-		                         server_metrics, &s, err, sizeof(err));
-		if (s.metrics == NULL) {
-			die(1, "%s", err);
-		}
+	if (s.metrics != NULL) {
 		log_info("metrics on port %d: GET /metrics, GET /",
 		         metrics_port(s.metrics));
 	}

@@ -6684,9 +6684,9 @@ test_per_ip_ports(struct test *t)
 static void
 test_steer_usage(struct test *t)
 {
-	int p[3];
-	char c[16], u[16], pub[16], r1[32], r2[32];
-	char w1[96], w2[96], w3[96];
+	int p[4];
+	char c[16], u[16], pub[16], m[16], r1[32], r2[32], r3[32];
+	char w1[96], w2[96], w3[96], w4[96], w5[96];
 	struct {
 		const char *argv[12];
 		const char *want;
@@ -6705,13 +6705,18 @@ test_steer_usage(struct test *t)
 		    "-ports", r1, NULL }, w2 },
 		{ { "./server", "-control", c, "-tunnel", u, "-public", pub,
 		    "-ports", r2, NULL }, w3 },
+		{ { "./server", "-control", c, "-tunnel", u, "-public", pub,
+		    "-metrics", u, NULL }, w4 },
+		{ { "./server", "-control", c, "-tunnel", u, "-public", pub,
+		    "-metrics", m, "-ports", r3, NULL }, w5 },
 	};
 	size_t i;
 
-	if (pick_ports(t, p, 3) < 0) {
+	if (pick_ports(t, p, 4) < 0) {
 		return;
 	}
 	snprintf(c, sizeof(c), "%d", p[0]);
+	snprintf(m, sizeof(m), "%d", p[3]);
 	snprintf(u, sizeof(u), "%d", p[1]);
 	snprintf(pub, sizeof(pub), "%d", p[2]);
 	snprintf(r1, sizeof(r1), "%d-%d", p[0], p[0]);
@@ -6721,6 +6726,12 @@ test_steer_usage(struct test *t)
 	         p[0]);
 	snprintf(w3, sizeof(w3), "-ports %s: includes the -public port %d", r2,
 	         p[2]);
+	/* -metrics too: 127.0.0.1 (its bare port's host) on the tunnel's
+	 * port of every interface, or inside the -ports range. */
+	snprintf(w4, sizeof(w4), "-metrics %d: same port as -tunnel", p[1]);
+	snprintf(r3, sizeof(r3), "%d-%d", p[3], p[3]);
+	snprintf(w5, sizeof(w5), "-ports %s: includes the -metrics port %d", r3,
+	         p[3]);
 	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		char name[32];
 		struct tl_proc *s;
@@ -6740,28 +6751,31 @@ test_steer_usage(struct test *t)
 	}
 }
 
-/* Every port conflict is reported in one run: two ports held by others,
- * two lines, then exit 1. */
+/* Every port conflict is reported in one run: three ports held by others
+ * (the metrics port one of them), three lines, then exit 1. */
 static void
 test_port_conflicts(struct test *t)
 {
-	char c[64], u[64], p[64], want[160];
-	const char *argv[8] = { "./server", "-control", c, "-tunnel", u,
-	                        "-public", p, NULL };
+	char c[64], u[64], p[64], m[64], want[160];
+	const char *argv[10] = { "./server", "-control", c, "-tunnel", u,
+	                         "-public", p, "-metrics", m, NULL };
 	struct tl_proc *s;
-	int busy_c, busy_p, free_u;
+	int busy_c, busy_p, busy_m, free_u;
 
 	if (pick_ports(t, &free_u, 1) < 0) {
 		return;
 	}
 	busy_c = tl_listen("127.0.0.1", 0);
 	busy_p = tl_listen("127.0.0.1", 0);
-	if (busy_c < 0 || busy_p < 0) {
+	busy_m = tl_listen("127.0.0.1", 0);
+	if (busy_c < 0 || busy_p < 0 || busy_m < 0) {
 		fail(t, "listen: %s", strerror(errno));
 		return;
 	}
 	user_track(t, busy_c);
 	user_track(t, busy_p);
+	user_track(t, busy_m);
+	tl_fmt_addr(m, "127.0.0.1", tl_local_port(busy_m));
 	tl_fmt_addr(c, "127.0.0.1", tl_local_port(busy_c));
 	tl_fmt_addr(u, "127.0.0.1", free_u);
 	tl_fmt_addr(p, "127.0.0.1", tl_local_port(busy_p));
@@ -6777,9 +6791,13 @@ test_port_conflicts(struct test *t)
 	if (expect_log(t, s, want) < 0) {
 		return;
 	}
-	if (tl_count_in_file(s->log, "address in use") != 2 ||
+	snprintf(want, sizeof(want), "bind %s (metrics port): address in use", m);
+	if (expect_log(t, s, want) < 0) {
+		return;
+	}
+	if (tl_count_in_file(s->log, "address in use") != 3 ||
 	    tl_file_contains(s->log, "(tunnel port)")) {
-		fail(t, "want exactly the two conflicts reported");
+		fail(t, "want exactly the three conflicts reported");
 	}
 }
 
