@@ -303,6 +303,12 @@ config_line(const struct flag *flags, char *line, char *err, size_t errlen)
 		return 0;
 	}
 	val = word + strcspn(word, " \t=");
+	if (val == word) {
+		/* "= x", or "- x": the value is not echoed, as it may be the
+		 * token. */
+		snprintf(err, errlen, "%s", "a value with no word before it");
+		return -1;
+	}
 	if (*val != '\0') {
 		*val++ = '\0';
 		val += strspn(val, " \t=");
