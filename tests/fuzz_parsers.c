@@ -310,10 +310,21 @@ scraper_connect(int port, int small)
 		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
 		setsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof(mss));
 	}
-	/* Loopback: the handshake is done by the time connect returns. */
-	CHECK(connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0 &&
-	      set_nonblock(fd) == 0, "connect to port %d: %s", port,
-	      strerror(errno));
+	/* Non-blocking: libFuzzer's SIGALRM would interrupt a blocking
+	 * connect, which cannot be restarted. */
+	CHECK(set_nonblock(fd) == 0, "set_nonblock: %s", strerror(errno));
+	if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0) {
+		struct pollfd pf = { .fd = fd, .events = POLLOUT };
+		int rc;
+
+		CHECK(errno == EINPROGRESS, "connect to port %d: %s", port,
+		      strerror(errno));
+		do {
+			rc = poll(&pf, 1, HTTP_MS);
+		} while (rc < 0 && errno == EINTR);
+		CHECK(rc == 1 && connect_done(fd) == 0, "connect to port %d: %s",
+		      port, rc == 1 ? strerror(errno) : "timed out");
+	}
 	return fd;
 }
 
