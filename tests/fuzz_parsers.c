@@ -439,10 +439,13 @@ check_answer(size_t len, const struct expect *e)
 	free(want.p);
 }
 
-/* Send req[0..n) in pieces: c[0], c[1], c[2] bytes, then the rest. */
+/* Send req[0..n) in pieces: c[0], c[1], c[2] bytes, then the rest.
+ * Unless reading, the answer stays unread, so that a close then resets
+ * it in the middle. */
 static void
-send_pieces(struct loop *l, struct metrics *m, int fd, const uint8_t *req,
-            size_t n, const uint8_t c[3], size_t *len, int *eof)
+send_pieces(struct loop *l, struct metrics *m, int fd, int reading,
+            const uint8_t *req, size_t n, const uint8_t c[3], size_t *len,
+            int *eof)
 {
 	size_t off = 0, k, i;
 
@@ -451,7 +454,7 @@ send_pieces(struct loop *l, struct metrics *m, int fd, const uint8_t *req,
 		k = k < n - off ? k : n - off;
 		peer_send(fd, req + off, k);
 		off += k;
-		settle(l, m, fd, len, eof);
+		settle(l, m, reading ? fd : -1, len, eof);
 	}
 }
 
@@ -517,7 +520,7 @@ fuzz_http(int backend, uint8_t flags, const uint8_t c[3],
 			      HTTP_MS);
 			turn(l, m, 1);
 		}
-		send_pieces(l, m, fd, req, n, c, &len, &eof);
+		send_pieces(l, m, fd, end != END_CLOSE, req, n, c, &len, &eof);
 		if (end == END_SHUT) {
 			shutdown(fd, SHUT_WR);
 		}
