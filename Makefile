@@ -104,7 +104,8 @@ bench: all tests/bench
 # to learn from, checked against RFC 7748 by tests/unit, and 1.3 ms a call
 # under the sanitizers against 0.2 ms plain, three calls a handshake.
 # tests/fuzz_record feeds the record layer alone, tests/fuzz_secrets the
-# secrets file parser.
+# secrets file parser, tests/fuzz_parsers the metrics responder's HTTP
+# over loopback, CIDR blocks, addresses and -config text.
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS    = -std=c11 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -O1 -g \
@@ -121,7 +122,7 @@ FUZZ_OPTS     = -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=10 \
                 -print_funcs=0 \
                 -rss_limit_mb=2048 -print_final_stats=1
 FUZZ_BINS     = tests/fuzz tests/fuzz_client tests/fuzz_record \
-                tests/fuzz_secrets
+                tests/fuzz_secrets tests/fuzz_parsers
 
 tests/fuzz-x25519.o: x25519.c crypto.h
 	$(FUZZ_CC) -std=c11 -Wall -Wextra -O2 -g -c -o $@ x25519.c
@@ -137,6 +138,9 @@ tests/fuzz_record: tests/fuzz_record.c $(FUZZ_DEPS)
 tests/fuzz_secrets: tests/fuzz_secrets.c $(FUZZ_DEPS)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ tests/fuzz_secrets.c $(FUZZ_SRCS) \
 		$(FUZZ_PLAIN)
+tests/fuzz_parsers: tests/fuzz_parsers.c $(FUZZ_DEPS)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -I. -o $@ tests/fuzz_parsers.c $(FUZZ_SRCS) \
+		$(FUZZ_PLAIN)
 
 fuzz: $(FUZZ_BINS)
 
@@ -145,11 +149,13 @@ fuzz: $(FUZZ_BINS)
 fuzz-run: $(FUZZ_BINS)
 	tmp=$$(mktemp -d "$${TMPDIR:-/tmp}/dialback-fuzz.XXXXXX") && \
 	trap 'rm -rf "$$tmp"' EXIT && \
-	mkdir "$$tmp/server" "$$tmp/client" "$$tmp/record" "$$tmp/secrets" && \
+	mkdir "$$tmp/server" "$$tmp/client" "$$tmp/record" "$$tmp/secrets" \
+	      "$$tmp/parsers" && \
 	./tests/fuzz $(FUZZ_OPTS) "$$tmp/server" tests/fuzz-corpus && \
 	./tests/fuzz_client $(FUZZ_OPTS) "$$tmp/client" tests/fuzz-corpus-client && \
 	./tests/fuzz_record $(FUZZ_OPTS) "$$tmp/record" tests/fuzz-corpus-record && \
-	./tests/fuzz_secrets $(FUZZ_OPTS) "$$tmp/secrets" tests/fuzz-corpus-secrets
+	./tests/fuzz_secrets $(FUZZ_OPTS) "$$tmp/secrets" tests/fuzz-corpus-secrets && \
+	./tests/fuzz_parsers $(FUZZ_OPTS) "$$tmp/parsers" tests/fuzz-corpus-parsers
 
 # make install [PREFIX=/usr/local] [DESTDIR=]: the binaries as
 # dialback-server and dialback-client, and their man pages.  The systemd

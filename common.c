@@ -303,6 +303,12 @@ config_line(const struct flag *flags, char *line, char *err, size_t errlen)
 		return 0;
 	}
 	val = word + strcspn(word, " \t=");
+	if (val == word) {
+		/* "= x", or "- x": the value is not echoed, as it may be the
+		 * token. */
+		snprintf(err, errlen, "%s", "a value with no word before it");
+		return -1;
+	}
 	if (*val != '\0') {
 		*val++ = '\0';
 		val += strspn(val, " \t=");
@@ -315,15 +321,33 @@ config_line(const struct flag *flags, char *line, char *err, size_t errlen)
 	return flag_set(f, *val != '\0' ? val : NULL, 1, err, errlen);
 }
 
+int
+config_parse(char *text, const struct flag *flags, int *lineno, char *err,
+             size_t errlen)
+{
+	char *line, *next;
+
+	*lineno = 1;
+	for (line = text; line != NULL; line = next, ++*lineno) {
+		if ((next = strchr(line, '\n')) != NULL) {
+			*next++ = '\0';
+		}
+		if (config_line(flags, line, err, errlen) != 0) {
+			return -1;
+		}
+	}
+	return 0;
+}
+
 /* Apply a config file to the table.  Its text is kept for the life of the
  * process: the flags point into it. */
 static void
 config_apply(const char *path, const struct flag *flags)
 {
-	char *text, *line, *next, err[128];
+	char *text, err[128];
 	FILE *fp = fopen(path, "r");
 	long size;
-	int lineno = 1;
+	int lineno;
 
 	if (fp == NULL) {
 		die(1, "-config %s:", path);
@@ -340,13 +364,8 @@ config_apply(const char *path, const struct flag *flags)
 		die(1, "-config %s: short read", path);
 	}
 	fclose(fp);
-	for (line = text; line != NULL; line = next, lineno++) {
-		if ((next = strchr(line, '\n')) != NULL) {
-			*next++ = '\0';
-		}
-		if (config_line(flags, line, err, sizeof(err)) != 0) {
-			usage_exit("-config %s line %d: %s", path, lineno, err);
-		}
+	if (config_parse(text, flags, &lineno, err, sizeof(err)) != 0) {
+		usage_exit("-config %s line %d: %s", path, lineno, err);
 	}
 }
 

@@ -226,6 +226,15 @@ struct flag {
 int flags_parse(int argc, char **argv, const struct flag *flags, char *err,
                 size_t errlen);
 
+/* config_parse: apply the text of a -config file (NUL-terminated) to the
+ * table, a line at a time: "word value", "word" for a switch, '#' to the
+ * end of the line a comment.  The text is cut up in place and the flags
+ * point into it, so it must outlive them.  0, or -1 with the bad line's
+ * number (from 1) in *lineno and a phrase in err.  It never exits, so
+ * tests/fuzz_parsers can feed it; flags_apply makes -1 a usage error. */
+int config_parse(char *text, const struct flag *flags, int *lineno,
+                 char *err, size_t errlen);
+
 /* flags_apply: flags_parse with the flags every program has added to the
  * table (at most FLAGS_MAX entries of its own): -h and -help print usage
  * (a printf format given the name run as) and exit 0, -version prints the

@@ -120,6 +120,13 @@ mb_html(struct mbuf *b, const char *s)
 	}
 }
 
+void
+mb_family(struct mbuf *b, const char *name, const char *type,
+          const char *help)
+{
+	mb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
 static void
 mb_free(struct mbuf *b)
 {
@@ -571,22 +578,23 @@ metrics_process(struct mbuf *b, int64_t started)
 	long fds = open_fds();
 	long long heap = heap_bytes();
 
-	mb_printf(b, "# HELP dialback_build_info The dialback release running "
-	          "(always 1).\n# TYPE dialback_build_info gauge\n"
-	          "dialback_build_info{version=\"%s\"} 1\n", DIALBACK_VERSION);
-	mb_printf(b, "# HELP dialback_uptime_seconds Seconds since the process "
-	          "started.\n# TYPE dialback_uptime_seconds gauge\n"
-	          "dialback_uptime_seconds %lld\n",
+	mb_family(b, "dialback_build_info", "gauge",
+	          "The dialback release running (always 1).");
+	mb_printf(b, "dialback_build_info{version=\"%s\"} 1\n",
+	          DIALBACK_VERSION);
+	mb_family(b, "dialback_uptime_seconds", "gauge",
+	          "Seconds since the process started.");
+	mb_printf(b, "dialback_uptime_seconds %lld\n",
 	          (long long)(now_ms() - started) / 1000);
 	if (fds >= 0) {
-		mb_printf(b, "# HELP dialback_open_fds File descriptors open.\n"
-		          "# TYPE dialback_open_fds gauge\ndialback_open_fds %ld\n",
-		          fds);
+		mb_family(b, "dialback_open_fds", "gauge",
+		          "File descriptors open.");
+		mb_printf(b, "dialback_open_fds %ld\n", fds);
 	}
 	if (heap >= 0) {
-		mb_printf(b, "# HELP dialback_heap_bytes Bytes malloc has handed "
-		          "out and not had back.\n# TYPE dialback_heap_bytes gauge\n"
-		          "dialback_heap_bytes %lld\n", heap);
+		mb_family(b, "dialback_heap_bytes", "gauge",
+		          "Bytes malloc has handed out and not had back.");
+		mb_printf(b, "dialback_heap_bytes %lld\n", heap);
 	}
 }
 
@@ -646,21 +654,20 @@ client_prom(struct mbuf *b, const struct metrics_client *mc)
 		waiting += mc->svc[i].users_connecting;
 		total += mc->svc[i].users_total;
 	}
-	mb_printf(b, "# HELP dialback_sessions Services attached to the "
-	          "server.\n# TYPE dialback_sessions gauge\n"
-	          "dialback_sessions %d\n", attached);
-	mb_printf(b, "# HELP dialback_users_active Users relaying now.\n"
-	          "# TYPE dialback_users_active gauge\n"
-	          "dialback_users_active %d\n", active);
-	mb_printf(b, "# HELP dialback_users_waiting Users being connected to "
-	          "their service.\n# TYPE dialback_users_waiting gauge\n"
-	          "dialback_users_waiting %d\n", waiting);
-	mb_printf(b, "# HELP dialback_users_total Users announced since "
-	          "start.\n# TYPE dialback_users_total counter\n"
-	          "dialback_users_total %llu\n", (unsigned long long)total);
-	mb_printf(b, "# HELP dialback_bytes_total Users' bytes relayed, in "
-	          "(from users) and out (to users), by public port.\n"
-	          "# TYPE dialback_bytes_total counter\n");
+	mb_family(b, "dialback_sessions", "gauge",
+	          "Services attached to the server.");
+	mb_printf(b, "dialback_sessions %d\n", attached);
+	mb_family(b, "dialback_users_active", "gauge", "Users relaying now.");
+	mb_printf(b, "dialback_users_active %d\n", active);
+	mb_family(b, "dialback_users_waiting", "gauge",
+	          "Users being connected to their service.");
+	mb_printf(b, "dialback_users_waiting %d\n", waiting);
+	mb_family(b, "dialback_users_total", "counter",
+	          "Users announced since start.");
+	mb_printf(b, "dialback_users_total %llu\n", (unsigned long long)total);
+	mb_family(b, "dialback_bytes_total", "counter",
+	          "Users' bytes relayed, in (from users) and out (to users), "
+	          "by public port.");
 	for (i = 0; i < mc->nsvc; i++) {
 		mb_printf(b, "dialback_bytes_total{direction=\"in\",port=\"%d\"} "
 		          "%llu\n", mc->svc[i].port,
@@ -669,17 +676,16 @@ client_prom(struct mbuf *b, const struct metrics_client *mc)
 		          "%llu\n", mc->svc[i].port,
 		          (unsigned long long)mc->svc[i].bytes_out);
 	}
-	mb_printf(b, "# HELP dialback_refused_total Users the client could not "
-	          "serve, by reason.\n# TYPE dialback_refused_total counter\n");
+	mb_family(b, "dialback_refused_total", "counter",
+	          "Users the client could not serve, by reason.");
 	for (i = 0; i < mc->nrefused; i++) {
 		mb_printf(b, "dialback_refused_total{reason=\"%s\"} %llu\n",
 		          mc->refused[i].reason,
 		          (unsigned long long)mc->refused[i].n);
 	}
-	mb_printf(b, "# HELP dialback_handshake_failures_total Handshakes with "
-	          "the server that failed.\n"
-	          "# TYPE dialback_handshake_failures_total counter\n"
-	          "dialback_handshake_failures_total %llu\n",
+	mb_family(b, "dialback_handshake_failures_total", "counter",
+	          "Handshakes with the server that failed.");
+	mb_printf(b, "dialback_handshake_failures_total %llu\n",
 	          (unsigned long long)mc->handshake_failures);
 	metrics_process(b, mc->started);
 }

@@ -49,6 +49,11 @@ void mb_printf(struct mbuf *b, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 void mb_html(struct mbuf *b, const char *s);
 
+/* mb_family: a Prometheus metric family's "# HELP name help" and
+ * "# TYPE name type" lines, which come before its samples. */
+void mb_family(struct mbuf *b, const char *name, const char *type,
+               const char *help);
+
 /* What the callback is asked for. */
 enum metrics_page { METRICS_PROM, METRICS_HTML };
 

@@ -450,41 +450,40 @@ server_prom(struct server *s, struct mbuf *b, const struct port_view *v)
 {
 	size_t i;
 
-	mb_printf(b, "# HELP dialback_sessions Clients attached, each serving "
-	          "a public port.\n# TYPE dialback_sessions gauge\n"
-	          "dialback_sessions %d\n", count_sessions(s));
-	mb_printf(b, "# HELP dialback_users_active Users relaying now.\n"
-	          "# TYPE dialback_users_active gauge\n"
-	          "dialback_users_active %d\n",
+	mb_family(b, "dialback_sessions", "gauge",
+	          "Clients attached, each serving a public port.");
+	mb_printf(b, "dialback_sessions %d\n", count_sessions(s));
+	mb_family(b, "dialback_users_active", "gauge", "Users relaying now.");
+	mb_printf(b, "dialback_users_active %d\n",
 	          s->count[U_RELAYING] + s->count[U_HANDED]);
-	mb_printf(b, "# HELP dialback_users_waiting Users waiting for their "
-	          "tunnel.\n# TYPE dialback_users_waiting gauge\n"
-	          "dialback_users_waiting %d\n", s->count[U_WAITING]);
-	mb_printf(b, "# HELP dialback_users_total Users accepted since start.\n"
-	          "# TYPE dialback_users_total counter\n"
-	          "dialback_users_total %llu\n", (unsigned long long)s->user_seq);
-	mb_printf(b, "# HELP dialback_tunnels_pooled Tunnels dialed ahead, "
-	          "waiting for a user.\n# TYPE dialback_tunnels_pooled gauge\n"
-	          "dialback_tunnels_pooled %d\n", s->count[U_POOLED]);
-	mb_printf(b, "# HELP dialback_bytes_total Users' bytes relayed, in "
-	          "(from users) and out (to users), by public port.\n"
-	          "# TYPE dialback_bytes_total counter\n");
+	mb_family(b, "dialback_users_waiting", "gauge",
+	          "Users waiting for their tunnel.");
+	mb_printf(b, "dialback_users_waiting %d\n", s->count[U_WAITING]);
+	mb_family(b, "dialback_users_total", "counter",
+	          "Users accepted since start.");
+	mb_printf(b, "dialback_users_total %llu\n",
+	          (unsigned long long)s->user_seq);
+	mb_family(b, "dialback_tunnels_pooled", "gauge",
+	          "Tunnels dialed ahead, waiting for a user.");
+	mb_printf(b, "dialback_tunnels_pooled %d\n", s->count[U_POOLED]);
+	mb_family(b, "dialback_bytes_total", "counter",
+	          "Users' bytes relayed, in (from users) and out (to users), "
+	          "by public port.");
 	for (i = 0; v != NULL && i < s->nports; i++) {
 		mb_printf(b, "dialback_bytes_total{direction=\"in\",port=\"%d\"} "
 		          "%llu\n", v[i].port, (unsigned long long)v[i].in);
 		mb_printf(b, "dialback_bytes_total{direction=\"out\",port=\"%d\"} "
 		          "%llu\n", v[i].port, (unsigned long long)v[i].out);
 	}
-	mb_printf(b, "# HELP dialback_refused_total Users and clients turned "
-	          "away, by reason.\n# TYPE dialback_refused_total counter\n");
+	mb_family(b, "dialback_refused_total", "counter",
+	          "Users and clients turned away, by reason.");
 	for (i = 0; i < REF_END; i++) {
 		mb_printf(b, "dialback_refused_total{reason=\"%s\"} %llu\n",
 		          refusal_names[i], (unsigned long long)s->refused[i]);
 	}
-	mb_printf(b, "# HELP dialback_handshake_failures_total Control and "
-	          "tunnel handshakes that failed.\n"
-	          "# TYPE dialback_handshake_failures_total counter\n"
-	          "dialback_handshake_failures_total %llu\n",
+	mb_family(b, "dialback_handshake_failures_total", "counter",
+	          "Control and tunnel handshakes that failed.");
+	mb_printf(b, "dialback_handshake_failures_total %llu\n",
 	          (unsigned long long)s->handshake_failures);
 	metrics_process(b, s->started);
 }

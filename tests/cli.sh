@@ -62,6 +62,21 @@ for prog in server client; do
 	grep -q "bad.conf line 4: unknown word 'bogus'" "$tmp/err"
 	check $? "$prog: the config error does not name the line: $(cat "$tmp/err")"
 
+	# A value with no word before it ("= x", or "- x" with the word
+	# missing after the dash) says so, not "unknown word ''", and keeps
+	# the value to itself: it may be the token.
+	printf 'v\n = s3cret\n' >"$tmp/noword.conf"
+	"./$prog" -config "$tmp/noword.conf" 2>"$tmp/err"
+	[ $? -eq 2 ]
+	check $? "$prog: a config line with no word does not exit 2"
+	grep -q "noword.conf line 2: a value with no word before it" "$tmp/err" &&
+		! grep -q s3cret "$tmp/err"
+	check $? "$prog: a config line with no word: $(cat "$tmp/err")"
+	printf -- '-\tyes\n' >"$tmp/noword.conf"
+	"./$prog" -config "$tmp/noword.conf" 2>"$tmp/err"
+	grep -q "noword.conf line 1: a value with no word before it" "$tmp/err"
+	check $? "$prog: a config line of a bare dash: $(cat "$tmp/err")"
+
 	"./$prog" -config "$tmp/no-such.conf" 2>"$tmp/err"
 	[ $? -eq 1 ]
 	check $? "$prog: a missing config file does not exit 1"

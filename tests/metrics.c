@@ -5,8 +5,9 @@
  * prometheus scraping the server sees dialback_users_total climb; a
  * headless Chromium renders / with the session on it; other paths are
  * 404, other methods 405, oversized requests 431; scrapers that stall
- * hold up no relaying and are closed by the read deadline; more than the
- * cap are turned away without harm; out of descriptors, the listener
+ * hold up no relaying and are closed by the read deadline, one that asks
+ * and never reads by the write deadline; more than the cap are turned
+ * away without harm; out of descriptors, the listener
  * does not spin the loop; a bare port binds 127.0.0.1 only.
  * Run from the repository root:
  *
@@ -16,9 +17,12 @@
  * otherwise, except that with CI=true a missing one is a failure (.ci/run
  * installs them).  Harness: tests/testlib.h ("ok - NAME", ..., then
  * "metrics: N passed, N failed, N skipped").  tests/metrics --nofile N
- * PROG ARGS runs PROG with RLIMIT_NOFILE N, soft and hard.
+ * PROG ARGS runs PROG with RLIMIT_NOFILE N, soft and hard;
+ * tests/metrics --responder PORT BYTES serves metrics.c's responder on
+ * 127.0.0.1:PORT with a /metrics of BYTES, until SIGTERM.
  */
 #include <errno.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1126,6 +1130,163 @@ out:
 	free(out);
 }
 
+/* ==== a responder with a large page ======================================= */
+
+/*
+ * Neither program's page outgrows what the kernel holds for one scraper
+ * on loopback, even one with a 4 KiB window and a 536-byte MSS (some 50
+ * to 90 KB): the server's /metrics is about 2.5 KB and 115 bytes per
+ * public port it has served, the client's bounded by its 64 services.
+ * So the write deadline is tested on metrics.c's responder itself, given
+ * a page that cannot fit.
+ */
+static void
+big_page(void *ctx, enum metrics_page page, struct mbuf *b)
+{
+	static const char line[] =
+		"# padding, so that a scraper that never reads stalls us.\n";
+	size_t left = *(const size_t *)ctx, n;
+
+	(void)page;
+	for (; left > 0 && !b->over; left -= n) {
+		n = left < sizeof(line) - 1 ? left : sizeof(line) - 1;
+		mb_printf(b, "%.*s", (int)n, line);
+	}
+}
+
+/* tests/metrics --responder PORT BYTES: the responder on its own loop, as
+ * a program wires it (metrics.h), with -v's lines; SIGTERM ends it. */
+static int
+responder_main(const char *port, const char *bytes)
+{
+	char addr[64], why[256];
+	size_t size = strtoul(bytes, NULL, 10);
+	struct loop *l = loop_new();
+	struct loop_event *ev;
+	struct metrics *m;
+	struct watch sw;
+	int sig = signals_setup(), n, i;
+	int64_t now, due;
+
+	log_set_level(LOG_VERBOSE);
+	snprintf(addr, sizeof(addr), "127.0.0.1:%s", port);
+	m = metrics_open(l, 1, addr, big_page, &size, why, sizeof(why));
+	watch_init(&sw, 0, NULL, 0);
+	if (m == NULL || loop_watch(l, &sw, sig, POLLIN) != 0) {
+		die(1, "responder: %s", m == NULL ? why : "watching signals");
+	}
+	log_info("responder on port %d: a page of %zu bytes", metrics_port(m),
+	         size);
+	for (;;) {
+		now = now_ms();
+		due = metrics_timers(m, now);
+		if ((n = loop_wait(l, due < 0 ? -1 : (int)(due - now + 1),
+		                   &ev)) < 0) {
+			die(1, "responder: %s:", loop_backend(l));
+		}
+		for (i = 0; i < n; i++) {
+			if (ev[i].w == &sw) {
+				metrics_close(m);
+				loop_free(l);
+				return 0;
+			}
+			if (ev[i].fd == ev[i].w->fd) {
+				metrics_event(m, ev[i].w, ev[i].revents);
+			}
+		}
+	}
+}
+
+#define WRITE_BODY  (1 << 20)  /* the page: far past the kernel's buffers */
+#define WRITE_AFTER 2000       /* from the accept to the request, in ms */
+
+/*
+ * A scraper that asks for /metrics and never reads, its window small:
+ * the answer stalls after its first bytes, and the responder lets the
+ * scraper go METRICS_WRITE_MS after the request (not before, and not at
+ * the read deadline, which counts from the accept), as "too slow".
+ */
+static void
+test_write_deadline(struct test *t)
+{
+	static const char req[] = "GET /metrics HTTP/1.0\r\n\r\n";
+	char port[16], size[16], head[20];
+	const char *argv[] = { tl_h.self, "--responder", port, size, NULL };
+	struct sockaddr_storage ss;
+	int p[1], fd, base, n, rcv = 4096, mss = 536;
+	int64_t deadline, asked;
+	struct tl_proc *r;
+	socklen_t len;
+
+	if (pick_ports(t, p, 1) < 0) {
+		return;
+	}
+	snprintf(port, sizeof(port), "%d", p[0]);
+	snprintf(size, sizeof(size), "%d", WRITE_BODY);
+	if ((r = start(t, "responder", argv, NULL, 0)) == NULL
+	    || wait_log(t, r, "responder on port", START_MS) < 0) {
+		return;
+	}
+	if ((base = tl_count_fds(r->pid)) < 0) {
+		t->skip = "no /proc/PID/fd";
+		return;
+	}
+	/* The window and the MSS are the scraper's to set before connect;
+	 * with loopback's defaults the kernel would take megabytes. */
+	len = tl_sockaddr("127.0.0.1", p[0], &ss);
+	if ((fd = socket(AF_INET, SOCK_STREAM, 0)) < 0) {
+		fail(t, "socket: %s", strerror(errno));
+		return;
+	}
+	user_track(t, fd);
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
+	setsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof(mss));
+	if (connect(fd, (struct sockaddr *)&ss, len) != 0) {
+		fail(t, "connect to the responder: %s", strerror(errno));
+		return;
+	}
+	deadline = tl_now_ms() + T(5000);
+	while ((n = tl_count_fds(r->pid)) != base + 1) {
+		if (tl_now_ms() >= deadline) {
+			fail(t, "the responder holds %d descriptors, want %d", n,
+			     base + 1);
+			return;
+		}
+		tl_pause(20);
+	}
+	/* A gap to tell the deadlines apart, not a wait for anything. */
+	tl_pause(WRITE_AFTER);
+	if (tl_write_all(fd, req, strlen(req), tl_now_ms() + T(3000)) < 0) {
+		fail(t, "asking: %s", strerror(errno));
+		return;
+	}
+	asked = tl_now_ms();
+	deadline = asked + T(METRICS_WRITE_MS + 3000);
+	while ((n = tl_count_fds(r->pid)) != base) {
+		if (tl_now_ms() >= deadline) {
+			fail(t, "a scraper that never reads still held %lld ms after "
+			     "its request", (long long)(tl_now_ms() - asked));
+			return;
+		}
+		tl_pause(20);
+	}
+	if (tl_now_ms() - asked < METRICS_WRITE_MS - 1000) {
+		fail(t, "a scraper that never reads let go %lld ms after its "
+		     "request, before the write deadline",
+		     (long long)(tl_now_ms() - asked));
+		return;
+	}
+	if (expect_log(t, r, "metrics: a scraper closed: too slow") < 0) {
+		return;
+	}
+	/* It was answered: the start waits in the scraper's buffer. */
+	if (recv(fd, head, sizeof(head), MSG_PEEK | MSG_DONTWAIT) !=
+	    (ssize_t)sizeof(head) || strncmp(head, "HTTP/1.0 200 OK\r\n", 17)
+	    != 0) {
+		fail(t, "the stalled scraper has no answer begun");
+	}
+}
+
 /* ==== running ============================================================= */
 
 static const struct tl_case tests[] = {
@@ -1136,6 +1297,7 @@ static const struct tl_case tests[] = {
 	{ "browser", test_browser, TL_HEAVY },
 	{ "paths", test_paths, 0 },
 	{ "stalled", test_stalled, 0 },
+	{ "write_deadline", test_write_deadline, 0 },
 	{ "cap", test_cap, 0 },
 	{ "bare_port", test_bare_port, 0 },
 	{ "bad_flag", test_bad_flag, 0 },
@@ -1160,6 +1322,9 @@ main(int argc, char **argv)
 		execv(argv[3], argv + 3);
 		fprintf(stderr, "exec %s: %s\n", argv[3], strerror(errno));
 		return 127;
+	}
+	if (argc == 4 && strcmp(argv[1], "--responder") == 0) {
+		return responder_main(argv[2], argv[3]);
 	}
 	if (tl_use_valgrind() < 0) {
 		return 1;
