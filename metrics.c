@@ -285,9 +285,11 @@ sc_route(struct metrics *m, struct scraper *sc)
 		sc_error(m, sc, "400 Bad Request");
 		return;
 	}
+	/* GET and HEAD of the two pages; anything else is 404, as the
+	 * issue that asked for the listener says. */
 	sc->head_only = strcmp(method, "HEAD") == 0;
 	if (strcmp(method, "GET") != 0 && !sc->head_only) {
-		sc_error(m, sc, "405 Method Not Allowed");
+		sc_error(m, sc, "404 Not Found");
 		return;
 	}
 	if (strcmp(path, "/metrics") == 0) {

@@ -15,7 +15,7 @@
  *             rules in metrics.h says what must come back: nothing yet
  *             (the request is not whole), a close without an answer (the
  *             scraper's EOF came first), or one HTTP/1.0 answer, its
- *             status 200, 400, 404, 405, 431, 500 or 503, its
+ *             status 200, 400, 404, 431, 500 or 503, its
  *             Content-Length the body that follows (none for HEAD), that
  *             body exactly what was asked for or the error's own line,
  *             and then EOF.  The status page carries the request through
@@ -147,7 +147,6 @@ reason(int status)
 	case 200: return "OK";
 	case 400: return "Bad Request";
 	case 404: return "Not Found";
-	case 405: return "Method Not Allowed";
 	case 431: return "Request Header Fields Too Large";
 	case 500: return "Internal Server Error";
 	case 503: return "Service Unavailable";
@@ -182,7 +181,7 @@ model_route(const uint8_t *req, size_t end, struct expect *e)
 	}
 	e->head = sp[0] == 4 && memcmp(req, "HEAD", 4) == 0;
 	if (!e->head && !(sp[0] == 3 && memcmp(req, "GET", 3) == 0)) {
-		e->status = 405;
+		e->status = 404;
 		return;
 	}
 	path = req + sp[0] + 1;
