@@ -3760,6 +3760,25 @@ fsrv_attach(struct test *t, struct fake_srv *fs, struct tl_proc *client,
 	return 0;
 }
 
+/* fsrv_new_user: the fake server announces a user from 127.0.0.1 port
+ * src on its control connection, the NEW_USER kept in *m.  0, or -1 and
+ * fail(). */
+static int
+fsrv_new_user(struct test *t, struct fake_srv *fs, int src, struct msg *m)
+{
+	static const uint8_t lo[4] = { 127, 0, 0, 1 };
+
+	memset(m, 0, sizeof(*m));
+	m->type = MSG_NEW_USER;
+	random_bytes(m->user_id, USER_ID_LEN);
+	m->src.family = m->dst.family = 4;
+	memcpy(m->src.addr, lo, 4);
+	memcpy(m->dst.addr, lo, 4);
+	m->src.port = (uint16_t)src;
+	m->dst.port = 8007;
+	return send_msg(t, &fs->ctl, m, NULL, NULL, "NEW_USER");
+}
+
 #define TT_PORT0 40000             /* user i's source port: TT_PORT0 + i */
 
 /*
@@ -3773,20 +3792,11 @@ static int
 tt_user(struct test *t, struct fake_srv *fs, int lsvc, int i,
         struct chan *tun, int *local)
 {
-	static const uint8_t lo[4] = { 127, 0, 0, 1 };
 	char down[64], up[64];
 	struct msg m, j;
 
-	memset(&m, 0, sizeof(m));
-	m.type = MSG_NEW_USER;
-	random_bytes(m.user_id, USER_ID_LEN);
-	m.src.family = m.dst.family = 4;
-	memcpy(m.src.addr, lo, 4);
-	memcpy(m.dst.addr, lo, 4);
-	m.src.port = (uint16_t)(TT_PORT0 + i);
-	m.dst.port = 8007;
 	memset(tun, 0, sizeof(*tun));
-	if (send_msg(t, &fs->ctl, &m, NULL, NULL, "NEW_USER") < 0
+	if (fsrv_new_user(t, fs, TT_PORT0 + i, &m) < 0
 	    || (*local = accept_one(t, lsvc, IO_MS, "the client's local "
 	                            "connection")) < 0
 	    || (tun->fd = accept_one(t, fs->ltun, IO_MS, "the client's tunnel"))
@@ -3829,6 +3839,7 @@ static const struct {
 	{ "a record replayed", -2 },
 };
 
+
 /*
  * client_busy: a server that announces users without end, to a client
  * whose service never answers (a listener that never accepts, its queue
@@ -3841,7 +3852,6 @@ static void
 test_client_busy(struct test *t)
 {
 	enum { CAP = 1024, EXTRA = 100, SLACK = 8 };
-	static const uint8_t lo[4] = { 127, 0, 0, 1 };
 	struct tl_proc *client;
 	struct fake_srv fs;
 	struct msg m;
@@ -3863,15 +3873,7 @@ test_client_busy(struct test *t)
 		return;
 	}
 	for (i = 0; i < CAP + EXTRA; i++) {
-		memset(&m, 0, sizeof(m));
-		m.type = MSG_NEW_USER;
-		random_bytes(m.user_id, USER_ID_LEN);
-		m.src.family = m.dst.family = 4;
-		memcpy(m.src.addr, lo, 4);
-		memcpy(m.dst.addr, lo, 4);
-		m.src.port = (uint16_t)(1 + i);
-		m.dst.port = 8007;
-		if (send_msg(t, &fs.ctl, &m, NULL, NULL, "NEW_USER") < 0) {
+		if (fsrv_new_user(t, &fs, 1 + i, &m) < 0) {
 			return;
 		}
 	}
@@ -3901,25 +3903,6 @@ test_client_busy(struct test *t)
 		return;
 	}
 	expect_alive(t, client);
-}
-
-/* fsrv_new_user: the fake server announces user i (source port 1 + i
- * on 127.0.0.1) on its control connection.  0, or -1 and fail(). */
-static int
-fsrv_new_user(struct test *t, struct fake_srv *fs, int i)
-{
-	static const uint8_t lo[4] = { 127, 0, 0, 1 };
-	struct msg m;
-
-	memset(&m, 0, sizeof(m));
-	m.type = MSG_NEW_USER;
-	random_bytes(m.user_id, USER_ID_LEN);
-	m.src.family = m.dst.family = 4;
-	memcpy(m.src.addr, lo, 4);
-	memcpy(m.dst.addr, lo, 4);
-	m.src.port = (uint16_t)(1 + i);
-	m.dst.port = 8007;
-	return send_msg(t, &fs->ctl, &m, NULL, NULL, "NEW_USER");
 }
 
 /*
@@ -3969,7 +3952,7 @@ test_client_busy_services(struct test *t)
 		return;
 	}
 	for (i = 0; i < CAP + EXTRA; i++) {
-		if (fsrv_new_user(t, &fs[0], i) < 0) {
+		if (fsrv_new_user(t, &fs[0], 1 + i, &m) < 0) {
 			return;
 		}
 	}
@@ -3982,7 +3965,7 @@ test_client_busy_services(struct test *t)
 			return;
 		}
 	}
-	if (fsrv_new_user(t, &fs[1], CAP + EXTRA) < 0 ||
+	if (fsrv_new_user(t, &fs[1], 1 + CAP + EXTRA, &m) < 0 ||
 	    expect_msg(t, &fs[1].ctl, MSG_USER_FAILED, &m, T(5000),
 	               "the other service's user") < 0) {
 		return;
