@@ -227,10 +227,10 @@ ctl_connected(struct service *s)
 }
 
 /* svc_secret: what s proves: its public port's secret from -secrets,
- * if it names its port and the file names that port, else -token.  *from
- * says which, for the hint when the server refuses it. */
+ * if it names its port and the file names that port, else -token.
+ * *in_file says which, for the hint when the server refuses it. */
 static const char *
-svc_secret(const struct service *s, const char **from)
+svc_secret(const struct service *s, int *in_file)
 {
 	const uint8_t *secret = NULL;
 	size_t len;
@@ -238,13 +238,9 @@ svc_secret(const struct service *s, const char **from)
 	if (s->want_port != 0) {
 		secret = secrets_find(&s->cl->secrets, s->want_port, &len);
 	}
-	if (secret != NULL) {
-		*from = "secrets";
-		/* Secrets are NUL-terminated words, so they serve as strings. */
-		return (const char *)secret;
-	}
-	*from = "token";
-	return s->cl->token;
+	*in_file = secret != NULL;
+	/* Secrets are NUL-terminated words, so they serve as strings. */
+	return secret != NULL ? (const char *)secret : s->cl->token;
 }
 
 /* An ERROR from the server: a busy port is worth a retry; nothing else
@@ -256,7 +252,8 @@ on_error_msg(struct service *s, const struct msg *m)
 		[ERR_PORT] = " — pick another -port",
 	};
 	char what[ADDR_STRLEN + TEXT_MAX + 512], own[448];
-	const char *from, *secret = svc_secret(s, &from), *h = "";
+	int in_file;
+	const char *secret = svc_secret(s, &in_file), *h = "";
 
 	if (m->code == ERR_AUTH && secret[0] == '\0') {
 		snprintf(what, sizeof(what), "server requires a token: give the "
@@ -267,7 +264,7 @@ on_error_msg(struct service *s, const struct msg *m)
 	if (m->code == ERR_AUTH) {
 		/* The server took our proof for a wrong one, so it proved
 		 * nothing either: the same verdict as a REPLY that fails. */
-		if (strcmp(from, "secrets") == 0) {
+		if (in_file) {
 			snprintf(own, sizeof(own), " — %s; check port %d's secret in "
 			         "%s against the server's", no_proof, s->want_port,
 			         s->cl->secrets_path);
@@ -294,7 +291,8 @@ on_challenge(struct service *s, const struct msg *m)
 {
 	struct client *cl = s->cl;
 	uint8_t frame[FRAME_HDR + FRAME_MAX], psk[KEY_LEN];
-	const char *from, *secret = svc_secret(s, &from);
+	int in_file;
+	const char *secret = svc_secret(s, &in_file);
 	struct msg a, r;
 	size_t n;
 
