@@ -255,6 +255,17 @@ on_error_msg(struct service *s, const struct msg *m)
 	int in_file;
 	const char *secret = svc_secret(s, &in_file), *h = "";
 
+	if (m->code == ERR_AUTH && s->any && s->public_port != 0) {
+		/* Any free port will do, and the one it had first now has a
+		 * secret of its own (the server's -secrets changed): ask for
+		 * any again.  A wrong token is refused on that try too. */
+		snprintf(what, sizeof(what), "server %s refused port %d: %s; "
+		         "asking for any free port", s->server, s->public_port,
+		         m->text);
+		s->public_port = 0;
+		ctl_retry(s, what);
+		return;
+	}
 	if (m->code == ERR_AUTH && secret[0] == '\0') {
 		snprintf(what, sizeof(what), "server requires a token: give the "
 		         "client -token or DIALBACK_TOKEN (server %s)", s->server);

@@ -5939,6 +5939,73 @@ test_services_busy_alone(struct test *t)
 	download(t, "127.0.0.1", lo, 1111, "user on the port taken over");
 }
 
+/* A -port 0 client holds the first free port; SIGHUP gives that port a
+ * secret of its own, which detaches the session: the client, asking for
+ * its port back, is refused for the secret and asks for any free port
+ * again (it used to exit 1), and serves on the next one. */
+static void
+test_port_any_secret_added(struct test *t)
+{
+	int lo, p[4], got, now = -1;
+	char range[32], l[64], r[64], path[200], secrets[64];
+	struct tl_proc *client;
+	int64_t deadline;
+
+	if (pick_range(t, RANGE_N, &lo, p, 4) < 0) {
+		return;
+	}
+	t->ctl = p[0];
+	t->tun = p[1];
+	t->pub = p[2];
+	snprintf(range, sizeof(range), "%d-%d", lo, lo + 2);
+	snprintf(path, sizeof(path), "%s/secrets", t->dir);
+	if (tl_write_file(path, "# none yet\n", 11) < 0 || chmod(path, 0600) < 0) {
+		fail(t, "%s: %s", path, strerror(errno));
+		return;
+	}
+	snprintf(l, sizeof(l), "0=127.0.0.1:%d", p[3]);
+	if (start_svc(t, "svc", "source", p[3], "4444") == NULL
+	    || (t->server = start_server(t, "server", "-ports", range,
+	                                 "-secrets", path, NULL)) == NULL) {
+		return;
+	}
+	{
+		const char *argv[] = { "./client", "-remote",
+		                       tl_fmt_addr(r, "127.0.0.1", t->ctl),
+		                       "-local", l,
+		                       tl_plaintext() ? "-plaintext" : NULL, NULL };
+		if ((client = start(t, "client", argv, NULL, 0)) == NULL
+		    || (got = wait_forwarded(t, client, p[3])) < 0) {
+			return;
+		}
+	}
+	if (got != lo) {
+		fail(t, "any free port gave %d, want %d", got, lo);
+		return;
+	}
+	snprintf(secrets, sizeof(secrets), "%d its-own-secret-long-enough\n", lo);
+	if (tl_write_file(path, secrets, strlen(secrets)) < 0) {
+		fail(t, "%s: %s", path, strerror(errno));
+		return;
+	}
+	kill(t->server->pid, SIGHUP);
+	deadline = tl_now_ms() + T(8000);
+	while ((now = forwarded_port(client, p[3])) == lo &&
+	       tl_now_ms() < deadline && !tl_proc_poll(client)) {
+		tl_pause(20);
+	}
+	if (now != lo + 1) {
+		fail(t, "after the secret was added the client forwards port %d, "
+		     "want %d%s", now, lo + 1,
+		     tl_proc_poll(client) ? " (it exited)" : "");
+		return;
+	}
+	if (download(t, "127.0.0.1", lo + 1, 4444, "user on the new port") < 0) {
+		return;
+	}
+	expect_alive(t, client);
+}
+
 /* -port 0 and 0=HOST:PORT: any free port of -ports, named in the
  * forwarding line; never one -secrets names (it has its own secret); none
  * left is "busy", retried. */
@@ -6839,6 +6906,7 @@ static const struct tl_case tests[] = {
 	{ "local_shorthand", test_local_shorthand, 0 },
 	{ "services_busy_alone", test_services_busy_alone, 0 },
 	{ "port_any", test_port_any, 0 },
+	{ "port_any_secret_added", test_port_any_secret_added, 0 },
 	{ "remote_list", test_remote_list, 0 },
 	{ "tunnel_override", test_tunnel_override, 0 },
 	{ "tunnel_blocked", test_tunnel_blocked, 0 },
