@@ -130,7 +130,6 @@ struct service {
 	int held;                            /* control frames wait: ctl_take */
 	int64_t full_since;                  /* MAX_INFLIGHT in flight since */
 	int npooled;                         /* users in U_POOL_DIAL/IDLE */
-	int inflight;                        /* users in U_LOCAL/U_TUNNEL */
 	struct log_limit log_busy, log_fail, log_pool;
 	uint64_t users_total;
 	uint64_t bytes_in, bytes_out;        /* of its users already closed */
@@ -155,7 +154,8 @@ struct client {
 	int proxy_version;                   /* -proxy-protocol; 0 = off */
 	struct service *svc;                 /* nsvc of them */
 	int nsvc;
-	int inflight;                        /* users in flight, all services */
+	int inflight;                        /* users in U_LOCAL/U_TUNNEL, all
+	                                      * services: MAX_INFLIGHT counts */
 	int exit_status;                     /* >= 0: stop with this status */
 
 	int sig_fd;

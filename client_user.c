@@ -67,7 +67,6 @@ user_close(struct cuser *u, const char *why)
 		s->npooled--;
 	}
 	if (in_flight(u)) {
-		s->inflight--;
 		s->cl->inflight--;
 	}
 	/* A pooled tunnel whose user never reached the service ends with its
@@ -298,7 +297,6 @@ relay_begin(struct cuser *u, int tunnel, int local, int join)
 	DLIST_DEL(s->users, u);
 	DLIST_ADD(s->relaying, u);
 	if (in_flight(u)) {
-		s->inflight--;
 		s->cl->inflight--;
 	}
 	u->state = U_RELAY;
@@ -454,7 +452,6 @@ user_new(struct service *s, const struct msg *m)
 	}
 	u = user_add(s, U_LOCAL, m->user_id);
 	if (u != NULL) {
-		s->inflight++;
 		s->cl->inflight++;
 		user_named(u, m);
 		local_connect(u);
